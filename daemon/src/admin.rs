@@ -1,0 +1,403 @@
+//! The operator API under `/admin/v1`: tenants, syncs, tokens, policies.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use falra_policies::{Policy, PolicyPatch, Scopes, TokenSecret};
+use falra_tenants::{GitSource, TenantName};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::Operator;
+use crate::clock::{format_ms, now_ms, parse_rfc3339};
+use crate::extract::{ApiJson, ApiPath};
+use crate::server::AppState;
+use crate::store::{TenantRow, TokenKind, TokenRow};
+
+const DEFAULT_BRANCH: &str = "main";
+const DEFAULT_PLAN: &str = "default";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+    repo: Option<String>,
+    branch: Option<String>,
+    subdir: Option<String>,
+    plan: Option<String>,
+    webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantChanges {
+    repo: Option<String>,
+    branch: Option<String>,
+    subdir: Option<String>,
+    plan: Option<String>,
+    webhook_secret: Option<String>,
+}
+
+fn tenant_name(name: &str) -> Result<TenantName, ApiError> {
+    TenantName::parse(name)
+        .map_err(|e| ApiError::bad_request(e.to_string()).with_detail(json!({"field": "name"})))
+}
+
+fn check_branch(branch: &str) -> Result<(), ApiError> {
+    let ok = !branch.is_empty()
+        && branch.len() <= 200
+        && !branch.starts_with(['-', '/'])
+        && !branch.contains("..")
+        && branch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            ApiError::bad_request(format!("{branch:?} is not a valid branch name"))
+                .with_detail(json!({"field": "branch"})),
+        )
+    }
+}
+
+fn check_subdir(subdir: &str) -> Result<(), ApiError> {
+    let ok = subdir
+        .split('/')
+        .all(|p| !p.is_empty() && p != "." && p != ".." && p != ".git");
+    if ok && !subdir.contains('\0') {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{subdir:?} is not a relative path inside the repository"
+        ))
+        .with_detail(json!({"field": "subdir"})))
+    }
+}
+
+fn tenant_json(t: &TenantRow) -> Value {
+    let policy: Value = serde_json::from_str(&t.policy).unwrap_or(Value::Null);
+    json!({
+        "name": t.name,
+        "repo": t.repo,
+        "branch": t.branch,
+        "subdir": t.subdir,
+        "plan": t.plan,
+        "has_webhook_secret": t.webhook_secret.is_some(),
+        "policy": policy,
+        "active_version": t.active_version,
+        "created_at": format_ms(t.created_at),
+    })
+}
+
+async fn load_tenant(state: &AppState, name: &str) -> Result<(TenantName, TenantRow), ApiError> {
+    let parsed = tenant_name(name)?;
+    let row = state
+        .store
+        .tenant(parsed.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant named {name:?}")))?;
+    Ok((parsed, row))
+}
+
+pub async fn create_tenant(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = tenant_name(&body.name)?;
+    let branch = body.branch.unwrap_or_else(|| DEFAULT_BRANCH.to_owned());
+    check_branch(&branch)?;
+    if let Some(s) = &body.subdir {
+        check_subdir(s)?;
+    }
+    let row = TenantRow {
+        name: name.as_str().to_owned(),
+        repo: body.repo.filter(|r| !r.is_empty()),
+        branch,
+        subdir: body.subdir.filter(|s| !s.is_empty()),
+        plan: body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned()),
+        webhook_secret: body.webhook_secret,
+        policy: serde_json::to_string(&Policy::default()).expect("a policy serialises"),
+        active_version: None,
+        created_at: now_ms(),
+    };
+    state.store.insert_tenant(&row).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, "tenant created");
+    Ok((StatusCode::CREATED, Json(tenant_json(&row))))
+}
+
+pub async fn list_tenants(
+    _op: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let tenants = state.store.tenants().await?;
+    Ok(Json(
+        json!({"tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn show_tenant(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, row) = load_tenant(&state, &name).await?;
+    Ok(Json(tenant_json(&row)))
+}
+
+pub async fn update_tenant(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(changes): ApiJson<TenantChanges>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, mut row) = load_tenant(&state, &name).await?;
+    if let Some(branch) = changes.branch {
+        check_branch(&branch)?;
+        row.branch = branch;
+    }
+    if let Some(subdir) = changes.subdir {
+        if !subdir.is_empty() {
+            check_subdir(&subdir)?;
+        }
+        row.subdir = Some(subdir).filter(|s| !s.is_empty());
+    }
+    if let Some(repo) = changes.repo {
+        row.repo = Some(repo).filter(|r| !r.is_empty());
+    }
+    if let Some(plan) = changes.plan {
+        row.plan = plan;
+    }
+    if let Some(secret) = changes.webhook_secret {
+        row.webhook_secret = Some(secret).filter(|s| !s.is_empty());
+    }
+    state.store.update_tenant(&row).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, "tenant changed");
+    Ok(Json(tenant_json(&row)))
+}
+
+pub async fn delete_tenant(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let lock = state.sync_lock(&name);
+    let _guard = lock.lock().await;
+    state.store.delete_tenant(name.as_str()).await?;
+    let layout = state.layout.clone();
+    let files = name.clone();
+    tokio::task::spawn_blocking(move || layout.remove_tenant(&files))
+        .await
+        .map_err(|e| ApiError::internal("tenant removal task failed", &e))?
+        .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
+    tracing::info!(operator = %op.token_id, tenant = %name, "tenant removed");
+    Ok(Json(json!({"deleted": name.as_str()})))
+}
+
+pub async fn sync_tenant(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, row) = load_tenant(&state, &name).await?;
+    let repo = row.repo.clone().ok_or_else(|| {
+        ApiError::bad_request(format!("tenant {name} has no repository to sync"))
+            .with_detail(json!({"field": "repo"}))
+    })?;
+    let source = GitSource {
+        url: repo,
+        branch: row.branch.clone(),
+        subdir: row.subdir.clone(),
+        max_bytes: state.config.max_version_bytes,
+    };
+    let version = sync_and_activate(&state, &name, source).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "synced");
+    Ok(Json(json!({"version": version})))
+}
+
+/// Fetches `source`, writes its version, and makes it active; a failure changes nothing.
+pub async fn sync_and_activate(
+    state: &AppState,
+    name: &TenantName,
+    source: GitSource,
+) -> Result<String, ApiError> {
+    let lock = state.sync_lock(name);
+    let _guard = lock.lock().await;
+    let layout = state.layout.clone();
+    let tenant = name.clone();
+    let version =
+        tokio::task::spawn_blocking(move || falra_tenants::sync(&layout, &tenant, &source))
+            .await
+            .map_err(|e| ApiError::internal("sync task failed", &e))?
+            .map_err(|e| {
+                let message = crate::api_error::ErrorChain(&e).to_string();
+                tracing::warn!(tenant = %name, error = %message, "sync failed");
+                ApiError::new(ErrorCode::SyncFailed, message)
+            })?;
+    state
+        .store
+        .activate_version(name.as_str(), version.as_str(), "git", now_ms())
+        .await?;
+    state
+        .layout
+        .activate(name, &version)
+        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    Ok(version.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    scopes: Vec<String>,
+    expires_in_days: Option<u32>,
+    expires_at: Option<String>,
+}
+
+pub async fn issue_token(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let scopes = Scopes::parse(body.scopes.iter().map(String::as_str)).map_err(|e| {
+        ApiError::bad_request(e.to_string()).with_detail(json!({"field": "scopes"}))
+    })?;
+    let now = now_ms();
+    let expires_at = expiry(now, body.expires_in_days, body.expires_at.as_deref())?;
+    let (row, secret) = new_token(
+        Some(name.as_str()),
+        TokenKind::Tenant,
+        &scopes,
+        expires_at,
+        now,
+    );
+    state.store.insert_token(&row).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, token = %row.id, "token issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": row.id,
+            "token": secret.expose(),
+            "scopes": scopes.names().collect::<Vec<_>>(),
+            "expires_at": expires_at.map(format_ms),
+        })),
+    ))
+}
+
+fn expiry(now: i64, days: Option<u32>, at: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let field = |f: &str| json!({"field": f});
+    match (days, at) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give expires_in_days or expires_at, not both",
+        )
+        .with_detail(field("expires_at"))),
+        (Some(0), None) => Err(ApiError::bad_request("expires_in_days must be at least 1")
+            .with_detail(field("expires_in_days"))),
+        (Some(d), None) if d > 36_500 => Err(ApiError::bad_request(
+            "expires_in_days must be at most 36500",
+        )
+        .with_detail(field("expires_in_days"))),
+        (Some(d), None) => Ok(Some(now + i64::from(d) * 86_400_000)),
+        (None, Some(at)) => {
+            let t = parse_rfc3339(at).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "expires_at {at:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"
+                ))
+                .with_detail(field("expires_at"))
+            })?;
+            if t <= now {
+                return Err(ApiError::bad_request("expires_at is in the past")
+                    .with_detail(field("expires_at")));
+            }
+            Ok(Some(t))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A new token and the row that stores it (hash only).
+pub fn new_token(
+    tenant: Option<&str>,
+    kind: TokenKind,
+    scopes: &Scopes,
+    expires_at: Option<i64>,
+    now: i64,
+) -> (TokenRow, TokenSecret) {
+    let secret = TokenSecret::generate();
+    let mut id = [0u8; 8];
+    getrandom::getrandom(&mut id).expect("the operating system's random source failed");
+    let row = TokenRow {
+        id: format!("tok_{}", hex::encode(id)),
+        tenant: tenant.map(str::to_owned),
+        kind,
+        hash: secret.hash().as_str().to_owned(),
+        prefix: secret.display_prefix(),
+        scopes: scopes.to_stored(),
+        expires_at,
+        revoked_at: None,
+        created_at: now,
+        last_used_at: None,
+    };
+    (row, secret)
+}
+
+pub async fn list_tokens(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let tokens = state.store.tokens_of(name.as_str()).await?;
+    let list: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "prefix": t.prefix,
+                "scopes": t.scopes.split(',').collect::<Vec<_>>(),
+                "expires_at": t.expires_at.map(format_ms),
+                "revoked_at": t.revoked_at.map(format_ms),
+                "created_at": format_ms(t.created_at),
+                "last_used_at": t.last_used_at.map(format_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"tokens": list})))
+}
+
+pub async fn revoke_token(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.store.revoke_token(&id, now_ms()).await? {
+        return Err(ApiError::not_found(format!("no token with id {id:?}")));
+    }
+    tracing::info!(operator = %op.token_id, token = %id, "token revoked");
+    Ok(Json(json!({"revoked": id})))
+}
+
+pub async fn set_policy(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(patch): ApiJson<PolicyPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, row) = load_tenant(&state, &name).await?;
+    let mut policy: Policy = serde_json::from_str(&row.policy)
+        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
+    policy.apply(&patch).map_err(|e| {
+        ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
+    })?;
+    let stored = serde_json::to_string(&policy).expect("a policy serialises");
+    state.store.set_policy(name.as_str(), &stored).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, "policy changed");
+    Ok(Json(
+        serde_json::to_value(&policy).expect("a policy serialises"),
+    ))
+}

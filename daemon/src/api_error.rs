@@ -1,0 +1,262 @@
+//! The one error type of the HTTP API, and the table from error code to HTTP status.
+//!
+//! Every failure a client can see is an [`ApiError`] with a stable [`ErrorCode`]; the answer is
+//! always `{"ok": false, "error": {"code", "message", "detail"?}, "call_id"?}`. The table in
+//! [`ErrorCode::status`] is exhaustive: adding a code without a status does not compile.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    TokenExpired,
+    TokenRevoked,
+    Forbidden,
+    NotFound,
+    FnNotFound,
+    MethodNotAllowed,
+    NotDeployed,
+    Conflict,
+    PayloadTooLarge,
+    FunctionError,
+    ResultNotSerializable,
+    ResultTooLarge,
+    ProcessExited,
+    SyncFailed,
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    #[cfg(test)]
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenRevoked,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::FnNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NotDeployed,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::FunctionError,
+        ErrorCode::ResultNotSerializable,
+        ErrorCode::ResultTooLarge,
+        ErrorCode::ProcessExited,
+        ErrorCode::SyncFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
+    /// The HTTP status of each code: the table of DESIGN.md, plus the operator API's own codes.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::FnNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::NotDeployed | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::FunctionError
+            | ErrorCode::ResultNotSerializable
+            | ErrorCode::ResultTooLarge
+            | ErrorCode::ProcessExited
+            | ErrorCode::SyncFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::FnNotFound => "fn_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NotDeployed => "not_deployed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::FunctionError => "function_error",
+            ErrorCode::ResultNotSerializable => "result_not_serializable",
+            ErrorCode::ResultTooLarge => "result_too_large",
+            ErrorCode::ProcessExited => "process_exited",
+            ErrorCode::SyncFailed => "sync_failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer. Boxed, so `Result<_, ApiError>` stays one pointer wide on the happy path.
+#[derive(Debug, Clone)]
+pub struct ApiError(Box<ApiErrorFields>);
+
+#[derive(Debug, Clone)]
+pub struct ApiErrorFields {
+    pub code: ErrorCode,
+    pub message: String,
+    pub detail: Option<Value>,
+    /// Set on answers to calls, so a failed call can be found in the logs.
+    pub call_id: Option<String>,
+    /// Extra fields of a call's answer (the function's logs), beside `error`.
+    pub logs: Option<String>,
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = ApiErrorFields;
+    fn deref(&self) -> &ApiErrorFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ApiErrorFields {
+        &mut self.0
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError(Box::new(ApiErrorFields {
+            code,
+            message: message.into(),
+            detail: None,
+            call_id: None,
+            logs: None,
+        }))
+    }
+
+    pub fn with_detail(mut self, detail: Value) -> ApiError {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    /// A falra bug or an environment failure: logged with its cause, answered without it.
+    pub fn internal(context: &str, cause: &(dyn std::error::Error + 'static)) -> ApiError {
+        tracing::error!(error = %ErrorChain(cause), "{context}");
+        ApiError::new(ErrorCode::Internal, format!("internal error: {context}"))
+    }
+
+    pub fn body(&self) -> Value {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            ok: bool,
+            error: Error<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            call_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            logs: Option<&'a str>,
+        }
+        #[derive(serde::Serialize)]
+        struct Error<'a> {
+            code: &'static str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            detail: Option<&'a Value>,
+        }
+        let body = Body {
+            ok: false,
+            error: Error {
+                code: self.code.as_str(),
+                message: &self.message,
+                detail: self.detail.as_ref(),
+            },
+            call_id: self.call_id.as_deref(),
+            logs: self.logs.as_deref(),
+        };
+        serde_json::to_value(body).expect("an error body serialises")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if self.code == ErrorCode::Unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"falra\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        match e {
+            crate::store::StoreError::Conflict(what) => {
+                ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
+            }
+            other => ApiError::internal("the store failed", &other),
+        }
+    }
+}
+
+/// Displays an error with its whole `source()` chain: `outer: inner: root`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_code_has_a_unique_name_and_a_status() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::Timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ErrorCode::NotDeployed.status(), StatusCode::CONFLICT);
+        // Only `internal` is a 5xx that blames falra itself.
+        for code in ErrorCode::ALL {
+            if code.status() == StatusCode::INTERNAL_SERVER_ERROR {
+                assert_eq!(code, ErrorCode::Internal);
+            }
+        }
+    }
+
+    #[test]
+    fn body_has_the_documented_shape() {
+        let mut e = ApiError::bad_request("fn missing").with_detail(json!({"field": "fn"}));
+        e.call_id = Some("c_1".into());
+        assert_eq!(
+            e.body(),
+            json!({"ok": false, "error": {"code": "bad_request", "message": "fn missing",
+                   "detail": {"field": "fn"}}, "call_id": "c_1"})
+        );
+    }
+}

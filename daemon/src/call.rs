@@ -1,0 +1,402 @@
+//! `POST /v1/call`: one function call, from request bytes to answer.
+//!
+//! The body is parsed once, at the boundary, into a [`CallRequest`] (validated `fn`, the
+//! token, the keyword arguments with comment keys dropped). Then: authenticate, resolve the
+//! tenant's version once (a deploy during the call does not disturb it), resolve the module in
+//! that version's tree, run the child in the sandbox, and turn what it left into the answer.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use falra_policies::{Policy, Scope};
+use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
+use falra_sandbox::runner::{child_env, interpreter_args};
+use falra_sandbox::setup::SetupLimits;
+use falra_sandbox::{ChildFailure, ChildSpec, Limits, ProtocolRequest};
+use falra_tenants::function::is_identifier;
+use falra_tenants::{resolve_module, FnName, VersionId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::tenant_caller;
+use crate::extract::{bearer, ApiQuery, LimitedBody};
+use crate::server::AppState;
+
+/// Key prefixes that mark a comment in the call body; such keys are dropped.
+const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
+
+/// A call body, parsed and validated.
+#[derive(Debug)]
+pub struct CallRequest {
+    pub token: Option<String>,
+    pub function: FnName,
+    pub kwargs: Map<String, Value>,
+}
+
+impl CallRequest {
+    /// Parses the seed's flat shape: `{"token", "fn", ...keyword arguments}`.
+    pub fn parse(body: &[u8]) -> Result<CallRequest, ApiError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+        let Value::Object(mut map) = value else {
+            return Err(ApiError::bad_request("body must be a JSON object"));
+        };
+        let token = match map.remove("token") {
+            None => None,
+            Some(Value::String(t)) => Some(t),
+            Some(_) => {
+                return Err(ApiError::bad_request("\"token\" must be a string")
+                    .with_detail(json!({"field": "token"})))
+            }
+        };
+        let function = match map.remove("fn") {
+            Some(Value::String(f)) => FnName::parse(&f).map_err(|e| {
+                ApiError::bad_request(format!("invalid \"fn\": {e}"))
+                    .with_detail(json!({"field": "fn"}))
+            })?,
+            Some(_) => {
+                return Err(ApiError::bad_request("\"fn\" must be a string")
+                    .with_detail(json!({"field": "fn"})))
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "\"fn\" is missing: name the function as \"module.function\"",
+                )
+                .with_detail(json!({"field": "fn"})))
+            }
+        };
+        map.retain(|k, _| !COMMENT_PREFIXES.iter().any(|p| k.starts_with(p)));
+        if let Some(bad) = map.keys().find(|k| !is_identifier(k)) {
+            return Err(ApiError::bad_request(format!(
+                "parameter {bad:?} is not a valid Python keyword argument name"
+            ))
+            .with_detail(json!({"parameter": bad})));
+        }
+        Ok(CallRequest {
+            token,
+            function,
+            kwargs: map,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallQuery {
+    version: Option<String>,
+    timeout_ms: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct CallOk<'a> {
+    ok: bool,
+    result: &'a RawValue,
+    call_id: &'a str,
+    version: &'a str,
+    logs: String,
+    usage: UsageJson,
+}
+
+#[derive(Serialize)]
+struct UsageJson {
+    wall_ms: u64,
+    cpu_ms: u64,
+    peak_memory_bytes: u64,
+}
+
+/// The handler: every failure carries the call id.
+pub async fn call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<ApiQuery<CallQuery>, ApiError>,
+    body: Result<LimitedBody, ApiError>,
+) -> Response {
+    let call_id = new_call_id();
+    tracing::Span::current().record("call_id", call_id.as_str());
+    match run_call(&state, &headers, query, body, &call_id).await {
+        Ok(response) => response,
+        Err(mut e) => {
+            e.call_id = Some(call_id);
+            e.into_response()
+        }
+    }
+}
+
+async fn run_call(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<ApiQuery<CallQuery>, ApiError>,
+    body: Result<LimitedBody, ApiError>,
+    call_id: &str,
+) -> Result<Response, ApiError> {
+    let LimitedBody(body) = body?;
+    let ApiQuery(query) = query?;
+    let request = CallRequest::parse(&body)?;
+    let presented = request.token.as_deref().or_else(|| bearer(headers));
+    let caller = tenant_caller(state, presented, Scope::Call).await?;
+    let span = tracing::Span::current();
+    span.record("tenant", caller.tenant.as_str());
+    span.record("fn", request.function.as_str());
+    span.record("token_id", caller.token_id.as_str());
+
+    let tenant = state
+        .store
+        .tenant(caller.tenant.as_str())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+    let policy: Policy = serde_json::from_str(&tenant.policy)
+        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
+
+    let version = match query.version.as_deref() {
+        Some(pinned) => {
+            let id = VersionId::parse(pinned).map_err(|e| {
+                ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
+            })?;
+            if state
+                .store
+                .version(caller.tenant.as_str(), pinned)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "this tenant has no version {pinned:?}"
+                ))
+                .with_detail(json!({"parameter": "version"})));
+            }
+            id
+        }
+        None => {
+            let active = tenant.active_version.as_deref().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotDeployed,
+                    "this tenant has no deployed code yet: sync its repository first",
+                )
+            })?;
+            VersionId::parse(active).map_err(|e| ApiError::internal("corrupt version id", &e))?
+        }
+    };
+    let timeout_ms = match query.timeout_ms {
+        Some(0) => {
+            return Err(ApiError::bad_request("timeout_ms must be at least 1")
+                .with_detail(json!({"parameter": "timeout_ms"})))
+        }
+        Some(t) => t.min(policy.timeout_ms),
+        None => policy.timeout_ms,
+    };
+
+    let fn_not_found = |message: String, detail: Value| {
+        ApiError::new(ErrorCode::FnNotFound, message).with_detail(detail)
+    };
+    if falra_builtins::is_reserved_module(request.function.module()) {
+        return Err(fn_not_found(
+            format!(
+                "the built-in {} is not available on this node",
+                request.function
+            ),
+            json!({"module": request.function.module()}),
+        ));
+    }
+    let root = state.layout.version_dir(&caller.tenant, &version);
+    resolve_module(&root, &request.function)
+        .map_err(|e| fn_not_found(e.to_string(), json!({"module": request.function.module()})))?;
+
+    let stdin = ProtocolRequest {
+        protocol: PROTOCOL_VERSION,
+        call_id,
+        function: request.function.as_str(),
+        kwargs: &request.kwargs,
+    }
+    .encode();
+    let config = &state.config;
+    let spec = ChildSpec {
+        program: config.python.clone(),
+        args: interpreter_args(),
+        cwd: root,
+        env: child_env(),
+        stdin,
+        limits: Limits {
+            wall: Duration::from_millis(timeout_ms.into()),
+            stdout_bytes: config.max_result_bytes,
+            stderr_bytes: config.max_log_bytes,
+            setup: SetupLimits::default(),
+        },
+    };
+    let finished = falra_sandbox::spawn_and_wait(spec)
+        .await
+        .map_err(|e| ApiError::internal("could not run the child process", &e))?;
+    let logs = logs_text(&finished.stderr, finished.stderr_dropped);
+    let usage = UsageJson {
+        wall_ms: finished.usage.wall_ms,
+        cpu_ms: finished.usage.cpu_ms,
+        peak_memory_bytes: finished.usage.peak_memory_bytes,
+    };
+    let answer = interpret(&finished, config.max_result_bytes);
+    tracing::info!(
+        wall_ms = usage.wall_ms,
+        outcome = match &answer {
+            Ok(_) => "ok",
+            Err(f) => failure_code(f).as_str(),
+        },
+        "call finished"
+    );
+    match answer {
+        Ok(result) => {
+            let body = CallOk {
+                ok: true,
+                result: &result,
+                call_id,
+                version: version.as_str(),
+                logs,
+                usage,
+            };
+            Ok(json_response(&body))
+        }
+        Err(failure) => {
+            let mut e = failure_error(failure, timeout_ms, config.max_result_bytes);
+            e.logs = Some(logs);
+            Err(e)
+        }
+    }
+}
+
+fn failure_code(f: &ChildFailure) -> ErrorCode {
+    match f {
+        ChildFailure::FunctionError { .. } => ErrorCode::FunctionError,
+        ChildFailure::FnNotFound { .. } => ErrorCode::FnNotFound,
+        ChildFailure::ResultNotSerializable { .. } => ErrorCode::ResultNotSerializable,
+        ChildFailure::ResultTooLarge { .. } => ErrorCode::ResultTooLarge,
+        ChildFailure::ProcessExited { .. } => ErrorCode::ProcessExited,
+        ChildFailure::Timeout => ErrorCode::Timeout,
+    }
+}
+
+fn failure_error(failure: ChildFailure, timeout_ms: u32, result_cap: usize) -> ApiError {
+    let code = failure_code(&failure);
+    match failure {
+        ChildFailure::FunctionError {
+            type_name,
+            message,
+            traceback,
+        } => ApiError::new(code, format!("{type_name}: {message}")).with_detail(json!({
+            "type": type_name, "message": message, "traceback": traceback
+        })),
+        ChildFailure::FnNotFound { message, detail }
+        | ChildFailure::ResultNotSerializable { message, detail } => {
+            ApiError::new(code, message).with_detail(detail)
+        }
+        ChildFailure::ResultTooLarge { .. } => ApiError::new(
+            code,
+            format!("the answer is larger than the limit of {result_cap} bytes"),
+        )
+        .with_detail(json!({"limit_bytes": result_cap})),
+        ChildFailure::ProcessExited {
+            exit_code,
+            signal,
+            reason,
+        } => {
+            let how = match (exit_code, signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), _) => format!("exit code {code}"),
+                _ => "unknown status".to_owned(),
+            };
+            ApiError::new(code, format!("{reason} ({how})")).with_detail(json!({
+                "exit_code": exit_code, "signal": signal, "reason": reason
+            }))
+        }
+        ChildFailure::Timeout => ApiError::new(
+            code,
+            format!("the call ran over its limit of {timeout_ms} ms and was stopped"),
+        )
+        .with_detail(json!({"timeout_ms": timeout_ms})),
+    }
+}
+
+/// What the function printed, marked when it was cut at the cap.
+fn logs_text(kept: &[u8], dropped: u64) -> String {
+    let mut logs = String::from_utf8_lossy(kept).into_owned();
+    if dropped > 0 {
+        logs.push_str(&format!(
+            "\n[falra: logs cut here, {dropped} more bytes not kept]"
+        ));
+    }
+    logs
+}
+
+fn json_response(body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal("could not encode the answer", &e).into_response(),
+    }
+}
+
+/// A call id: `c_` and 16 random hex digits.
+pub fn new_call_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
+    format!("c_{}", hex::encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<CallRequest, ApiError> {
+        CallRequest::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn the_seed_body_parses() {
+        let r =
+            parse(r#"{"token": "T", "fn": "falra_test_add.add", "int_a": 1, "int_b": 2}"#).unwrap();
+        assert_eq!(r.token.as_deref(), Some("T"));
+        assert_eq!(r.function.as_str(), "falra_test_add.add");
+        assert_eq!(Value::Object(r.kwargs), json!({"int_a": 1, "int_b": 2}));
+    }
+
+    #[test]
+    fn comment_keys_are_dropped() {
+        let r = parse(
+            r#"{"註解1": "x", "fn": "m.f", "//": "y", "_comment": 1, "_comment_b": 2, "a": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(Value::Object(r.kwargs), json!({"a": 1}));
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_requests_naming_the_field() {
+        for (body, field) in [
+            ("[1]", None),
+            ("nope", None),
+            (r#"{"int_a": 1}"#, Some(json!({"field": "fn"}))),
+            (r#"{"fn": 3}"#, Some(json!({"field": "fn"}))),
+            (r#"{"fn": "add"}"#, Some(json!({"field": "fn"}))),
+            (r#"{"fn": "os._exit"}"#, Some(json!({"field": "fn"}))),
+            (
+                r#"{"fn": "m.f", "token": 5}"#,
+                Some(json!({"field": "token"})),
+            ),
+            (
+                r#"{"fn": "m.f", "a-b": 5}"#,
+                Some(json!({"parameter": "a-b"})),
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{body}");
+            assert_eq!(e.detail, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn cut_logs_are_marked() {
+        assert_eq!(logs_text(b"hi", 0), "hi");
+        assert!(logs_text(b"hi", 5).ends_with("5 more bytes not kept]"));
+    }
+}

@@ -1,0 +1,186 @@
+//! The command line: `falra serve`, `falra admin init`, and client commands that talk to a
+//! running daemon over HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run tenants' Python functions over HTTP, each call in a fresh isolated child process.
+#[derive(Debug, Parser)]
+#[command(name = "falra", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Set up operator access.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage tenants (talks to a running daemon).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage tenants' tokens (talks to a running daemon).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Change a tenant's limits (talks to a running daemon).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
+    Call(CallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the store, versions and checkouts live.
+    #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "FALRA_LISTEN", default_value = "127.0.0.1:8700")]
+    pub listen: SocketAddr,
+    /// The Python interpreter calls run in (a real binary, not a shell shim).
+    #[arg(long, env = "FALRA_PYTHON", default_value = "/usr/bin/python3")]
+    pub python: PathBuf,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest answer a function may return, in bytes of JSON.
+    #[arg(long, default_value_t = 6 << 20)]
+    pub max_result_bytes: usize,
+    /// Most bytes of a function's printed output kept as `logs`.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub max_log_bytes: usize,
+    /// Create a `demo` tenant from the bundled example and print a token and a ready curl line.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an operator token and print it, alone, on stdout.
+    Init {
+        #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Where the daemon is and who we are to it.
+#[derive(Debug, Args, Clone)]
+pub struct AdminClient {
+    /// The daemon's base URL.
+    #[arg(
+        long,
+        env = "FALRA_URL",
+        default_value = "http://127.0.0.1:8700",
+        global = true
+    )]
+    pub url: String,
+    /// Operator token (from `falra admin init`).
+    #[arg(long, env = "FALRA_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Add {
+        name: String,
+        /// Git repository URL (file:// or https://).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        /// The code root inside the repository.
+        #[arg(long)]
+        subdir: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Show one tenant.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Remove a tenant, its tokens and its files.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Fetch the tenant's branch and make it the active version.
+    Sync {
+        name: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for a tenant; the token is shown this once.
+    Issue {
+        tenant: String,
+        /// Comma-separated scopes: call, deploy, jobs.
+        #[arg(long, default_value = "call", value_delimiter = ',')]
+        scopes: Vec<String>,
+        #[arg(long, conflicts_with = "expires_at")]
+        expires_in_days: Option<u32>,
+        /// RFC 3339 time, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// List a tenant's tokens (never their secrets).
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set policy fields: `falra policy set caro timeout_ms=500 memory_mb=256`.
+    Set {
+        tenant: String,
+        /// field=value pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// `module.function`.
+    pub function: String,
+    /// Keyword arguments as key=value; values are JSON when they parse, strings otherwise.
+    pub kwargs: Vec<String>,
+    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700")]
+    pub url: String,
+    #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Lower the time limit for this call.
+    #[arg(long)]
+    pub timeout_ms: Option<u32>,
+}

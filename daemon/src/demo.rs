@@ -1,0 +1,105 @@
+//! `falra serve --demo`: a `demo` tenant built from the bundled example code.
+//!
+//! The example files are compiled into the binary. They are committed to a small git repository
+//! inside the data directory, and the tenant is synced from it like any other, so the demo takes
+//! the same path as real tenants do.
+
+use std::path::Path;
+
+use anyhow::Context;
+use falra_policies::{Policy, Scopes};
+use falra_tenants::{GitSource, TenantName};
+
+use crate::admin::{new_token, sync_and_activate};
+use crate::clock::now_ms;
+use crate::server::AppState;
+use crate::store::{TenantRow, TokenKind};
+
+const DEMO_TENANT: &str = "demo";
+
+/// The bundled example code: `examples/demo/` of the source tree.
+const DEMO_FILES: &[(&str, &str)] = &[
+    (
+        "falra_test_add.py",
+        include_str!("../../examples/demo/falra_test_add.py"),
+    ),
+    (
+        "text_tools.py",
+        include_str!("../../examples/demo/text_tools.py"),
+    ),
+];
+
+/// Makes sure the demo tenant exists with the bundled code active; returns a fresh call token.
+pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
+    let name = TenantName::parse(DEMO_TENANT).expect("a valid name");
+    let source_dir = state.config.data_dir.join("demo-source");
+    let dir = source_dir.clone();
+    tokio::task::spawn_blocking(move || commit_examples(&dir))
+        .await?
+        .context("could not prepare the demo repository")?;
+    let url = format!("file://{}", std::fs::canonicalize(&source_dir)?.display());
+    if state.store.tenant(DEMO_TENANT).await?.is_none() {
+        state
+            .store
+            .insert_tenant(&TenantRow {
+                name: DEMO_TENANT.into(),
+                repo: Some(url.clone()),
+                branch: "main".into(),
+                subdir: None,
+                plan: "default".into(),
+                webhook_secret: None,
+                policy: serde_json::to_string(&Policy::default())?,
+                active_version: None,
+                created_at: now_ms(),
+            })
+            .await?;
+    }
+    let source = GitSource {
+        url,
+        branch: "main".into(),
+        subdir: None,
+        max_bytes: state.config.max_version_bytes,
+    };
+    sync_and_activate(state, &name, source)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
+    let (row, secret) = new_token(
+        Some(DEMO_TENANT),
+        TokenKind::Tenant,
+        &scopes,
+        None,
+        now_ms(),
+    );
+    state.store.insert_token(&row).await?;
+    Ok(secret.expose().to_owned())
+}
+
+/// Commits the bundled files to the repository at `dir` when they differ from its head.
+fn commit_examples(dir: &Path) -> Result<(), git2::Error> {
+    let repo = match git2::Repository::open(dir) {
+        Ok(r) => r,
+        Err(_) => {
+            let mut opts = git2::RepositoryInitOptions::new();
+            opts.initial_head("main");
+            git2::Repository::init_opts(dir, &opts)?
+        }
+    };
+    let mut index = repo.index()?;
+    for (name, content) in DEMO_FILES {
+        std::fs::write(dir.join(name), content)
+            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+        index.add_path(Path::new(name))?;
+    }
+    index.write()?;
+    let tree_id = index.write_tree()?;
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    if parent.as_ref().is_some_and(|p| p.tree_id() == tree_id) {
+        return Ok(());
+    }
+    let tree = repo.find_tree(tree_id)?;
+    let sig = git2::Signature::now("falra", "falra@localhost")?;
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, "falra demo code", &tree, &parents)?;
+    Ok(())
+}

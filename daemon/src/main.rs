@@ -1,0 +1,108 @@
+//! `falra`: the daemon and its command line.
+//!
+//! Only this crate knows HTTP, the store and the command line; it wires `tenants` (code),
+//! `policies` (who may do what), `sandbox` (running one child) and `builtins` together.
+
+mod admin;
+mod api_error;
+mod auth;
+mod call;
+mod cli;
+mod client;
+mod clock;
+mod demo;
+mod extract;
+mod server;
+mod store;
+
+use anyhow::Context;
+use clap::Parser;
+use falra_policies::Scopes;
+
+use crate::cli::{AdminCommand, Cli, Command, ServeArgs};
+use crate::server::{AppState, ServeConfig};
+use crate::store::{Store, TokenKind};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Admin(AdminCommand::Init { data_dir }) => {
+            runtime()?.block_on(admin_init(&data_dir))
+        }
+        Command::Tenant(cmd) => client::tenant(cmd),
+        Command::Token(cmd) => client::token(cmd),
+        Command::Policy(cmd) => client::policy(cmd),
+        Command::Call(args) => client::call(args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FALRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
+    Ok(Store::open_sqlite(&data_dir.join("falra.db")).await?)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    if !args.python.is_file() {
+        anyhow::bail!(
+            "the Python interpreter {} does not exist (set --python or FALRA_PYTHON)",
+            args.python.display()
+        );
+    }
+    let store = open_store(&args.data_dir).await?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let config = ServeConfig {
+        python: args.python,
+        max_body_bytes: args.max_body_bytes,
+        max_result_bytes: args.max_result_bytes,
+        max_log_bytes: args.max_log_bytes,
+        ..ServeConfig::new(data_dir)
+    };
+    let state = AppState::new(store, config);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "falra listening");
+    if args.demo {
+        let token = demo::prepare(&state).await?;
+        let body = format!(
+            r#"{{"token": "{token}", "fn": "falra_test_add.add", "int_a": 1, "int_b": 2}}"#
+        );
+        println!("Falra is serving http://{addr} with a demo tenant \"demo\".");
+        println!("Its call token (shown once): {token}");
+        println!("Try it:\n");
+        println!("  curl -s http://{addr}/v1/call -d '{body}'\n");
+        println!("Stop with Ctrl-C.");
+    }
+    server::serve(listener, state).await?;
+    Ok(())
+}
+
+async fn admin_init(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let store = open_store(data_dir).await?;
+    let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
+    let (row, secret) = admin::new_token(None, TokenKind::Operator, &scopes, None, clock::now_ms());
+    store.insert_token(&row).await?;
+    println!("{}", secret.expose());
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The HTTP server: shared state, the route table, and serving until shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use falra_tenants::{Layout, TenantName};
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::store::Store;
+use crate::{admin, call};
+
+/// Settings of a running daemon.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// The interpreter every call runs (never a shell shim: it must run inside the sandbox).
+    pub python: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_result_bytes: usize,
+    pub max_log_bytes: usize,
+    pub max_version_bytes: u64,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            python: PathBuf::from("/usr/bin/python3"),
+            max_body_bytes: 1 << 20,
+            max_result_bytes: 6 << 20,
+            max_log_bytes: 64 << 10,
+            max_version_bytes: 512 << 20,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub layout: Layout,
+    pub config: ServeConfig,
+    sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, config: ServeConfig) -> AppState {
+        AppState(Arc::new(Inner {
+            layout: Layout::new(&config.data_dir),
+            store,
+            config,
+            sync_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The lock that serialises syncs of one tenant.
+    pub fn sync_lock(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.sync_locks.lock().expect("sync lock table poisoned");
+        locks.entry(tenant.clone()).or_default().clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route(
+            "/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/tenants/{name}",
+            get(admin::show_tenant)
+                .patch(admin::update_tenant)
+                .delete(admin::delete_tenant),
+        )
+        .route("/tenants/{name}/sync", post(admin::sync_tenant))
+        .route(
+            "/tenants/{name}/tokens",
+            post(admin::issue_token).get(admin::list_tokens),
+        )
+        .route("/tenants/{name}/policy", put(admin::set_policy))
+        .route("/tokens/{id}", delete(admin::revoke_token));
+    Router::new()
+        .route("/v1/call", post(call::call))
+        .route("/healthz", get(healthz))
+        .nest("/admin/v1", admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"ok": true}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not accept that method",
+    )
+}
+
+/// One span per request, with the fields later stages fill in (call id, tenant, fn).
+async fn request_span(req: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        call_id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        fn = tracing::field::Empty,
+        token_id = tracing::field::Empty,
+    );
+    async move {
+        let response = next.run(req).await;
+        tracing::debug!(status = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,457 @@
+//! The store: tenants, versions and tokens, persisted.
+//!
+//! One `Store` over sqlx. SQLite (WAL) is the embedded default; the SQL is kept to what
+//! PostgreSQL also accepts (`$n` placeholders, BIGINT epoch-millisecond times, no
+//! SQLite-only functions) so a shared PostgreSQL store can slot in behind the same methods.
+//! Migrations are embedded in the binary and applied in order at open.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Embedded migrations, applied in order; the number is the schema version.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the store at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("could not migrate the store to schema version {version}")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("store query failed")]
+    Query(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    pub name: String,
+    pub repo: Option<String>,
+    pub branch: String,
+    pub subdir: Option<String>,
+    pub plan: String,
+    pub webhook_secret: Option<String>,
+    /// The policy as JSON (`falra_policies::Policy`).
+    pub policy: String,
+    pub active_version: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub id: String,
+    pub source: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Tenant,
+    Operator,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Tenant => "tenant",
+            TokenKind::Operator => "operator",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub tenant: Option<String>,
+    pub kind: TokenKind,
+    pub hash: String,
+    pub prefix: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+const TENANT_COLUMNS: &str =
+    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at";
+const TOKEN_COLUMNS: &str =
+    "id, tenant, kind, hash, prefix, scopes, expires_at, revoked_at, created_at, last_used_at";
+
+impl Store {
+    /// Opens (creating if needed) the embedded store at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Migrate { version: 0, source })?;
+        for &(version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if applied.is_some() {
+                continue;
+            }
+            for statement in sql.split(';').filter(|s| !is_blank_sql(s)) {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|source| StoreError::Migrate { version, source })?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(crate::clock::now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_tenant(&self, t: &TenantRow) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        sqlx::query(&sql)
+            .bind(&t.name)
+            .bind(&t.repo)
+            .bind(&t.branch)
+            .bind(&t.subdir)
+            .bind(&t.plan)
+            .bind(&t.webhook_secret)
+            .bind(&t.policy)
+            .bind(&t.active_version)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, format!("tenant {:?}", t.name)))?;
+        Ok(())
+    }
+
+    /// Replaces a tenant's mutable fields (everything but name and creation time).
+    pub async fn update_tenant(&self, t: &TenantRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenants SET repo = $2, branch = $3, subdir = $4, plan = $5, webhook_secret = $6, \
+             policy = $7 WHERE name = $1",
+        )
+        .bind(&t.name)
+        .bind(&t.repo)
+        .bind(&t.branch)
+        .bind(&t.subdir)
+        .bind(&t.plan)
+        .bind(&t.webhook_secret)
+        .bind(&t.policy)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn tenant(&self, name: &str) -> Result<Option<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn delete_tenant(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM tokens WHERE tenant = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM versions WHERE tenant = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records `version` (if new) and makes it the tenant's active one.
+    pub async fn activate_version(
+        &self,
+        tenant: &str,
+        version: &str,
+        source: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO versions (tenant, id, source, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(version)
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
+            .bind(tenant)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn version(
+        &self,
+        tenant: &str,
+        version: &str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, source, created_at FROM versions WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| VersionRow {
+            id: r.get(0),
+            source: r.get(1),
+            created_at: r.get(2),
+        }))
+    }
+
+    pub async fn set_policy(&self, tenant: &str, policy_json: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tenants SET policy = $2 WHERE name = $1")
+            .bind(tenant)
+            .bind(policy_json)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        sqlx::query(&sql)
+            .bind(&t.id)
+            .bind(&t.tenant)
+            .bind(t.kind.as_str())
+            .bind(&t.hash)
+            .bind(&t.prefix)
+            .bind(&t.scopes)
+            .bind(t.expires_at)
+            .bind(t.revoked_at)
+            .bind(t.created_at)
+            .bind(t.last_used_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "token".to_owned()))?;
+        Ok(())
+    }
+
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1");
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    pub async fn tokens_of(&self, tenant: &str) -> Result<Vec<TokenRow>, StoreError> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).bind(tenant).fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Marks a token revoked; false if there is no such token.
+    pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn is_blank_sql(s: &str) -> bool {
+    s.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with("--"))
+}
+
+fn conflict_or(e: sqlx::Error, what: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Query(e),
+    }
+}
+
+fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TenantRow, StoreError> {
+    Ok(TenantRow {
+        name: r.try_get(0)?,
+        repo: r.try_get(1)?,
+        branch: r.try_get(2)?,
+        subdir: r.try_get(3)?,
+        plan: r.try_get(4)?,
+        webhook_secret: r.try_get(5)?,
+        policy: r.try_get(6)?,
+        active_version: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+    })
+}
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
+    let kind: String = r.try_get(2)?;
+    let kind = match kind.as_str() {
+        "tenant" => TokenKind::Tenant,
+        "operator" => TokenKind::Operator,
+        other => return Err(StoreError::Corrupt(format!("token kind {other:?}"))),
+    };
+    Ok(TokenRow {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        kind,
+        hash: r.try_get(3)?,
+        prefix: r.try_get(4)?,
+        scopes: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
+        revoked_at: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        last_used_at: r.try_get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> TenantRow {
+        TenantRow {
+            name: name.into(),
+            repo: Some("file:///r".into()),
+            branch: "main".into(),
+            subdir: None,
+            plan: "default".into(),
+            webhook_secret: None,
+            policy: "{}".into(),
+            active_version: None,
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn tenants_versions_and_tokens_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("falra.db");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.insert_tenant(&tenant("caro")).await.unwrap();
+        assert!(matches!(
+            store.insert_tenant(&tenant("caro")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        store
+            .activate_version("caro", "abcdef123456", "git", 2)
+            .await
+            .unwrap();
+        let t = store.tenant("caro").await.unwrap().unwrap();
+        assert_eq!(t.active_version.as_deref(), Some("abcdef123456"));
+        assert!(store
+            .version("caro", "abcdef123456")
+            .await
+            .unwrap()
+            .is_some());
+
+        let tok = TokenRow {
+            id: "tok_1".into(),
+            tenant: Some("caro".into()),
+            kind: TokenKind::Tenant,
+            hash: "h".into(),
+            prefix: "flr_1234".into(),
+            scopes: "call".into(),
+            expires_at: None,
+            revoked_at: None,
+            created_at: 3,
+            last_used_at: None,
+        };
+        store.insert_token(&tok).await.unwrap();
+        assert_eq!(store.token_by_hash("h").await.unwrap().unwrap(), tok);
+        assert!(store.revoke_token("tok_1", 9).await.unwrap());
+        assert_eq!(
+            store.token_by_hash("h").await.unwrap().unwrap().revoked_at,
+            Some(9)
+        );
+
+        // Reopening applies no migration twice and keeps the data.
+        drop(store);
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert!(store.delete_tenant("caro").await.unwrap());
+        assert!(store.token_by_hash("h").await.unwrap().is_none());
+        assert!(store.tenants().await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,15 @@
+//! Spawning one isolated, limited child process per call, and talking to it.
+//!
+//! The sandbox is deliberately ignorant of tenants, tokens and HTTP: it is handed a
+//! [`ChildSpec`] (program, working directory, environment, limits, the request bytes) and gives
+//! back what happened ([`Finished`]), which [`protocol`] turns into a call outcome. Everything
+//! that happens between `fork` and `exec` is an ordered list of [`setup::Step`]s, so isolation
+//! layers (namespaces, cgroups, seccomp) slot in as new steps without touching the callers.
+
+pub mod protocol;
+pub mod runner;
+pub mod setup;
+mod spawn;
+
+pub use protocol::{Answer, ChildFailure, ProtocolRequest};
+pub use spawn::{spawn_and_wait, ChildSpec, Finished, Limits, SandboxError, Termination, Usage};

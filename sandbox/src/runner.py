@@ -1,0 +1,224 @@
+# The Falra runner: runs one call in a fresh interpreter, then exits.
+#
+# Started as `python3 -I -S -B -c <this file>` with the tenant's code as working directory.
+# Reads {"protocol": 1, "call_id", "fn", "kwargs"} on stdin, writes exactly one JSON line on the
+# answer channel (the original stdout), exits 0. Kept lean on purpose: on the success path it
+# imports only modules that are built in or C extensions (`posix`, `sys`, `_json`), because
+# everything imported here is paid again on every single call.
+import posix
+import sys
+import _json
+
+_ROOT = posix.getcwd()
+_PREFIX = _ROOT.rstrip("/") + "/"
+_MISSING = object()
+
+
+class _Refused(Exception):
+    """A failure that is not the function's own: carries the protocol's code and detail."""
+
+    def __init__(self, code, message, detail):
+        Exception.__init__(self, message)
+        self.code = code
+        self.detail = detail
+
+
+def _no_constants(name):
+    raise ValueError("non-standard JSON constant " + name)
+
+
+class _Decoder:
+    # The attributes _json.make_scanner reads: standard JSON, nothing more.
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_no_constants)
+    memo = {}
+
+
+_scan = _json.make_scanner(_Decoder)
+
+
+def _decode(data):
+    text = data.decode("utf-8").strip()
+    value, end = _scan(text, 0)
+    if end != len(text):
+        raise ValueError("trailing data after the request")
+    return value
+
+
+def _unserializable(value, where):
+    raise _Refused(
+        "result_not_serializable",
+        "result of type %s at %s cannot be converted to JSON" % (type(value).__name__, where),
+        {"type": type(value).__name__, "path": where},
+    )
+
+
+def _clean(value, where):
+    """The result as plain JSON types, converting what the contract converts."""
+    t = type(value)
+    if value is None or t is bool or t is int or t is str:
+        return value
+    if t is float:
+        # NaN and the infinities have no JSON form: they become null.
+        return value if value - value == 0.0 else None
+    if t is list or t is tuple:
+        return [_clean(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            kt = type(k)
+            if kt is str:
+                key = k
+            elif k is None or kt is bool:
+                key = _KEYS[k]
+            elif kt is int or kt is float:
+                key = repr(k)
+            else:
+                _unserializable(k, where + " (a key)")
+            out[key] = _clean(v, "%s[%r]" % (where, key))
+        return out
+    if t is set or t is frozenset:
+        return [_clean(v, "%s{%d}" % (where, i)) for i, v in enumerate(value)]
+    module = getattr(t, "__module__", "")
+    if module == "datetime" and hasattr(value, "isoformat"):
+        return value.isoformat()
+    if module == "numpy" and hasattr(value, "tolist"):
+        return _clean(value.tolist(), where)
+    # Subclasses of the plain types (IntEnum, str subclasses, OrderedDict, …) as their base.
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return _clean(base(value), where)
+    if isinstance(value, dict):
+        return _clean(dict(value), where)
+    if isinstance(value, (list, tuple)):
+        return _clean(list(value), where)
+    _unserializable(value, where)
+
+
+_KEYS = {None: "null", True: "true", False: "false"}
+
+_encode = _json.make_encoder(
+    None, None, _json.encode_basestring, None, ":", ",", False, False, False
+)
+
+
+def _resolve(fn):
+    modname, _, funcname = fn.rpartition(".")
+    sys.path.insert(0, _ROOT)
+    try:
+        __import__(modname)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing == modname or modname.startswith(missing + "."):
+            raise _Refused(
+                "fn_not_found", "no module named %r in this tenant's code" % modname,
+                {"module": modname},
+            ) from None
+        raise
+    module = sys.modules[modname]
+    origin = getattr(module, "__file__", None) or ""
+    if not origin.startswith(_PREFIX):
+        raise _Refused(
+            "fn_not_found", "no module named %r in this tenant's code" % modname,
+            {"module": modname},
+        )
+    func = getattr(module, funcname, _MISSING)
+    if func is _MISSING:
+        raise _Refused(
+            "fn_not_found", "module %r has no function %r" % (modname, funcname),
+            {"module": modname, "function": funcname},
+        )
+    if isinstance(func, type):
+        raise _Refused(
+            "fn_not_found", "%s is a class, not a function" % fn,
+            {"module": modname, "function": funcname},
+        )
+    if not callable(func):
+        raise _Refused(
+            "fn_not_found", "%s is not callable" % fn,
+            {"module": modname, "function": funcname},
+        )
+    return func
+
+
+def _tenant_traceback(exc):
+    import traceback
+
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(_PREFIX)
+    ]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _error(exc):
+    if isinstance(exc, _Refused):
+        err = {"type": type(exc).__name__, "message": str(exc), "traceback": "",
+               "code": exc.code, "detail": exc.detail}
+    else:
+        try:
+            tb = _tenant_traceback(exc)
+        except BaseException:
+            tb = ""
+        try:
+            message = str(exc)
+        except BaseException:
+            message = "<unprintable %s>" % type(exc).__name__
+        err = {"type": type(exc).__name__, "message": message, "traceback": tb}
+    return {"ok": False, "error": err}
+
+
+def _main():
+    answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
+    posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
+    try:
+        request = _decode(_read_all(0))
+        func = _resolve(request["fn"])
+        result = func(**request["kwargs"])
+        try:
+            payload = {"ok": True, "result": _clean(result, "result")}
+        except RecursionError:
+            raise _Refused(
+                "result_not_serializable", "the result refers to itself or is nested too deeply",
+                {"type": type(result).__name__, "path": "result"},
+            ) from None
+    except BaseException as e:  # SystemExit and KeyboardInterrupt are the function's too
+        payload = _error(e)
+    try:
+        text = "".join(_encode(payload, 0))
+        data = text.encode("utf-8")
+    except BaseException as e:
+        refused = _Refused(
+            "result_not_serializable", "the result cannot be encoded as UTF-8 JSON",
+            {"type": type(e).__name__, "path": "result"},
+        )
+        data = "".join(_encode(_error(refused), 0)).encode("utf-8")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    data += b"\n"
+    try:
+        while data:
+            data = data[posix.write(answer_fd, data):]
+    finally:
+        posix._exit(0)
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        chunk = posix.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+_main()

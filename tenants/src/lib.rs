@@ -1,0 +1,16 @@
+//! Tenant code: where it comes from, where it lives, and which of it may be called.
+//!
+//! A tenant's code reaches the node as a git commit ([`git`]), is laid out as an immutable
+//! version tree ([`layout`]), and a call names a function in it ([`function`]). Names are parsed
+//! once, at the boundary, into validated types ([`TenantName`], [`FnName`], [`VersionId`]), so
+//! nothing deeper re-checks them. This crate knows nothing of HTTP, tokens or processes.
+
+pub mod function;
+pub mod git;
+pub mod layout;
+pub mod names;
+
+pub use function::{resolve_module, FnName, FnNameError, ResolveError};
+pub use git::{sync, GitSource, SyncError};
+pub use layout::Layout;
+pub use names::{NameError, TenantName, VersionId};

@@ -1,0 +1,270 @@
+//! The end-to-end harness: start the real `falra` binary on a free port with its own data
+//! directory, make real git repositories for tenants, and talk HTTP to it.
+//!
+//! Nothing here is faked: the binary is the one `cargo build` produced (in the same profile as
+//! the tests), git repositories are made by the `git` command and fetched over `file://`.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The `falra` binary: `$FALRA_BIN`, or the one beside this test binary's profile directory.
+pub fn falra_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FALRA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/falra
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = profile_dir.join("falra");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build --release -p falra)",
+        bin.display()
+    );
+    bin
+}
+
+/// An HTTP answer: status, headers of interest, JSON body (or the raw text as a JSON string).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+/// Sends one HTTP request; 4xx/5xx are answers, not errors.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: transport error: {e}"),
+    };
+    let status = response.status();
+    let retry_after = response.header("retry-after").map(str::to_owned);
+    let mut text = String::new();
+    response
+        .into_reader()
+        .take(64 << 20)
+        .read_to_string(&mut text)
+        .expect("answer is UTF-8");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+/// A running daemon with its own data directory, stopped on drop.
+pub struct Daemon {
+    pub url: String,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts `falra serve` with extra arguments, after `falra admin init`.
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let out = Command::new(falra_bin())
+            .args(["admin", "init", "--data-dir"])
+            .arg(&data_dir)
+            .env("FALRA_LOG", "warn")
+            .output()
+            .expect("run falra admin init");
+        assert!(out.status.success(), "admin init failed: {out:?}");
+        let admin_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(admin_token.starts_with("flr_"), "{admin_token}");
+
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(falra_bin())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .args(extra)
+            .env("FALRA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start falra serve");
+        let mut daemon = Daemon {
+            url: format!("http://127.0.0.1:{port}"),
+            admin_token,
+            data_dir,
+            child,
+            _dir: dir,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("falra serve exited early ({status}): {}", self.log());
+            }
+            let up = ureq::get(&format!("{}/healthz", self.url))
+                .timeout(Duration::from_millis(500))
+                .call()
+                .is_ok();
+            if up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("falra serve did not become ready: {}", self.log());
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let auth = format!("Bearer {}", self.admin_token);
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        http(
+            method,
+            &format!("{}/admin/v1{path}", self.url),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            bytes.as_deref(),
+        )
+    }
+
+    /// `POST /v1/call` with a JSON body.
+    pub fn call(&self, body: Value) -> Answer {
+        self.post("/v1/call", &[], body.to_string().as_bytes())
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        http("POST", &format!("{}{path}", self.url), headers, Some(body))
+    }
+
+    /// Creates a tenant whose code is `repo`, syncs it, and returns a `call` token.
+    pub fn tenant(&self, name: &str, repo: &GitRepo) -> String {
+        let a = self.admin(
+            "POST",
+            "/tenants",
+            Some(json!({"name": name, "repo": repo.url(), "branch": "main"})),
+        );
+        assert_eq!(a.status, 201, "create tenant: {:?}", a.body);
+        self.sync(name);
+        self.token(name, &["call"])
+    }
+
+    pub fn sync(&self, name: &str) -> String {
+        let a = self.admin("POST", &format!("/tenants/{name}/sync"), None);
+        assert_eq!(a.status, 200, "sync: {:?}", a.body);
+        a.body["version"].as_str().unwrap().to_owned()
+    }
+
+    pub fn token(&self, tenant: &str, scopes: &[&str]) -> String {
+        let a = self.admin(
+            "POST",
+            &format!("/tenants/{tenant}/tokens"),
+            Some(json!({ "scopes": scopes })),
+        );
+        assert_eq!(a.status, 201, "issue token: {:?}", a.body);
+        a.body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A real git repository on disk, reachable as a `file://` remote.
+pub struct GitRepo {
+    dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    /// A repository on branch `main` with one commit holding `files`.
+    pub fn with_files(files: &[(&str, &str)]) -> GitRepo {
+        let repo = GitRepo {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.commit(files);
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    /// Writes `files` and commits them.
+    pub fn commit(&self, files: &[(&str, &str)]) {
+        for (name, content) in files {
+            let path = self.dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", "change"]);
+    }
+
+    pub fn git(&self, args: &[&str]) {
+        let out = Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+}
