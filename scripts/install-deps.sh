@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing Falra needs on a Debian machine, skipping what is there:
+# git (the tests make real repositories), pkg-config and OpenSSL headers (git2's https),
+# and CPython 3 at /usr/bin/python3 (the interpreter calls run in).
+set -euo pipefail
+
+need=()
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+[[ -x /usr/bin/python3 ]] || need+=(python3)
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}" >&2
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "missing Rust tool: $tool (install with rustup)" >&2; exit 1; }
+done

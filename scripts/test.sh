@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every check and test, from a fresh checkout: installs what is missing, then formatting, lints,
+# unit tests and the end-to-end suite against the real `falra` binary (release build, shared by
+# the tests and the benchmarks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+echo "== build"
+cargo build --release -p falra
+
+echo "== tests"
+cargo test --release --workspace

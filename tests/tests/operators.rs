@@ -1,0 +1,331 @@
+//! The operator API and the command line, against a running daemon.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use falra_tests::{falra_bin, Daemon, GitRepo};
+use serde_json::{json, Value};
+
+#[test]
+fn tenants_are_created_listed_shown_changed_and_removed() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("a.py", "def f():\n    return 1\n")]);
+    let a = d.admin(
+        "POST",
+        "/tenants",
+        Some(json!({"name": "caro", "repo": repo.url()})),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.body["branch"], json!("main"));
+    assert_eq!(a.body["active_version"], Value::Null);
+    assert_eq!(a.body["policy"]["timeout_ms"], json!(30000));
+
+    for (body, field) in [
+        (json!({"name": "Caro"}), "name"),
+        (json!({"name": "1x"}), "name"),
+        (json!({"name": "ok", "branch": "../x"}), "branch"),
+        (json!({"name": "ok", "subdir": "../x"}), "subdir"),
+    ] {
+        let a = d.admin("POST", "/tenants", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {:?}", a.body);
+        assert_eq!(a.body["error"]["detail"]["field"], json!(field));
+    }
+    let a = d.admin("POST", "/tenants", Some(json!({"name": "x", "unknown": 1})));
+    assert_eq!(a.status, 400);
+    let a = d.admin("POST", "/tenants", Some(json!({"name": "caro"})));
+    assert_eq!(
+        (a.status, a.body["error"]["code"].clone()),
+        (409, json!("conflict"))
+    );
+
+    let a = d.admin("GET", "/tenants", None);
+    assert_eq!(a.body["tenants"].as_array().unwrap().len(), 1);
+    let a = d.admin("GET", "/tenants/nobody", None);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+
+    let version = d.sync("caro");
+    let a = d.admin("GET", "/tenants/caro", None);
+    assert_eq!(a.body["active_version"], json!(version));
+    let a = d.admin("PATCH", "/tenants/caro", Some(json!({"branch": "dev"})));
+    assert_eq!(a.body["branch"], json!("dev"));
+    // A failed sync (no such branch) says why and leaves the active version alone.
+    let a = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.body["error"]["code"], json!("sync_failed"));
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("dev"));
+    assert_eq!(
+        d.admin("GET", "/tenants/caro", None).body["active_version"],
+        json!(version)
+    );
+
+    let token = d.token("caro", &["call"]);
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "a.f"})).body["result"],
+        json!(1)
+    );
+    let a = d.admin("DELETE", "/tenants/caro", None);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert!(!d.data_dir.join("versions/caro").exists());
+    assert!(d
+        .data_dir
+        .join("github/git_caro")
+        .symlink_metadata()
+        .is_err());
+    let a = d.call(json!({"token": token, "fn": "a.f"}));
+    assert_eq!(
+        a.status, 401,
+        "a removed tenant's tokens stop working: {:?}",
+        a.body
+    );
+}
+
+#[test]
+fn tokens_are_shown_once_and_stored_as_hashes() {
+    let d = Daemon::start();
+    d.admin("POST", "/tenants", Some(json!({"name": "caro"})));
+    let a = d.admin(
+        "POST",
+        "/tenants/caro/tokens",
+        Some(json!({"scopes": ["call", "deploy"], "expires_in_days": 365})),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let token = a.body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("flr_") && token.len() == 68);
+    assert_eq!(a.body["scopes"], json!(["call", "deploy"]));
+    assert!(a.body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let list = d.admin("GET", "/tenants/caro/tokens", None);
+    let listed = list.body.to_string();
+    assert!(
+        !listed.contains(&token[4..]),
+        "a listing must not contain the token"
+    );
+    assert_eq!(list.body["tokens"][0]["prefix"], json!(&token[..12]));
+
+    for bad in [
+        json!({"scopes": []}),
+        json!({"scopes": ["root"]}),
+        json!({"scopes": ["call"], "expires_in_days": 0}),
+        json!({"scopes": ["call"], "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"scopes": ["call"], "expires_at": "tomorrow"}),
+        json!({"scopes": ["call"], "expires_at": "2099-01-01T00:00:00Z", "expires_in_days": 3}),
+    ] {
+        let a = d.admin("POST", "/tenants/caro/tokens", Some(bad.clone()));
+        assert_eq!(a.status, 400, "{bad}: {:?}", a.body);
+    }
+    assert_eq!(d.admin("DELETE", "/tokens/tok_nope", None).status, 404);
+
+    // Nothing in the data directory holds a plaintext token.
+    let admin_secret = d.admin_token[4..].to_owned();
+    for entry in walk(&d.data_dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        for secret in [&token[4..], admin_secret.as_str()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a plaintext token",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        let ft = entry.file_type().unwrap();
+        if ft.is_dir() {
+            out.extend(walk(&p));
+        } else if ft.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn operator_api_needs_an_operator_token() {
+    let d = Daemon::start();
+    let url = format!("{}/admin/v1/tenants", d.url);
+    let a = falra_tests::http("GET", &url, &[], None);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
+    let a = falra_tests::http("GET", &url, &[("Authorization", "Bearer flr_wrong")], None);
+    assert_eq!(a.status, 401);
+}
+
+#[test]
+fn policy_changes_apply_to_the_next_call_and_bad_values_are_refused() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[(
+        "s.py",
+        "import time\ndef nap(s):\n    time.sleep(s)\n    return 'awake'\n",
+    )]);
+    let token = d.tenant("caro", &repo);
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "s.nap", "s": 0.5}))
+            .body["result"],
+        json!("awake")
+    );
+    let a = d.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"timeout_ms": 200})),
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "s.nap", "s": 0.5}))
+            .status,
+        504
+    );
+    for bad in [
+        json!({"memory_mb": 0}),
+        json!({"timeout_ms": 1}),
+        json!({"network": "wifi"}),
+        json!({"nope": 1}),
+    ] {
+        let a = d.admin("PUT", "/tenants/caro/policy", Some(bad.clone()));
+        assert_eq!(a.status, 400, "{bad}: {:?}", a.body);
+    }
+    // The refused changes left the policy as it was.
+    let a = d.admin("GET", "/tenants/caro", None);
+    assert_eq!(a.body["policy"]["timeout_ms"], json!(200));
+    assert_eq!(a.body["policy"]["memory_mb"], json!(256));
+}
+
+fn cli(d: &Daemon, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(falra_bin());
+    cmd.args(args)
+        .env("FALRA_URL", &d.url)
+        .env("FALRA_ADMIN_TOKEN", &d.admin_token);
+    if let Some(t) = token {
+        cmd.env("FALRA_TOKEN", t);
+    }
+    let out = cmd.output().expect("run falra");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_drives_a_running_daemon() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[(
+        "falra_test_add.py",
+        "def add(int_a, int_b):\n    return int_a + int_b\n\ndef echo(x):\n    return x\n",
+    )]);
+    let url = repo.url();
+    let (ok, out, err) = cli(&d, &["tenant", "add", "caro", "--repo", &url], None);
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = cli(&d, &["tenant", "sync", "caro"], None);
+    assert!(ok && out.contains("\"version\""), "{out}");
+    let (ok, out, _) = cli(&d, &["tenant", "list"], None);
+    assert!(ok && out.contains("\"caro\""), "{out}");
+    let (ok, out, _) = cli(&d, &["tenant", "show", "caro"], None);
+    assert!(ok && out.contains("\"active_version\""), "{out}");
+    let (ok, out, err) = cli(
+        &d,
+        &[
+            "token",
+            "issue",
+            "caro",
+            "--scopes",
+            "call",
+            "--expires-in-days",
+            "365",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let issued: Value = serde_json::from_str(&out).unwrap();
+    let token = issued["token"].as_str().unwrap();
+
+    let (ok, out, err) = cli(
+        &d,
+        &["call", "falra_test_add.add", "int_a=1", "int_b=2"],
+        Some(token),
+    );
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["result"], json!(3));
+    // Values that are not JSON are strings.
+    let (ok, out, _) = cli(
+        &d,
+        &["call", "falra_test_add.echo", "x=hello world"],
+        Some(token),
+    );
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["result"],
+        json!("hello world")
+    );
+
+    // Errors go to stderr with a non-zero exit.
+    let (ok, _, err) = cli(&d, &["call", "falra_test_add.nope"], Some(token));
+    assert!(!ok && err.contains("fn_not_found"), "{err}");
+    let (ok, _, err) = cli(&d, &["tenant", "show", "nobody"], None);
+    assert!(!ok && err.contains("not_found"), "{err}");
+    let (ok, _, err) = cli(&d, &["policy", "set", "caro", "timeout_ms=0"], None);
+    assert!(!ok && err.contains("bad_request"), "{err}");
+    let (ok, out, _) = cli(&d, &["policy", "set", "caro", "timeout_ms=1000"], None);
+    assert!(ok && out.contains("1000"), "{out}");
+    let (ok, out, _) = cli(&d, &["token", "list", "caro"], None);
+    assert!(ok && !out.contains(&token[4..]));
+    let id = issued["id"].as_str().unwrap();
+    let (ok, _, _) = cli(&d, &["token", "revoke", id], None);
+    assert!(ok);
+    let (ok, _, err) = cli(
+        &d,
+        &["call", "falra_test_add.add", "int_a=1", "int_b=2"],
+        Some(token),
+    );
+    assert!(!ok && err.contains("token_revoked"), "{err}");
+    let (ok, _, err) = cli(&d, &["tenant", "remove", "caro"], None);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn demo_prints_a_curl_line_that_answers_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(falra_bin())
+        .args([
+            "serve",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("FALRA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let curl = loop {
+        let line = lines.next().expect("demo printed no curl line").unwrap();
+        if line.trim_start().starts_with("curl ") {
+            break line;
+        }
+    };
+    // Run the printed line exactly as a user would paste it.
+    let out = Command::new("sh").args(["-c", &curl]).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["ok"], json!(true), "{answer}");
+    assert_eq!(answer["result"], json!(3));
+}
