@@ -143,6 +143,13 @@ async fn request_span(req: Request, next: Next) -> Response {
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers are small and latency matters: never let Nagle hold one back.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
