@@ -4,11 +4,11 @@
 #   - the reference baselines (the seed's in-process FastAPI server, a naive fresh-child server,
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
 # Prints one table with ratios. Usage: bash bench/call.sh
-# Env: DUR=5 (seconds per wrk run) RUNS=3 CONCS="1 8" BASELINES=path/to/shared/bench/call
+# Env: DUR=5 (seconds per wrk run) RUNS=2 CONCS="1 8" BASELINES=path/to/shared/bench/call
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-DUR=${DUR:-5}; RUNS=${RUNS:-3}; CONCS=${CONCS:-"1 8"}
+DUR=${DUR:-5}; RUNS=${RUNS:-2}; CONCS=${CONCS:-"1 8"}
 BASELINES=${BASELINES:-$ROOT/../shared/bench/call}
 RES=${RES:-$ROOT/bench/results/call}
 WORK=$(mktemp -d /tmp/falra-bench.XXXXXX)
@@ -55,7 +55,7 @@ kill "${PIDS[@]}" 2>/dev/null || true
 
 # ---- baselines, same machine, same run
 echo "== baselines ($BASELINES)"
-BASE=$WORK/baseline DUR=$DUR RUNS=$RUNS CONCS="$CONCS" EXTRA=0 RES=$RES/baseline \
+env -u WRK_BODY BASE=$WORK/baseline DUR=$DUR RUNS=$RUNS CONCS="$CONCS" EXTRA=0 RES=$RES/baseline \
   bash "$BASELINES/run_all.sh" > "$RES/baseline.txt" 2>&1 || { tail -30 "$RES/baseline.txt"; exit 1; }
 echo "load at end: $(cat /proc/loadavg)" >> "$RES/load.txt"
 
@@ -65,7 +65,7 @@ res = sys.argv[1]
 kv = lambda line: {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 rows = {}
 for line in open(f"{res}/falra.txt"):
-    d = kv(line); rows.setdefault(("falra (sandboxed child per call)", int(d["c"])), []).append(d)
+    d = kv(line); rows.setdefault(("falra (fresh child per call)", int(d["c"])), []).append(d)
 for f in glob.glob(f"{res}/baseline/*.wrk"):
     name, c, _ = os.path.basename(f)[:-4].rsplit(".", 2)
     line = next((l for l in open(f) if l.startswith("RESULT")), None)

@@ -1,28 +1,71 @@
-//! The child's setup between `fork` and `exec`, as an ordered list of steps.
+//! The child's setup between `clone` and `exec`, as an ordered list of steps.
 //!
-//! Order matters and is part of the contract: steps that need privileges come first, the
-//! steps that take privileges away come last, and nothing after them may need what they removed.
-//! The plan is plain data ([`plan`]) so it can be reviewed and unit-tested; [`apply`] runs it
-//! against a [`ChildSys`], whose real implementation ([`HostSys`]) issues the syscalls and whose
-//! test implementation records them.
+//! Order is the contract, and it is the order of [`plan`]:
 //!
-//! Everything here runs in the forked child of a multi-threaded parent, so it may only make
-//! async-signal-safe calls: no allocation, no locks, no logging.
+//! 1. join the call's cgroups (so everything after is accounted and limited);
+//! 2. a new session (the child leads its own process group);
+//! 3. mounts, all in the child's own mount namespace: make every mount private, build a new root
+//!    on a small tmpfs, bind the system and Python directories read-only, bind the tenant's
+//!    code read-only, give it a capped `/tmp` and `/dev/shm`, a minimal `/dev` and a fresh
+//!    `/proc`;
+//! 4. `pivot_root` into the new root and detach the old one, then make the root read-only;
+//! 5. bring up loopback (own network namespace) and set the hostname;
+//! 6. working directory, resource limits, close-on-exec for every inherited descriptor;
+//! 7. drop privileges: no supplementary groups, the per-tenant gid and uid (which clears every
+//!    capability);
+//! 8. parent-death signal (after the uid change, which would clear it), `no_new_privs`;
+//! 9. seccomp, last, so that every step before it may still use what it denies.
+//!
+//! The plan is plain data so it can be reviewed and unit-tested; [`apply`] runs it against a
+//! [`ChildSys`], whose real implementation ([`HostSys`]) makes the syscalls and whose test
+//! implementation records them. Everything here runs in the child of a multi-threaded parent,
+//! between `clone` and `exec`: only async-signal-safe calls, no allocation, no locks.
 
+use std::ffi::{CStr, CString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::seccomp::SockFilter;
 
 /// One setup action in the child, in the order [`plan`] lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Become the leader of a new session and process group, so the whole group can be killed
-    /// at once and the child has no controlling terminal.
+    /// Write `0` into a `cgroup.procs` file: move this process into that cgroup.
+    JoinCgroup(CString),
     NewSession,
-    /// Receive SIGKILL if the daemon dies, so no child outlives the daemon that supervises it.
-    ParentDeathSignal,
-    /// Set one resource limit (soft and hard to the same value).
+    /// Stop mount events from propagating between the host and the child.
+    MountPrivate,
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: libc::c_ulong,
+        data: CString,
+    },
+    /// Bind `source` at `target`, then remount it read-only, nosuid, nodev.
+    BindReadOnly { source: CString, target: CString },
+    /// Bind a device node (writable, devices allowed).
+    BindDevice { source: CString, target: CString },
+    Mkdir(CString, libc::mode_t),
+    /// Create an empty file (a mount point for a file bind) or one with contents.
+    WriteFile(CString, Vec<u8>),
+    Symlink { target: CString, link: CString },
+    /// Make `new_root` the root and detach the old one.
+    PivotRoot(CString),
+    RemountRootReadOnly,
+    LoopbackUp,
+    SetHostname(CString),
+    Chdir(CString),
     Rlimit(Resource, u64),
     /// Mark every descriptor above stderr close-on-exec, whoever opened it.
     CloseInheritedFds,
+    /// No supplementary groups, then this gid and uid; all capabilities go with root.
+    DropIdentity { uid: u32, gid: u32 },
+    /// SIGKILL when the daemon dies, so no child outlives its supervisor.
+    ParentDeathSignal,
+    NoNewPrivs,
+    Seccomp(Vec<SockFilter>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +76,7 @@ pub enum Resource {
     Stack,
 }
 
-/// What the plan needs to know; grows with the isolation layers.
+/// Resource limits applied in every child, isolated or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetupLimits {
     pub open_files: u64,
@@ -51,41 +94,292 @@ impl Default for SetupLimits {
     }
 }
 
-/// The ordered setup for one child.
-pub fn plan(limits: &SetupLimits) -> Vec<Step> {
-    vec![
-        Step::NewSession,
-        Step::ParentDeathSignal,
+/// A read-only bind of a host path into the child's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// Absolute path inside the child.
+    pub target: PathBuf,
+}
+
+/// What the child's filesystem, network and identity are made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    /// An empty host directory: the new root's tmpfs is mounted on it, in the child's mount
+    /// namespace only, so every call can use the same one.
+    pub root_mount_point: PathBuf,
+    /// System entries: directories bound read-only, or symlinks recreated as they are.
+    pub system: Vec<SystemEntry>,
+    /// Further read-only binds (the tenant's code, its virtualenv).
+    pub binds: Vec<Bind>,
+    pub tmp_bytes: u64,
+    /// Keep the host's network (no network namespace of its own).
+    pub host_network: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    /// `cgroup.procs` files to join, one per hierarchy.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// A top-level system path as found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemEntry {
+    Dir(PathBuf),
+    File(PathBuf),
+    Symlink { path: PathBuf, target: PathBuf },
+}
+
+/// The system paths a Python child needs, as they exist on this host: `/usr` and friends
+/// (bound read-only, or recreated as the symlinks merged-`/usr` systems make them), and the few
+/// files of `/etc` that TLS, time zones and name lookup read.
+pub fn host_system_entries() -> Vec<SystemEntry> {
+    const DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ssl", "/etc/ca-certificates"];
+    const FILES: &[&str] = &["/etc/localtime", "/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf"];
+    let mut out = Vec::new();
+    for p in DIRS.iter().chain(FILES) {
+        let path = Path::new(p);
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let is_top = path.parent() == Some(Path::new("/"));
+            match (is_top, std::fs::read_link(path), std::fs::canonicalize(path)) {
+                (true, Ok(target), _) => out.push(SystemEntry::Symlink {
+                    path: path.to_path_buf(),
+                    target,
+                }),
+                // Below /etc, bind what the link resolves to (mount follows the source link).
+                (false, _, Ok(real)) if real.is_file() => out.push(SystemEntry::File(path.to_path_buf())),
+                (false, _, Ok(real)) if real.is_dir() => out.push(SystemEntry::Dir(path.to_path_buf())),
+                _ => {}
+            }
+        } else if meta.is_dir() {
+            out.push(SystemEntry::Dir(path.to_path_buf()));
+        } else if meta.is_file() {
+            out.push(SystemEntry::File(path.to_path_buf()));
+        }
+    }
+    out
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths never contain NUL")
+}
+
+fn cs(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn under(root: &Path, inside: &Path) -> PathBuf {
+    root.join(inside.strip_prefix("/").unwrap_or(inside))
+}
+
+/// The ordered setup for one child. Without `isolation` the child is a plain process in its own
+/// session (used for measurements and by tests of the supervisor).
+pub fn plan(
+    limits: &SetupLimits,
+    isolation: Option<&Isolation>,
+    cwd: &Path,
+    seccomp: Option<Vec<SockFilter>>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(iso) = isolation {
+        steps.extend(iso.cgroup_procs.iter().map(|p| Step::JoinCgroup(cstr(p))));
+    }
+    steps.push(Step::NewSession);
+    if let Some(iso) = isolation {
+        mount_steps(iso, &mut steps);
+        if !iso.host_network {
+            steps.push(Step::LoopbackUp);
+        }
+        steps.push(Step::SetHostname(cs(&iso.hostname)));
+    }
+    steps.push(Step::Chdir(cstr(cwd)));
+    steps.extend([
         Step::Rlimit(Resource::Core, 0),
         Step::Rlimit(Resource::OpenFiles, limits.open_files),
         Step::Rlimit(Resource::FileSize, limits.file_size_bytes),
         Step::Rlimit(Resource::Stack, limits.stack_bytes),
         Step::CloseInheritedFds,
-    ]
+    ]);
+    if let Some(iso) = isolation {
+        steps.push(Step::DropIdentity {
+            uid: iso.uid,
+            gid: iso.gid,
+        });
+    }
+    steps.push(Step::ParentDeathSignal);
+    steps.push(Step::NoNewPrivs);
+    if let Some(filter) = seccomp {
+        steps.push(Step::Seccomp(filter));
+    }
+    steps
+}
+
+fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
+    let root = &iso.root_mount_point;
+    let at = |inside: &str| cstr(&under(root, Path::new(inside)));
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    steps.push(Step::MountPrivate);
+    steps.push(Step::Mount {
+        source: cs("falra-root"),
+        target: cstr(root),
+        fstype: cs("tmpfs"),
+        flags: nosuid_nodev,
+        data: cs("size=1m,mode=0755"),
+    });
+    for dir in ["etc", "proc", "dev", "tmp"] {
+        steps.push(Step::Mkdir(at(dir), 0o755));
+    }
+    for entry in &iso.system {
+        match entry {
+            SystemEntry::Dir(p) => {
+                mkdir_all(root, p, steps);
+                steps.push(Step::BindReadOnly {
+                    source: cstr(p),
+                    target: cstr(&under(root, p)),
+                });
+            }
+            SystemEntry::File(p) => {
+                if let Some(parent) = p.parent() {
+                    mkdir_all(root, parent, steps);
+                }
+                steps.push(Step::WriteFile(cstr(&under(root, p)), Vec::new()));
+                steps.push(Step::BindReadOnly {
+                    source: cstr(p),
+                    target: cstr(&under(root, p)),
+                });
+            }
+            SystemEntry::Symlink { path, target } => steps.push(Step::Symlink {
+                target: cstr(target),
+                link: cstr(&under(root, path)),
+            }),
+        }
+    }
+    let passwd = format!("root:x:0:0::/:/usr/sbin/nologin\nfalra:x:{}:{}::/tmp:/usr/sbin/nologin\n", iso.uid, iso.gid);
+    let group = format!("root:x:0:\nfalra:x:{}:\n", iso.gid);
+    steps.push(Step::WriteFile(at("etc/passwd"), passwd.into_bytes()));
+    steps.push(Step::WriteFile(at("etc/group"), group.into_bytes()));
+    steps.push(Step::WriteFile(at("etc/hostname"), format!("{}\n", iso.hostname).into_bytes()));
+    for bind in &iso.binds {
+        mkdir_all(root, &bind.target, steps);
+        steps.push(Step::BindReadOnly {
+            source: cstr(&bind.source),
+            target: cstr(&under(root, &bind.target)),
+        });
+    }
+    let tmpfs = |target: CString, size: u64, mode: &str, flags| Step::Mount {
+        source: cs("tmpfs"),
+        target,
+        fstype: cs("tmpfs"),
+        flags,
+        data: cs(&format!("size={size},mode={mode}")),
+    };
+    steps.push(tmpfs(at("tmp"), iso.tmp_bytes, "1777", nosuid_nodev));
+    steps.push(tmpfs(at("dev"), 64 << 10, "0755", libc::MS_NOSUID | libc::MS_NOEXEC));
+    for node in ["null", "zero", "full", "random", "urandom"] {
+        steps.push(Step::WriteFile(at(&format!("dev/{node}")), Vec::new()));
+        steps.push(Step::BindDevice {
+            source: cs(&format!("/dev/{node}")),
+            target: at(&format!("dev/{node}")),
+        });
+    }
+    steps.push(Step::Mkdir(at("dev/shm"), 0o755));
+    steps.push(tmpfs(at("dev/shm"), iso.tmp_bytes, "1777", nosuid_nodev | libc::MS_NOEXEC));
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        steps.push(Step::Symlink {
+            target: cs(target),
+            link: at(&format!("dev/{name}")),
+        });
+    }
+    steps.push(Step::Mount {
+        source: cs("proc"),
+        target: at("proc"),
+        fstype: cs("proc"),
+        flags: nosuid_nodev | libc::MS_NOEXEC,
+        data: cs(""),
+    });
+    steps.push(Step::PivotRoot(cstr(root)));
+    steps.push(Step::RemountRootReadOnly);
+}
+
+/// Mkdir steps for every component of `inside` below the new root (the tmpfs starts empty).
+fn mkdir_all(root: &Path, inside: &Path, steps: &mut Vec<Step>) {
+    let mut path = root.to_path_buf();
+    for part in inside.strip_prefix("/").unwrap_or(inside).components() {
+        path.push(part);
+        let step = Step::Mkdir(cstr(&path), 0o755);
+        if !steps.contains(&step) {
+            steps.push(step);
+        }
+    }
 }
 
 /// The syscalls the setup makes, behind a trait so tests can record them.
 pub trait ChildSys {
+    fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()>;
     fn setsid(&mut self) -> io::Result<()>;
-    fn set_parent_death_signal(&mut self) -> io::Result<()>;
+    fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()>;
+    fn mkdir(&mut self, path: &CStr, mode: libc::mode_t) -> io::Result<()>;
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()>;
+    fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()>;
+    fn loopback_up(&mut self) -> io::Result<()>;
+    fn sethostname(&mut self, name: &CStr) -> io::Result<()>;
+    fn chdir(&mut self, path: &CStr) -> io::Result<()>;
     fn setrlimit(&mut self, resource: Resource, value: u64) -> io::Result<()>;
     fn cloexec_from(&mut self, first_fd: u32) -> io::Result<()>;
+    fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()>;
+    fn set_parent_death_signal(&mut self) -> io::Result<()>;
+    fn no_new_privs(&mut self) -> io::Result<()>;
+    fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()>;
 }
 
-/// Runs the plan in order, stopping at the first failure.
-pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> io::Result<()> {
-    for step in steps {
-        match *step {
-            Step::NewSession => sys.setsid()?,
-            Step::ParentDeathSignal => sys.set_parent_death_signal()?,
-            Step::Rlimit(resource, value) => sys.setrlimit(resource, value)?,
-            Step::CloseInheritedFds => sys.cloexec_from(3)?,
-        }
+/// Runs the plan in order, stopping at the first failure; returns the failing step's index.
+pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::Error)> {
+    let bind_flags = libc::MS_BIND | libc::MS_REC;
+    for (i, step) in steps.iter().enumerate() {
+        let r = match step {
+            Step::JoinCgroup(procs) => sys.write_file(procs, b"0"),
+            Step::NewSession => sys.setsid(),
+            Step::MountPrivate => sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
+            Step::Mount { source, target, fstype, flags, data } => {
+                sys.mount(Some(source), target, Some(fstype), *flags, Some(data))
+            }
+            Step::BindReadOnly { source, target } => sys
+                .mount(Some(source), target, None, bind_flags, None)
+                .and_then(|()| {
+                    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    sys.mount(None, target, None, ro, None)
+                }),
+            Step::BindDevice { source, target } => sys.mount(Some(source), target, None, libc::MS_BIND, None),
+            Step::Mkdir(path, mode) => sys.mkdir(path, *mode),
+            Step::WriteFile(path, data) => sys.write_file(path, data),
+            Step::Symlink { target, link } => sys.symlink(target, link),
+            Step::PivotRoot(root) => sys.pivot_root(root),
+            Step::RemountRootReadOnly => sys.mount(
+                None,
+                c"/",
+                None,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                None,
+            ),
+            Step::LoopbackUp => sys.loopback_up(),
+            Step::SetHostname(name) => sys.sethostname(name),
+            Step::Chdir(path) => sys.chdir(path),
+            Step::Rlimit(resource, value) => sys.setrlimit(*resource, *value),
+            Step::CloseInheritedFds => sys.cloexec_from(3),
+            Step::DropIdentity { uid, gid } => sys.drop_identity(*uid, *gid),
+            Step::ParentDeathSignal => sys.set_parent_death_signal(),
+            Step::NoNewPrivs => sys.no_new_privs(),
+            Step::Seccomp(filter) => sys.seccomp(filter),
+        };
+        r.map_err(|e| (i, e))?;
     }
     Ok(())
 }
 
-/// The real syscalls. Only async-signal-safe calls, as required after `fork`.
+/// The real syscalls. Only async-signal-safe calls, as required between `clone` and `exec`.
 #[derive(Debug, Default)]
 pub struct HostSys;
 
@@ -97,22 +391,106 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
+fn ptr(s: Option<&CStr>) -> *const libc::c_char {
+    s.map_or(std::ptr::null(), CStr::as_ptr)
+}
+
 #[allow(unsafe_code)]
 impl ChildSys for HostSys {
+    fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()> {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644) };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut rest = data;
+        let mut result = Ok(());
+        while !rest.is_empty() {
+            // SAFETY: `rest` is a live slice; write reads at most `rest.len()` bytes from it.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                result = Err(io::Error::last_os_error());
+                break;
+            }
+            rest = &rest[n as usize..];
+        }
+        // SAFETY: `fd` was opened above and is closed exactly once.
+        unsafe { libc::close(fd) };
+        result
+    }
+
     fn setsid(&mut self) -> io::Result<()> {
-        // SAFETY: setsid takes no pointers and only changes this (forked) process's session.
+        // SAFETY: setsid takes no arguments and only changes this process's session.
         check(unsafe { libc::setsid() })
     }
 
-    fn set_parent_death_signal(&mut self) -> io::Result<()> {
-        // SAFETY: PR_SET_PDEATHSIG takes a signal number by value; no memory is shared.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
-        // The parent may have died between fork and prctl; then we were reparented already.
-        // SAFETY: getppid has no arguments and cannot fail.
-        if unsafe { libc::getppid() } == 1 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()> {
+        // SAFETY: every pointer is either null or a valid NUL-terminated string that outlives
+        // the call; this process is alone in its own mount namespace.
+        check(unsafe { libc::mount(ptr(source), target.as_ptr(), ptr(fstype), flags, ptr(data).cast()) })
+    }
+
+    fn mkdir(&mut self, path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        match check(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
         }
-        Ok(())
+    }
+
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()> {
+        // SAFETY: both are valid NUL-terminated strings for the duration of the call.
+        check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
+    }
+
+    fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()> {
+        // pivot_root(".", ".") stacks the old root under the new one; detaching "." then
+        // removes the old root without needing a directory for it.
+        // SAFETY: plain path arguments, valid for each call.
+        check(unsafe { libc::chdir(new_root.as_ptr()) })?;
+        // SAFETY: as above; pivot_root has no libc wrapper, the syscall takes two paths.
+        let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+        // SAFETY: as above.
+        check(unsafe { libc::chdir(c"/".as_ptr()) })
+    }
+
+    fn loopback_up(&mut self) -> io::Result<()> {
+        // SAFETY: socket takes integers; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: `req` is a valid ifreq naming "lo" for both ioctls, and lives across them.
+        let result = check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) }).and_then(|()| {
+            // SAFETY: reading and writing the flags member of the union the kernel just filled.
+            unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+            // SAFETY: as above.
+            check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
+        });
+        // SAFETY: `fd` was opened above and is closed exactly once.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
+        let bytes = name.to_bytes();
+        // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
+        check(unsafe { libc::sethostname(bytes.as_ptr().cast(), bytes.len()) })
+    }
+
+    fn chdir(&mut self, path: &CStr) -> io::Result<()> {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        check(unsafe { libc::chdir(path.as_ptr()) })
     }
 
     fn setrlimit(&mut self, resource: Resource, value: u64) -> io::Result<()> {
@@ -134,14 +512,45 @@ impl ChildSys for HostSys {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
         // SAFETY: close_range with CLOEXEC only sets flags on descriptors this process owns;
         // it takes integers by value and touches no memory.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                first_fd as libc::c_uint,
-                libc::c_uint::MAX,
-                CLOSE_RANGE_CLOEXEC,
-            )
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first_fd as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()> {
+        // SAFETY: an empty group list needs no pointer; the id calls take integers by value.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: as above.
+        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        // SAFETY: as above. Leaving uid 0 for a non-zero uid clears every capability.
+        check(unsafe { libc::setresuid(uid, uid, uid) })
+    }
+
+    fn set_parent_death_signal(&mut self) -> io::Result<()> {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number by value; no memory is shared.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })
+    }
+
+    fn no_new_privs(&mut self) -> io::Result<()> {
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+    }
+
+    fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()> {
+        #[repr(C)]
+        struct SockFprog {
+            len: libc::c_ushort,
+            filter: *const SockFilter,
+        }
+        let prog = SockFprog {
+            len: filter.len() as libc::c_ushort,
+            filter: filter.as_ptr(),
         };
+        // SAFETY: `prog` points at `filter`, a slice of `struct sock_filter`-layout values that
+        // outlives the call; the kernel copies the program. no_new_privs is already set.
+        let rc = unsafe { libc::syscall(libc::SYS_seccomp, 1 as libc::c_ulong /* SECCOMP_SET_MODE_FILTER */, 0 as libc::c_ulong, &prog as *const SockFprog) };
         if rc == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -168,12 +577,38 @@ mod tests {
         }
     }
 
+    fn s(c: &CStr) -> String {
+        c.to_string_lossy().into_owned()
+    }
+
     impl ChildSys for Recorder {
+        fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()> {
+            self.record(format!("write {} {}", s(path), String::from_utf8_lossy(data).lines().next().unwrap_or("")))
+        }
         fn setsid(&mut self) -> io::Result<()> {
             self.record("setsid".into())
         }
-        fn set_parent_death_signal(&mut self) -> io::Result<()> {
-            self.record("pdeathsig".into())
+        fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, _data: Option<&CStr>) -> io::Result<()> {
+            let ro = if flags & libc::MS_RDONLY != 0 { " ro" } else { "" };
+            self.record(format!("mount {} {} {}{ro}", source.map(s).unwrap_or_default(), s(target), fstype.map(s).unwrap_or_default()))
+        }
+        fn mkdir(&mut self, path: &CStr, _mode: libc::mode_t) -> io::Result<()> {
+            self.record(format!("mkdir {}", s(path)))
+        }
+        fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()> {
+            self.record(format!("symlink {} -> {}", s(link), s(target)))
+        }
+        fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()> {
+            self.record(format!("pivot_root {}", s(new_root)))
+        }
+        fn loopback_up(&mut self) -> io::Result<()> {
+            self.record("loopback_up".into())
+        }
+        fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
+            self.record(format!("sethostname {}", s(name)))
+        }
+        fn chdir(&mut self, path: &CStr) -> io::Result<()> {
+            self.record(format!("chdir {}", s(path)))
         }
         fn setrlimit(&mut self, r: Resource, v: u64) -> io::Result<()> {
             self.record(format!("rlimit {r:?} {v}"))
@@ -181,31 +616,109 @@ mod tests {
         fn cloexec_from(&mut self, fd: u32) -> io::Result<()> {
             self.record(format!("cloexec {fd}"))
         }
+        fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()> {
+            self.record(format!("identity {uid}:{gid}"))
+        }
+        fn set_parent_death_signal(&mut self) -> io::Result<()> {
+            self.record("pdeathsig".into())
+        }
+        fn no_new_privs(&mut self) -> io::Result<()> {
+            self.record("no_new_privs".into())
+        }
+        fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()> {
+            self.record(format!("seccomp {}", filter.len()))
+        }
+    }
+
+    fn isolation() -> Isolation {
+        Isolation {
+            root_mount_point: "/data/root".into(),
+            system: vec![
+                SystemEntry::Dir("/usr".into()),
+                SystemEntry::Symlink { path: "/lib".into(), target: "usr/lib".into() },
+                SystemEntry::File("/etc/localtime".into()),
+            ],
+            binds: vec![Bind { source: "/data/versions/t/abc".into(), target: "/code".into() }],
+            tmp_bytes: 1 << 20,
+            host_network: false,
+            uid: 100_001,
+            gid: 100_001,
+            hostname: "falra".into(),
+            cgroup_procs: vec!["/cg/memory/falra/t1/c1/cgroup.procs".into()],
+        }
+    }
+
+    fn position(calls: &[String], prefix: &str) -> usize {
+        calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
     }
 
     #[test]
-    fn plan_runs_in_documented_order() {
+    fn isolated_plan_runs_in_the_documented_order() {
         let mut rec = Recorder::default();
-        apply(&plan(&SetupLimits::default()), &mut rec).unwrap();
+        let steps = plan(&SetupLimits::default(), Some(&isolation()), Path::new("/code"), Some(crate::seccomp::compile()));
+        apply(&steps, &mut rec).unwrap();
+        let calls = &rec.0;
+        let order = [
+            "write /cg/memory/falra/t1/c1/cgroup.procs 0",
+            "setsid",
+            "mount  / ",
+            "mount falra-root /data/root tmpfs",
+            "mount /usr /data/root/usr ",
+            "mount  /data/root/usr  ro",
+            "symlink /data/root/lib -> usr/lib",
+            "mount /data/versions/t/abc /data/root/code ",
+            "mount  /data/root/code  ro",
+            "mount tmpfs /data/root/tmp tmpfs",
+            "mount /dev/null /data/root/dev/null",
+            "mount proc /data/root/proc proc",
+            "pivot_root /data/root",
+            "mount  / ",
+            "loopback_up",
+            "sethostname falra",
+            "chdir /code",
+            "rlimit Core 0",
+            "cloexec 3",
+            "identity 100001:100001",
+            "pdeathsig",
+            "no_new_privs",
+            "seccomp",
+        ];
+        let mut last = 0;
+        for want in order {
+            let at = calls[last..].iter().position(|c| c.starts_with(want)).map(|p| p + last);
+            let at = at.unwrap_or_else(|| panic!("{want:?} missing or out of order in {calls:#?}"));
+            last = at;
+        }
+        assert_eq!(calls.last().unwrap().split(' ').next(), Some("seccomp"));
+        // The root is made read-only after the pivot, and no mount happens after it.
+        let pivot = position(calls, "pivot_root");
+        assert!(calls[pivot + 1].ends_with(" ro"), "{}", calls[pivot + 1]);
+        assert!(calls[pivot + 2..].iter().all(|c| !c.starts_with("mount")));
+    }
+
+    #[test]
+    fn host_network_skips_loopback_and_unisolated_children_only_get_limits() {
+        let mut iso = isolation();
+        iso.host_network = true;
+        let mut rec = Recorder::default();
+        apply(&plan(&SetupLimits::default(), Some(&iso), Path::new("/code"), None), &mut rec).unwrap();
+        assert!(!rec.0.iter().any(|c| c == "loopback_up"));
+
+        let mut rec = Recorder::default();
+        apply(&plan(&SetupLimits::default(), None, Path::new("/srv"), None), &mut rec).unwrap();
         assert_eq!(
             rec.0,
-            [
-                "setsid",
-                "pdeathsig",
-                "rlimit Core 0",
-                "rlimit OpenFiles 256",
-                "rlimit FileSize 67108864",
-                "rlimit Stack 8388608",
-                "cloexec 3",
-            ]
+            ["setsid", "chdir /srv", "rlimit Core 0", "rlimit OpenFiles 256", "rlimit FileSize 67108864", "rlimit Stack 8388608", "cloexec 3", "pdeathsig", "no_new_privs"]
         );
     }
 
     #[test]
-    fn a_failing_step_stops_the_setup() {
-        let mut rec = Recorder(Vec::new(), Some("pdeathsig"));
-        let err = apply(&plan(&SetupLimits::default()), &mut rec).unwrap_err();
+    fn a_failing_step_stops_the_setup_and_names_itself() {
+        let mut rec = Recorder(Vec::new(), Some("pivot_root"));
+        let steps = plan(&SetupLimits::default(), Some(&isolation()), Path::new("/code"), None);
+        let (index, err) = apply(&steps, &mut rec).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
-        assert_eq!(rec.0, ["setsid", "pdeathsig"]);
+        assert!(matches!(steps[index], Step::PivotRoot(_)));
+        assert_eq!(rec.0.last().unwrap(), "pivot_root /data/root");
     }
 }

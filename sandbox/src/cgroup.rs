@@ -1,0 +1,378 @@
+//! Control groups: one per tenant, one per call beneath it, on cgroup v2 or v1.
+//!
+//! The daemon's host decides the version: production hosts mount the unified v2 hierarchy with
+//! the controllers enabled; older hosts (and these build machines) have v1 hierarchies, one per
+//! controller. [`detect`] reads `/proc/self/mountinfo` and `/proc/self/cgroup` (from a `/proc`
+//! root passed in) and picks. Every file operation goes through [`CgroupFs`], so both versions
+//! are unit-tested against a fixture tree in a temporary directory.
+//!
+//! A call's cgroup is created before the child starts (the child joins it as its first setup
+//! step), read back for usage after the child is gone, and removed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What one call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory_bytes: u64,
+    pub pids: u32,
+    /// Percent of one CPU (100 = one full CPU, 200 = two).
+    pub cpu_percent: u32,
+}
+
+/// What one call used, read back after it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    pub cpu_ns: Option<u64>,
+    pub peak_memory_bytes: Option<u64>,
+    /// The kernel's OOM killer acted in this cgroup.
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy: {0}")]
+    Unavailable(String),
+    #[error("could not {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The file operations cgroup management needs; the real one touches the filesystem.
+pub trait CgroupFs: Send + Sync {
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    fn write(&self, path: &Path, value: &str) -> io::Result<()>;
+    fn read(&self, path: &Path) -> io::Result<String>;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The host filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostFs;
+
+impl CgroupFs for HostFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        match std::fs::create_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        std::fs::write(path, value)
+    }
+    fn read(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// Where the hierarchies are and which version they speak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// One unified tree; `base` is the directory falra's cgroups go under.
+    V2 { base: PathBuf },
+    /// One tree per controller; each `base` is falra's directory in that controller's tree.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: PathBuf,
+        cpuacct: PathBuf,
+    },
+}
+
+/// Finds the hierarchies from `/proc/self/mountinfo` and `/proc/self/cgroup` under `proc_root`.
+/// falra's cgroups go beneath the daemon's own cgroup, in a directory named `falra`.
+pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupError> {
+    let read = |name: &str| {
+        let path = proc_root.join("self").join(name);
+        fs.read(&path).map_err(|source| CgroupError::Io {
+            action: "read",
+            path,
+            source,
+        })
+    };
+    let mountinfo = read("mountinfo")?;
+    let membership = read("cgroup")?;
+    let mounts = parse_mountinfo(&mountinfo);
+
+    // v2 with the controllers we need enabled wins.
+    if let Some(mount) = mounts.iter().find(|m| m.fstype == "cgroup2") {
+        let own = membership
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/");
+        let dir = join_cgroup(&mount.point, own);
+        let controllers = fs
+            .read(&dir.join("cgroup.controllers"))
+            .unwrap_or_default();
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if has("memory") && has("pids") && has("cpu") {
+            return Ok(Hierarchy::V2 {
+                base: dir.join("falra"),
+            });
+        }
+    }
+    let v1 = |controller: &str| -> Option<PathBuf> {
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == controller))?;
+        let own = membership.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            list.split(',').any(|c| c == controller).then_some(path)
+        })?;
+        Some(join_cgroup(&mount.point, own).join("falra"))
+    };
+    match (v1("memory"), v1("pids"), v1("cpu"), v1("cpuacct")) {
+        (Some(memory), Some(pids), Some(cpu), Some(cpuacct)) => Ok(Hierarchy::V1 {
+            memory,
+            pids,
+            cpu,
+            cpuacct,
+        }),
+        _ => Err(CgroupError::Unavailable(
+            "neither cgroup v2 with memory, pids and cpu, nor v1 memory, pids, cpu and cpuacct hierarchies are mounted"
+                .into(),
+        )),
+    }
+}
+
+fn join_cgroup(mount_point: &Path, own: &str) -> PathBuf {
+    mount_point.join(own.trim_start_matches('/'))
+}
+
+struct Mount {
+    point: PathBuf,
+    fstype: String,
+    options: String,
+}
+
+/// The mount point, filesystem type and super options of each line of mountinfo.
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            let mut r = right.split_whitespace();
+            let fstype = r.next()?.to_owned();
+            let _source = r.next();
+            let options = r.next().unwrap_or("").to_owned();
+            Some(Mount {
+                point: PathBuf::from(unescape_octal(point)),
+                fstype,
+                options,
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// One call's cgroup (a directory per hierarchy), removed by [`CallCgroup::remove`].
+#[derive(Debug)]
+pub struct CallCgroup {
+    hierarchy: Hierarchy,
+    /// `<group>/<call>` beneath each base.
+    relative: PathBuf,
+}
+
+impl Hierarchy {
+    fn bases(&self) -> Vec<&Path> {
+        match self {
+            Hierarchy::V2 { base } => vec![base],
+            Hierarchy::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => vec![memory, pids, cpu, cpuacct],
+        }
+    }
+
+    /// Creates `<group>/<call>` with `limits`. `group` is one directory per tenant.
+    pub fn create_call(
+        &self,
+        fs: &dyn CgroupFs,
+        group: &str,
+        call: &str,
+        limits: CgroupLimits,
+    ) -> Result<CallCgroup, CgroupError> {
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CgroupError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        for base in self.bases() {
+            for dir in [base.to_path_buf(), base.join(group)] {
+                if !fs.exists(&dir) {
+                    fs.create_dir(&dir).map_err(io("create", &dir))?;
+                    if let Hierarchy::V2 { .. } = self {
+                        let control = dir.join("cgroup.subtree_control");
+                        fs.write(&control, "+memory +pids +cpu")
+                            .map_err(io("enable controllers in", &control))?;
+                    }
+                }
+            }
+        }
+        let relative = Path::new(group).join(call);
+        let cg = CallCgroup {
+            hierarchy: self.clone(),
+            relative,
+        };
+        for dir in cg.dirs() {
+            fs.create_dir(&dir).map_err(io("create", &dir))?;
+        }
+        let period: u64 = 100_000;
+        let quota = period * u64::from(limits.cpu_percent) / 100;
+        let writes: Vec<(PathBuf, String)> = match &self {
+            Hierarchy::V2 { base } => {
+                let d = base.join(&cg.relative);
+                vec![
+                    (d.join("memory.max"), limits.memory_bytes.to_string()),
+                    (d.join("memory.swap.max"), "0".into()),
+                    (d.join("pids.max"), limits.pids.to_string()),
+                    (d.join("cpu.max"), format!("{quota} {period}")),
+                ]
+            }
+            Hierarchy::V1 {
+                memory, pids, cpu, ..
+            } => {
+                let (m, p, c) = (
+                    memory.join(&cg.relative),
+                    pids.join(&cg.relative),
+                    cpu.join(&cg.relative),
+                );
+                let mut w = vec![
+                    (m.join("memory.limit_in_bytes"), limits.memory_bytes.to_string()),
+                    (m.join("memory.swappiness"), "0".into()),
+                    (p.join("pids.max"), limits.pids.to_string()),
+                    (c.join("cpu.cfs_period_us"), period.to_string()),
+                    (c.join("cpu.cfs_quota_us"), quota.to_string()),
+                ];
+                // Only where swap accounting is on: memory + swap capped at memory alone.
+                let memsw = m.join("memory.memsw.limit_in_bytes");
+                if fs.exists(&memsw) {
+                    w.push((memsw, limits.memory_bytes.to_string()));
+                }
+                w
+            }
+        };
+        for (path, value) in writes {
+            // swap files may be missing where the kernel has no swap accounting
+            let optional = path.ends_with("memory.swap.max") || path.ends_with("memory.swappiness");
+            match fs.write(&path, &value) {
+                Err(_) if optional => {}
+                Err(source) => {
+                    let _ = cg.remove(fs);
+                    return Err(CgroupError::Io {
+                        action: "write",
+                        path,
+                        source,
+                    });
+                }
+                Ok(()) => {}
+            }
+        }
+        Ok(cg)
+    }
+}
+
+impl CallCgroup {
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.hierarchy
+            .bases()
+            .into_iter()
+            .map(|b| b.join(&self.relative))
+            .collect()
+    }
+
+    /// The `cgroup.procs` files a process writes `0` into to join this cgroup.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// What the call used. Missing files read as unknown, not as errors.
+    pub fn usage(&self, fs: &dyn CgroupFs) -> CgroupUsage {
+        let num = |p: PathBuf| fs.read(&p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let keyed = |p: PathBuf, key: &str| {
+            fs.read(&p).ok().and_then(|s| {
+                s.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+                })
+            })
+        };
+        match &self.hierarchy {
+            Hierarchy::V2 { base } => {
+                let d = base.join(&self.relative);
+                CgroupUsage {
+                    cpu_ns: keyed(d.join("cpu.stat"), "usage_usec").map(|us| us * 1000),
+                    peak_memory_bytes: num(d.join("memory.peak")),
+                    oom_killed: keyed(d.join("memory.events"), "oom_kill").unwrap_or(0) > 0,
+                }
+            }
+            Hierarchy::V1 {
+                memory, cpuacct, ..
+            } => {
+                let m = memory.join(&self.relative);
+                CgroupUsage {
+                    cpu_ns: num(cpuacct.join(&self.relative).join("cpuacct.usage")),
+                    peak_memory_bytes: num(m.join("memory.max_usage_in_bytes")),
+                    oom_killed: keyed(m.join("memory.oom_control"), "oom_kill").unwrap_or(0) > 0
+                        || num(m.join("memory.failcnt")).unwrap_or(0) > 0
+                            && keyed(m.join("memory.oom_control"), "under_oom").unwrap_or(0) > 0,
+                }
+            }
+        }
+    }
+
+    /// Removes the call's directories; they must be empty of processes by now.
+    pub fn remove(&self, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in self.dirs() {
+            if fs.exists(&dir) {
+                if let Err(source) = fs.remove_dir(&dir) {
+                    first_error.get_or_insert(CgroupError::Io {
+                        action: "remove",
+                        path: dir,
+                        source,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
