@@ -224,6 +224,8 @@ async fn run_call(
             stderr_bytes: config.max_log_bytes,
             setup: SetupLimits::default(),
         },
+        isolation: None,
+        seccomp: false,
     };
     let finished = falra_sandbox::spawn_and_wait(spec)
         .await

@@ -3,7 +3,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -25,21 +25,30 @@ impl FromRequest<AppState> for LimitedBody {
             )
             .with_detail(json!({"limit_bytes": limit}))
         };
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        // Read up to the limit. Past it, keep reading (and dropping) a while longer before
+        // answering, so that a client still sending gets to read the 413 instead of a reset.
+        let drain_cap = limit.saturating_mul(8).max(8 << 20);
+        let mut body = req.into_body();
+        let mut kept = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > drain_cap {
+                break;
+            }
+        }
+        if seen > limit {
             return Err(too_large());
         }
-        match Limited::new(req.into_body(), limit).collect().await {
-            Ok(collected) => Ok(LimitedBody(collected.to_bytes())),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            ))),
-        }
+        Ok(LimitedBody(kept.into()))
     }
 }
 

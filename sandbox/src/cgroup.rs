@@ -113,9 +113,7 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/");
         let dir = join_cgroup(&mount.point, own);
-        let controllers = fs
-            .read(&dir.join("cgroup.controllers"))
-            .unwrap_or_default();
+        let controllers = fs.read(&dir.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if has("memory") && has("pids") && has("cpu") {
             return Ok(Hierarchy::V2 {
@@ -183,7 +181,12 @@ fn unescape_octal(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v as char);
             i += 4;
@@ -273,7 +276,10 @@ impl Hierarchy {
                     cpu.join(&cg.relative),
                 );
                 let mut w = vec![
-                    (m.join("memory.limit_in_bytes"), limits.memory_bytes.to_string()),
+                    (
+                        m.join("memory.limit_in_bytes"),
+                        limits.memory_bytes.to_string(),
+                    ),
                     (m.join("memory.swappiness"), "0".into()),
                     (p.join("pids.max"), limits.pids.to_string()),
                     (c.join("cpu.cfs_period_us"), period.to_string()),

@@ -6,10 +6,13 @@
 //! that happens between `fork` and `exec` is an ordered list of [`setup::Step`]s, so isolation
 //! layers (namespaces, cgroups, seccomp) slot in as new steps without touching the callers.
 
+pub mod cgroup;
 pub mod protocol;
 pub mod runner;
+pub mod seccomp;
 pub mod setup;
 mod spawn;
 
 pub use protocol::{Answer, ChildFailure, ProtocolRequest};
+pub use setup::{Bind, Isolation, SystemEntry};
 pub use spawn::{spawn_and_wait, ChildSpec, Finished, Limits, SandboxError, Termination, Usage};

@@ -150,14 +150,14 @@ enum Insn {
 /// Compiles the policy into a BPF program for `seccomp(SECCOMP_SET_MODE_FILTER)`.
 pub fn compile() -> Vec<SockFilter> {
     use Insn::*;
-    let mut program = Vec::new();
-
-    program.push(Stmt(LD_W_ABS, OFFSET_ARCH));
-    program.push(Jump(JEQ_K, AUDIT_ARCH_X86_64, Label::ArchOk));
-    program.push(Stmt(RET_K, RET_KILL_PROCESS));
-    program.push(Mark(Label::ArchOk));
-    program.push(Stmt(LD_W_ABS, OFFSET_NR));
-    program.push(Jump(JGE_K, X32_SYSCALL_BIT, Label::Kill));
+    let mut program = vec![
+        Stmt(LD_W_ABS, OFFSET_ARCH),
+        Jump(JEQ_K, AUDIT_ARCH_X86_64, Label::ArchOk),
+        Stmt(RET_K, RET_KILL_PROCESS),
+        Mark(Label::ArchOk),
+        Stmt(LD_W_ABS, OFFSET_NR),
+        Jump(JGE_K, X32_SYSCALL_BIT, Label::Kill),
+    ];
     for d in DENIED {
         program.push(Jump(JEQ_K, d.nr as u32, Label::Deny));
     }
@@ -202,7 +202,9 @@ fn assemble(program: &[Insn]) -> Vec<SockFilter> {
             .iter()
             .enumerate()
             .skip(from + 1)
-            .find_map(|(i, insn)| matches!(insn, Insn::Mark(l) if *l == label).then_some(positions[i]))
+            .find_map(|(i, insn)| {
+                matches!(insn, Insn::Mark(l) if *l == label).then_some(positions[i])
+            })
             .expect("every jump has a later target");
         let offset = dest - at - 1;
         u8::try_from(offset).expect("BPF jump offsets fit in a byte")
@@ -210,7 +212,12 @@ fn assemble(program: &[Insn]) -> Vec<SockFilter> {
     let mut out = Vec::with_capacity(n);
     for (i, insn) in program.iter().enumerate() {
         match *insn {
-            Insn::Stmt(code, k) => out.push(SockFilter { code, jt: 0, jf: 0, k }),
+            Insn::Stmt(code, k) => out.push(SockFilter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            }),
             Insn::Jump(code, k, then) => out.push(SockFilter {
                 code,
                 jt: target(i, then),
@@ -272,7 +279,13 @@ mod tests {
         for d in DENIED {
             assert_eq!(run(&prog, X86, d.nr as u32, 0), EPERM, "{}", d.name);
         }
-        for ok in [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_execve, libc::SYS_mmap] {
+        for ok in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_mmap,
+        ] {
             assert_eq!(run(&prog, X86, ok as u32, 0), RET_ALLOW, "{ok}");
         }
     }
@@ -282,9 +295,25 @@ mod tests {
         let prog = compile();
         let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u32;
         assert_eq!(run(&prog, X86, libc::SYS_clone as u32, thread), RET_ALLOW);
-        assert_eq!(run(&prog, X86, libc::SYS_clone as u32, libc::SIGCHLD as u32), RET_ALLOW);
-        for ns in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWNET] {
-            assert_eq!(run(&prog, X86, libc::SYS_clone as u32, ns as u32 | libc::SIGCHLD as u32), EPERM);
+        assert_eq!(
+            run(&prog, X86, libc::SYS_clone as u32, libc::SIGCHLD as u32),
+            RET_ALLOW
+        );
+        for ns in [
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+        ] {
+            assert_eq!(
+                run(
+                    &prog,
+                    X86,
+                    libc::SYS_clone as u32,
+                    ns as u32 | libc::SIGCHLD as u32
+                ),
+                EPERM
+            );
         }
         assert_eq!(
             run(&prog, X86, libc::SYS_clone3 as u32, 0),
@@ -307,7 +336,10 @@ mod tests {
     #[test]
     fn foreign_architectures_and_x32_are_killed() {
         let prog = compile();
-        assert_eq!(run(&prog, 0x4000_0003, libc::SYS_read as u32, 0), RET_KILL_PROCESS);
+        assert_eq!(
+            run(&prog, 0x4000_0003, libc::SYS_read as u32, 0),
+            RET_KILL_PROCESS
+        );
         assert_eq!(run(&prog, X86, X32_SYSCALL_BIT | 1, 0), RET_KILL_PROCESS);
     }
 }

@@ -44,13 +44,22 @@ pub enum Step {
         data: CString,
     },
     /// Bind `source` at `target`, then remount it read-only, nosuid, nodev.
-    BindReadOnly { source: CString, target: CString },
+    BindReadOnly {
+        source: CString,
+        target: CString,
+    },
     /// Bind a device node (writable, devices allowed).
-    BindDevice { source: CString, target: CString },
+    BindDevice {
+        source: CString,
+        target: CString,
+    },
     Mkdir(CString, libc::mode_t),
     /// Create an empty file (a mount point for a file bind) or one with contents.
     WriteFile(CString, Vec<u8>),
-    Symlink { target: CString, link: CString },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
     /// Make `new_root` the root and detach the old one.
     PivotRoot(CString),
     RemountRootReadOnly,
@@ -61,7 +70,10 @@ pub enum Step {
     /// Mark every descriptor above stderr close-on-exec, whoever opened it.
     CloseInheritedFds,
     /// No supplementary groups, then this gid and uid; all capabilities go with root.
-    DropIdentity { uid: u32, gid: u32 },
+    DropIdentity {
+        uid: u32,
+        gid: u32,
+    },
     /// SIGKILL when the daemon dies, so no child outlives its supervisor.
     ParentDeathSignal,
     NoNewPrivs,
@@ -134,8 +146,22 @@ pub enum SystemEntry {
 /// (bound read-only, or recreated as the symlinks merged-`/usr` systems make them), and the few
 /// files of `/etc` that TLS, time zones and name lookup read.
 pub fn host_system_entries() -> Vec<SystemEntry> {
-    const DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ssl", "/etc/ca-certificates"];
-    const FILES: &[&str] = &["/etc/localtime", "/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf"];
+    const DIRS: &[&str] = &[
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/bin",
+        "/sbin",
+        "/etc/ssl",
+        "/etc/ca-certificates",
+    ];
+    const FILES: &[&str] = &[
+        "/etc/localtime",
+        "/etc/hosts",
+        "/etc/nsswitch.conf",
+        "/etc/resolv.conf",
+    ];
     let mut out = Vec::new();
     for p in DIRS.iter().chain(FILES) {
         let path = Path::new(p);
@@ -144,14 +170,22 @@ pub fn host_system_entries() -> Vec<SystemEntry> {
         };
         if meta.file_type().is_symlink() {
             let is_top = path.parent() == Some(Path::new("/"));
-            match (is_top, std::fs::read_link(path), std::fs::canonicalize(path)) {
+            match (
+                is_top,
+                std::fs::read_link(path),
+                std::fs::canonicalize(path),
+            ) {
                 (true, Ok(target), _) => out.push(SystemEntry::Symlink {
                     path: path.to_path_buf(),
                     target,
                 }),
                 // Below /etc, bind what the link resolves to (mount follows the source link).
-                (false, _, Ok(real)) if real.is_file() => out.push(SystemEntry::File(path.to_path_buf())),
-                (false, _, Ok(real)) if real.is_dir() => out.push(SystemEntry::Dir(path.to_path_buf())),
+                (false, _, Ok(real)) if real.is_file() => {
+                    out.push(SystemEntry::File(path.to_path_buf()))
+                }
+                (false, _, Ok(real)) if real.is_dir() => {
+                    out.push(SystemEntry::Dir(path.to_path_buf()))
+                }
                 _ => {}
             }
         } else if meta.is_dir() {
@@ -257,11 +291,17 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
             }),
         }
     }
-    let passwd = format!("root:x:0:0::/:/usr/sbin/nologin\nfalra:x:{}:{}::/tmp:/usr/sbin/nologin\n", iso.uid, iso.gid);
+    let passwd = format!(
+        "root:x:0:0::/:/usr/sbin/nologin\nfalra:x:{}:{}::/tmp:/usr/sbin/nologin\n",
+        iso.uid, iso.gid
+    );
     let group = format!("root:x:0:\nfalra:x:{}:\n", iso.gid);
     steps.push(Step::WriteFile(at("etc/passwd"), passwd.into_bytes()));
     steps.push(Step::WriteFile(at("etc/group"), group.into_bytes()));
-    steps.push(Step::WriteFile(at("etc/hostname"), format!("{}\n", iso.hostname).into_bytes()));
+    steps.push(Step::WriteFile(
+        at("etc/hostname"),
+        format!("{}\n", iso.hostname).into_bytes(),
+    ));
     for bind in &iso.binds {
         mkdir_all(root, &bind.target, steps);
         steps.push(Step::BindReadOnly {
@@ -277,7 +317,12 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
         data: cs(&format!("size={size},mode={mode}")),
     };
     steps.push(tmpfs(at("tmp"), iso.tmp_bytes, "1777", nosuid_nodev));
-    steps.push(tmpfs(at("dev"), 64 << 10, "0755", libc::MS_NOSUID | libc::MS_NOEXEC));
+    steps.push(tmpfs(
+        at("dev"),
+        64 << 10,
+        "0755",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+    ));
     for node in ["null", "zero", "full", "random", "urandom"] {
         steps.push(Step::WriteFile(at(&format!("dev/{node}")), Vec::new()));
         steps.push(Step::BindDevice {
@@ -286,8 +331,18 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
         });
     }
     steps.push(Step::Mkdir(at("dev/shm"), 0o755));
-    steps.push(tmpfs(at("dev/shm"), iso.tmp_bytes, "1777", nosuid_nodev | libc::MS_NOEXEC));
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    steps.push(tmpfs(
+        at("dev/shm"),
+        iso.tmp_bytes,
+        "1777",
+        nosuid_nodev | libc::MS_NOEXEC,
+    ));
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         steps.push(Step::Symlink {
             target: cs(target),
             link: at(&format!("dev/{name}")),
@@ -320,7 +375,14 @@ fn mkdir_all(root: &Path, inside: &Path, steps: &mut Vec<Step>) {
 pub trait ChildSys {
     fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()>;
     fn setsid(&mut self) -> io::Result<()>;
-    fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()>;
+    fn mount(
+        &mut self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> io::Result<()>;
     fn mkdir(&mut self, path: &CStr, mode: libc::mode_t) -> io::Result<()>;
     fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()>;
     fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()>;
@@ -342,17 +404,29 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
         let r = match step {
             Step::JoinCgroup(procs) => sys.write_file(procs, b"0"),
             Step::NewSession => sys.setsid(),
-            Step::MountPrivate => sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
-            Step::Mount { source, target, fstype, flags, data } => {
-                sys.mount(Some(source), target, Some(fstype), *flags, Some(data))
+            Step::MountPrivate => {
+                sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
             }
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => sys.mount(Some(source), target, Some(fstype), *flags, Some(data)),
             Step::BindReadOnly { source, target } => sys
                 .mount(Some(source), target, None, bind_flags, None)
                 .and_then(|()| {
-                    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    let ro = libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV;
                     sys.mount(None, target, None, ro, None)
                 }),
-            Step::BindDevice { source, target } => sys.mount(Some(source), target, None, libc::MS_BIND, None),
+            Step::BindDevice { source, target } => {
+                sys.mount(Some(source), target, None, libc::MS_BIND, None)
+            }
             Step::Mkdir(path, mode) => sys.mkdir(path, *mode),
             Step::WriteFile(path, data) => sys.write_file(path, data),
             Step::Symlink { target, link } => sys.symlink(target, link),
@@ -361,7 +435,11 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
                 None,
                 c"/",
                 None,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 None,
             ),
             Step::LoopbackUp => sys.loopback_up(),
@@ -399,7 +477,13 @@ fn ptr(s: Option<&CStr>) -> *const libc::c_char {
 impl ChildSys for HostSys {
     fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()> {
         // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644) };
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o644,
+            )
+        };
         if fd == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -424,10 +508,25 @@ impl ChildSys for HostSys {
         check(unsafe { libc::setsid() })
     }
 
-    fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()> {
+    fn mount(
+        &mut self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> io::Result<()> {
         // SAFETY: every pointer is either null or a valid NUL-terminated string that outlives
         // the call; this process is alone in its own mount namespace.
-        check(unsafe { libc::mount(ptr(source), target.as_ptr(), ptr(fstype), flags, ptr(data).cast()) })
+        check(unsafe {
+            libc::mount(
+                ptr(source),
+                target.as_ptr(),
+                ptr(fstype),
+                flags,
+                ptr(data).cast(),
+            )
+        })
     }
 
     fn mkdir(&mut self, path: &CStr, mode: libc::mode_t) -> io::Result<()> {
@@ -471,12 +570,13 @@ impl ChildSys for HostSys {
             *dst = *src as libc::c_char;
         }
         // SAFETY: `req` is a valid ifreq naming "lo" for both ioctls, and lives across them.
-        let result = check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) }).and_then(|()| {
-            // SAFETY: reading and writing the flags member of the union the kernel just filled.
-            unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-            // SAFETY: as above.
-            check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
-        });
+        let result =
+            check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) }).and_then(|()| {
+                // SAFETY: reading and writing the flags member of the union the kernel just filled.
+                unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+                // SAFETY: as above.
+                check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
+            });
         // SAFETY: `fd` was opened above and is closed exactly once.
         unsafe { libc::close(fd) };
         result
@@ -512,7 +612,14 @@ impl ChildSys for HostSys {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
         // SAFETY: close_range with CLOEXEC only sets flags on descriptors this process owns;
         // it takes integers by value and touches no memory.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, first_fd as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first_fd as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if rc == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -535,7 +642,15 @@ impl ChildSys for HostSys {
 
     fn no_new_privs(&mut self) -> io::Result<()> {
         // SAFETY: integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+        check(unsafe {
+            libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        })
     }
 
     fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()> {
@@ -550,7 +665,14 @@ impl ChildSys for HostSys {
         };
         // SAFETY: `prog` points at `filter`, a slice of `struct sock_filter`-layout values that
         // outlives the call; the kernel copies the program. no_new_privs is already set.
-        let rc = unsafe { libc::syscall(libc::SYS_seccomp, 1 as libc::c_ulong /* SECCOMP_SET_MODE_FILTER */, 0 as libc::c_ulong, &prog as *const SockFprog) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                1 as libc::c_ulong, /* SECCOMP_SET_MODE_FILTER */
+                0 as libc::c_ulong,
+                &prog as *const SockFprog,
+            )
+        };
         if rc == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -583,14 +705,34 @@ mod tests {
 
     impl ChildSys for Recorder {
         fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()> {
-            self.record(format!("write {} {}", s(path), String::from_utf8_lossy(data).lines().next().unwrap_or("")))
+            self.record(format!(
+                "write {} {}",
+                s(path),
+                String::from_utf8_lossy(data).lines().next().unwrap_or("")
+            ))
         }
         fn setsid(&mut self) -> io::Result<()> {
             self.record("setsid".into())
         }
-        fn mount(&mut self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, _data: Option<&CStr>) -> io::Result<()> {
-            let ro = if flags & libc::MS_RDONLY != 0 { " ro" } else { "" };
-            self.record(format!("mount {} {} {}{ro}", source.map(s).unwrap_or_default(), s(target), fstype.map(s).unwrap_or_default()))
+        fn mount(
+            &mut self,
+            source: Option<&CStr>,
+            target: &CStr,
+            fstype: Option<&CStr>,
+            flags: libc::c_ulong,
+            _data: Option<&CStr>,
+        ) -> io::Result<()> {
+            let ro = if flags & libc::MS_RDONLY != 0 {
+                " ro"
+            } else {
+                ""
+            };
+            self.record(format!(
+                "mount {} {} {}{ro}",
+                source.map(s).unwrap_or_default(),
+                s(target),
+                fstype.map(s).unwrap_or_default()
+            ))
         }
         fn mkdir(&mut self, path: &CStr, _mode: libc::mode_t) -> io::Result<()> {
             self.record(format!("mkdir {}", s(path)))
@@ -635,10 +777,16 @@ mod tests {
             root_mount_point: "/data/root".into(),
             system: vec![
                 SystemEntry::Dir("/usr".into()),
-                SystemEntry::Symlink { path: "/lib".into(), target: "usr/lib".into() },
+                SystemEntry::Symlink {
+                    path: "/lib".into(),
+                    target: "usr/lib".into(),
+                },
                 SystemEntry::File("/etc/localtime".into()),
             ],
-            binds: vec![Bind { source: "/data/versions/t/abc".into(), target: "/code".into() }],
+            binds: vec![Bind {
+                source: "/data/versions/t/abc".into(),
+                target: "/code".into(),
+            }],
             tmp_bytes: 1 << 20,
             host_network: false,
             uid: 100_001,
@@ -649,13 +797,21 @@ mod tests {
     }
 
     fn position(calls: &[String], prefix: &str) -> usize {
-        calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
+        calls
+            .iter()
+            .position(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
     }
 
     #[test]
     fn isolated_plan_runs_in_the_documented_order() {
         let mut rec = Recorder::default();
-        let steps = plan(&SetupLimits::default(), Some(&isolation()), Path::new("/code"), Some(crate::seccomp::compile()));
+        let steps = plan(
+            &SetupLimits::default(),
+            Some(&isolation()),
+            Path::new("/code"),
+            Some(crate::seccomp::compile()),
+        );
         apply(&steps, &mut rec).unwrap();
         let calls = &rec.0;
         let order = [
@@ -685,7 +841,10 @@ mod tests {
         ];
         let mut last = 0;
         for want in order {
-            let at = calls[last..].iter().position(|c| c.starts_with(want)).map(|p| p + last);
+            let at = calls[last..]
+                .iter()
+                .position(|c| c.starts_with(want))
+                .map(|p| p + last);
             let at = at.unwrap_or_else(|| panic!("{want:?} missing or out of order in {calls:#?}"));
             last = at;
         }
@@ -701,21 +860,49 @@ mod tests {
         let mut iso = isolation();
         iso.host_network = true;
         let mut rec = Recorder::default();
-        apply(&plan(&SetupLimits::default(), Some(&iso), Path::new("/code"), None), &mut rec).unwrap();
+        apply(
+            &plan(
+                &SetupLimits::default(),
+                Some(&iso),
+                Path::new("/code"),
+                None,
+            ),
+            &mut rec,
+        )
+        .unwrap();
         assert!(!rec.0.iter().any(|c| c == "loopback_up"));
 
         let mut rec = Recorder::default();
-        apply(&plan(&SetupLimits::default(), None, Path::new("/srv"), None), &mut rec).unwrap();
+        apply(
+            &plan(&SetupLimits::default(), None, Path::new("/srv"), None),
+            &mut rec,
+        )
+        .unwrap();
         assert_eq!(
             rec.0,
-            ["setsid", "chdir /srv", "rlimit Core 0", "rlimit OpenFiles 256", "rlimit FileSize 67108864", "rlimit Stack 8388608", "cloexec 3", "pdeathsig", "no_new_privs"]
+            [
+                "setsid",
+                "chdir /srv",
+                "rlimit Core 0",
+                "rlimit OpenFiles 256",
+                "rlimit FileSize 67108864",
+                "rlimit Stack 8388608",
+                "cloexec 3",
+                "pdeathsig",
+                "no_new_privs"
+            ]
         );
     }
 
     #[test]
     fn a_failing_step_stops_the_setup_and_names_itself() {
         let mut rec = Recorder(Vec::new(), Some("pivot_root"));
-        let steps = plan(&SetupLimits::default(), Some(&isolation()), Path::new("/code"), None);
+        let steps = plan(
+            &SetupLimits::default(),
+            Some(&isolation()),
+            Path::new("/code"),
+            None,
+        );
         let (index, err) = apply(&steps, &mut rec).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         assert!(matches!(steps[index], Step::PivotRoot(_)));

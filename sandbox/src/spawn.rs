@@ -5,17 +5,17 @@
 //! so a chatty child never blocks on a full pipe); the wall-clock deadline kills the child's
 //! whole process group; when the child exits, whatever it left behind in its group is killed too.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::setup::{self, HostSys, SetupLimits};
+use crate::setup::{self, HostSys, Isolation, SetupLimits};
 
 /// How long to keep reading the child's pipes after it exited, when something it spawned still
 /// holds them open. Everything the child itself wrote is already in the pipe by then.
@@ -32,6 +32,11 @@ pub struct ChildSpec {
     /// Written to the child's stdin, which is then closed.
     pub stdin: Vec<u8>,
     pub limits: Limits,
+    /// Namespaces, new root, identity, cgroups; `None` runs a plain child (for measurements
+    /// and tests of the supervisor itself).
+    pub isolation: Option<Isolation>,
+    /// Install the seccomp policy as the last step before exec.
+    pub seccomp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -75,46 +80,62 @@ pub struct Finished {
 pub enum SandboxError {
     #[error("could not start the child process")]
     Spawn(#[source] io::Error),
+    #[error("could not set up the child process at {step}")]
+    Setup {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not wait for the child process")]
     Wait(#[source] io::Error),
 }
 
 /// Starts the child described by `spec` and waits until it is gone.
 pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
-    let steps = setup::plan(&spec.limits.setup);
-    let mut cmd = std::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    #[allow(unsafe_code)]
-    // SAFETY: the hook runs in the forked child before exec; `setup::apply` walks a slice that
-    // was allocated before the fork and makes only async-signal-safe syscalls (no allocation,
-    // no locks), which is what `pre_exec` requires in a multi-threaded parent.
-    unsafe {
-        cmd.pre_exec(move || setup::apply(&steps, &mut HostSys));
-    }
-
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(SandboxError::Spawn)?;
-    let pid = child.id() as libc::pid_t;
-    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-        kill_group(pid);
-        return Err(SandboxError::Spawn(io::Error::other("child pipes missing")));
-    };
-    let converted = (
-        tokio::process::ChildStdin::from_std(stdin),
-        tokio::process::ChildStdout::from_std(stdout),
-        tokio::process::ChildStderr::from_std(stderr),
+    let filter = spec.seccomp.then(crate::seccomp::compile);
+    let steps = setup::plan(
+        &spec.limits.setup,
+        spec.isolation.as_ref(),
+        &spec.cwd,
+        filter,
     );
-    let (stdin, stdout, stderr) = match converted {
+    let namespaces = match &spec.isolation {
+        None => 0,
+        Some(iso) => {
+            let mut flags = libc::CLONE_NEWPID
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWCGROUP;
+            if !iso.host_network {
+                flags |= libc::CLONE_NEWNET;
+            }
+            flags as u64
+        }
+    };
+    let started = Instant::now();
+    let Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    } = {
+        // Raw pointers inside: kept out of the future's state, used before the first await.
+        let exec = Exec::new(&spec.program, &spec.args, &spec.env)?;
+        spawn_child(&exec, &steps, namespaces)?
+    };
+    drop(steps);
+    let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin).map_err(|e| {
+        kill_child(pid);
+        SandboxError::Spawn(e)
+    });
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout);
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr);
+    let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
         (Ok(i), Ok(o), Ok(e)) => (i, o, e),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            kill_group(pid);
+        (Err(e), _, _) => return Err(e),
+        (_, Err(e), _) | (_, _, Err(e)) => {
+            kill_child(pid);
             return Err(SandboxError::Spawn(e));
         }
     };
@@ -131,7 +152,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
     let out = tokio::spawn(collect(
         stdout,
         spec.limits.stdout_bytes,
-        Overflow::KillGroup(pid),
+        Overflow::Kill(pid),
         stop_rx.clone(),
     ));
     let err = tokio::spawn(collect(
@@ -147,7 +168,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         r = &mut waiter => r,
         _ = tokio::time::sleep(spec.limits.wall) => {
             timed_out = true;
-            kill_group(pid);
+            kill_child(pid);
             waiter.await
         }
     };
@@ -155,8 +176,9 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         .map_err(|e| SandboxError::Wait(io::Error::other(e)))?
         .map_err(SandboxError::Wait)?;
     let wall = started.elapsed();
-    // Whatever the child left in its process group goes with it.
-    kill_group(pid);
+    // Whatever the child left in its process group goes with it (in a PID namespace the
+    // kernel has already killed everything when its init, the child, exited).
+    kill_child(pid);
 
     // Normally both pipes reach EOF as the child exits. If something that escaped the group
     // still holds them, stop reading after a short grace: the child's own output is in by then.
@@ -194,7 +216,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
 #[derive(Clone, Copy)]
 enum Overflow {
     /// Past the cap the output is useless (an answer too large): stop the child at once.
-    KillGroup(libc::pid_t),
+    Kill(libc::pid_t),
     /// Past the cap the output is only counted (logs).
     Discard,
 }
@@ -230,8 +252,8 @@ async fn collect(
         if n > room {
             c.overflowed = true;
             c.dropped += (n - room) as u64;
-            if let Overflow::KillGroup(pid) = overflow {
-                kill_group(pid);
+            if let Overflow::Kill(pid) = overflow {
+                kill_child(pid);
                 break;
             }
         }
@@ -240,12 +262,229 @@ async fn collect(
 }
 
 #[allow(unsafe_code)]
-fn kill_group(pgid: libc::pid_t) {
-    // SAFETY: kill takes integers by value. The group id is the child's pid, which leads its
-    // own group since `Step::NewSession`; ESRCH (group already gone) is expected and ignored.
+fn kill_child(pid: libc::pid_t) {
+    // SAFETY: kill takes integers by value. The child leads its own process group
+    // (`Step::NewSession`), so `-pid` reaches everything it started that stayed in the group;
+    // in a PID namespace, killing the child (its init) takes every process in it along.
+    // ESRCH (already gone) is expected and ignored.
     unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
     }
+}
+
+/// argv and envp as C arrays, built before the fork: nothing may allocate after it.
+struct Exec {
+    program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    fn new(
+        program: &std::path::Path,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
+    ) -> Result<Exec, SandboxError> {
+        let c = |bytes: &[u8]| {
+            CString::new(bytes)
+                .map_err(|e| SandboxError::Spawn(io::Error::new(io::ErrorKind::InvalidInput, e)))
+        };
+        let program = c(program.as_os_str().as_bytes())?;
+        let mut strings = vec![program.clone()];
+        strings.extend(
+            args.iter()
+                .map(|a| c(a.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let argc = strings.len();
+        for (k, v) in env {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            strings.push(c(&kv)?);
+        }
+        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        Ok(Exec {
+            program,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+}
+
+struct Spawned {
+    pid: libc::pid_t,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+#[allow(unsafe_code)]
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The kernel's `struct clone_args`, up to the `cgroup` field.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 → (child) setup steps → exec; (parent) wait until exec succeeded or a step failed.
+#[allow(unsafe_code)]
+fn spawn_child(
+    exec: &Exec,
+    steps: &[setup::Step],
+    namespaces: u64,
+) -> Result<Spawned, SandboxError> {
+    let spawn_err = SandboxError::Spawn;
+    let (stdin_r, stdin_w) = pipe().map_err(spawn_err)?;
+    let (stdout_r, stdout_w) = pipe().map_err(spawn_err)?;
+    let (stderr_r, stderr_w) = pipe().map_err(spawn_err)?;
+    let (report_r, report_w) = pipe().map_err(spawn_err)?;
+    let args = CloneArgs {
+        flags: namespaces,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
+    // address space with only the calling thread. Everything it touches (`exec`, `steps`, the
+    // descriptors) was built before the call, and `child_after_clone` never returns, allocates
+    // or takes a lock.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        let fds = ChildFds {
+            stdin: stdin_r.as_raw_fd(),
+            stdout: stdout_w.as_raw_fd(),
+            stderr: stderr_w.as_raw_fd(),
+            report: report_w.as_raw_fd(),
+        };
+        child_after_clone(exec, steps, fds);
+    }
+    if pid == -1 {
+        return Err(SandboxError::Spawn(io::Error::last_os_error()));
+    }
+    let pid = pid as libc::pid_t;
+    drop((stdin_r, stdout_w, stderr_w, report_w));
+
+    // The report pipe closes on exec (O_CLOEXEC): EOF means the child is running the program.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reading into the unfilled tail of a live local buffer.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got == 0 {
+        return Ok(Spawned {
+            pid,
+            stdin: stdin_w,
+            stdout: stdout_r,
+            stderr: stderr_r,
+        });
+    }
+    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    // Reap the failed child.
+    let _ = wait4(pid);
+    let what = match steps.get(step as usize) {
+        Some(s) => format!("setup step {step} ({s:?})"),
+        None => "exec".to_owned(),
+    };
+    Err(SandboxError::Setup {
+        step: what,
+        source: io::Error::from_raw_os_error(errno),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    report: RawFd,
+}
+
+/// In the child: wire the pipes, run the setup, exec. Never returns.
+#[allow(unsafe_code)]
+fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
+    let fail = |step: u32, errno: i32| -> ! {
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&step.to_ne_bytes());
+        buf[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: writing a local buffer to the report pipe, then leaving without running any
+        // destructor or atexit handler of the parent's copy.
+        unsafe {
+            libc::write(fds.report, buf.as_ptr().cast(), buf.len());
+            libc::_exit(126)
+        }
+    };
+    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+        // SAFETY: dup2 on descriptors this process owns; the copy at 0..2 is not close-on-exec.
+        if unsafe { libc::dup2(from, to) } == -1 {
+            fail(u32::MAX, errno());
+        }
+    }
+    if let Err((index, e)) = setup::apply(steps, &mut HostSys) {
+        fail(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
+    }
+    // SAFETY: `exec`'s pointers are NUL-terminated arrays of valid C strings built before the
+    // clone; execve only returns on failure.
+    unsafe {
+        libc::execve(
+            exec.program.as_ptr(),
+            exec.argv.as_ptr(),
+            exec.envp.as_ptr(),
+        );
+    }
+    fail(u32::MAX, errno())
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[allow(unsafe_code)]
@@ -285,6 +524,8 @@ mod tests {
                 stderr_bytes: 16,
                 setup: SetupLimits::default(),
             },
+            isolation: None,
+            seccomp: false,
         }
     }
 
@@ -334,9 +575,12 @@ mod tests {
     async fn missing_program_is_a_spawn_error() {
         let mut spec = sh("true", 1000);
         spec.program = "/nonexistent/python".into();
-        assert!(matches!(
-            spawn_and_wait(spec).await,
-            Err(SandboxError::Spawn(_))
-        ));
+        match spawn_and_wait(spec).await {
+            Err(SandboxError::Setup { step, source }) => {
+                assert_eq!(step, "exec");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
