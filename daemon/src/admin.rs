@@ -123,8 +123,9 @@ pub async fn create_tenant(
         policy: serde_json::to_string(&Policy::default()).expect("a policy serialises"),
         active_version: None,
         created_at: now_ms(),
+        uid: 0,
     };
-    state.store.insert_tenant(&row).await?;
+    let row = state.store.insert_tenant(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant created");
     Ok((StatusCode::CREATED, Json(tenant_json(&row))))
 }
@@ -238,6 +239,16 @@ pub async fn sync_and_activate(
                 tracing::warn!(tenant = %name, error = %message, "sync failed");
                 ApiError::new(ErrorCode::SyncFailed, message)
             })?;
+    if state.sandbox.is_enabled() {
+        // Only the tenant's own gid may read its versions, should a mount ever leak.
+        if let Some(row) = state.store.tenant(name.as_str()).await? {
+            let gid = u32::try_from(row.uid).unwrap_or(u32::MAX);
+            state
+                .layout
+                .restrict_versions(name, gid)
+                .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
+        }
+    }
     state
         .store
         .activate_version(name.as_str(), version.as_str(), "git", now_ms())

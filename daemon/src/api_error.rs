@@ -24,6 +24,7 @@ pub enum ErrorCode {
     FunctionError,
     ResultNotSerializable,
     ResultTooLarge,
+    MemoryLimitExceeded,
     ProcessExited,
     SyncFailed,
     Timeout,
@@ -32,7 +33,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     #[cfg(test)]
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
@@ -47,6 +48,7 @@ impl ErrorCode {
         ErrorCode::FunctionError,
         ErrorCode::ResultNotSerializable,
         ErrorCode::ResultTooLarge,
+        ErrorCode::MemoryLimitExceeded,
         ErrorCode::ProcessExited,
         ErrorCode::SyncFailed,
         ErrorCode::Timeout,
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::FunctionError
             | ErrorCode::ResultNotSerializable
             | ErrorCode::ResultTooLarge
+            | ErrorCode::MemoryLimitExceeded
             | ErrorCode::ProcessExited
             | ErrorCode::SyncFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::FunctionError => "function_error",
             ErrorCode::ResultNotSerializable => "result_not_serializable",
             ErrorCode::ResultTooLarge => "result_too_large",
+            ErrorCode::MemoryLimitExceeded => "memory_limit_exceeded",
             ErrorCode::ProcessExited => "process_exited",
             ErrorCode::SyncFailed => "sync_failed",
             ErrorCode::Timeout => "timeout",

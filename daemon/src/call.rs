@@ -24,7 +24,9 @@ use serde_json::{json, Map, Value};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, LimitedBody};
+use crate::isolation::{remove_cgroup_later, CODE_DIR};
 use crate::server::AppState;
+use falra_sandbox::cgroup::HostFs;
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -212,10 +214,23 @@ async fn run_call(
     }
     .encode();
     let config = &state.config;
+    let uid = u32::try_from(tenant.uid)
+        .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
+    let cgroup = state
+        .sandbox
+        .create_cgroup(uid, call_id, &policy)
+        .map_err(|e| ApiError::internal("could not create the call's cgroup", &e))?;
+    let isolation = state
+        .sandbox
+        .isolation(uid, &root, &policy, cgroup.as_ref());
+    let cwd = match isolation {
+        Some(_) => std::path::PathBuf::from(CODE_DIR),
+        None => root,
+    };
     let spec = ChildSpec {
         program: config.python.clone(),
         args: interpreter_args(),
-        cwd: root,
+        cwd,
         env: child_env(),
         stdin,
         limits: Limits {
@@ -224,19 +239,45 @@ async fn run_call(
             stderr_bytes: config.max_log_bytes,
             setup: SetupLimits::default(),
         },
-        isolation: None,
-        seccomp: false,
+        seccomp: isolation.is_some(),
+        isolation,
     };
-    let finished = falra_sandbox::spawn_and_wait(spec)
+    // The child runs in a task of its own: a client that hangs up does not cut the call short
+    // of its deadline, its usage or its cgroup's removal.
+    let run = tokio::spawn(async move {
+        let finished = falra_sandbox::spawn_and_wait(spec).await;
+        let usage = cgroup.as_ref().map(|cg| cg.usage(&HostFs));
+        if let Some(cg) = cgroup {
+            remove_cgroup_later(cg);
+        }
+        (finished, usage)
+    });
+    let (finished, cgroup_usage) = run
         .await
-        .map_err(|e| ApiError::internal("could not run the child process", &e))?;
+        .map_err(|e| ApiError::internal("the call's task failed", &e))?;
+    let finished =
+        finished.map_err(|e| ApiError::internal("could not run the child process", &e))?;
     let logs = logs_text(&finished.stderr, finished.stderr_dropped);
     let usage = UsageJson {
         wall_ms: finished.usage.wall_ms,
-        cpu_ms: finished.usage.cpu_ms,
-        peak_memory_bytes: finished.usage.peak_memory_bytes,
+        cpu_ms: cgroup_usage
+            .and_then(|u| u.cpu_ns)
+            .map_or(finished.usage.cpu_ms, |ns| ns / 1_000_000),
+        peak_memory_bytes: cgroup_usage
+            .and_then(|u| u.peak_memory_bytes)
+            .unwrap_or(finished.usage.peak_memory_bytes),
     };
+    let oom_killed = cgroup_usage.is_some_and(|u| u.oom_killed);
     let answer = interpret(&finished, config.max_result_bytes);
+    // Killed in its memory limit: whatever else the child left, that is the answer.
+    let answer = match answer {
+        Err(ChildFailure::ProcessExited { .. }) | Err(ChildFailure::FunctionError { .. })
+            if oom_killed =>
+        {
+            Err(ChildFailure::MemoryLimitExceeded)
+        }
+        other => other,
+    };
     tracing::info!(
         wall_ms = usage.wall_ms,
         outcome = match &answer {
@@ -258,7 +299,7 @@ async fn run_call(
             Ok(json_response(&body))
         }
         Err(failure) => {
-            let mut e = failure_error(failure, timeout_ms, config.max_result_bytes);
+            let mut e = failure_error(failure, &policy, timeout_ms, config.max_result_bytes);
             e.logs = Some(logs);
             Err(e)
         }
@@ -272,11 +313,18 @@ fn failure_code(f: &ChildFailure) -> ErrorCode {
         ChildFailure::ResultNotSerializable { .. } => ErrorCode::ResultNotSerializable,
         ChildFailure::ResultTooLarge { .. } => ErrorCode::ResultTooLarge,
         ChildFailure::ProcessExited { .. } => ErrorCode::ProcessExited,
+        ChildFailure::MemoryLimitExceeded => ErrorCode::MemoryLimitExceeded,
         ChildFailure::Timeout => ErrorCode::Timeout,
     }
 }
 
-fn failure_error(failure: ChildFailure, timeout_ms: u32, result_cap: usize) -> ApiError {
+fn failure_error(
+    failure: ChildFailure,
+    policy: &Policy,
+    timeout_ms: u32,
+    result_cap: usize,
+) -> ApiError {
+    let memory_mb = policy.memory_mb;
     let code = failure_code(&failure);
     match failure {
         ChildFailure::FunctionError {
@@ -309,6 +357,11 @@ fn failure_error(failure: ChildFailure, timeout_ms: u32, result_cap: usize) -> A
                 "exit_code": exit_code, "signal": signal, "reason": reason
             }))
         }
+        ChildFailure::MemoryLimitExceeded => ApiError::new(
+            code,
+            format!("the call ran out of its memory limit of {memory_mb} MB and was stopped"),
+        )
+        .with_detail(json!({"memory_mb": memory_mb})),
         ChildFailure::Timeout => ApiError::new(
             code,
             format!("the call ran over its limit of {timeout_ms} ms and was stopped"),

@@ -57,6 +57,16 @@ pub struct ServeArgs {
     /// Create a `demo` tenant from the bundled example and print a token and a ready curl line.
     #[arg(long)]
     pub demo: bool,
+    /// Isolate every call (namespaces, cgroups, seccomp; needs root). `off` runs calls as plain
+    /// child processes with the daemon's privileges: for development and measurements only.
+    #[arg(long, value_enum, default_value = "on")]
+    pub sandbox: SandboxMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
                 policy: serde_json::to_string(&Policy::default())?,
                 active_version: None,
                 created_at: now_ms(),
+                uid: 0,
             })
             .await?;
     }

@@ -12,6 +12,7 @@ mod client;
 mod clock;
 mod demo;
 mod extract;
+mod isolation;
 mod server;
 mod store;
 
@@ -20,6 +21,7 @@ use clap::Parser;
 use falra_policies::Scopes;
 
 use crate::cli::{AdminCommand, Cli, Command, ServeArgs};
+use crate::isolation::SandboxSettings;
 use crate::server::{AppState, ServeConfig};
 use crate::store::{Store, TokenKind};
 
@@ -70,14 +72,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let store = open_store(&args.data_dir).await?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    // Nothing under the data directory is for anyone but the daemon.
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("could not restrict {}", data_dir.display()))?;
     let config = ServeConfig {
         python: args.python,
         max_body_bytes: args.max_body_bytes,
         max_result_bytes: args.max_result_bytes,
         max_log_bytes: args.max_log_bytes,
-        ..ServeConfig::new(data_dir)
+        ..ServeConfig::new(data_dir.clone())
     };
-    let state = AppState::new(store, config);
+    let sandbox = if args.sandbox == cli::SandboxMode::Off {
+        tracing::warn!(
+            "the sandbox is off: calls run as plain child processes with the daemon's privileges"
+        );
+        SandboxSettings::disabled()
+    } else {
+        SandboxSettings::detect(&data_dir, std::path::Path::new("/proc"))
+            .context("cannot isolate calls on this host")?
+    };
+    tracing::info!(sandbox = %sandbox.describe(), "sandbox");
+    let state = AppState::new(store, config, sandbox);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

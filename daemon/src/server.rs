@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::api_error::{ApiError, ErrorCode};
+use crate::isolation::SandboxSettings;
 use crate::store::Store;
 use crate::{admin, call};
 
@@ -48,6 +49,7 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    pub sandbox: SandboxSettings,
     pub layout: Layout,
     pub config: ServeConfig,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
@@ -61,8 +63,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, config: ServeConfig) -> AppState {
+    pub fn new(store: Store, config: ServeConfig, sandbox: SandboxSettings) -> AppState {
         AppState(Arc::new(Inner {
+            sandbox,
             layout: Layout::new(&config.data_dir),
             store,
             config,

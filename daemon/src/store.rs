@@ -12,7 +12,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 /// Embedded migrations, applied in order; the number is the schema version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_tenant_uid.sql")),
+];
+
+/// The first uid (and gid) given to a tenant; each new tenant gets the next free one.
+pub const FIRST_TENANT_UID: i64 = 200_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +59,8 @@ pub struct TenantRow {
     pub policy: String,
     pub active_version: Option<String>,
     pub created_at: i64,
+    /// The tenant's own uid and gid; allocated by [`Store::insert_tenant`].
+    pub uid: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +100,7 @@ pub struct TokenRow {
 }
 
 const TENANT_COLUMNS: &str =
-    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at";
+    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at, uid";
 const TOKEN_COLUMNS: &str =
     "id, tenant, kind, hash, prefix, scopes, expires_at, revoked_at, created_at, last_used_at";
 
@@ -154,9 +162,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_tenant(&self, t: &TenantRow) -> Result<(), StoreError> {
+    /// Inserts a tenant with the next free uid, and returns it as stored.
+    pub async fn insert_tenant(&self, t: &TenantRow) -> Result<TenantRow, StoreError> {
         let sql = format!(
-            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             (SELECT COALESCE(MAX(uid) + 1, $10) FROM tenants))"
         );
         sqlx::query(&sql)
             .bind(&t.name)
@@ -168,10 +178,13 @@ impl Store {
             .bind(&t.policy)
             .bind(&t.active_version)
             .bind(t.created_at)
+            .bind(FIRST_TENANT_UID)
             .execute(&self.pool)
             .await
             .map_err(|e| conflict_or(e, format!("tenant {:?}", t.name)))?;
-        Ok(())
+        self.tenant(&t.name).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("tenant {:?} vanished after insert", t.name))
+        })
     }
 
     /// Replaces a tenant's mutable fields (everything but name and creation time).
@@ -363,6 +376,7 @@ fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TenantRow, StoreError>
         policy: r.try_get(6)?,
         active_version: r.try_get(7)?,
         created_at: r.try_get(8)?,
+        uid: r.try_get::<Option<i64>, _>(9)?.unwrap_or(0),
     })
 }
 
@@ -402,6 +416,7 @@ mod tests {
             policy: "{}".into(),
             active_version: None,
             created_at: 1,
+            uid: 0,
         }
     }
 
@@ -410,7 +425,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("falra.db");
         let store = Store::open_sqlite(&path).await.unwrap();
-        store.insert_tenant(&tenant("caro")).await.unwrap();
+        let caro = store.insert_tenant(&tenant("caro")).await.unwrap();
+        let jc = store.insert_tenant(&tenant("jc")).await.unwrap();
+        assert_eq!((caro.uid, jc.uid), (FIRST_TENANT_UID, FIRST_TENANT_UID + 1));
         assert!(matches!(
             store.insert_tenant(&tenant("caro")).await,
             Err(StoreError::Conflict(_))
@@ -452,6 +469,6 @@ mod tests {
         let store = Store::open_sqlite(&path).await.unwrap();
         assert!(store.delete_tenant("caro").await.unwrap());
         assert!(store.token_by_hash("h").await.unwrap().is_none());
-        assert!(store.tenants().await.unwrap().is_empty());
+        assert_eq!(store.tenants().await.unwrap(), vec![jc]);
     }
 }

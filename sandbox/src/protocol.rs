@@ -55,6 +55,8 @@ pub enum ChildFailure {
     },
     /// The wall-clock deadline passed; the child's group was killed.
     Timeout,
+    /// The kernel killed the child in its memory limit (decided by the caller, from the cgroup).
+    MemoryLimitExceeded,
 }
 
 /// The outcome of one call: the result as the child wrote it (already validated JSON), or why not.

@@ -627,12 +627,29 @@ impl ChildSys for HostSys {
     }
 
     fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()> {
-        // SAFETY: an empty group list needs no pointer; the id calls take integers by value.
-        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // Raw syscalls, not libc's wrappers: glibc's setuid family signals every thread it
+        // believes the process has and waits for them, and after clone the child has only one
+        // thread while glibc's bookkeeping still lists the parent's. That wait never ends.
+        let raw = |rc: libc::c_long| {
+            if rc == -1 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: an empty group list needs no pointer; the id syscalls take integers by value
+        // and change this (single-threaded) process's credentials only.
+        raw(unsafe {
+            libc::syscall(
+                libc::SYS_setgroups,
+                0 as libc::c_long,
+                std::ptr::null::<libc::gid_t>(),
+            )
+        })?;
         // SAFETY: as above.
-        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        raw(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
         // SAFETY: as above. Leaving uid 0 for a non-zero uid clears every capability.
-        check(unsafe { libc::setresuid(uid, uid, uid) })
+        raw(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
     }
 
     fn set_parent_death_signal(&mut self) -> io::Result<()> {

@@ -119,12 +119,15 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         stdin,
         stdout,
         stderr,
+        status: status_pipe,
     } = {
         // Raw pointers inside: kept out of the future's state, used before the first await.
-        let exec = Exec::new(&spec.program, &spec.args, &spec.env)?;
-        spawn_child(&exec, &steps, namespaces)?
+        let mut exec = Exec::new(&spec.program, &spec.args, &spec.env)?;
+        spawn_child(&mut exec, &steps, namespaces)?
     };
     drop(steps);
+    // Should this future be dropped before the child is reaped, the child dies with it.
+    let mut guard = KillOnDrop(Some(pid));
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin).map_err(|e| {
         kill_child(pid);
         SandboxError::Spawn(e)
@@ -175,6 +178,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
     let (status, rusage) = waited
         .map_err(|e| SandboxError::Wait(io::Error::other(e)))?
         .map_err(SandboxError::Wait)?;
+    guard.0 = None;
     let wall = started.elapsed();
     // Whatever the child left in its process group goes with it (in a PID namespace the
     // kernel has already killed everything when its init, the child, exited).
@@ -190,6 +194,9 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
     let out = out.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
     let err = err.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
 
+    // init reported the program's own status, unless init itself was killed (deadline,
+    // overflow, daemon shutdown): then its status is the call's.
+    let status = read_status(&status_pipe).unwrap_or(status);
     let termination = if timed_out {
         Termination::TimedOut
     } else if libc::WIFSIGNALED(status) {
@@ -273,12 +280,27 @@ fn kill_child(pid: libc::pid_t) {
     }
 }
 
+/// Kills the child when dropped while still armed.
+struct KillOnDrop(Option<libc::pid_t>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            kill_child(pid);
+        }
+    }
+}
+
 /// argv and envp as C arrays, built before the fork: nothing may allocate after it.
 struct Exec {
     program: CString,
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// The stack the program's process runs on between its clone and its exec.
+    stack: Vec<u8>,
+    /// Where that process reports an exec failure.
+    report: RawFd,
 }
 
 impl Exec {
@@ -314,15 +336,20 @@ impl Exec {
             _strings: strings,
             argv,
             envp,
+            stack: vec![0u8; 64 * 1024],
+            report: -1,
         })
     }
 }
 
 struct Spawned {
+    /// The child's init: it waits for the program and reports its status.
     pid: libc::pid_t,
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// Where init writes the program's wait status before it exits.
+    status: OwnedFd,
 }
 
 #[allow(unsafe_code)]
@@ -356,7 +383,7 @@ struct CloneArgs {
 /// clone3 → (child) setup steps → exec; (parent) wait until exec succeeded or a step failed.
 #[allow(unsafe_code)]
 fn spawn_child(
-    exec: &Exec,
+    exec: &mut Exec,
     steps: &[setup::Step],
     namespaces: u64,
 ) -> Result<Spawned, SandboxError> {
@@ -365,6 +392,8 @@ fn spawn_child(
     let (stdout_r, stdout_w) = pipe().map_err(spawn_err)?;
     let (stderr_r, stderr_w) = pipe().map_err(spawn_err)?;
     let (report_r, report_w) = pipe().map_err(spawn_err)?;
+    let (status_r, status_w) = pipe().map_err(spawn_err)?;
+    exec.report = report_w.as_raw_fd();
     let args = CloneArgs {
         flags: namespaces,
         exit_signal: libc::SIGCHLD as u64,
@@ -387,6 +416,7 @@ fn spawn_child(
             stdout: stdout_w.as_raw_fd(),
             stderr: stderr_w.as_raw_fd(),
             report: report_w.as_raw_fd(),
+            status: status_w.as_raw_fd(),
         };
         child_after_clone(exec, steps, fds);
     }
@@ -394,7 +424,7 @@ fn spawn_child(
         return Err(SandboxError::Spawn(io::Error::last_os_error()));
     }
     let pid = pid as libc::pid_t;
-    drop((stdin_r, stdout_w, stderr_w, report_w));
+    drop((stdin_r, stdout_w, stderr_w, report_w, status_w));
 
     // The report pipe closes on exec (O_CLOEXEC): EOF means the child is running the program.
     let mut report = [0u8; 8];
@@ -422,6 +452,7 @@ fn spawn_child(
             stdin: stdin_w,
             stdout: stdout_r,
             stderr: stderr_r,
+            status: status_r,
         });
     }
     let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
@@ -444,21 +475,23 @@ struct ChildFds {
     stdout: RawFd,
     stderr: RawFd,
     report: RawFd,
+    status: RawFd,
 }
 
-/// In the child: wire the pipes, run the setup, exec. Never returns.
+/// In the child: wire the pipes, run the setup, start the program, and stay as its init.
+/// Never returns.
+///
+/// The child stays behind as a minimal init rather than becoming the program, so that the
+/// program is not PID 1 of its namespace (where the kernel drops signals it sends itself, and
+/// orphans would be left unreaped): init reaps every process reparented to it, and when the
+/// program exits it reports the program's wait status and exits, which makes the kernel kill
+/// whatever is left in the namespace.
 #[allow(unsafe_code)]
 fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
     let fail = |step: u32, errno: i32| -> ! {
-        let mut buf = [0u8; 8];
-        buf[..4].copy_from_slice(&step.to_ne_bytes());
-        buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: writing a local buffer to the report pipe, then leaving without running any
-        // destructor or atexit handler of the parent's copy.
-        unsafe {
-            libc::write(fds.report, buf.as_ptr().cast(), buf.len());
-            libc::_exit(126)
-        }
+        report_failure(fds.report, step, errno);
+        // SAFETY: leaving without running any destructor or atexit handler of the parent's copy.
+        unsafe { libc::_exit(126) }
     };
     for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
         // SAFETY: dup2 on descriptors this process owns; the copy at 0..2 is not close-on-exec.
@@ -466,19 +499,110 @@ fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
             fail(u32::MAX, errno());
         }
     }
+    // Keep only stdio and the two report pipes. Everything else this copy of the daemon holds
+    // (other calls' pipes among them) must not stay open in init for the length of the call.
+    let (low, high) = (fds.report.min(fds.status), fds.report.max(fds.status));
+    for (first, last) in [
+        (3, low - 1),
+        (low + 1, high - 1),
+        (high + 1, libc::c_int::MAX),
+    ] {
+        if first <= last {
+            // SAFETY: closing a range of this process's own descriptors; integers only.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    last as libc::c_uint,
+                    0 as libc::c_uint,
+                )
+            };
+        }
+    }
     if let Err((index, e)) = setup::apply(steps, &mut HostSys) {
         fail(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
     }
-    // SAFETY: `exec`'s pointers are NUL-terminated arrays of valid C strings built before the
-    // clone; execve only returns on failure.
+    // SAFETY: the stack region lies inside `exec.stack`, which this process owns and does not
+    // touch while the new process runs on it: CLONE_VFORK suspends us until it has called
+    // execve or _exit. `exec_program` only reads `exec` and makes async-signal-safe calls.
+    let program = unsafe {
+        let top = exec.stack.as_ptr().add(exec.stack.len()) as usize & !0xf;
+        libc::clone(
+            exec_program,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            exec as *const Exec as *mut libc::c_void,
+        )
+    };
+    if program == -1 {
+        fail(u32::MAX, errno());
+    }
+    // The program has exec'd (or reported why not): let go of everything it reads or writes,
+    // so that end-of-file on the daemon's side means the program and its children are done.
+    // SAFETY: closing descriptors this process owns.
     unsafe {
+        libc::close(fds.report);
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    let mut status: libc::c_int = 0;
+    loop {
+        let mut reaped: libc::c_int = 0;
+        // SAFETY: `reaped` is a live local the kernel writes the status into.
+        let pid = unsafe { libc::waitpid(-1, &mut reaped, 0) };
+        if pid == program {
+            status = reaped;
+            break;
+        }
+        if pid == -1 && errno() != libc::EINTR {
+            break;
+        }
+    }
+    // SAFETY: writing a local integer to the status pipe, then leaving.
+    unsafe {
+        libc::write(fds.status, (&status as *const libc::c_int).cast(), 4);
+        libc::_exit(0)
+    }
+}
+
+/// Runs on the program's fresh stack after the vfork-style clone: exec, or report and leave.
+#[allow(unsafe_code)]
+extern "C" fn exec_program(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Exec` that `child_after_clone` passed, alive and unmoved in the
+    // shared address space until this process execs or exits.
+    let exec = unsafe { &*(arg as *const Exec) };
+    // SAFETY: the pointers are NUL-terminated arrays of valid C strings; prctl takes integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
         libc::execve(
             exec.program.as_ptr(),
             exec.argv.as_ptr(),
             exec.envp.as_ptr(),
         );
     }
-    fail(u32::MAX, errno())
+    report_failure(exec.report, u32::MAX, errno());
+    // SAFETY: leaving the failed process without unwinding into its parent's stack.
+    unsafe { libc::_exit(127) }
+}
+
+#[allow(unsafe_code)]
+fn report_failure(report: RawFd, step: u32, errno: i32) {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writing a local buffer to a pipe this process holds.
+    unsafe {
+        libc::write(report, buf.as_ptr().cast(), buf.len());
+    }
+}
+
+#[allow(unsafe_code)]
+fn read_status(pipe: &OwnedFd) -> Option<libc::c_int> {
+    let mut buf = [0u8; 4];
+    // SAFETY: reading at most 4 bytes into a local buffer; init has exited, so this cannot block.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n == 4).then(|| libc::c_int::from_ne_bytes(buf))
 }
 
 fn errno() -> i32 {

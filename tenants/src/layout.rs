@@ -65,6 +65,15 @@ impl Layout {
         })
     }
 
+    /// Makes the tenant's versions readable by root and the tenant's `gid` only (mode 0750), so
+    /// that another tenant's uid could not read them even if it could reach the path.
+    pub fn restrict_versions(&self, tenant: &TenantName, gid: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.tenant_versions(tenant);
+        std::os::unix::fs::chown(&dir, Some(0), Some(gid))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))
+    }
+
     /// Removes everything a tenant had on disk.
     pub fn remove_tenant(&self, tenant: &TenantName) -> io::Result<()> {
         for path in [self.active_link(tenant)] {
