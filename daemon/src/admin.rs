@@ -88,6 +88,7 @@ fn tenant_json(t: &TenantRow) -> Value {
         "has_webhook_secret": t.webhook_secret.is_some(),
         "policy": policy,
         "active_version": t.active_version,
+        "uid": t.uid,
         "created_at": format_ms(t.created_at),
     })
 }

@@ -89,8 +89,10 @@ const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWTIME) as u32;
 
 /// Socket families a function has no use for: raw packets, kernel interfaces, VM sockets.
+/// `AF_NETLINK` is allowed for `NETLINK_ROUTE` only (libc reads interface lists through it, and
+/// in the call's own network namespace it sees only loopback); every other netlink protocol is
+/// a kernel configuration interface.
 pub const DENIED_SOCKET_FAMILIES: &[(libc::c_int, &str)] = &[
-    (libc::AF_NETLINK, "kernel configuration interfaces"),
     (libc::AF_PACKET, "raw packets"),
     (libc::AF_VSOCK, "host and VM sockets"),
     (libc::AF_KEY, "IPsec key management"),
@@ -116,6 +118,7 @@ const RET_K: u16 = 0x06;
 const OFFSET_NR: u32 = 0;
 const OFFSET_ARCH: u32 = 4;
 const OFFSET_ARG0_LOW: u32 = 16;
+const OFFSET_ARG2_LOW: u32 = 32;
 
 /// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
 #[repr(C)]
@@ -136,6 +139,7 @@ enum Label {
     Kill,
     CloneFlags,
     SocketFamily,
+    NetlinkProtocol,
 }
 
 enum Insn {
@@ -173,7 +177,16 @@ pub fn compile() -> Vec<SockFilter> {
     for (family, _) in DENIED_SOCKET_FAMILIES {
         program.push(Jump(JEQ_K, *family as u32, Label::Deny));
     }
+    program.push(Jump(JEQ_K, libc::AF_NETLINK as u32, Label::NetlinkProtocol));
     program.push(Stmt(RET_K, RET_ALLOW));
+    program.push(Mark(Label::NetlinkProtocol));
+    program.push(Stmt(LD_W_ABS, OFFSET_ARG2_LOW));
+    program.push(Branch(
+        JEQ_K,
+        libc::NETLINK_ROUTE as u32,
+        Label::Allow,
+        Label::Deny,
+    ));
     program.push(Mark(Label::Deny));
     program.push(Stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
     program.push(Mark(Label::NoSys));
@@ -242,6 +255,10 @@ mod tests {
 
     /// A tiny classic-BPF interpreter, enough to run the policy against syscalls.
     fn run(prog: &[SockFilter], arch: u32, nr: u32, arg0: u32) -> u32 {
+        run3(prog, arch, nr, arg0, 0)
+    }
+
+    fn run3(prog: &[SockFilter], arch: u32, nr: u32, arg0: u32, arg2: u32) -> u32 {
         let mut pc = 0usize;
         let mut acc = 0u32;
         loop {
@@ -252,6 +269,7 @@ mod tests {
                         OFFSET_NR => nr,
                         OFFSET_ARCH => arch,
                         OFFSET_ARG0_LOW => arg0,
+                        OFFSET_ARG2_LOW => arg2,
                         other => panic!("unexpected load offset {other}"),
                     };
                     pc += 1;
@@ -330,6 +348,18 @@ mod tests {
         assert_eq!(run(&prog, X86, socket, libc::AF_INET6 as u32), RET_ALLOW);
         for (family, _) in DENIED_SOCKET_FAMILIES {
             assert_eq!(run(&prog, X86, socket, *family as u32), EPERM);
+        }
+        let netlink = libc::AF_NETLINK as u32;
+        assert_eq!(
+            run3(&prog, X86, socket, netlink, libc::NETLINK_ROUTE as u32),
+            RET_ALLOW
+        );
+        for protocol in [
+            libc::NETLINK_AUDIT,
+            libc::NETLINK_KOBJECT_UEVENT,
+            libc::NETLINK_NETFILTER,
+        ] {
+            assert_eq!(run3(&prog, X86, socket, netlink, protocol as u32), EPERM);
         }
     }
 

@@ -1,0 +1,672 @@
+//! Hostile code: every function here tries to break out of its call, starve the host, or leave
+//! something behind. Each test asserts the exact answer, that nothing of the call is still
+//! running on the host afterwards, and that another tenant is still served.
+
+use std::time::{Duration, Instant};
+
+use falra_tests::{Answer, Daemon, GitRepo};
+use serde_json::{json, Value};
+
+const HOSTILE: &str = r##"
+import os, sys, time, socket, threading, signal, subprocess, errno
+
+MODULE_STATE = {"calls": 0}
+
+def fork_bomb():
+    children = 0
+    try:
+        while True:
+            if os.fork() == 0:
+                time.sleep(600)
+                os._exit(0)
+            children += 1
+    except OSError as e:
+        return {"children": children, "errno": e.errno}
+
+def thread_bomb():
+    threads = []
+    try:
+        while True:
+            t = threading.Thread(target=time.sleep, args=(600,), daemon=True)
+            t.start()
+            threads.append(t)
+    except RuntimeError as e:
+        return {"threads": len(threads), "error": str(e)}
+
+def memory_bomb():
+    hoard = []
+    while True:
+        hoard.append(bytearray(16 << 20))
+
+def memory_one_block():
+    return len(b"x" * (2 << 30))
+
+def disk_bomb(path):
+    chunk = b"x" * (1 << 20)
+    with open(path, "wb") as f:
+        while True:
+            f.write(chunk)
+            f.flush()
+
+def spin():
+    while True:
+        pass
+
+def nap():
+    time.sleep(600)
+
+def stop_self():
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "resumed"
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return "READ:" + f.read(200).decode("latin-1")
+    except OSError as e:
+        return "denied:%d" % e.errno
+
+def listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        return "denied:%d" % e.errno
+
+def environment():
+    return dict(os.environ)
+
+def connect(port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("127.0.0.1", port))
+        return "connected"
+    except OSError as e:
+        return "refused:%d" % e.errno
+
+def interfaces():
+    return [name for _, name in socket.if_nameindex()]
+
+def write_code():
+    out = {}
+    for path in ["/code/hostile.py", "/code/new.py", "/usr/bin/evil", "/etc/passwd", "/evil"]:
+        try:
+            with open(path, "a") as f:
+                f.write("# owned\n")
+            out[path] = "WROTE"
+        except OSError as e:
+            out[path] = e.errno
+    return out
+
+def double_fork(marker):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv("/usr/bin/sleep", ["sleep", marker])
+        os._exit(0)
+    os.wait()
+    return "parent done"
+
+def thread_after_answer(marker):
+    def linger():
+        time.sleep(1)
+        with open("/tmp/" + marker, "w") as f:
+            f.write("still here")
+        while True:
+            pass
+    threading.Thread(target=linger).start()
+    return "answered"
+
+def kill_parent():
+    os.kill(os.getppid(), signal.SIGKILL)
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass
+    return "still alive"
+
+def forge_answer():
+    forged = b'{"ok": true, "result": "forged"}\n'
+    for fd in range(3, 64):
+        try:
+            os.write(fd, forged)
+        except OSError:
+            pass
+    return "real"
+
+def corrupt_answer():
+    for fd in range(3, 64):
+        try:
+            os.write(fd, b"\x00garbage{{{")
+        except OSError:
+            pass
+    return "real"
+
+def huge_stdout():
+    chunk = "y" * 65536
+    for _ in range(200):
+        sys.stdout.write(chunk)
+    return "done"
+
+def exit_silently():
+    os._exit(0)
+
+def syscalls():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    nrs = {
+        "ptrace": 101, "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272,
+        "setns": 308, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
+        "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425,
+        "io_uring_enter": 426, "io_uring_register": 427, "init_module": 175,
+        "finit_module": 313, "delete_module": 176, "reboot": 169, "kexec_load": 246,
+        "kexec_file_load": 320, "open_by_handle_at": 304, "swapon": 167, "chroot": 161,
+        "clone3": 435,
+    }
+    out = {}
+    for name, nr in nrs.items():
+        ctypes.set_errno(0)
+        rc = libc.syscall(nr, 0, 0, 0, 0, 0, 0)
+        out[name] = ctypes.get_errno() if rc == -1 else "SUCCEEDED"
+    # clone with a namespace flag (CLONE_NEWUSER | SIGCHLD)
+    ctypes.set_errno(0)
+    rc = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)
+    out["clone_newuser"] = ctypes.get_errno() if rc == -1 else "SUCCEEDED"
+    if rc == 0:
+        os._exit(0)
+    for family, proto, name in [(40, 0, "vsock"), (16, 9, "netlink_audit"), (16, 15, "netlink_uevent"), (17, 0, "packet"), (38, 0, "alg")]:
+        try:
+            socket.socket(family, socket.SOCK_RAW if family in (16, 17) else socket.SOCK_STREAM, proto).close()
+            out["socket_" + name] = "SUCCEEDED"
+        except OSError as e:
+            out["socket_" + name] = e.errno
+    return out
+
+def escalate():
+    out = {}
+    for name, attempt in [
+        ("setuid", lambda: os.setuid(0)),
+        ("setresuid", lambda: os.setresuid(0, 0, 0)),
+        ("setgid", lambda: os.setgid(0)),
+        ("setgroups", lambda: os.setgroups([0])),
+        ("chown", lambda: os.chown("/tmp", 0, 0)),
+        ("sethostname", lambda: socket.sethostname("pwned")),
+    ]:
+        try:
+            attempt()
+            out[name] = "SUCCEEDED"
+        except OSError as e:
+            out[name] = e.errno
+    r = subprocess.run(["/usr/bin/su", "root", "-c", "id -u"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+    out["su"] = r.returncode
+    status = open("/proc/self/status").read()
+    out["caps"] = [l.split()[1] for l in status.splitlines() if l.startswith(("CapEff", "CapPrm", "CapAmb"))]
+    out["no_new_privs"] = [l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs")][0]
+    out["uid"] = os.getuid()
+    return out
+
+def leave_state(marker):
+    MODULE_STATE["calls"] += 1
+    for d in ["/tmp", "/dev/shm"]:
+        with open(os.path.join(d, marker), "w") as f:
+            f.write("left behind")
+    return MODULE_STATE["calls"]
+
+def find_state(marker):
+    return {
+        "tmp": os.path.exists("/tmp/" + marker),
+        "shm": os.path.exists("/dev/shm/" + marker),
+        "calls": MODULE_STATE["calls"],
+    }
+
+def processes():
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+def symlink_escape():
+    os.symlink("/", "/tmp/root")
+    return sorted(os.listdir("/tmp/root"))
+"##;
+
+struct Arena {
+    d: Daemon,
+    evil: String,
+    good: String,
+    evil_uid: u32,
+}
+
+fn arena() -> Arena {
+    let d = Daemon::start_with(&[]);
+    let evil_repo = GitRepo::with_files(&[("hostile.py", HOSTILE)]);
+    let good_repo = GitRepo::with_files(&[("calc.py", "def add(a, b):\n    return a + b\n")]);
+    let evil = d.tenant("evil", &evil_repo);
+    let good = d.tenant("good", &good_repo);
+    let policy = json!({"timeout_ms": 3000, "memory_mb": 128, "pids": 32, "tmp_mb": 8});
+    assert_eq!(
+        d.admin("PUT", "/tenants/evil/policy", Some(policy)).status,
+        200
+    );
+    let evil_uid = d.admin("GET", "/tenants/evil", None).body["uid"]
+        .as_u64()
+        .unwrap() as u32;
+    Arena {
+        d,
+        evil,
+        good,
+        evil_uid,
+    }
+}
+
+impl Arena {
+    fn call(&self, f: &str, kwargs: Value) -> Answer {
+        let mut body = kwargs;
+        body["token"] = json!(self.evil);
+        body["fn"] = json!(format!("hostile.{f}"));
+        self.d.call(body)
+    }
+
+    fn ok(&self, f: &str, kwargs: Value) -> Value {
+        let a = self.call(f, kwargs);
+        assert_eq!(a.status, 200, "{f}: {:?}", a.body);
+        a.body["result"].clone()
+    }
+
+    fn error(&self, f: &str, kwargs: Value, status: u16, code: &str) -> Answer {
+        let a = self.call(f, kwargs);
+        assert_eq!(a.status, status, "{f}: {:?}", a.body);
+        assert_eq!(a.body["error"]["code"], json!(code), "{f}: {:?}", a.body);
+        a
+    }
+
+    /// Nothing of the hostile tenant runs on the host any more, and the good tenant is served.
+    #[track_caller]
+    fn contained(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_of(self.evil_uid, self.d.pid());
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hostile tenant's processes survived: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.d.is_alive(), "the daemon died: {}", self.d.log());
+        let a = self
+            .d
+            .call(json!({"token": self.good, "fn": "calc.add", "a": 2, "b": 3}));
+        assert_eq!(
+            a.body["result"],
+            json!(5),
+            "the good tenant is not served: {:?}",
+            a.body
+        );
+    }
+}
+
+/// Host processes running as `uid` that descend from the daemon `daemon`, with their command
+/// lines. (Other tests' daemons give their first tenants the same uids.)
+fn processes_of(uid: u32, daemon: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
+        let owned = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok())
+            == Some(uid);
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        let pid: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        if owned && !zombie && descends_from(pid, daemon) {
+            let cmd = std::fs::read(path.join("cmdline")).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    out
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("PPid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..64 {
+        match parent_of(pid) {
+            Some(p) if p == ancestor => return true,
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn host_has_cmdline(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(marker))
+            .unwrap_or(false)
+    })
+}
+
+fn marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "600.{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[test]
+fn fork_bomb_stops_at_the_pids_limit() {
+    let mut a = arena();
+    let r = a.ok("fork_bomb", json!({}));
+    assert_eq!(r["errno"], json!(11), "{r}"); // EAGAIN
+    assert!(r["children"].as_u64().unwrap() < 32, "{r}");
+    a.contained();
+}
+
+#[test]
+fn thread_bomb_stops_at_the_pids_limit() {
+    let mut a = arena();
+    let r = a.ok("thread_bomb", json!({}));
+    assert!(r["threads"].as_u64().unwrap() < 32, "{r}");
+    a.contained();
+}
+
+#[test]
+fn memory_bombs_are_killed_in_their_limit() {
+    let mut a = arena();
+    let e = a.error("memory_bomb", json!({}), 422, "memory_limit_exceeded");
+    assert_eq!(e.body["error"]["detail"]["memory_mb"], json!(128));
+    a.error("memory_one_block", json!({}), 422, "memory_limit_exceeded");
+    a.contained();
+}
+
+#[test]
+fn a_full_tmp_is_the_functions_error() {
+    let mut a = arena();
+    for path in ["/tmp/fill", "/dev/shm/fill"] {
+        let e = a.error("disk_bomb", json!({"path": path}), 422, "function_error");
+        assert_eq!(
+            e.body["error"]["detail"]["type"],
+            json!("OSError"),
+            "{:?}",
+            e.body
+        );
+        assert!(
+            e.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("No space left"),
+            "{:?}",
+            e.body
+        );
+    }
+    a.contained();
+}
+
+#[test]
+fn spinning_sleeping_and_stopped_calls_time_out() {
+    let mut a = arena();
+    for f in ["spin", "nap", "stop_self"] {
+        let started = Instant::now();
+        a.error(f, json!({}), 504, "timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{f} took {:?}",
+            started.elapsed()
+        );
+    }
+    a.contained();
+}
+
+#[test]
+fn host_files_the_store_and_other_tenants_are_out_of_sight() {
+    let mut a = arena();
+    let data = a.d.data_dir.display().to_string();
+    for path in [
+        format!("{data}/falra.db"),
+        format!("{data}/versions/good"),
+        format!("{data}/github/git_good/calc.py"),
+        "/etc/shadow".to_owned(),
+        "/root/.bash_history".to_owned(),
+        "/proc/1/environ".to_owned(),
+        "/proc/1/mem".to_owned(),
+        "/sys/kernel/notes".to_owned(),
+        "/dev/vda".to_owned(),
+    ] {
+        let r = a.ok("read", json!({"path": path}));
+        assert!(r.as_str().unwrap().starts_with("denied:"), "{path}: {r}");
+    }
+    let root = a.ok("listdir", json!({"path": "/"}));
+    assert_eq!(
+        root,
+        json!(["bin", "code", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr"])
+    );
+    let etc = a.ok("listdir", json!({"path": "/etc"}));
+    for unexpected in ["shadow", "sudoers", "ssh"] {
+        assert!(
+            !etc.as_array().unwrap().contains(&json!(unexpected)),
+            "{etc}"
+        );
+    }
+    // The host's /tmp, where test repositories live, is not the call's /tmp.
+    assert_eq!(a.ok("listdir", json!({"path": "/tmp"})), json!([]));
+    a.contained();
+}
+
+#[test]
+fn the_daemons_environment_stays_with_the_daemon() {
+    let mut a = arena();
+    let env = a.ok("environment", json!({}));
+    let keys: Vec<&str> = env
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["PATH", "LANG", "LC_ALL", "HOME", "TMPDIR"], "{env}");
+    let r = a.ok("read", json!({"path": "/proc/self/environ"}));
+    assert!(!r.as_str().unwrap().contains("FALRA"), "{r}");
+    a.contained();
+}
+
+#[test]
+fn no_network_but_its_own_loopback() {
+    let mut a = arena();
+    let port: u16 = a.d.url.rsplit(':').next().unwrap().parse().unwrap();
+    let r = a.ok("connect", json!({"port": port}));
+    assert_eq!(
+        r,
+        json!("refused:111"),
+        "the daemon's port is reachable: {r}"
+    );
+    assert_eq!(a.ok("interfaces", json!({})), json!(["lo"]));
+    a.contained();
+}
+
+#[test]
+fn code_and_system_are_read_only() {
+    let mut a = arena();
+    let r = a.ok("write_code", json!({}));
+    for (path, result) in r.as_object().unwrap() {
+        assert_ne!(result, &json!("WROTE"), "{path} was writable");
+    }
+    a.contained();
+}
+
+#[test]
+fn processes_that_try_to_outlive_the_call_do_not() {
+    let mut a = arena();
+    let m = marker();
+    assert_eq!(
+        a.ok("double_fork", json!({"marker": m})),
+        json!("parent done")
+    );
+    a.contained();
+    assert!(
+        !host_has_cmdline(&m),
+        "a double-forked process outlived its call"
+    );
+    let m = marker();
+    assert_eq!(
+        a.ok("thread_after_answer", json!({"marker": m})),
+        json!("answered")
+    );
+    a.contained();
+}
+
+#[test]
+fn killing_its_parent_hurts_nobody() {
+    let mut a = arena();
+    assert_eq!(a.ok("kill_parent", json!({})), json!("still alive"));
+    a.contained();
+}
+
+#[test]
+fn forged_or_corrupted_answers_are_not_believed() {
+    let mut a = arena();
+    let e = a.error("forge_answer", json!({}), 422, "process_exited");
+    assert!(e.body.get("result").is_none());
+    a.error("corrupt_answer", json!({}), 422, "process_exited");
+    let e = a.error("exit_silently", json!({}), 422, "process_exited");
+    assert_eq!(e.body["error"]["detail"]["exit_code"], json!(0));
+    a.contained();
+}
+
+#[test]
+fn huge_output_is_capped() {
+    let mut a = arena();
+    let r = a.call("huge_stdout", json!({}));
+    assert_eq!(r.body["result"], json!("done"), "{:?}", r.body["error"]);
+    assert!(r.body["logs"].as_str().unwrap().len() < 70 << 10);
+    a.contained();
+}
+
+#[test]
+fn dangerous_syscalls_and_sockets_are_denied() {
+    let mut a = arena();
+    let r = a.ok("syscalls", json!({}));
+    for (name, result) in r.as_object().unwrap() {
+        let expected = match name.as_str() {
+            "clone3" => json!(38), // ENOSYS: libc falls back to clone
+            _ => json!(1),         // EPERM
+        };
+        assert_eq!(result, &expected, "{name}: {r}");
+    }
+    a.contained();
+}
+
+#[test]
+fn privileges_cannot_be_regained() {
+    let mut a = arena();
+    let r = a.ok("escalate", json!({}));
+    for name in [
+        "setuid",
+        "setresuid",
+        "setgid",
+        "setgroups",
+        "chown",
+        "sethostname",
+    ] {
+        assert_eq!(r[name], json!(1), "{name}: {r}");
+    }
+    assert_ne!(r["su"], json!(0), "{r}");
+    assert_eq!(
+        r["caps"],
+        json!(["0000000000000000", "0000000000000000", "0000000000000000"]),
+        "{r}"
+    );
+    assert_eq!(r["no_new_privs"], json!("1"));
+    assert_eq!(r["uid"], json!(a.evil_uid));
+    a.contained();
+}
+
+#[test]
+fn nothing_is_left_for_the_next_call() {
+    let mut a = arena();
+    let m = marker();
+    assert_eq!(a.ok("leave_state", json!({"marker": m})), json!(1));
+    assert_eq!(
+        a.ok("leave_state", json!({"marker": m})),
+        json!(1),
+        "module globals carried over"
+    );
+    assert_eq!(
+        a.ok("find_state", json!({"marker": m})),
+        json!({"tmp": false, "shm": false, "calls": 0})
+    );
+    a.contained();
+}
+
+#[test]
+fn a_call_sees_only_its_own_processes_and_its_own_root() {
+    let mut a = arena();
+    let pids = a.ok("processes", json!({}));
+    assert!(pids.as_array().unwrap().len() <= 3, "{pids}");
+    let r = a.ok("symlink_escape", json!({}));
+    assert!(
+        r.as_array().unwrap().contains(&json!("code")),
+        "a symlink to / leads to the host: {r}"
+    );
+    a.contained();
+}
+
+#[test]
+fn an_attack_on_every_front_at_once_leaves_the_neighbour_served() {
+    let mut a = arena();
+    let evil = a.evil.clone();
+    let url = a.d.url.clone();
+    let attackers: Vec<_> = [
+        "spin",
+        "fork_bomb",
+        "memory_bomb",
+        "nap",
+        "spin",
+        "thread_bomb",
+    ]
+    .into_iter()
+    .map(|f| {
+        let (evil, url) = (evil.clone(), url.clone());
+        std::thread::spawn(move || {
+            let body = json!({"token": evil, "fn": format!("hostile.{f}")}).to_string();
+            falra_tests::http(
+                "POST",
+                &format!("{url}/v1/call"),
+                &[],
+                Some(body.as_bytes()),
+            )
+            .status
+        })
+    })
+    .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let r =
+            a.d.call(json!({"token": a.good, "fn": "calc.add", "a": 1, "b": 1}));
+        assert_eq!(r.body["result"], json!(2), "{:?}", r.body);
+    }
+    for t in attackers {
+        let status = t.join().unwrap();
+        assert!(
+            [200, 422, 504].contains(&status),
+            "an attack got HTTP {status}"
+        );
+    }
+    a.contained();
+}
