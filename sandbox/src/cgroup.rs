@@ -382,3 +382,213 @@ impl CallCgroup {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixture host: a fake `/proc` and a cgroup tree, both under one temporary directory.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new(mountinfo: &str, membership: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let proc_self = dir.path().join("proc/self");
+            std::fs::create_dir_all(&proc_self).unwrap();
+            let root = dir.path().display().to_string();
+            std::fs::write(proc_self.join("mountinfo"), mountinfo.replace("@", &root)).unwrap();
+            std::fs::write(proc_self.join("cgroup"), membership).unwrap();
+            Fixture { dir }
+        }
+
+        fn path(&self, p: &str) -> PathBuf {
+            self.dir.path().join(p)
+        }
+
+        fn mkdirs(&self, p: &str) {
+            std::fs::create_dir_all(self.path(p)).unwrap();
+        }
+
+        fn write(&self, p: &str, s: &str) {
+            std::fs::write(self.path(p), s).unwrap();
+        }
+
+        fn read(&self, p: &str) -> String {
+            std::fs::read_to_string(self.path(p)).unwrap()
+        }
+    }
+
+    const LIMITS: CgroupLimits = CgroupLimits {
+        memory_bytes: 128 << 20,
+        pids: 32,
+        cpu_percent: 50,
+    };
+
+    const V2_MOUNTINFO: &str = "\
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+30 22 0:26 / @/cg rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn v2_is_detected_beneath_the_daemons_own_cgroup() {
+        let f = Fixture::new(V2_MOUNTINFO, "0::/system.slice/falra.service\n");
+        f.mkdirs("cg/system.slice/falra.service");
+        f.write(
+            "cg/system.slice/falra.service/cgroup.controllers",
+            "cpuset cpu io memory pids\n",
+        );
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        assert_eq!(
+            h,
+            Hierarchy::V2 {
+                base: f.path("cg/system.slice/falra.service/falra")
+            }
+        );
+    }
+
+    #[test]
+    fn v2_call_cgroups_get_limits_usage_and_removal() {
+        let f = Fixture::new(V2_MOUNTINFO, "0::/\n");
+        f.mkdirs("cg");
+        f.write("cg/cgroup.controllers", "cpu memory pids\n");
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        let cg = h.create_call(&HostFs, "t200000", "c_1", LIMITS).unwrap();
+        let call = "cg/falra/t200000/c_1";
+        assert_eq!(f.read(&format!("{call}/memory.max")), "134217728");
+        assert_eq!(f.read(&format!("{call}/memory.swap.max")), "0");
+        assert_eq!(f.read(&format!("{call}/pids.max")), "32");
+        assert_eq!(f.read(&format!("{call}/cpu.max")), "50000 100000");
+        assert_eq!(
+            f.read("cg/falra/cgroup.subtree_control"),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            f.read("cg/falra/t200000/cgroup.subtree_control"),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            cg.procs_files(),
+            vec![f.path(&format!("{call}/cgroup.procs"))]
+        );
+
+        f.write(
+            &format!("{call}/cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        );
+        f.write(&format!("{call}/memory.peak"), "9000000\n");
+        f.write(
+            &format!("{call}/memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        );
+        assert_eq!(
+            cg.usage(&HostFs),
+            CgroupUsage {
+                cpu_ns: Some(1_500_000),
+                peak_memory_bytes: Some(9_000_000),
+                oom_killed: true
+            }
+        );
+        // The kernel removes control files with the directory; the fixture must do it by hand.
+        for file in std::fs::read_dir(f.path(call)).unwrap() {
+            std::fs::remove_file(file.unwrap().path()).unwrap();
+        }
+        cg.remove(&HostFs).unwrap();
+        assert!(!f.path(call).exists());
+        assert!(
+            f.path("cg/falra/t200000").exists(),
+            "the tenant's cgroup stays"
+        );
+    }
+
+    #[test]
+    fn v2_without_controllers_falls_back_to_v1() {
+        let mountinfo = "\
+30 22 0:26 / @/cg/unified rw - cgroup2 cgroup2 rw
+31 22 0:27 / @/cg/memory rw - cgroup cgroup rw,memory
+32 22 0:28 / @/cg/pids rw - cgroup cgroup rw,pids
+33 22 0:29 / @/cg/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+";
+        let membership = "5:pids:/\n4:memory:/job/42\n3:cpu,cpuacct:/\n0::/\n";
+        let f = Fixture::new(mountinfo, membership);
+        f.mkdirs("cg/unified");
+        f.write("cg/unified/cgroup.controllers", "");
+        f.mkdirs("cg/memory/job/42");
+        f.mkdirs("cg/pids");
+        f.mkdirs("cg/cpu,cpuacct");
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        assert_eq!(
+            h,
+            Hierarchy::V1 {
+                memory: f.path("cg/memory/job/42/falra"),
+                pids: f.path("cg/pids/falra"),
+                cpu: f.path("cg/cpu,cpuacct/falra"),
+                cpuacct: f.path("cg/cpu,cpuacct/falra"),
+            }
+        );
+    }
+
+    #[test]
+    fn v1_call_cgroups_get_limits_usage_and_removal() {
+        let mountinfo = "\
+31 22 0:27 / @/cg/memory rw - cgroup cgroup rw,memory
+32 22 0:28 / @/cg/pids rw - cgroup cgroup rw,pids
+33 22 0:29 / @/cg/cpu rw - cgroup cgroup rw,cpu
+34 22 0:30 / @/cg/cpuacct rw - cgroup cgroup rw,cpuacct
+";
+        let membership = "5:pids:/\n4:memory:/\n3:cpu:/\n2:cpuacct:/\n";
+        let f = Fixture::new(mountinfo, membership);
+        for c in ["memory", "pids", "cpu", "cpuacct"] {
+            f.mkdirs(&format!("cg/{c}"));
+        }
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        // Swap accounting present: memory + swap is capped too.
+        f.mkdirs("cg/memory/falra/t7/c_2");
+        f.write("cg/memory/falra/t7/c_2/memory.memsw.limit_in_bytes", "max");
+        let cg = h.create_call(&HostFs, "t7", "c_2", LIMITS).unwrap();
+        assert_eq!(
+            f.read("cg/memory/falra/t7/c_2/memory.limit_in_bytes"),
+            "134217728"
+        );
+        assert_eq!(
+            f.read("cg/memory/falra/t7/c_2/memory.memsw.limit_in_bytes"),
+            "134217728"
+        );
+        assert_eq!(f.read("cg/pids/falra/t7/c_2/pids.max"), "32");
+        assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_quota_us"), "50000");
+        assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_period_us"), "100000");
+        assert_eq!(cg.procs_files().len(), 4);
+
+        f.write("cg/cpuacct/falra/t7/c_2/cpuacct.usage", "2500000\n");
+        f.write(
+            "cg/memory/falra/t7/c_2/memory.max_usage_in_bytes",
+            "7000000\n",
+        );
+        f.write(
+            "cg/memory/falra/t7/c_2/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        assert_eq!(
+            cg.usage(&HostFs),
+            CgroupUsage {
+                cpu_ns: Some(2_500_000),
+                peak_memory_bytes: Some(7_000_000),
+                oom_killed: true
+            }
+        );
+    }
+
+    #[test]
+    fn no_hierarchy_is_a_clear_error() {
+        let f = Fixture::new("22 1 0:21 / /proc rw - proc proc rw\n", "0::/\n");
+        let err = detect(&f.path("proc"), &HostFs).unwrap_err();
+        assert!(matches!(err, CgroupError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+}
