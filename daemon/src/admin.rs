@@ -186,10 +186,13 @@ pub async fn delete_tenant(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (name, _) = load_tenant(&state, &name).await?;
+    let (name, row) = load_tenant(&state, &name).await?;
     let lock = state.sync_lock(&name);
     let _guard = lock.lock().await;
     state.store.delete_tenant(name.as_str()).await?;
+    if let Ok(uid) = u32::try_from(row.uid) {
+        state.sandbox.forget_tenant(uid);
+    }
     let layout = state.layout.clone();
     let files = name.clone();
     tokio::task::spawn_blocking(move || layout.remove_tenant(&files))

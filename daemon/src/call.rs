@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use falra_policies::{Policy, Scope};
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
-use falra_sandbox::runner::{child_env, interpreter_args};
+use falra_sandbox::runner::{child_env, interpreter_args, RUNNER_DIR};
 use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{ChildFailure, ChildSpec, Limits, ProtocolRequest};
 use falra_tenants::function::is_identifier;
@@ -20,6 +20,7 @@ use falra_tenants::{resolve_module, FnName, VersionId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::path::Path;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
@@ -220,17 +221,30 @@ async fn run_call(
         .sandbox
         .create_cgroup(uid, call_id, &policy)
         .map_err(|e| ApiError::internal("could not create the call's cgroup", &e))?;
-    let isolation = state
-        .sandbox
-        .isolation(uid, &root, &policy, cgroup.as_ref());
-    let cwd = match isolation {
-        Some(_) => std::path::PathBuf::from(CODE_DIR),
-        None => root,
+    let isolation =
+        match state
+            .sandbox
+            .isolation(uid, &root, &config.runner_dir, &policy, cgroup.as_ref())
+        {
+            Ok(isolation) => isolation,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    remove_cgroup_later(cg);
+                }
+                return Err(ApiError::internal(
+                    "could not prepare the call's isolation",
+                    &e,
+                ));
+            }
+        };
+    let (cwd, runner_dir) = match isolation {
+        Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
+        None => (root.as_path(), config.runner_dir.as_path()),
     };
     let spec = ChildSpec {
         program: config.python.clone(),
-        args: interpreter_args(),
-        cwd,
+        args: interpreter_args(runner_dir),
+        cwd: cwd.to_path_buf(),
         env: child_env(),
         stdin,
         limits: Limits {

@@ -2,11 +2,15 @@
 //! the version's directory and the host's cgroup hierarchy. The sandbox itself never learns
 //! the tenant's name: it gets paths, numbers and limits.
 
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use falra_policies::{Network, Policy};
 use falra_sandbox::cgroup::{self, CallCgroup, CgroupError, CgroupLimits, Hierarchy, HostFs};
-use falra_sandbox::{Bind, Isolation, SystemEntry};
+use falra_sandbox::runner::RUNNER_DIR;
+use falra_sandbox::{netns, Bind, Isolation, NetworkMode, SystemEntry};
 
 /// Where the tenant's code appears inside the child.
 pub const CODE_DIR: &str = "/code";
@@ -23,6 +27,8 @@ struct Enabled {
     hierarchy: Hierarchy,
     system: Vec<SystemEntry>,
     root_mount_point: PathBuf,
+    /// One prepared network namespace per tenant uid, made on its first call.
+    netns: Mutex<HashMap<u32, OwnedFd>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +39,8 @@ pub enum IsolationError {
     NotRoot,
     #[error("no usable cgroup hierarchy")]
     Cgroup(#[from] CgroupError),
+    #[error("could not prepare a network namespace")]
+    Netns(#[source] std::io::Error),
     #[error("could not prepare {path}")]
     Io {
         path: PathBuf,
@@ -62,6 +70,7 @@ impl SandboxSettings {
                 hierarchy,
                 system: falra_sandbox::setup::host_system_entries(),
                 root_mount_point,
+                netns: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -103,29 +112,62 @@ impl SandboxSettings {
             .map(Some)
     }
 
-    /// The isolation for one call of the tenant with `uid`, running `version_dir`.
+    /// The isolation for one call of the tenant with `uid`, running `version_dir` with the
+    /// runner installed in `runner_dir`.
     pub fn isolation(
         &self,
         uid: u32,
         version_dir: &Path,
+        runner_dir: &Path,
         policy: &Policy,
         cgroup: Option<&CallCgroup>,
-    ) -> Option<Isolation> {
-        let e = self.enabled.as_ref()?;
-        Some(Isolation {
+    ) -> Result<Option<Isolation>, IsolationError> {
+        let Some(e) = self.enabled.as_ref() else {
+            return Ok(None);
+        };
+        let network = match policy.network {
+            Network::Host => NetworkMode::Host,
+            Network::None => {
+                let mut spaces = e.netns.lock().expect("netns table poisoned");
+                let fd = match spaces.get(&uid) {
+                    Some(fd) => fd.as_raw_fd(),
+                    None => {
+                        let fd = netns::new_loopback_namespace().map_err(IsolationError::Netns)?;
+                        let raw = fd.as_raw_fd();
+                        spaces.insert(uid, fd);
+                        raw
+                    }
+                };
+                NetworkMode::Join(fd)
+            }
+        };
+        Ok(Some(Isolation {
             root_mount_point: e.root_mount_point.clone(),
             system: e.system.clone(),
-            binds: vec![Bind {
-                source: version_dir.to_path_buf(),
-                target: PathBuf::from(CODE_DIR),
-            }],
+            binds: vec![
+                Bind {
+                    source: version_dir.to_path_buf(),
+                    target: PathBuf::from(CODE_DIR),
+                },
+                Bind {
+                    source: runner_dir.to_path_buf(),
+                    target: PathBuf::from(RUNNER_DIR),
+                },
+            ],
             tmp_bytes: u64::from(policy.tmp_mb) << 20,
-            host_network: policy.network == Network::Host,
+            network,
             uid,
             gid: uid,
             hostname: "falra".to_owned(),
             cgroup_procs: cgroup.map(CallCgroup::procs_files).unwrap_or_default(),
-        })
+        }))
+    }
+
+    /// Forgets a removed tenant's network namespace.
+    pub fn forget_tenant(&self, uid: u32) {
+        if let Some(e) = &self.enabled {
+            e.netns.lock().expect("netns table poisoned").remove(&uid);
+        }
     }
 }
 

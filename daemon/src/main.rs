@@ -85,6 +85,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_log_bytes: args.max_log_bytes,
         ..ServeConfig::new(data_dir.clone())
     };
+    falra_sandbox::runner::install(&config.python, &config.runner_dir)
+        .context("could not prepare the Python runner")?;
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
         tracing::warn!(
             "the sandbox is off: calls run as plain child processes with the daemon's privileges"

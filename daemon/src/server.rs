@@ -29,17 +29,20 @@ pub struct ServeConfig {
     pub max_result_bytes: usize,
     pub max_log_bytes: usize,
     pub max_version_bytes: u64,
+    /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
+    pub runner_dir: PathBuf,
 }
 
 impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> ServeConfig {
         ServeConfig {
-            data_dir,
             python: PathBuf::from("/usr/bin/python3"),
             max_body_bytes: 1 << 20,
             max_result_bytes: 6 << 20,
             max_log_bytes: 64 << 10,
             max_version_bytes: 512 << 20,
+            runner_dir: data_dir.join("runtime"),
+            data_dir,
         }
     }
 }

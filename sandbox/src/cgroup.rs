@@ -83,11 +83,13 @@ pub enum Hierarchy {
     /// One unified tree; `base` is the directory falra's cgroups go under.
     V2 { base: PathBuf },
     /// One tree per controller; each `base` is falra's directory in that controller's tree.
+    /// A separately mounted cpuacct hierarchy is not joined: one more migration per call for
+    /// a figure `wait4` gives as well. Where cpuacct is mounted with cpu, it is read.
     V1 {
         memory: PathBuf,
         pids: PathBuf,
         cpu: PathBuf,
-        cpuacct: PathBuf,
+        cpuacct_with_cpu: bool,
     },
 }
 
@@ -121,7 +123,7 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
             });
         }
     }
-    let v1 = |controller: &str| -> Option<PathBuf> {
+    let v1 = |controller: &str| -> Option<(PathBuf, bool)> {
         let mount = mounts
             .iter()
             .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == controller))?;
@@ -130,17 +132,18 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
             let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
             list.split(',').any(|c| c == controller).then_some(path)
         })?;
-        Some(join_cgroup(&mount.point, own).join("falra"))
+        let with_cpuacct = mount.options.split(',').any(|o| o == "cpuacct");
+        Some((join_cgroup(&mount.point, own).join("falra"), with_cpuacct))
     };
-    match (v1("memory"), v1("pids"), v1("cpu"), v1("cpuacct")) {
-        (Some(memory), Some(pids), Some(cpu), Some(cpuacct)) => Ok(Hierarchy::V1 {
+    match (v1("memory"), v1("pids"), v1("cpu")) {
+        (Some((memory, _)), Some((pids, _)), Some((cpu, cpuacct_with_cpu))) => Ok(Hierarchy::V1 {
             memory,
             pids,
             cpu,
-            cpuacct,
+            cpuacct_with_cpu,
         }),
         _ => Err(CgroupError::Unavailable(
-            "neither cgroup v2 with memory, pids and cpu, nor v1 memory, pids, cpu and cpuacct hierarchies are mounted"
+            "neither cgroup v2 with memory, pids and cpu, nor v1 memory, pids and cpu hierarchies are mounted"
                 .into(),
         )),
     }
@@ -211,11 +214,8 @@ impl Hierarchy {
         match self {
             Hierarchy::V2 { base } => vec![base],
             Hierarchy::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => vec![memory, pids, cpu, cpuacct],
+                memory, pids, cpu, ..
+            } => vec![memory, pids, cpu],
         }
     }
 
@@ -351,11 +351,17 @@ impl CallCgroup {
                 }
             }
             Hierarchy::V1 {
-                memory, cpuacct, ..
+                memory,
+                cpu,
+                cpuacct_with_cpu,
+                ..
             } => {
                 let m = memory.join(&self.relative);
+                let cpu_ns = cpuacct_with_cpu
+                    .then(|| num(cpu.join(&self.relative).join("cpuacct.usage")))
+                    .flatten();
                 CgroupUsage {
-                    cpu_ns: num(cpuacct.join(&self.relative).join("cpuacct.usage")),
+                    cpu_ns,
                     peak_memory_bytes: num(m.join("memory.max_usage_in_bytes")),
                     oom_killed: keyed(m.join("memory.oom_control"), "oom_kill").unwrap_or(0) > 0
                         || num(m.join("memory.failcnt")).unwrap_or(0) > 0
@@ -524,7 +530,7 @@ mod tests {
                 memory: f.path("cg/memory/job/42/falra"),
                 pids: f.path("cg/pids/falra"),
                 cpu: f.path("cg/cpu,cpuacct/falra"),
-                cpuacct: f.path("cg/cpu,cpuacct/falra"),
+                cpuacct_with_cpu: true,
             }
         );
     }
@@ -558,9 +564,12 @@ mod tests {
         assert_eq!(f.read("cg/pids/falra/t7/c_2/pids.max"), "32");
         assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_quota_us"), "50000");
         assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_period_us"), "100000");
-        assert_eq!(cg.procs_files().len(), 4);
+        assert_eq!(
+            cg.procs_files().len(),
+            3,
+            "a separate cpuacct hierarchy is not joined"
+        );
 
-        f.write("cg/cpuacct/falra/t7/c_2/cpuacct.usage", "2500000\n");
         f.write(
             "cg/memory/falra/t7/c_2/memory.max_usage_in_bytes",
             "7000000\n",
@@ -572,7 +581,7 @@ mod tests {
         assert_eq!(
             cg.usage(&HostFs),
             CgroupUsage {
-                cpu_ns: Some(2_500_000),
+                cpu_ns: None,
                 peak_memory_bytes: Some(7_000_000),
                 oom_killed: true
             }

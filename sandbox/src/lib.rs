@@ -7,6 +7,7 @@
 //! layers (namespaces, cgroups, seccomp) slot in as new steps without touching the callers.
 
 pub mod cgroup;
+pub mod netns;
 pub mod protocol;
 pub mod runner;
 pub mod seccomp;
@@ -14,5 +15,5 @@ pub mod setup;
 mod spawn;
 
 pub use protocol::{Answer, ChildFailure, ProtocolRequest};
-pub use setup::{Bind, Isolation, SystemEntry};
+pub use setup::{Bind, Isolation, NetworkMode, SystemEntry};
 pub use spawn::{spawn_and_wait, ChildSpec, Finished, Limits, SandboxError, Termination, Usage};

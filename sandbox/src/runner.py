@@ -1,6 +1,7 @@
 # The Falra runner: runs one call in a fresh interpreter, then exits.
 #
-# Started as `python3 -I -S -B -c <this file>` with the tenant's code as working directory.
+# Compiled once by the daemon and run as `python3 -I -S -B runner.pyc` with the tenant's code as
+# working directory.
 # Reads {"protocol": 1, "call_id", "fn", "kwargs"} on stdin, writes exactly one JSON line on the
 # answer channel (the original stdout), exits 0. Kept lean on purpose: on the success path it
 # imports only modules that are built in or C extensions (`posix`, `sys`, `_json`), because

@@ -64,6 +64,8 @@ pub enum Step {
     PivotRoot(CString),
     RemountRootReadOnly,
     LoopbackUp,
+    /// Enter a prepared network namespace (its loopback already up) by descriptor.
+    JoinNetns(std::os::fd::RawFd),
     SetHostname(CString),
     Chdir(CString),
     Rlimit(Resource, u64),
@@ -74,6 +76,9 @@ pub enum Step {
         uid: u32,
         gid: u32,
     },
+    /// Not dumpable: no core files, and nothing in the call may read init's memory through
+    /// `/proc` (init shares the daemon's address space), whatever `fs.suid_dumpable` says.
+    NotDumpable,
     /// SIGKILL when the daemon dies, so no child outlives its supervisor.
     ParentDeathSignal,
     NoNewPrivs,
@@ -126,12 +131,24 @@ pub struct Isolation {
     pub binds: Vec<Bind>,
     pub tmp_bytes: u64,
     /// Keep the host's network (no network namespace of its own).
-    pub host_network: bool,
+    pub network: NetworkMode,
     pub uid: u32,
     pub gid: u32,
     pub hostname: String,
     /// `cgroup.procs` files to join, one per hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Which network the child gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The host's network (no network namespace of its own).
+    Host,
+    /// A new network namespace of its own, with only loopback.
+    Fresh,
+    /// A prepared network namespace with only loopback, entered by this descriptor (see
+    /// [`crate::netns`]); creating one per call costs more than the rest of the setup.
+    Join(std::os::fd::RawFd),
 }
 
 /// A top-level system path as found on the host.
@@ -224,8 +241,10 @@ pub fn plan(
     steps.push(Step::NewSession);
     if let Some(iso) = isolation {
         mount_steps(iso, &mut steps);
-        if !iso.host_network {
-            steps.push(Step::LoopbackUp);
+        match iso.network {
+            NetworkMode::Host => {}
+            NetworkMode::Fresh => steps.push(Step::LoopbackUp),
+            NetworkMode::Join(fd) => steps.push(Step::JoinNetns(fd)),
         }
         steps.push(Step::SetHostname(cs(&iso.hostname)));
     }
@@ -242,6 +261,7 @@ pub fn plan(
             uid: iso.uid,
             gid: iso.gid,
         });
+        steps.push(Step::NotDumpable);
     }
     steps.push(Step::ParentDeathSignal);
     steps.push(Step::NoNewPrivs);
@@ -387,11 +407,13 @@ pub trait ChildSys {
     fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()>;
     fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()>;
     fn loopback_up(&mut self) -> io::Result<()>;
+    fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()>;
     fn sethostname(&mut self, name: &CStr) -> io::Result<()>;
     fn chdir(&mut self, path: &CStr) -> io::Result<()>;
     fn setrlimit(&mut self, resource: Resource, value: u64) -> io::Result<()>;
     fn cloexec_from(&mut self, first_fd: u32) -> io::Result<()>;
     fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()>;
+    fn not_dumpable(&mut self) -> io::Result<()>;
     fn set_parent_death_signal(&mut self) -> io::Result<()>;
     fn no_new_privs(&mut self) -> io::Result<()>;
     fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()>;
@@ -443,11 +465,13 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
                 None,
             ),
             Step::LoopbackUp => sys.loopback_up(),
+            Step::JoinNetns(fd) => sys.setns_net(*fd),
             Step::SetHostname(name) => sys.sethostname(name),
             Step::Chdir(path) => sys.chdir(path),
             Step::Rlimit(resource, value) => sys.setrlimit(*resource, *value),
             Step::CloseInheritedFds => sys.cloexec_from(3),
             Step::DropIdentity { uid, gid } => sys.drop_identity(*uid, *gid),
+            Step::NotDumpable => sys.not_dumpable(),
             Step::ParentDeathSignal => sys.set_parent_death_signal(),
             Step::NoNewPrivs => sys.no_new_privs(),
             Step::Seccomp(filter) => sys.seccomp(filter),
@@ -582,6 +606,11 @@ impl ChildSys for HostSys {
         result
     }
 
+    fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        // SAFETY: setns takes a descriptor and a flag by value.
+        check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })
+    }
+
     fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
         let bytes = name.to_bytes();
         // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
@@ -650,6 +679,11 @@ impl ChildSys for HostSys {
         raw(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
         // SAFETY: as above. Leaving uid 0 for a non-zero uid clears every capability.
         raw(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
+    }
+
+    fn not_dumpable(&mut self) -> io::Result<()> {
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) })
     }
 
     fn set_parent_death_signal(&mut self) -> io::Result<()> {
@@ -763,6 +797,9 @@ mod tests {
         fn loopback_up(&mut self) -> io::Result<()> {
             self.record("loopback_up".into())
         }
+        fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+            self.record(format!("setns_net {fd}"))
+        }
         fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
             self.record(format!("sethostname {}", s(name)))
         }
@@ -777,6 +814,9 @@ mod tests {
         }
         fn drop_identity(&mut self, uid: u32, gid: u32) -> io::Result<()> {
             self.record(format!("identity {uid}:{gid}"))
+        }
+        fn not_dumpable(&mut self) -> io::Result<()> {
+            self.record("not_dumpable".into())
         }
         fn set_parent_death_signal(&mut self) -> io::Result<()> {
             self.record("pdeathsig".into())
@@ -805,7 +845,7 @@ mod tests {
                 target: "/code".into(),
             }],
             tmp_bytes: 1 << 20,
-            host_network: false,
+            network: NetworkMode::Fresh,
             uid: 100_001,
             gid: 100_001,
             hostname: "falra".into(),
@@ -852,6 +892,7 @@ mod tests {
             "rlimit Core 0",
             "cloexec 3",
             "identity 100001:100001",
+            "not_dumpable",
             "pdeathsig",
             "no_new_privs",
             "seccomp",
@@ -875,19 +916,21 @@ mod tests {
     #[test]
     fn host_network_skips_loopback_and_unisolated_children_only_get_limits() {
         let mut iso = isolation();
-        iso.host_network = true;
-        let mut rec = Recorder::default();
-        apply(
-            &plan(
-                &SetupLimits::default(),
-                Some(&iso),
-                Path::new("/code"),
-                None,
-            ),
-            &mut rec,
-        )
-        .unwrap();
-        assert!(!rec.0.iter().any(|c| c == "loopback_up"));
+        iso.network = NetworkMode::Host;
+        let run = |iso: &Isolation| {
+            let mut rec = Recorder::default();
+            let steps = plan(&SetupLimits::default(), Some(iso), Path::new("/code"), None);
+            apply(&steps, &mut rec).unwrap();
+            rec.0
+        };
+        let calls = run(&iso);
+        assert!(!calls
+            .iter()
+            .any(|c| c == "loopback_up" || c.starts_with("setns")));
+        iso.network = NetworkMode::Join(7);
+        let calls = run(&iso);
+        assert!(calls.iter().any(|c| c == "setns_net 7"));
+        assert!(!calls.iter().any(|c| c == "loopback_up"));
 
         let mut rec = Recorder::default();
         apply(

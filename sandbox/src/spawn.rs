@@ -10,12 +10,14 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::setup::{self, HostSys, Isolation, SetupLimits};
+use crate::setup::{self, HostSys, Isolation, NetworkMode, SetupLimits};
 
 /// How long to keep reading the child's pipes after it exited, when something it spawned still
 /// holds them open. Everything the child itself wrote is already in the pipe by then.
@@ -99,48 +101,86 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         &spec.cwd,
         filter,
     );
-    let namespaces = match &spec.isolation {
-        None => 0,
-        Some(iso) => {
-            let mut flags = libc::CLONE_NEWPID
-                | libc::CLONE_NEWNS
-                | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS
-                | libc::CLONE_NEWCGROUP;
-            if !iso.host_network {
-                flags |= libc::CLONE_NEWNET;
-            }
-            flags as u64
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    let mut keep_fd = None;
+    if let Some(iso) = &spec.isolation {
+        flags |= libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP;
+        match iso.network {
+            NetworkMode::Host => {}
+            NetworkMode::Fresh => flags |= libc::CLONE_NEWNET,
+            NetworkMode::Join(fd) => keep_fd = Some(fd),
         }
+    }
+    let spawn_err = SandboxError::Spawn;
+    let (stdin_r, stdin_w) = pipe().map_err(spawn_err)?;
+    let (stdout_r, stdout_w) = pipe().map_err(spawn_err)?;
+    let (stderr_r, stderr_w) = pipe().map_err(spawn_err)?;
+    let (report_r, report_w) = pipe().map_err(spawn_err)?;
+    let (status_r, status_w) = pipe().map_err(spawn_err)?;
+    let pid_cell = Arc::new(AtomicI32::new(0));
+    let launch = Launch {
+        exec: Exec::new(&spec.program, &spec.args, &spec.env)?,
+        steps,
+        fds: ChildFds {
+            stdin: stdin_r.as_raw_fd(),
+            stdout: stdout_w.as_raw_fd(),
+            stderr: stderr_w.as_raw_fd(),
+            report: report_w.as_raw_fd(),
+            status: status_w.as_raw_fd(),
+            netns: keep_fd.unwrap_or(-1),
+        },
+        init_stack: vec![0u8; INIT_STACK_BYTES],
+        program_stack: vec![0u8; PROGRAM_STACK_BYTES],
+        flags,
+        pid: pid_cell.clone(),
     };
+
     let started = Instant::now();
-    let Spawned {
-        pid,
-        stdin,
-        stdout,
-        stderr,
-        status: status_pipe,
-    } = {
-        // Raw pointers inside: kept out of the future's state, used before the first await.
-        let mut exec = Exec::new(&spec.program, &spec.args, &spec.env)?;
-        spawn_child(&mut exec, &steps, namespaces)?
+    // The child shares this address space until it exits (CLONE_VM | CLONE_VFORK), so nothing
+    // of the daemon's memory is copied per call; the thread that clones it waits in the
+    // kernel for as long as the call runs, then reaps it.
+    let mut init = tokio::task::spawn_blocking(move || launch.run());
+    let mut report =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(report_r).map_err(spawn_err)?;
+    let mut record = [0u8; 8];
+    let reported = tokio::select! {
+        r = report.read_exact(&mut record) => r.is_ok(),
+        _ = &mut init => false,
     };
-    drop(steps);
+    // The child holds its own copies of its ends of the pipes by now.
+    drop((stdin_r, stdout_w, stderr_w, report_w, status_w));
+    let pid = pid_cell.load(Ordering::Acquire);
+    let (step, errno) = decode_record(&record);
+    if !reported || step != STARTED {
+        if pid > 0 {
+            kill_child(pid);
+        }
+        let finished = init.await;
+        let source = match finished {
+            Ok(Err(e)) => e,
+            _ => io::Error::from_raw_os_error(if reported { errno } else { libc::ECHILD }),
+        };
+        let what = match step {
+            EXEC_FAILED => "exec".to_owned(),
+            n => match spec_step_name(n) {
+                Some(name) => name,
+                None => "start".to_owned(),
+            },
+        };
+        return Err(SandboxError::Setup { step: what, source });
+    }
     // Should this future be dropped before the child is reaped, the child dies with it.
     let mut guard = KillOnDrop(Some(pid));
-    let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin).map_err(|e| {
-        kill_child(pid);
-        SandboxError::Spawn(e)
-    });
-    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout);
-    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr);
+    let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r);
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_r);
     let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
         (Ok(i), Ok(o), Ok(e)) => (i, o, e),
-        (Err(e), _, _) => return Err(e),
-        (_, Err(e), _) | (_, _, Err(e)) => {
-            kill_child(pid);
-            return Err(SandboxError::Spawn(e));
-        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(SandboxError::Spawn(e)),
     };
 
     let request = spec.stdin;
@@ -165,14 +205,13 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         stop_rx,
     ));
 
-    let mut waiter = tokio::task::spawn_blocking(move || wait4(pid));
     let mut timed_out = false;
     let waited = tokio::select! {
-        r = &mut waiter => r,
+        r = &mut init => r,
         _ = tokio::time::sleep(spec.limits.wall) => {
             timed_out = true;
             kill_child(pid);
-            waiter.await
+            init.await
         }
     };
     let (status, rusage) = waited
@@ -180,9 +219,9 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         .map_err(SandboxError::Wait)?;
     guard.0 = None;
     let wall = started.elapsed();
-    // Whatever the child left in its process group goes with it (in a PID namespace the
-    // kernel has already killed everything when its init, the child, exited).
-    kill_child(pid);
+    // Without a PID namespace, whatever the program left in its process group goes with it
+    // (with one, the kernel has already killed everything when init exited).
+    kill_group(pid);
 
     // Normally both pipes reach EOF as the child exits. If something that escaped the group
     // still holds them, stop reading after a short grace: the child's own output is in by then.
@@ -196,7 +235,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
 
     // init reported the program's own status, unless init itself was killed (deadline,
     // overflow, daemon shutdown): then its status is the call's.
-    let status = read_status(&status_pipe).unwrap_or(status);
+    let status = read_status(&status_r).unwrap_or(status);
     let termination = if timed_out {
         Termination::TimedOut
     } else if libc::WIFSIGNALED(status) {
@@ -218,6 +257,11 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
             peak_memory_bytes: (rusage.ru_maxrss as u64).saturating_mul(1024),
         },
     })
+}
+
+/// Names a failed setup step for the error message (the plan itself is gone by then).
+fn spec_step_name(index: u32) -> Option<String> {
+    (index < STARTED).then(|| format!("setup step {index}"))
 }
 
 #[derive(Clone, Copy)]
@@ -270,13 +314,20 @@ async fn collect(
 
 #[allow(unsafe_code)]
 fn kill_child(pid: libc::pid_t) {
-    // SAFETY: kill takes integers by value. The child leads its own process group
-    // (`Step::NewSession`), so `-pid` reaches everything it started that stayed in the group;
-    // in a PID namespace, killing the child (its init) takes every process in it along.
-    // ESRCH (already gone) is expected and ignored.
+    // SAFETY: kill takes integers by value; ESRCH (already gone) is expected and ignored. In a
+    // PID namespace, killing its init takes every process in it along.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    kill_group(pid);
+}
+
+#[allow(unsafe_code)]
+fn kill_group(pid: libc::pid_t) {
+    // SAFETY: as above. init leads its own process group (`Step::NewSession`), which the
+    // program and whatever it starts without a new session belong to.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
-        libc::kill(pid, libc::SIGKILL);
     }
 }
 
@@ -291,17 +342,34 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// argv and envp as C arrays, built before the fork: nothing may allocate after it.
+/// The stack init runs on, in the daemon's address space: the setup steps and one clone.
+const INIT_STACK_BYTES: usize = 256 * 1024;
+/// The stack the program's process runs on between its clone and its exec.
+const PROGRAM_STACK_BYTES: usize = 64 * 1024;
+
+/// Report records (step, errno) on the report pipe: a failed setup step by index, or these.
+const STARTED: u32 = u32::MAX - 1;
+const EXEC_FAILED: u32 = u32::MAX;
+
+fn decode_record(record: &[u8; 8]) -> (u32, i32) {
+    (
+        u32::from_ne_bytes([record[0], record[1], record[2], record[3]]),
+        i32::from_ne_bytes([record[4], record[5], record[6], record[7]]),
+    )
+}
+
+/// argv and envp as C arrays, built before the clone: nothing may allocate after it.
 struct Exec {
     program: CString,
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
-    /// The stack the program's process runs on between its clone and its exec.
-    stack: Vec<u8>,
-    /// Where that process reports an exec failure.
-    report: RawFd,
 }
+
+// SAFETY: the raw pointers point into `_strings`, which `Exec` owns and never changes; moving
+// an `Exec` to another thread moves the strings with it.
+#[allow(unsafe_code)]
+unsafe impl Send for Exec {}
 
 impl Exec {
     fn new(
@@ -336,20 +404,30 @@ impl Exec {
             _strings: strings,
             argv,
             envp,
-            stack: vec![0u8; 64 * 1024],
-            report: -1,
         })
     }
 }
 
-struct Spawned {
-    /// The child's init: it waits for the program and reports its status.
-    pid: libc::pid_t,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    /// Where init writes the program's wait status before it exits.
-    status: OwnedFd,
+#[derive(Clone, Copy)]
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    report: RawFd,
+    status: RawFd,
+    /// A network namespace to enter, or -1.
+    netns: RawFd,
+}
+
+/// Everything init needs, owned by the thread that clones it and alive until init is gone.
+struct Launch {
+    exec: Exec,
+    steps: Vec<setup::Step>,
+    fds: ChildFds,
+    init_stack: Vec<u8>,
+    program_stack: Vec<u8>,
+    flags: libc::c_int,
+    pid: Arc<AtomicI32>,
 }
 
 #[allow(unsafe_code)]
@@ -363,152 +441,86 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The kernel's `struct clone_args`, up to the `cgroup` field.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// clone3 → (child) setup steps → exec; (parent) wait until exec succeeded or a step failed.
-#[allow(unsafe_code)]
-fn spawn_child(
-    exec: &mut Exec,
-    steps: &[setup::Step],
-    namespaces: u64,
-) -> Result<Spawned, SandboxError> {
-    let spawn_err = SandboxError::Spawn;
-    let (stdin_r, stdin_w) = pipe().map_err(spawn_err)?;
-    let (stdout_r, stdout_w) = pipe().map_err(spawn_err)?;
-    let (stderr_r, stderr_w) = pipe().map_err(spawn_err)?;
-    let (report_r, report_w) = pipe().map_err(spawn_err)?;
-    let (status_r, status_w) = pipe().map_err(spawn_err)?;
-    exec.report = report_w.as_raw_fd();
-    let args = CloneArgs {
-        flags: namespaces,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
-    // address space with only the calling thread. Everything it touches (`exec`, `steps`, the
-    // descriptors) was built before the call, and `child_after_clone` never returns, allocates
-    // or takes a lock.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        let fds = ChildFds {
-            stdin: stdin_r.as_raw_fd(),
-            stdout: stdout_w.as_raw_fd(),
-            stderr: stderr_w.as_raw_fd(),
-            report: report_w.as_raw_fd(),
-            status: status_w.as_raw_fd(),
-        };
-        child_after_clone(exec, steps, fds);
-    }
-    if pid == -1 {
-        return Err(SandboxError::Spawn(io::Error::last_os_error()));
-    }
-    let pid = pid as libc::pid_t;
-    drop((stdin_r, stdout_w, stderr_w, report_w, status_w));
-
-    // The report pipe closes on exec (O_CLOEXEC): EOF means the child is running the program.
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reading into the unfilled tail of a live local buffer.
-        let n = unsafe {
-            libc::read(
-                report_r.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
+impl Launch {
+    /// Clones init and blocks until it has exited, then reaps it. Runs on a blocking thread.
+    #[allow(unsafe_code)]
+    fn run(self) -> io::Result<(libc::c_int, libc::rusage)> {
+        let top = stack_top(&self.init_stack);
+        let pid_slot = self.pid.as_ptr();
+        // SAFETY: init runs on `init_stack`, inside `self`, which outlives it: CLONE_VFORK keeps
+        // this thread (and so `self`) in place until init has exited. init shares this address
+        // space but writes only to its own stack; it reads `self` and makes only
+        // async-signal-safe calls. CLONE_PARENT_SETTID stores init's pid in `pid_slot` before
+        // init runs, where the supervising task reads it once init has reported.
+        let pid = unsafe {
+            libc::clone(
+                init_main,
+                top,
+                self.flags | libc::CLONE_PARENT_SETTID,
+                &self as *const Launch as *mut libc::c_void,
+                pid_slot,
             )
         };
-        if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+        if pid == -1 {
+            return Err(io::Error::last_os_error());
         }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
+        wait4(pid)
     }
-    if got == 0 {
-        return Ok(Spawned {
-            pid,
-            stdin: stdin_w,
-            stdout: stdout_r,
-            stderr: stderr_r,
-            status: status_r,
-        });
-    }
-    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    // Reap the failed child.
-    let _ = wait4(pid);
-    let what = match steps.get(step as usize) {
-        Some(s) => format!("setup step {step} ({s:?})"),
-        None => "exec".to_owned(),
-    };
-    Err(SandboxError::Setup {
-        step: what,
-        source: io::Error::from_raw_os_error(errno),
-    })
 }
 
-#[derive(Clone, Copy)]
-struct ChildFds {
-    stdin: RawFd,
-    stdout: RawFd,
-    stderr: RawFd,
-    report: RawFd,
-    status: RawFd,
+fn stack_top(stack: &[u8]) -> *mut libc::c_void {
+    // Stacks grow down on every architecture falra builds for; keep 16-byte alignment.
+    ((stack.as_ptr() as usize + stack.len()) & !0xf) as *mut libc::c_void
 }
 
-/// In the child: wire the pipes, run the setup, start the program, and stay as its init.
+/// init's entry point on its own stack.
+#[allow(unsafe_code)]
+extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Launch` that `Launch::run` passed; it stays alive and unmoved
+    // while init runs (its thread is suspended by CLONE_VFORK).
+    let launch = unsafe { &*(arg as *const Launch) };
+    child_after_clone(launch)
+}
+
+/// In init: wire the pipes, run the setup, start the program, and stay as its init.
 /// Never returns.
 ///
-/// The child stays behind as a minimal init rather than becoming the program, so that the
-/// program is not PID 1 of its namespace (where the kernel drops signals it sends itself, and
-/// orphans would be left unreaped): init reaps every process reparented to it, and when the
-/// program exits it reports the program's wait status and exits, which makes the kernel kill
-/// whatever is left in the namespace.
+/// init stays behind rather than becoming the program, so that the program is not PID 1 of its
+/// namespace (where the kernel drops signals it sends itself, and orphans would be left
+/// unreaped): init reaps every process reparented to it, and when the program exits it
+/// reports the program's wait status and exits, which makes the kernel kill whatever is left
+/// in the namespace.
 #[allow(unsafe_code)]
-fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
+fn child_after_clone(launch: &Launch) -> ! {
+    let fds = launch.fds;
     let fail = |step: u32, errno: i32| -> ! {
-        report_failure(fds.report, step, errno);
-        // SAFETY: leaving without running any destructor or atexit handler of the parent's copy.
+        report(fds.report, step, errno);
+        // SAFETY: leaving without running any destructor: the memory belongs to the daemon.
         unsafe { libc::_exit(126) }
     };
     for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
-        // SAFETY: dup2 on descriptors this process owns; the copy at 0..2 is not close-on-exec.
+        // SAFETY: dup2 on descriptors of init's own table; the copy at 0..2 is not close-on-exec.
         if unsafe { libc::dup2(from, to) } == -1 {
-            fail(u32::MAX, errno());
+            fail(EXEC_FAILED, errno());
         }
     }
-    // Keep only stdio and the two report pipes. Everything else this copy of the daemon holds
-    // (other calls' pipes among them) must not stay open in init for the length of the call.
-    let (low, high) = (fds.report.min(fds.status), fds.report.max(fds.status));
-    for (first, last) in [
-        (3, low - 1),
-        (low + 1, high - 1),
-        (high + 1, libc::c_int::MAX),
-    ] {
+    // Keep only stdio, the two report pipes and the network namespace to enter. Everything else
+    // this copy of the daemon's descriptor table holds (other calls' pipes among them) must not
+    // stay open for the call.
+    let mut keep = [fds.report, fds.status, fds.netns];
+    keep.sort_unstable();
+    let mut first = 3;
+    for fd in keep
+        .into_iter()
+        .filter(|&fd| fd >= 3)
+        .chain([libc::c_int::MAX])
+    {
+        let last = if fd == libc::c_int::MAX { fd } else { fd - 1 };
+        let range = (first, last);
+        first = fd.saturating_add(1);
+        let (first, last) = range;
         if first <= last {
-            // SAFETY: closing a range of this process's own descriptors; integers only.
+            // SAFETY: closing a range of init's own descriptors; integers only.
             unsafe {
                 libc::syscall(
                     libc::SYS_close_range,
@@ -519,27 +531,28 @@ fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
             };
         }
     }
-    if let Err((index, e)) = setup::apply(steps, &mut HostSys) {
+    if let Err((index, e)) = setup::apply(&launch.steps, &mut HostSys) {
         fail(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
     }
-    // SAFETY: the stack region lies inside `exec.stack`, which this process owns and does not
-    // touch while the new process runs on it: CLONE_VFORK suspends us until it has called
-    // execve or _exit. `exec_program` only reads `exec` and makes async-signal-safe calls.
+    // SAFETY: the program runs on `program_stack`, which nothing else uses, until it has called
+    // execve or _exit (CLONE_VFORK suspends init until then). `exec_program` only reads `exec`
+    // and makes async-signal-safe calls.
     let program = unsafe {
-        let top = exec.stack.as_ptr().add(exec.stack.len()) as usize & !0xf;
         libc::clone(
             exec_program,
-            top as *mut libc::c_void,
+            stack_top(&launch.program_stack),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            exec as *const Exec as *mut libc::c_void,
+            launch as *const Launch as *mut libc::c_void,
         )
     };
     if program == -1 {
-        fail(u32::MAX, errno());
+        fail(EXEC_FAILED, errno());
     }
-    // The program has exec'd (or reported why not): let go of everything it reads or writes,
-    // so that end-of-file on the daemon's side means the program and its children are done.
-    // SAFETY: closing descriptors this process owns.
+    // The program has exec'd, or reported why not (before this record, so its record wins).
+    report(fds.report, STARTED, 0);
+    // Let go of everything the program reads or writes, so that end-of-file on the daemon's
+    // side means the program and its children are done.
+    // SAFETY: closing descriptors of init's own table.
     unsafe {
         libc::close(fds.report);
         libc::close(0);
@@ -549,7 +562,7 @@ fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
     let mut status: libc::c_int = 0;
     loop {
         let mut reaped: libc::c_int = 0;
-        // SAFETY: `reaped` is a live local the kernel writes the status into.
+        // SAFETY: `reaped` is a local the kernel writes the status into.
         let pid = unsafe { libc::waitpid(-1, &mut reaped, 0) };
         if pid == program {
             status = reaped;
@@ -566,12 +579,13 @@ fn child_after_clone(exec: &Exec, steps: &[setup::Step], fds: ChildFds) -> ! {
     }
 }
 
-/// Runs on the program's fresh stack after the vfork-style clone: exec, or report and leave.
+/// Runs on the program's own stack after its clone: exec, or report and leave.
 #[allow(unsafe_code)]
 extern "C" fn exec_program(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Exec` that `child_after_clone` passed, alive and unmoved in the
-    // shared address space until this process execs or exits.
-    let exec = unsafe { &*(arg as *const Exec) };
+    // SAFETY: `arg` is the `Launch` init runs from, alive and unmoved until this process
+    // execs or exits (init is suspended until then).
+    let launch = unsafe { &*(arg as *const Launch) };
+    let exec = &launch.exec;
     // SAFETY: the pointers are NUL-terminated arrays of valid C strings; prctl takes integers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
@@ -581,19 +595,20 @@ extern "C" fn exec_program(arg: *mut libc::c_void) -> libc::c_int {
             exec.envp.as_ptr(),
         );
     }
-    report_failure(exec.report, u32::MAX, errno());
-    // SAFETY: leaving the failed process without unwinding into its parent's stack.
+    // exec failed; this process's copy of init's descriptors still holds the report pipe.
+    report(launch.fds.report, EXEC_FAILED, errno());
+    // SAFETY: leaving the failed process without unwinding into init's stack.
     unsafe { libc::_exit(127) }
 }
 
 #[allow(unsafe_code)]
-fn report_failure(report: RawFd, step: u32, errno: i32) {
+fn report(fd: RawFd, step: u32, errno: i32) {
     let mut buf = [0u8; 8];
     buf[..4].copy_from_slice(&step.to_ne_bytes());
     buf[4..].copy_from_slice(&errno.to_ne_bytes());
     // SAFETY: writing a local buffer to a pipe this process holds.
     unsafe {
-        libc::write(report, buf.as_ptr().cast(), buf.len());
+        libc::write(fd, buf.as_ptr().cast(), buf.len());
     }
 }
 
@@ -619,7 +634,7 @@ fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: both pointers refer to live locals for the duration of the call, and `pid`
         // is our own unreaped child, so no other waiter can race us for it.
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut usage) };
         if rc == -1 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {

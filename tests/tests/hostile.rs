@@ -456,7 +456,7 @@ fn host_files_the_store_and_other_tenants_are_out_of_sight() {
     let root = a.ok("listdir", json!({"path": "/"}));
     assert_eq!(
         root,
-        json!(["bin", "code", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr"])
+        json!(["bin", "code", "dev", "etc", "falra", "lib", "lib64", "proc", "sbin", "tmp", "usr"])
     );
     let etc = a.ok("listdir", json!({"path": "/etc"}));
     for unexpected in ["shadow", "sudoers", "ssh"] {
