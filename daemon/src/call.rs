@@ -25,9 +25,8 @@ use std::path::Path;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, LimitedBody};
-use crate::isolation::{remove_cgroup_later, CODE_DIR};
+use crate::isolation::{CgroupLease, CODE_DIR};
 use crate::server::AppState;
-use falra_sandbox::cgroup::HostFs;
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -219,8 +218,8 @@ async fn run_call(
         .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
     let cgroup = state
         .sandbox
-        .create_cgroup(uid, call_id, &policy)
-        .map_err(|e| ApiError::internal("could not create the call's cgroup", &e))?;
+        .acquire_cgroup(uid, &policy)
+        .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
     let isolation =
         match state
             .sandbox
@@ -229,7 +228,7 @@ async fn run_call(
             Ok(isolation) => isolation,
             Err(e) => {
                 if let Some(cg) = cgroup {
-                    remove_cgroup_later(cg);
+                    state.sandbox.release_cgroup(cg);
                 }
                 return Err(ApiError::internal(
                     "could not prepare the call's isolation",
@@ -258,11 +257,12 @@ async fn run_call(
     };
     // The child runs in a task of its own: a client that hangs up does not cut the call short
     // of its deadline, its usage or its cgroup's removal.
+    let task_state = state.clone();
     let run = tokio::spawn(async move {
         let finished = falra_sandbox::spawn_and_wait(spec).await;
-        let usage = cgroup.as_ref().map(|cg| cg.usage(&HostFs));
+        let usage = cgroup.as_ref().map(CgroupLease::usage);
         if let Some(cg) = cgroup {
-            remove_cgroup_later(cg);
+            task_state.sandbox.release_cgroup(cg);
         }
         (finished, usage)
     });

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// child processes with the daemon's privileges: for development and measurements only.
     #[arg(long, value_enum, default_value = "on")]
     pub sandbox: SandboxMode,
+    /// Leave the host's cgroup2 mount options alone. By default the daemon turns on
+    /// `favordynmods` there, so that moving each call into its cgroup does not wait for an RCU
+    /// grace period (see docs/security.md).
+    #[arg(long)]
+    pub no_cgroup_tuning: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

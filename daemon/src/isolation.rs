@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use falra_policies::{Network, Policy};
@@ -29,6 +30,51 @@ struct Enabled {
     root_mount_point: PathBuf,
     /// One prepared network namespace per tenant uid, made on its first call.
     netns: Mutex<HashMap<u32, OwnedFd>>,
+    /// Idle call cgroups per tenant uid, with the limits they carry, ready for the next call.
+    idle_cgroups: Mutex<HashMap<u32, Vec<(CallCgroup, CgroupLimits)>>>,
+    next_cgroup: AtomicU64,
+}
+
+impl Drop for Enabled {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle_cgroups.get_mut().expect("cgroup pool poisoned"));
+        for (cgroup, _) in idle.into_values().flatten() {
+            let _ = cgroup.remove(&HostFs);
+        }
+    }
+}
+
+/// A call's cgroup, on loan from the pool for one call.
+#[derive(Debug)]
+pub struct CgroupLease {
+    uid: u32,
+    cgroup: CallCgroup,
+    limits: CgroupLimits,
+    oom_kills_before: u64,
+}
+
+/// What a call used, from its cgroup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallUsage {
+    pub cpu_ns: Option<u64>,
+    pub peak_memory_bytes: Option<u64>,
+    pub oom_killed: bool,
+}
+
+impl CgroupLease {
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.cgroup.procs_files()
+    }
+
+    /// What the call used; read once its processes are gone.
+    pub fn usage(&self) -> CallUsage {
+        let u = self.cgroup.usage(&HostFs);
+        CallUsage {
+            cpu_ns: u.cpu_ns,
+            peak_memory_bytes: u.peak_memory_bytes,
+            oom_killed: u.oom_kills > self.oom_kills_before,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +101,34 @@ impl SandboxSettings {
     }
 
     /// Checks that the host can isolate calls and finds what isolation is built from.
-    pub fn detect(data_dir: &Path, proc_root: &Path) -> Result<SandboxSettings, IsolationError> {
+    pub fn detect(
+        data_dir: &Path,
+        proc_root: &Path,
+        tune_cgroups: bool,
+    ) -> Result<SandboxSettings, IsolationError> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(IsolationError::NotRoot);
         }
         let hierarchy = cgroup::detect(proc_root, &HostFs)?;
+        if tune_cgroups {
+            match cgroup::favor_dynamic_modifications(proc_root, &HostFs) {
+                Ok(Some(point)) => tracing::info!(
+                    mount = %point.display(),
+                    "cgroup2 mount set to favordynmods: moving a call into its cgroup no longer waits for an RCU grace period"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::api_error::ErrorChain(&e), "could not set favordynmods; calls may wait on cgroup moves")
+                }
+            }
+        }
+        let swept = hierarchy.sweep(&HostFs, &|name| {
+            stale_pid(name)
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        });
+        if swept > 0 {
+            tracing::info!(swept, "removed call cgroups left by a daemon that is gone");
+        }
         let root_mount_point = data_dir.join("sandbox-root");
         std::fs::create_dir_all(&root_mount_point).map_err(|source| IsolationError::Io {
             path: root_mount_point.clone(),
@@ -71,6 +140,8 @@ impl SandboxSettings {
                 system: falra_sandbox::setup::host_system_entries(),
                 root_mount_point,
                 netns: Mutex::new(HashMap::new()),
+                idle_cgroups: Mutex::new(HashMap::new()),
+                next_cgroup: AtomicU64::new(0),
             }),
         })
     }
@@ -92,24 +163,78 @@ impl SandboxSettings {
         }
     }
 
-    /// The call's cgroup, created with the policy's limits (none when the sandbox is off).
-    pub fn create_cgroup(
+    /// A cgroup for one call with the policy's limits (none when the sandbox is off): an idle
+    /// one of the tenant's, its limits updated if the policy changed, or a new one.
+    pub fn acquire_cgroup(
         &self,
         uid: u32,
-        call_id: &str,
         policy: &Policy,
-    ) -> Result<Option<CallCgroup>, CgroupError> {
+    ) -> Result<Option<CgroupLease>, CgroupError> {
         let Some(e) = &self.enabled else {
             return Ok(None);
         };
         let limits = CgroupLimits {
             memory_bytes: u64::from(policy.memory_mb) << 20,
-            pids: policy.pids,
+            // The call's init counts too; the policy's figure is the function's own.
+            pids: policy.pids.saturating_add(1),
             cpu_percent: policy.cpu_percent,
         };
-        e.hierarchy
-            .create_call(&HostFs, &format!("t{uid}"), call_id, limits)
-            .map(Some)
+        let idle = e
+            .idle_cgroups
+            .lock()
+            .expect("cgroup pool poisoned")
+            .get_mut(&uid)
+            .and_then(Vec::pop);
+        let cgroup = match idle {
+            Some((cgroup, old)) => {
+                let ready = if old == limits {
+                    Ok(())
+                } else {
+                    cgroup.set_limits(&HostFs, limits)
+                };
+                match ready.and_then(|()| cgroup.reset_peak(&HostFs)) {
+                    Ok(()) => cgroup,
+                    Err(err) => {
+                        remove_cgroup_later(cgroup);
+                        return Err(err);
+                    }
+                }
+            }
+            None => {
+                let n = e.next_cgroup.fetch_add(1, Ordering::Relaxed);
+                // The daemon's pid keeps two daemons on one host (tests do that) apart.
+                let name = format!("c{}-{n}", std::process::id());
+                e.hierarchy
+                    .create_call(&HostFs, &format!("t{uid}"), &name, limits)?
+            }
+        };
+        let oom_kills_before = cgroup.usage(&HostFs).oom_kills;
+        Ok(Some(CgroupLease {
+            uid,
+            cgroup,
+            limits,
+            oom_kills_before,
+        }))
+    }
+
+    /// Takes a call's cgroup back once its processes are gone: kept for the tenant's next call
+    /// when it is empty and can be reused, removed otherwise.
+    pub fn release_cgroup(&self, lease: CgroupLease) {
+        let Some(e) = &self.enabled else {
+            return;
+        };
+        let CgroupLease {
+            uid,
+            cgroup,
+            limits,
+            ..
+        } = lease;
+        if cgroup.reusable() && cgroup.is_empty(&HostFs) {
+            let mut idle = e.idle_cgroups.lock().expect("cgroup pool poisoned");
+            idle.entry(uid).or_default().push((cgroup, limits));
+        } else {
+            remove_cgroup_later(cgroup);
+        }
     }
 
     /// The isolation for one call of the tenant with `uid`, running `version_dir` with the
@@ -120,7 +245,7 @@ impl SandboxSettings {
         version_dir: &Path,
         runner_dir: &Path,
         policy: &Policy,
-        cgroup: Option<&CallCgroup>,
+        cgroup: Option<&CgroupLease>,
     ) -> Result<Option<Isolation>, IsolationError> {
         let Some(e) = self.enabled.as_ref() else {
             return Ok(None);
@@ -159,16 +284,32 @@ impl SandboxSettings {
             uid,
             gid: uid,
             hostname: "falra".to_owned(),
-            cgroup_procs: cgroup.map(CallCgroup::procs_files).unwrap_or_default(),
+            cgroup_procs: cgroup.map(CgroupLease::procs_files).unwrap_or_default(),
         }))
     }
 
-    /// Forgets a removed tenant's network namespace.
+    /// Forgets a removed tenant's network namespace and idle cgroups.
     pub fn forget_tenant(&self, uid: u32) {
         if let Some(e) = &self.enabled {
             e.netns.lock().expect("netns table poisoned").remove(&uid);
+            let idle = e
+                .idle_cgroups
+                .lock()
+                .expect("cgroup pool poisoned")
+                .remove(&uid);
+            for (cgroup, _) in idle.into_iter().flatten() {
+                remove_cgroup_later(cgroup);
+            }
         }
     }
+}
+
+/// The daemon pid in a call cgroup's name (`c<pid>-<n>`).
+fn stale_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('c')?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 /// Removes a finished call's cgroup, retrying while the kernel finishes tearing down its

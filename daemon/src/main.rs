@@ -93,8 +93,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         SandboxSettings::disabled()
     } else {
-        SandboxSettings::detect(&data_dir, std::path::Path::new("/proc"))
-            .context("cannot isolate calls on this host")?
+        SandboxSettings::detect(
+            &data_dir,
+            std::path::Path::new("/proc"),
+            !args.no_cgroup_tuning,
+        )
+        .context("cannot isolate calls on this host")?
     };
     tracing::info!(sandbox = %sandbox.describe(), "sandbox");
     let state = AppState::new(store, config, sandbox);

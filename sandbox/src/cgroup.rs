@@ -26,8 +26,9 @@ pub struct CgroupLimits {
 pub struct CgroupUsage {
     pub cpu_ns: Option<u64>,
     pub peak_memory_bytes: Option<u64>,
-    /// The kernel's OOM killer acted in this cgroup.
-    pub oom_killed: bool,
+    /// How often the kernel's OOM killer has acted in this cgroup (cumulative: a reused
+    /// cgroup's caller compares it with the count before the call).
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub trait CgroupFs: Send + Sync {
     fn write(&self, path: &Path, value: &str) -> io::Result<()>;
     fn read(&self, path: &Path) -> io::Result<String>;
     fn exists(&self, path: &Path) -> bool;
+    /// Names of the subdirectories of `path`.
+    fn subdirs(&self, path: &Path) -> io::Result<Vec<String>>;
 }
 
 /// The host filesystem.
@@ -74,6 +77,16 @@ impl CgroupFs for HostFs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -149,6 +162,74 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
     }
 }
 
+/// Turns on `favordynmods` on the host's cgroup2 mount, if there is one and it is off; returns
+/// the mount point when it changed anything.
+///
+/// Moving a process into a cgroup takes a global lock whose writers wait for an RCU grace period
+/// (milliseconds) unless the hierarchy "favors dynamic modifications"; every call moves its
+/// child into its cgroups, so without it calls queue behind grace periods. The lock is shared by
+/// all hierarchies, so on a v1 host the cgroup2 mount beside them carries the option too. The
+/// price is a slightly slower fork and exit for every process on the host.
+pub fn favor_dynamic_modifications(
+    proc_root: &Path,
+    fs: &dyn CgroupFs,
+) -> Result<Option<PathBuf>, CgroupError> {
+    let path = proc_root.join("self").join("mountinfo");
+    let mountinfo = fs.read(&path).map_err(|source| CgroupError::Io {
+        action: "read",
+        path,
+        source,
+    })?;
+    let Some(mount) = parse_mountinfo(&mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+    else {
+        return Ok(None);
+    };
+    let options: Vec<&str> = mount
+        .options
+        .split(',')
+        .filter(|o| *o != "rw" && *o != "ro")
+        .collect();
+    if options.contains(&"favordynmods") {
+        return Ok(None);
+    }
+    // A cgroup2 remount resets every option it is not given: keep the ones already there.
+    let mut wanted = options.join(",");
+    if !wanted.is_empty() {
+        wanted.push(',');
+    }
+    wanted.push_str("favordynmods");
+    remount(&mount.point, &wanted).map_err(|source| CgroupError::Io {
+        action: "remount with favordynmods",
+        path: mount.point.clone(),
+        source,
+    })?;
+    Ok(Some(mount.point))
+}
+
+#[allow(unsafe_code)]
+fn remount(point: &Path, options: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(point.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let data = std::ffi::CString::new(options).map_err(io::Error::other)?;
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call; a
+    // remount changes only the options of the mount at `target`.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn join_cgroup(mount_point: &Path, own: &str) -> PathBuf {
     mount_point.join(own.trim_start_matches('/'))
 }
@@ -219,6 +300,23 @@ impl Hierarchy {
         }
     }
 
+    /// Removes the call cgroups that `is_stale` names (left by a daemon that did not shut down
+    /// cleanly); returns how many went. Cgroups with processes in them are left alone.
+    pub fn sweep(&self, fs: &dyn CgroupFs, is_stale: &dyn Fn(&str) -> bool) -> usize {
+        let mut removed = 0;
+        for base in self.bases() {
+            for group in fs.subdirs(base).unwrap_or_default() {
+                let group_dir = base.join(&group);
+                for call in fs.subdirs(&group_dir).unwrap_or_default() {
+                    if is_stale(&call) && fs.remove_dir(&group_dir.join(&call)).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Creates `<group>/<call>` with `limits`. `group` is one directory per tenant.
     pub fn create_call(
         &self,
@@ -255,40 +353,58 @@ impl Hierarchy {
         for dir in cg.dirs() {
             fs.create_dir(&dir).map_err(io("create", &dir))?;
         }
+        if let Err(e) = cg.set_limits(fs, limits) {
+            let _ = cg.remove(fs);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+}
+
+impl CallCgroup {
+    /// Writes `limits` (again, when a reused cgroup's policy changed).
+    pub fn set_limits(&self, fs: &dyn CgroupFs, limits: CgroupLimits) -> Result<(), CgroupError> {
         let period: u64 = 100_000;
         let quota = period * u64::from(limits.cpu_percent) / 100;
-        let writes: Vec<(PathBuf, String)> = match &self {
+        let memory = limits.memory_bytes.to_string();
+        let writes: Vec<(PathBuf, String)> = match &self.hierarchy {
             Hierarchy::V2 { base } => {
-                let d = base.join(&cg.relative);
+                let d = base.join(&self.relative);
                 vec![
-                    (d.join("memory.max"), limits.memory_bytes.to_string()),
+                    (d.join("memory.max"), memory),
                     (d.join("memory.swap.max"), "0".into()),
                     (d.join("pids.max"), limits.pids.to_string()),
                     (d.join("cpu.max"), format!("{quota} {period}")),
                 ]
             }
             Hierarchy::V1 {
-                memory, pids, cpu, ..
+                memory: mem_base,
+                pids,
+                cpu,
+                ..
             } => {
                 let (m, p, c) = (
-                    memory.join(&cg.relative),
-                    pids.join(&cg.relative),
-                    cpu.join(&cg.relative),
+                    mem_base.join(&self.relative),
+                    pids.join(&self.relative),
+                    cpu.join(&self.relative),
                 );
-                let mut w = vec![
-                    (
-                        m.join("memory.limit_in_bytes"),
-                        limits.memory_bytes.to_string(),
-                    ),
+                // memory + swap may never be below memory alone: lift it, set memory, then cap
+                // memory + swap at memory (only where swap accounting is on).
+                let memsw = m.join("memory.memsw.limit_in_bytes");
+                let swap_accounting = fs.exists(&memsw);
+                let mut w = Vec::new();
+                if swap_accounting {
+                    w.push((memsw.clone(), "-1".to_owned()));
+                }
+                w.extend([
+                    (m.join("memory.limit_in_bytes"), memory.clone()),
                     (m.join("memory.swappiness"), "0".into()),
                     (p.join("pids.max"), limits.pids.to_string()),
                     (c.join("cpu.cfs_period_us"), period.to_string()),
                     (c.join("cpu.cfs_quota_us"), quota.to_string()),
-                ];
-                // Only where swap accounting is on: memory + swap capped at memory alone.
-                let memsw = m.join("memory.memsw.limit_in_bytes");
-                if fs.exists(&memsw) {
-                    w.push((memsw, limits.memory_bytes.to_string()));
+                ]);
+                if swap_accounting {
+                    w.push((memsw, memory));
                 }
                 w
             }
@@ -299,21 +415,46 @@ impl Hierarchy {
             match fs.write(&path, &value) {
                 Err(_) if optional => {}
                 Err(source) => {
-                    let _ = cg.remove(fs);
                     return Err(CgroupError::Io {
                         action: "write",
                         path,
                         source,
-                    });
+                    })
                 }
                 Ok(()) => {}
             }
         }
-        Ok(cg)
+        Ok(())
     }
-}
 
-impl CallCgroup {
+    /// Whether this cgroup can be used for another call: on v1, where its peak memory can be
+    /// reset. (On v2 a call's peak is only exact in a fresh cgroup.)
+    pub fn reusable(&self) -> bool {
+        matches!(self.hierarchy, Hierarchy::V1 { .. })
+    }
+
+    /// Starts a new call in a reused cgroup: its peak memory counts from now.
+    pub fn reset_peak(&self, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
+        if let Hierarchy::V1 { memory, .. } = &self.hierarchy {
+            let path = memory
+                .join(&self.relative)
+                .join("memory.max_usage_in_bytes");
+            fs.write(&path, "0").map_err(|source| CgroupError::Io {
+                action: "reset",
+                path,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether no process is left in it (so it can be reused or removed).
+    pub fn is_empty(&self, fs: &dyn CgroupFs) -> bool {
+        self.procs_files()
+            .iter()
+            .all(|p| fs.read(p).is_ok_and(|s| s.trim().is_empty()))
+    }
+
     fn dirs(&self) -> Vec<PathBuf> {
         self.hierarchy
             .bases()
@@ -347,7 +488,7 @@ impl CallCgroup {
                 CgroupUsage {
                     cpu_ns: keyed(d.join("cpu.stat"), "usage_usec").map(|us| us * 1000),
                     peak_memory_bytes: num(d.join("memory.peak")),
-                    oom_killed: keyed(d.join("memory.events"), "oom_kill").unwrap_or(0) > 0,
+                    oom_kills: keyed(d.join("memory.events"), "oom_kill").unwrap_or(0),
                 }
             }
             Hierarchy::V1 {
@@ -363,9 +504,7 @@ impl CallCgroup {
                 CgroupUsage {
                     cpu_ns,
                     peak_memory_bytes: num(m.join("memory.max_usage_in_bytes")),
-                    oom_killed: keyed(m.join("memory.oom_control"), "oom_kill").unwrap_or(0) > 0
-                        || num(m.join("memory.failcnt")).unwrap_or(0) > 0
-                            && keyed(m.join("memory.oom_control"), "under_oom").unwrap_or(0) > 0,
+                    oom_kills: keyed(m.join("memory.oom_control"), "oom_kill").unwrap_or(0),
                 }
             }
         }
@@ -493,7 +632,7 @@ mod tests {
             CgroupUsage {
                 cpu_ns: Some(1_500_000),
                 peak_memory_bytes: Some(9_000_000),
-                oom_killed: true
+                oom_kills: 1
             }
         );
         // The kernel removes control files with the directory; the fixture must do it by hand.
@@ -583,9 +722,44 @@ mod tests {
             CgroupUsage {
                 cpu_ns: None,
                 peak_memory_bytes: Some(7_000_000),
-                oom_killed: true
+                oom_kills: 2
             }
         );
+    }
+
+    #[test]
+    fn favordynmods_is_left_alone_where_set_or_without_cgroup2() {
+        let set = "30 22 0:26 / @/cg rw - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n";
+        let f = Fixture::new(set, "0::/\n");
+        assert_eq!(
+            favor_dynamic_modifications(&f.path("proc"), &HostFs).unwrap(),
+            None
+        );
+        let f = Fixture::new(
+            "31 22 0:27 / @/cg/memory rw - cgroup cgroup rw,memory\n",
+            "4:memory:/\n",
+        );
+        assert_eq!(
+            favor_dynamic_modifications(&f.path("proc"), &HostFs).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_stale_empty_call_cgroups() {
+        let f = Fixture::new(V2_MOUNTINFO, "0::/\n");
+        f.mkdirs("cg");
+        f.write("cg/cgroup.controllers", "cpu memory pids\n");
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        f.mkdirs("cg/falra/t1/c111-0");
+        f.mkdirs("cg/falra/t1/c222-0");
+        f.mkdirs("cg/falra/t2/c111-5");
+        f.write("cg/falra/t2/c111-5/cgroup.procs", "42\n"); // not empty: rmdir fails
+        let removed = h.sweep(&HostFs, &|name| name.starts_with("c111-"));
+        assert_eq!(removed, 1);
+        assert!(!f.path("cg/falra/t1/c111-0").exists());
+        assert!(f.path("cg/falra/t1/c222-0").exists());
+        assert!(f.path("cg/falra/t2/c111-5").exists());
     }
 
     #[test]
