@@ -1,0 +1,49 @@
+# Shared helpers for the benchmark scripts: build falra, start a daemon with one tenant, run wrk.
+# Sourced, not run. Needs ROOT and WORK set by the caller.
+
+FALRA=$ROOT/target/release/falra
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+ensure_tools() {
+  if ! command -v wrk >/dev/null || ! command -v hyperfine >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hyperfine >/dev/null
+  fi
+  cargo build --release -p falra -q
+}
+
+# make_repo DIR FILE CONTENT: a git repository with one file on branch main.
+make_repo() {
+  git init -q -b main "$1"
+  printf '%s' "$3" > "$1/$2"
+  git -C "$1" add -A
+  git -C "$1" -c user.name=bench -c user.email=bench@localhost commit -qm bench
+}
+
+# start_daemon NAME PORT [serve args...]: a daemon with its own data dir; sets FALRA_URL and
+# FALRA_ADMIN_TOKEN for the tenant helpers below.
+start_daemon() {
+  local name=$1 port=$2; shift 2
+  export FALRA_ADMIN_TOKEN
+  FALRA_ADMIN_TOKEN=$("$FALRA" admin init --data-dir "$WORK/$name")
+  FALRA_LOG=warn "$FALRA" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" "$@" \
+    2> "$WORK/$name.log" &
+  PIDS+=($!)
+  export FALRA_URL=http://127.0.0.1:$port
+  for _ in $(seq 100); do curl -fs "$FALRA_URL/healthz" >/dev/null && return 0; sleep 0.1; done
+  echo "daemon $name did not start:" >&2; cat "$WORK/$name.log" >&2; return 1
+}
+
+# add_tenant NAME REPO: creates and syncs it, prints a call token.
+add_tenant() {
+  "$FALRA" tenant add "$1" --repo "file://$2" >/dev/null
+  "$FALRA" tenant sync "$1" >/dev/null
+  "$FALRA" token issue "$1" --scopes call | sed -n 's/.*"token": "\(flr_[0-9a-f]*\)".*/\1/p'
+}
+
+# bench_wrk LABEL CONC DURATION BODY: one wrk run; appends "label c=N FALRA_WRK ..." to $OUT.
+bench_wrk() {
+  WRK_BODY=$4 wrk -t1 -c"$2" -d"$3" --timeout 30s -s "$ROOT/bench/post.lua" "$FALRA_URL/v1/call" \
+    | grep '^FALRA_WRK' | sed "s/^/$1 c=$2 /" | tee -a "$OUT"
+}
