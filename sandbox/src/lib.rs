@@ -7,6 +7,7 @@
 //! layers (namespaces, cgroups, seccomp) slot in as new steps without touching the callers.
 
 pub mod cgroup;
+pub mod landlock;
 pub mod netns;
 pub mod protocol;
 pub mod runner;

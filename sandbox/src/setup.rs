@@ -82,6 +82,8 @@ pub enum Step {
     /// SIGKILL when the daemon dies, so no child outlives its supervisor.
     ParentDeathSignal,
     NoNewPrivs,
+    /// Restrict file access with Landlock, where the kernel has it (a no-op otherwise).
+    Landlock(Vec<crate::landlock::Rule>),
     Seccomp(Vec<SockFilter>),
 }
 
@@ -265,6 +267,9 @@ pub fn plan(
     }
     steps.push(Step::ParentDeathSignal);
     steps.push(Step::NoNewPrivs);
+    if isolation.is_some() {
+        steps.push(Step::Landlock(crate::landlock::call_rules()));
+    }
     if let Some(filter) = seccomp {
         steps.push(Step::Seccomp(filter));
     }
@@ -416,6 +421,7 @@ pub trait ChildSys {
     fn not_dumpable(&mut self) -> io::Result<()>;
     fn set_parent_death_signal(&mut self) -> io::Result<()>;
     fn no_new_privs(&mut self) -> io::Result<()>;
+    fn landlock(&mut self, rules: &[crate::landlock::Rule]) -> io::Result<()>;
     fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()>;
 }
 
@@ -474,6 +480,7 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
             Step::NotDumpable => sys.not_dumpable(),
             Step::ParentDeathSignal => sys.set_parent_death_signal(),
             Step::NoNewPrivs => sys.no_new_privs(),
+            Step::Landlock(rules) => sys.landlock(rules),
             Step::Seccomp(filter) => sys.seccomp(filter),
         };
         r.map_err(|e| (i, e))?;
@@ -704,6 +711,93 @@ impl ChildSys for HostSys {
         })
     }
 
+    fn landlock(&mut self, rules: &[crate::landlock::Rule]) -> io::Result<()> {
+        const CREATE_RULESET_VERSION: libc::c_ulong = 1;
+        const RULE_PATH_BENEATH: libc::c_ulong = 1;
+        #[repr(C, packed)]
+        struct PathBeneath {
+            allowed_access: u64,
+            parent_fd: i32,
+        }
+        let raw = |rc: libc::c_long| {
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(rc)
+            }
+        };
+        // SAFETY: asking for the ABI version takes no attribute pointer.
+        let abi = match raw(unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<u64>(),
+                0usize,
+                CREATE_RULESET_VERSION,
+            )
+        }) {
+            Ok(abi) => abi as i32,
+            // No Landlock in this kernel (or it is disabled): nothing to add.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let handled: u64 = crate::landlock::handled(abi);
+        // SAFETY: `handled` is the ruleset attribute's first field (handled_access_fs); the
+        // kernel reads exactly the size given.
+        let ruleset = raw(unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                &handled as *const u64,
+                std::mem::size_of::<u64>(),
+                0 as libc::c_ulong,
+            )
+        })? as libc::c_int;
+        let result = (|| {
+            for rule in rules {
+                // SAFETY: a valid NUL-terminated path; O_PATH opens without reading.
+                let fd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+                if fd == -1 {
+                    // A path this root does not have needs no rule.
+                    continue;
+                }
+                let attr = PathBeneath {
+                    allowed_access: crate::landlock::rights(rule.grant, abi),
+                    parent_fd: fd,
+                };
+                // SAFETY: `attr` is a live packed struct of the layout the kernel expects.
+                let added = raw(unsafe {
+                    libc::syscall(
+                        libc::SYS_landlock_add_rule,
+                        ruleset,
+                        RULE_PATH_BENEATH,
+                        &attr as *const PathBeneath,
+                        0 as libc::c_ulong,
+                    )
+                });
+                // SAFETY: closing the descriptor opened above.
+                unsafe { libc::close(fd) };
+                added?;
+            }
+            // SAFETY: restricts this process from now on; no_new_privs is already set.
+            raw(unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    ruleset,
+                    0 as libc::c_ulong,
+                )
+            })
+        })();
+        // SAFETY: closing the ruleset descriptor created above.
+        unsafe { libc::close(ruleset) };
+        result.map(|_| ())
+    }
+
     fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()> {
         #[repr(C)]
         struct SockFprog {
@@ -824,6 +918,9 @@ mod tests {
         fn no_new_privs(&mut self) -> io::Result<()> {
             self.record("no_new_privs".into())
         }
+        fn landlock(&mut self, rules: &[crate::landlock::Rule]) -> io::Result<()> {
+            self.record(format!("landlock {}", rules.len()))
+        }
         fn seccomp(&mut self, filter: &[SockFilter]) -> io::Result<()> {
             self.record(format!("seccomp {}", filter.len()))
         }
@@ -895,6 +992,7 @@ mod tests {
             "not_dumpable",
             "pdeathsig",
             "no_new_privs",
+            "landlock 4",
             "seccomp",
         ];
         let mut last = 0;
