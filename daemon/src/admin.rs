@@ -191,6 +191,7 @@ pub async fn delete_tenant(
     let _guard = lock.lock().await;
     state.store.delete_tenant(name.as_str()).await?;
     if let Ok(uid) = u32::try_from(row.uid) {
+        state.warm.forget_uid(&state, uid);
         state.sandbox.forget_tenant(uid);
     }
     let layout = state.layout.clone();

@@ -5,28 +5,24 @@
 //! tenant's version once (a deploy during the call does not disturb it), resolve the module in
 //! that version's tree, run the child in the sandbox, and turn what it left into the answer.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use falra_policies::{Policy, Scope};
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
-use falra_sandbox::runner::{child_env, interpreter_args, RUNNER_DIR};
-use falra_sandbox::setup::SetupLimits;
-use falra_sandbox::{ChildFailure, ChildSpec, Limits, ProtocolRequest};
+use falra_sandbox::{ChildFailure, ProtocolRequest};
 use falra_tenants::function::is_identifier;
 use falra_tenants::{resolve_module, FnName, VersionId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use std::path::Path;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, LimitedBody};
-use crate::isolation::{CgroupLease, CODE_DIR};
+use crate::isolation::CgroupLease;
 use crate::server::AppState;
+use crate::warm::{call_limits, prepare_child, Warm, WarmKey};
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -216,50 +212,25 @@ async fn run_call(
     let config = &state.config;
     let uid = u32::try_from(tenant.uid)
         .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
-    let cgroup = state
-        .sandbox
-        .acquire_cgroup(uid, &policy)
-        .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
-    let isolation =
-        match state
-            .sandbox
-            .isolation(uid, &root, &config.runner_dir, &policy, cgroup.as_ref())
-        {
-            Ok(isolation) => isolation,
-            Err(e) => {
-                if let Some(cg) = cgroup {
-                    state.sandbox.release_cgroup(cg);
-                }
-                return Err(ApiError::internal(
-                    "could not prepare the call's isolation",
-                    &e,
-                ));
-            }
-        };
-    let (cwd, runner_dir) = match isolation {
-        Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
-        None => (root.as_path(), config.runner_dir.as_path()),
+    let key = WarmKey {
+        uid,
+        version: version.as_str().to_owned(),
+        policy: tenant.policy.clone(),
     };
-    let spec = ChildSpec {
-        program: config.python.clone(),
-        args: interpreter_args(runner_dir),
-        cwd: cwd.to_path_buf(),
-        env: child_env(),
-        stdin,
-        limits: Limits {
-            wall: Duration::from_millis(timeout_ms.into()),
-            stdout_bytes: config.max_result_bytes,
-            stderr_bytes: config.max_log_bytes,
-            setup: SetupLimits::default(),
-        },
-        seccomp: isolation.is_some(),
-        isolation,
+    let warm = match state.warm.take(&key) {
+        Some(warm) => warm,
+        None => prepare_child(state, uid, &root, &policy).await?,
     };
+    state.warm.replenish(state, key, root, policy.clone());
+    let limits = call_limits(state, timeout_ms);
     // The child runs in a task of its own: a client that hangs up does not cut the call short
-    // of its deadline, its usage or its cgroup's removal.
+    // of its deadline, its usage or its cgroup's return.
     let task_state = state.clone();
     let run = tokio::spawn(async move {
-        let finished = falra_sandbox::spawn_and_wait(spec).await;
+        let Warm {
+            prepared, cgroup, ..
+        } = warm;
+        let finished = prepared.run(stdin, &limits).await;
         let usage = cgroup.as_ref().map(CgroupLease::usage);
         if let Some(cg) = cgroup {
             task_state.sandbox.release_cgroup(cg);

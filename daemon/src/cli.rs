@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// grace period (see docs/security.md).
     #[arg(long)]
     pub no_cgroup_tuning: bool,
+    /// Do not start children ahead of calls. By default, for each tenant version called in the
+    /// last minute, one child is kept started and waiting, so the next call skips the
+    /// interpreter's start-up.
+    #[arg(long)]
+    pub no_prewarm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,6 +15,7 @@ mod extract;
 mod isolation;
 mod server;
 mod store;
+mod warm;
 
 use anyhow::Context;
 use clap::Parser;
@@ -101,7 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot isolate calls on this host")?
     };
     tracing::info!(sandbox = %sandbox.describe(), "sandbox");
-    let state = AppState::new(store, config, sandbox);
+    let state = AppState::new(store, config, sandbox, !args.no_prewarm);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::isolation::SandboxSettings;
 use crate::store::Store;
+use crate::warm::WarmPool;
 use crate::{admin, call};
 
 /// Settings of a running daemon.
@@ -53,6 +54,7 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub store: Store,
     pub sandbox: SandboxSettings,
+    pub warm: WarmPool,
     pub layout: Layout,
     pub config: ServeConfig,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
@@ -66,14 +68,28 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, config: ServeConfig, sandbox: SandboxSettings) -> AppState {
+    pub fn new(
+        store: Store,
+        config: ServeConfig,
+        sandbox: SandboxSettings,
+        prewarm: bool,
+    ) -> AppState {
         AppState(Arc::new(Inner {
             sandbox,
+            warm: WarmPool::new(prewarm),
             layout: Layout::new(&config.data_dir),
             store,
             config,
             sync_locks: Mutex::new(HashMap::new()),
         }))
+    }
+
+    pub fn from_inner(inner: Arc<Inner>) -> AppState {
+        AppState(inner)
+    }
+
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.0
     }
 
     /// The lock that serialises syncs of one tenant.
@@ -156,10 +172,13 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    crate::warm::WarmPool::expire_idle(crate::warm::downgrade(&state));
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await;
+    state.warm.drain(&state);
+    served
 }
 
 async fn shutdown_signal() {

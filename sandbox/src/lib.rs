@@ -17,4 +17,7 @@ mod spawn;
 
 pub use protocol::{Answer, ChildFailure, ProtocolRequest};
 pub use setup::{Bind, Isolation, NetworkMode, SystemEntry};
-pub use spawn::{spawn_and_wait, ChildSpec, Finished, Limits, SandboxError, Termination, Usage};
+pub use spawn::{
+    prepare, spawn_and_wait, ChildSpec, Finished, Limits, Prepared, SandboxError, Termination,
+    Usage,
+};

@@ -92,8 +92,28 @@ pub enum SandboxError {
     Wait(#[source] io::Error),
 }
 
-/// Starts the child described by `spec` and waits until it is gone.
+/// Starts the child described by `spec`, gives it `spec.stdin`, and waits until it is gone.
 pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
+    let prepared = prepare(&spec).await?;
+    prepared.run(spec.stdin, &spec.limits).await
+}
+
+/// A child that is set up and running its program, which has not been given its request yet.
+/// Dropping it kills it.
+#[derive(Debug)]
+pub struct Prepared {
+    pid: libc::pid_t,
+    guard: KillOnDrop,
+    init: tokio::task::JoinHandle<io::Result<(libc::c_int, libc::rusage)>>,
+    stdin: tokio::net::unix::pipe::Sender,
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+    status: OwnedFd,
+}
+
+/// Starts the child described by `spec` (its `stdin` is not used) up to the point where its
+/// program waits for its request: everything but the call itself, ahead of time.
+pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let filter = spec.seccomp.then(crate::seccomp::compile);
     let steps = setup::plan(
         &spec.limits.setup,
@@ -139,7 +159,6 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         pid: pid_cell.clone(),
     };
 
-    let started = Instant::now();
     // The child shares this address space until it exits (CLONE_VM | CLONE_VFORK), so nothing
     // of the daemon's memory is copied per call; the thread that clones it waits in the
     // kernel for as long as the call runs, then reaps it.
@@ -173,8 +192,8 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         };
         return Err(SandboxError::Setup { step: what, source });
     }
-    // Should this future be dropped before the child is reaped, the child dies with it.
-    let mut guard = KillOnDrop(Some(pid));
+    // Should this child be dropped before it is reaped, it dies.
+    let guard = KillOnDrop(Some(pid));
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);
     let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r);
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_r);
@@ -182,81 +201,116 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
         (Ok(i), Ok(o), Ok(e)) => (i, o, e),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(SandboxError::Spawn(e)),
     };
-
-    let request = spec.stdin;
-    tokio::spawn(async move {
-        let mut stdin = stdin;
-        // A child that exits without reading its request is not an error of ours.
-        let _ = stdin.write_all(&request).await;
-        let _ = stdin.shutdown().await;
-    });
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let out = tokio::spawn(collect(
+    Ok(Prepared {
+        pid,
+        guard,
+        init,
+        stdin,
         stdout,
-        spec.limits.stdout_bytes,
-        Overflow::Kill(pid),
-        stop_rx.clone(),
-    ));
-    let err = tokio::spawn(collect(
         stderr,
-        spec.limits.stderr_bytes,
-        Overflow::Discard,
-        stop_rx,
-    ));
-
-    let mut timed_out = false;
-    let waited = tokio::select! {
-        r = &mut init => r,
-        _ = tokio::time::sleep(spec.limits.wall) => {
-            timed_out = true;
-            kill_child(pid);
-            init.await
-        }
-    };
-    let (status, rusage) = waited
-        .map_err(|e| SandboxError::Wait(io::Error::other(e)))?
-        .map_err(SandboxError::Wait)?;
-    guard.0 = None;
-    let wall = started.elapsed();
-    // Without a PID namespace, whatever the program left in its process group goes with it
-    // (with one, the kernel has already killed everything when init exited).
-    kill_group(pid);
-
-    // Normally both pipes reach EOF as the child exits. If something that escaped the group
-    // still holds them, stop reading after a short grace: the child's own output is in by then.
-    tokio::spawn(async move {
-        tokio::time::sleep(DRAIN_GRACE).await;
-        let _ = stop_tx.send(true);
-    });
-    let (out, err) = (out.await, err.await);
-    let out = out.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
-    let err = err.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
-
-    // init reported the program's own status, unless init itself was killed (deadline,
-    // overflow, daemon shutdown): then its status is the call's.
-    let status = read_status(&status_r).unwrap_or(status);
-    let termination = if timed_out {
-        Termination::TimedOut
-    } else if libc::WIFSIGNALED(status) {
-        Termination::Signaled(libc::WTERMSIG(status))
-    } else {
-        Termination::Exited(libc::WEXITSTATUS(status))
-    };
-    let cpu = Duration::from_secs((rusage.ru_utime.tv_sec + rusage.ru_stime.tv_sec) as u64)
-        + Duration::from_micros((rusage.ru_utime.tv_usec + rusage.ru_stime.tv_usec) as u64);
-    Ok(Finished {
-        termination,
-        stdout: out.kept,
-        stdout_overflow: out.overflowed,
-        stderr: err.kept,
-        stderr_dropped: err.dropped,
-        usage: Usage {
-            wall_ms: wall.as_millis() as u64,
-            cpu_ms: cpu.as_millis() as u64,
-            peak_memory_bytes: (rusage.ru_maxrss as u64).saturating_mul(1024),
-        },
+        status: status_r,
     })
+}
+
+impl Prepared {
+    /// Kills the child and waits until it is reaped.
+    pub async fn kill_and_wait(self) {
+        kill_child(self.pid);
+        let _ = self.init.await;
+    }
+
+    /// Whether the child is still waiting for its request (it may have died meanwhile).
+    pub fn is_alive(&self) -> bool {
+        !self.init.is_finished()
+    }
+
+    /// Gives the child its request and supervises it until it is gone; the deadline and the
+    /// usage's wall time count from now.
+    pub async fn run(self, request: Vec<u8>, limits: &Limits) -> Result<Finished, SandboxError> {
+        let Prepared {
+            pid,
+            mut guard,
+            mut init,
+            stdin,
+            stdout,
+            stderr,
+            status: status_r,
+        } = self;
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut stdin = stdin;
+            // A child that exits without reading its request is not an error of ours.
+            let _ = stdin.write_all(&request).await;
+            let _ = stdin.shutdown().await;
+        });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let out = tokio::spawn(collect(
+            stdout,
+            limits.stdout_bytes,
+            Overflow::Kill(pid),
+            stop_rx.clone(),
+        ));
+        let err = tokio::spawn(collect(
+            stderr,
+            limits.stderr_bytes,
+            Overflow::Discard,
+            stop_rx,
+        ));
+
+        let mut timed_out = false;
+        let waited = tokio::select! {
+            r = &mut init => r,
+            _ = tokio::time::sleep(limits.wall) => {
+                timed_out = true;
+                kill_child(pid);
+                init.await
+            }
+        };
+        let (status, rusage) = waited
+            .map_err(|e| SandboxError::Wait(io::Error::other(e)))?
+            .map_err(SandboxError::Wait)?;
+        guard.0 = None;
+        let wall = started.elapsed();
+        // Without a PID namespace, whatever the program left in its process group goes with it
+        // (with one, the kernel has already killed everything when init exited).
+        kill_group(pid);
+
+        // Normally both pipes reach EOF as the child exits. If something that escaped the group
+        // still holds them, stop reading after a short grace: the child's own output is in by then.
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN_GRACE).await;
+            let _ = stop_tx.send(true);
+        });
+        let (out, err) = (out.await, err.await);
+        let out = out.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
+        let err = err.map_err(|e| SandboxError::Wait(io::Error::other(e)))?;
+
+        // init reported the program's own status, unless init itself was killed (deadline,
+        // overflow, daemon shutdown): then its status is the call's.
+        let status = read_status(&status_r).unwrap_or(status);
+        let termination = if timed_out {
+            Termination::TimedOut
+        } else if libc::WIFSIGNALED(status) {
+            Termination::Signaled(libc::WTERMSIG(status))
+        } else {
+            Termination::Exited(libc::WEXITSTATUS(status))
+        };
+        let cpu = Duration::from_secs((rusage.ru_utime.tv_sec + rusage.ru_stime.tv_sec) as u64)
+            + Duration::from_micros((rusage.ru_utime.tv_usec + rusage.ru_stime.tv_usec) as u64);
+        Ok(Finished {
+            termination,
+            stdout: out.kept,
+            stdout_overflow: out.overflowed,
+            stderr: err.kept,
+            stderr_dropped: err.dropped,
+            usage: Usage {
+                wall_ms: wall.as_millis() as u64,
+                cpu_ms: cpu.as_millis() as u64,
+                peak_memory_bytes: (rusage.ru_maxrss as u64).saturating_mul(1024),
+            },
+        })
+    }
 }
 
 /// Names a failed setup step for the error message (the plan itself is gone by then).
@@ -332,6 +386,7 @@ fn kill_group(pid: libc::pid_t) {
 }
 
 /// Kills the child when dropped while still armed.
+#[derive(Debug)]
 struct KillOnDrop(Option<libc::pid_t>);
 
 impl Drop for KillOnDrop {
@@ -708,6 +763,38 @@ mod tests {
         assert!(f.stdout_overflow);
         assert_eq!(f.stdout.len(), 1024);
         assert_eq!(f.termination, Termination::Signaled(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn a_prepared_child_waits_for_its_request_and_its_deadline_starts_then() {
+        let spec = sh("cat; exit 4", 300);
+        let prepared = prepare(&spec).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(prepared.is_alive());
+        let f = prepared.run(b"late".to_vec(), &spec.limits).await.unwrap();
+        assert_eq!(f.stdout, b"late");
+        assert_eq!(f.termination, Termination::Exited(4));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_prepared_child_kills_it() {
+        let spec = sh("cat", 5000);
+        let prepared = prepare(&spec).await.unwrap();
+        let pid = prepared.pid;
+        drop(prepared);
+        let gone = async {
+            loop {
+                let state =
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if state.is_empty() || state.contains(") Z ") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -223,3 +223,27 @@ fn a_lower_timeout_can_be_asked_per_call() {
     let a = d.call(json!({"token": token, "fn": "slow.nap", "s": 0.01}));
     assert_eq!(a.body["result"], json!(0.01));
 }
+
+#[test]
+fn a_child_started_ahead_never_serves_a_changed_policy_or_a_second_call() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[(
+        "probe.py",
+        "import os\nSTARTED = os.urandom(8).hex()\n\ndef tmp_mb():\n    s = os.statvfs('/tmp')\n    return [s.f_blocks * s.f_frsize >> 20, STARTED]\n",
+    )]);
+    let token = d.tenant("caro", &repo);
+    let call = || d.call(json!({"token": token, "fn": "probe.tmp_mb"})).body["result"].clone();
+    let first = call();
+    assert_eq!(first[0], json!(64), "{first}");
+    // The next child is already started with the old policy; the call after a change must
+    // not get it.
+    let a = d.admin("PUT", "/tenants/caro/policy", Some(json!({"tmp_mb": 8})));
+    assert_eq!(a.status, 200);
+    let second = call();
+    assert_eq!(second[0], json!(8), "{second}");
+    let third = call();
+    assert_eq!(third[0], json!(8));
+    // Every call is a process of its own.
+    assert_ne!(first[1], second[1]);
+    assert_ne!(second[1], third[1]);
+}

@@ -307,8 +307,18 @@ impl Arena {
 }
 
 /// Host processes running as `uid` that descend from the daemon `daemon`, with their command
-/// lines. (Other tests' daemons give their first tenants the same uids.)
+/// lines (other tests' daemons give their first tenants the same uids), leaving out the one
+/// child the daemon keeps started for the tenant's next call: a runner still blocked reading
+/// its request, and the init that waits for it.
 fn processes_of(uid: u32, daemon: u32) -> Vec<String> {
+    let waiting_runner = |pid: u32| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).contains("/falra/runner.pyc") && wchan.contains("pipe_read")
+    };
+    let children = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let path = entry.path();
@@ -325,7 +335,17 @@ fn processes_of(uid: u32, daemon: u32) -> Vec<String> {
             .lines()
             .any(|l| l.starts_with("State:") && l.contains('Z'));
         let pid: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-        if owned && !zombie && descends_from(pid, daemon) {
+        let prepared = waiting_runner(pid)
+            || children(pid)
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+                .as_slice()
+                .first()
+                .is_some_and(|&c| {
+                    children(pid).split_whitespace().count() == 1 && waiting_runner(c)
+                });
+        if owned && !zombie && !prepared && descends_from(pid, daemon) {
             let cmd = std::fs::read(path.join("cmdline")).unwrap_or_default();
             out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
         }

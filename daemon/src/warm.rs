@@ -1,0 +1,250 @@
+//! Children started ahead of their calls.
+//!
+//! Starting a Python interpreter in a fresh sandbox is most of a call's latency. For each
+//! tenant version that was called recently, the daemon keeps one child set up and started,
+//! blocked on reading its request; the next call of that version takes it and only has to
+//! deliver the request, and a new one is prepared in the background. Every call still gets a
+//! process of its own that served no call before: only the start moves off the request's path.
+//!
+//! A prepared child is bound to everything that went into its setup — the tenant's uid, the
+//! version, the policy as it was — so a changed policy or a new version is never served by a
+//! child prepared for the old one. Children nobody took within [`IDLE`] are stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use falra_policies::Policy;
+use falra_sandbox::runner::{child_env, interpreter_args, RUNNER_DIR};
+use falra_sandbox::setup::SetupLimits;
+use falra_sandbox::{ChildSpec, Limits, Prepared};
+
+use crate::api_error::ApiError;
+use crate::isolation::{CgroupLease, CODE_DIR};
+use crate::server::{AppState, Inner};
+
+/// How long a prepared child waits for a call before it is stopped.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// What a prepared child was made for; only a call with the same key may take it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WarmKey {
+    pub uid: u32,
+    pub version: String,
+    /// The policy as stored (JSON): any change makes a new key.
+    pub policy: String,
+}
+
+/// A started child and the cgroup it runs in.
+#[derive(Debug)]
+pub struct Warm {
+    pub prepared: Prepared,
+    pub cgroup: Option<CgroupLease>,
+    made: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct WarmPool {
+    enabled: bool,
+    ready: Mutex<HashMap<WarmKey, Warm>>,
+    preparing: Mutex<HashSet<WarmKey>>,
+}
+
+impl WarmPool {
+    pub fn new(enabled: bool) -> WarmPool {
+        WarmPool {
+            enabled,
+            ..WarmPool::default()
+        }
+    }
+
+    /// The prepared child for `key`, if one is ready and still alive.
+    pub fn take(&self, key: &WarmKey) -> Option<Warm> {
+        let warm = self.ready.lock().expect("warm pool poisoned").remove(key)?;
+        warm.prepared.is_alive().then_some(warm)
+    }
+
+    /// Prepares a child for `key` in the background, unless one is ready or on its way.
+    pub fn replenish(&self, state: &AppState, key: WarmKey, root: PathBuf, policy: Policy) {
+        if !self.enabled
+            || self
+                .ready
+                .lock()
+                .expect("warm pool poisoned")
+                .contains_key(&key)
+        {
+            return;
+        }
+        if !self
+            .preparing
+            .lock()
+            .expect("warm pool poisoned")
+            .insert(key.clone())
+        {
+            return;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let made = prepare_child(&state, key.uid, &root, &policy).await;
+            state
+                .warm
+                .preparing
+                .lock()
+                .expect("warm pool poisoned")
+                .remove(&key);
+            match made {
+                Ok(warm) => {
+                    let displaced = state
+                        .warm
+                        .ready
+                        .lock()
+                        .expect("warm pool poisoned")
+                        .insert(key, warm);
+                    if let Some(old) = displaced {
+                        discard(&state, old);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e.message, "could not prepare a child ahead"),
+            }
+        });
+    }
+
+    /// Stops the prepared children of a removed tenant.
+    pub fn forget_uid(&self, state: &AppState, uid: u32) {
+        let gone: Vec<Warm> = {
+            let mut ready = self.ready.lock().expect("warm pool poisoned");
+            let keys: Vec<WarmKey> = ready.keys().filter(|k| k.uid == uid).cloned().collect();
+            keys.iter().filter_map(|k| ready.remove(k)).collect()
+        };
+        for warm in gone {
+            discard(state, warm);
+        }
+    }
+
+    /// Stops prepared children nobody took within [`IDLE`]; runs until the daemon is gone.
+    pub fn expire_idle(state: Weak<Inner>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE / 4).await;
+                let Some(inner) = state.upgrade() else {
+                    return;
+                };
+                let state = AppState::from_inner(inner);
+                let stale: Vec<Warm> = {
+                    let mut ready = state.warm.ready.lock().expect("warm pool poisoned");
+                    let keys: Vec<WarmKey> = ready
+                        .iter()
+                        .filter(|(_, w)| w.made.elapsed() > IDLE || !w.prepared.is_alive())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    keys.iter().filter_map(|k| ready.remove(k)).collect()
+                };
+                for warm in stale {
+                    discard(&state, warm);
+                }
+            }
+        });
+    }
+
+    /// Stops every prepared child (at shutdown).
+    pub fn drain(&self, state: &AppState) {
+        let all: Vec<Warm> = self
+            .ready
+            .lock()
+            .expect("warm pool poisoned")
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for warm in all {
+            discard(state, warm);
+        }
+    }
+}
+
+/// Stops a prepared child and gives its cgroup back once it is gone.
+fn discard(state: &AppState, warm: Warm) {
+    let Warm {
+        prepared, cgroup, ..
+    } = warm;
+    let state = state.clone();
+    tokio::spawn(async move {
+        prepared.kill_and_wait().await;
+        if let Some(cg) = cgroup {
+            state.sandbox.release_cgroup(cg);
+        }
+    });
+}
+
+/// Sets up and starts a child for a call of the tenant with `uid` on the version at `root`,
+/// up to the point where it waits for its request.
+pub async fn prepare_child(
+    state: &AppState,
+    uid: u32,
+    root: &Path,
+    policy: &Policy,
+) -> Result<Warm, ApiError> {
+    let config = &state.config;
+    let cgroup = state
+        .sandbox
+        .acquire_cgroup(uid, policy)
+        .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
+    let isolation =
+        match state
+            .sandbox
+            .isolation(uid, root, &config.runner_dir, policy, cgroup.as_ref())
+        {
+            Ok(isolation) => isolation,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    state.sandbox.release_cgroup(cg);
+                }
+                return Err(ApiError::internal(
+                    "could not prepare the call's isolation",
+                    &e,
+                ));
+            }
+        };
+    let (cwd, runner_dir) = match isolation {
+        Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
+        None => (root, config.runner_dir.as_path()),
+    };
+    let spec = ChildSpec {
+        program: config.python.clone(),
+        args: interpreter_args(runner_dir),
+        cwd: cwd.to_path_buf(),
+        env: child_env(),
+        stdin: Vec::new(),
+        limits: call_limits(state, policy.timeout_ms),
+        seccomp: isolation.is_some(),
+        isolation,
+    };
+    match falra_sandbox::prepare(&spec).await {
+        Ok(prepared) => Ok(Warm {
+            prepared,
+            cgroup,
+            made: Instant::now(),
+        }),
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                state.sandbox.release_cgroup(cg);
+            }
+            Err(ApiError::internal("could not start the child process", &e))
+        }
+    }
+}
+
+/// The supervision limits of one call.
+pub fn call_limits(state: &AppState, timeout_ms: u32) -> Limits {
+    Limits {
+        wall: Duration::from_millis(timeout_ms.into()),
+        stdout_bytes: state.config.max_result_bytes,
+        stderr_bytes: state.config.max_log_bytes,
+        setup: SetupLimits::default(),
+    }
+}
+
+/// A weak handle on the daemon's state, for tasks that must not keep it alive.
+pub fn downgrade(state: &AppState) -> Weak<Inner> {
+    Arc::downgrade(state.inner())
+}
