@@ -417,3 +417,41 @@ pub async fn set_policy(
         serde_json::to_value(&policy).expect("a policy serialises"),
     ))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    version: String,
+}
+
+/// Makes an earlier version of the tenant's code the active one again.
+pub async fn rollback_tenant(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let version = falra_tenants::VersionId::parse(&body.version).map_err(|e| {
+        ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
+    })?;
+    let lock = state.sync_lock(&name);
+    let _guard = lock.lock().await;
+    if !state.layout.version_dir(&name, &version).is_dir()
+        || !state
+            .store
+            .set_active_version(name.as_str(), version.as_str())
+            .await?
+    {
+        return Err(
+            ApiError::not_found(format!("tenant {name} has no version {version}"))
+                .with_detail(json!({"version": version.as_str()})),
+        );
+    }
+    state
+        .layout
+        .activate(&name, &version)
+        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
+    Ok(Json(json!({"version": version.as_str()})))
+}

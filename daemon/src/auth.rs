@@ -83,10 +83,20 @@ pub async fn tenant_caller(
     presented: Option<&str>,
     scope: Scope,
 ) -> Result<Caller, ApiError> {
+    tenant_caller_any(state, presented, &[scope]).await
+}
+
+/// Checks a tenant token for any one of `scopes` (the first is named when none is held).
+pub async fn tenant_caller_any(
+    state: &AppState,
+    presented: Option<&str>,
+    accepted: &[Scope],
+) -> Result<Caller, ApiError> {
     let row = verify(state, presented, TokenKind::Tenant).await?;
     let corrupt = || ApiError::new(ErrorCode::Internal, "internal error: corrupt token record");
     let scopes = Scopes::from_stored(&row.scopes).map_err(|_| corrupt())?;
-    if !scopes.contains(scope) {
+    if !accepted.iter().any(|&s| scopes.contains(s)) {
+        let scope = accepted.first().copied().unwrap_or(Scope::Call);
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("this token lacks the {:?} scope", scope.as_str()),

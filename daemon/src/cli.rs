@@ -145,6 +145,13 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: AdminClient,
     },
+    /// Make an earlier version the active one again.
+    Rollback {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -96,6 +96,15 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Sync { name, client } => {
             client.send("POST", &format!("/tenants/{name}/sync"), None)
         }
+        TenantCommand::Rollback {
+            name,
+            version,
+            client,
+        } => client.send(
+            "POST",
+            &format!("/tenants/{name}/rollback"),
+            Some(json!({ "version": version })),
+        ),
     }
 }
 

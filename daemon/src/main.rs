@@ -15,6 +15,7 @@ mod extract;
 mod isolation;
 mod server;
 mod store;
+mod tenant_api;
 mod warm;
 
 use anyhow::Context;

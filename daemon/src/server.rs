@@ -18,7 +18,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::isolation::SandboxSettings;
 use crate::store::Store;
 use crate::warm::WarmPool;
-use crate::{admin, call};
+use crate::{admin, call, tenant_api};
 
 /// Settings of a running daemon.
 #[derive(Debug, Clone)]
@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::delete_tenant),
         )
         .route("/tenants/{name}/sync", post(admin::sync_tenant))
+        .route("/tenants/{name}/rollback", post(admin::rollback_tenant))
         .route(
             "/tenants/{name}/tokens",
             post(admin::issue_token).get(admin::list_tokens),
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{id}", delete(admin::revoke_token));
     Router::new()
         .route("/v1/call", post(call::call))
+        .route("/v1/versions", get(tenant_api::list_versions))
         .route("/healthz", get(healthz))
         .nest("/admin/v1", admin)
         .fallback(not_found)

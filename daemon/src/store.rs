@@ -285,6 +285,41 @@ impl Store {
         }))
     }
 
+    /// The tenant's versions, newest first.
+    pub async fn versions_of(&self, tenant: &str) -> Result<Vec<VersionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, created_at FROM versions WHERE tenant = $1 ORDER BY created_at DESC, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| VersionRow {
+                id: r.get(0),
+                source: r.get(1),
+                created_at: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Makes an existing version the tenant's active one; false if there is no such version.
+    pub async fn set_active_version(
+        &self,
+        tenant: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenants SET active_version = $2 WHERE name = $1 \
+             AND EXISTS (SELECT 1 FROM versions WHERE tenant = $1 AND id = $2)",
+        )
+        .bind(tenant)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn set_policy(&self, tenant: &str, policy_json: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE tenants SET policy = $2 WHERE name = $1")
             .bind(tenant)

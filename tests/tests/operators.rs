@@ -329,3 +329,70 @@ fn demo_prints_a_curl_line_that_answers_three() {
     assert_eq!(answer["ok"], json!(true), "{answer}");
     assert_eq!(answer["result"], json!(3));
 }
+
+#[test]
+fn versions_are_listed_and_an_earlier_one_can_be_rolled_back_to() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("v.py", "def get():\n    return 1\n")]);
+    let token = d.tenant("caro", &repo);
+    let v1 = d.admin("GET", "/tenants/caro", None).body["active_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.commit(&[("v.py", "def get():\n    return 2\n")]);
+    let v2 = d.sync("caro");
+    let get = || d.call(json!({"token": token, "fn": "v.get"})).body["result"].clone();
+    assert_eq!(get(), json!(2));
+
+    let auth = format!("Bearer {token}");
+    let list = falra_tests::http(
+        "GET",
+        &format!("{}/v1/versions", d.url),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    assert_eq!(list.body["active"], json!(v2));
+    let ids: Vec<&str> = list.body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&v1.as_str()) && ids.contains(&v2.as_str()));
+    let marked: Vec<&Value> = list.body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["active"] == json!(true))
+        .collect();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0]["id"], json!(v2));
+
+    let a = d.admin(
+        "POST",
+        "/tenants/caro/rollback",
+        Some(json!({"version": v1})),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(get(), json!(1));
+    let link = std::fs::canonicalize(d.data_dir.join("github/git_caro")).unwrap();
+    assert!(link.ends_with(&v1), "{}", link.display());
+
+    for (bad, status) in [
+        (json!({"version": "ffffffffffff"}), 404),
+        (json!({"version": "../x"}), 400),
+        (json!({}), 400),
+    ] {
+        let a = d.admin("POST", "/tenants/caro/rollback", Some(bad.clone()));
+        assert_eq!(a.status, status, "{bad}: {:?}", a.body);
+    }
+    // The CLI does the same.
+    let (ok, out, err) = cli(&d, &["tenant", "rollback", "caro", &v2], None);
+    assert!(ok && out.contains(&v2), "{out}{err}");
+    assert_eq!(get(), json!(2));
+    // Without a token, the list is refused like any tenant endpoint.
+    let a = falra_tests::http("GET", &format!("{}/v1/versions", d.url), &[], None);
+    assert_eq!(a.status, 401);
+}
