@@ -12,6 +12,7 @@ mod client;
 mod clock;
 mod demo;
 mod extract;
+mod hooks;
 mod isolation;
 mod server;
 mod store;

@@ -18,7 +18,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::isolation::SandboxSettings;
 use crate::store::Store;
 use crate::warm::WarmPool;
-use crate::{admin, call, tenant_api};
+use crate::{admin, call, hooks, tenant_api};
 
 /// Settings of a running daemon.
 #[derive(Debug, Clone)]
@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/call", post(call::call))
         .route("/v1/versions", get(tenant_api::list_versions))
+        .route("/hooks/github/{tenant}", post(hooks::github))
         .route("/healthz", get(healthz))
         .nest("/admin/v1", admin)
         .fallback(not_found)

@@ -6,6 +6,7 @@
 
 pub mod policy;
 pub mod token;
+pub mod webhook;
 
 pub use policy::{Network, Policy, PolicyError, PolicyPatch};
 pub use token::{Scope, ScopeError, Scopes, TokenHash, TokenSecret};

@@ -1,0 +1,96 @@
+//! Push to deploy: `POST /hooks/github/{tenant}`, GitHub's push webhook.
+//!
+//! The request must carry `X-Hub-Signature-256` made with the tenant's `webhook_secret`
+//! (checked in constant time over the raw body). `ping` is answered; a `push` to the tenant's
+//! tracked branch starts a sync in the background (the new version becomes active when it is
+//! ready, exactly as `POST /admin/v1/tenants/{name}/sync` would make it); pushes to other
+//! branches and other events are acknowledged and ignored.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use falra_policies::webhook::verify_github_signature;
+use falra_tenants::{GitSource, TenantName};
+use serde_json::{json, Value};
+
+use crate::admin::sync_and_activate;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::extract::{ApiPath, LimitedBody};
+use crate::server::AppState;
+
+pub async fn github(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<LimitedBody, ApiError>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let LimitedBody(body) = body?;
+    let unknown = || ApiError::not_found(format!("no tenant named {name:?}"));
+    let tenant_name = TenantName::parse(&name).map_err(|_| unknown())?;
+    let tenant = state
+        .store
+        .tenant(tenant_name.as_str())
+        .await?
+        .ok_or_else(unknown)?;
+    let Some(secret) = tenant.webhook_secret.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "push webhooks are not enabled for this tenant (it has no webhook_secret)",
+        ));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !verify_github_signature(secret, &body, header("x-hub-signature-256")) {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong X-Hub-Signature-256",
+        ));
+    }
+    let event = header("x-github-event").unwrap_or("push");
+    match event {
+        "ping" => return Ok((StatusCode::OK, Json(json!({"ok": true, "event": "ping"})))),
+        "push" => {}
+        other => {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"ok": true, "event": other, "deploying": false})),
+            ))
+        }
+    }
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("push payload is not JSON: {e}")))?;
+    let pushed = payload["ref"].as_str().unwrap_or_default();
+    let tracked = format!("refs/heads/{}", tenant.branch);
+    if pushed != tracked {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({
+                "ok": true, "event": "push", "deploying": false,
+                "reason": format!("{pushed} is not the tracked branch {}", tenant.branch),
+            })),
+        ));
+    }
+    let Some(repo) = tenant.repo.clone() else {
+        return Err(ApiError::bad_request(
+            "this tenant has no repository to deploy from",
+        ));
+    };
+    let source = GitSource {
+        url: repo,
+        branch: tenant.branch.clone(),
+        subdir: tenant.subdir.clone(),
+        max_bytes: state.config.max_version_bytes,
+    };
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        match sync_and_activate(&task_state, &tenant_name, source).await {
+            Ok(version) => tracing::info!(tenant = %tenant_name, %version, "deployed by push"),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant_name, error = %e.message, "push deploy failed")
+            }
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"ok": true, "event": "push", "deploying": true})),
+    ))
+}
