@@ -118,3 +118,85 @@ fn signed_pushes_to_the_tracked_branch_deploy_and_everything_else_does_not() {
         (403, json!("forbidden"))
     );
 }
+
+#[test]
+fn hostile_repositories_leak_nothing_of_the_host() {
+    let d = Daemon::start();
+    let other = GitRepo::with_files(&[("secret.py", "TOKEN = 'other-tenant-secret'\n")]);
+    d.tenant("other", &other);
+    let repo = GitRepo::with_files(&[
+        (
+            "probe.py",
+            "import os\n\ndef read(path):\n    try:\n        with open(path) as f:\n            return 'READ:' + f.read(100)\n    except OSError as e:\n        return 'denied:%d' % e.errno\n\ndef listing():\n    return sorted(os.listdir('.'))\n",
+        ),
+        ("odd name ünïcode.txt", "fine\n"),
+        ("pkg/__init__.py", "def hello():\n    return 'hi'\n"),
+    ]);
+    let data = d.data_dir.display().to_string();
+    for (link, target) in [
+        ("passwd.py", "/etc/passwd".to_owned()),
+        ("root", "/".to_owned()),
+        ("up", "../../../..".to_owned()),
+        ("store", format!("{data}/falra.db")),
+        ("other", format!("{data}/versions/other")),
+        ("pkg/evil.py", "/etc/shadow".to_owned()),
+    ] {
+        std::os::unix::fs::symlink(&target, repo.path().join(link)).unwrap();
+    }
+    std::fs::write(
+        repo.path().join(".gitmodules"),
+        "[submodule \"x\"]\n\tpath = x\n\turl = file:///etc\n",
+    )
+    .unwrap();
+    repo.commit(&[]);
+    let token = d.tenant("caro", &repo);
+
+    // Nothing but regular files and directories was written into the version.
+    let version = d.data_dir.join("github/git_caro");
+    let mut stack = vec![std::fs::canonicalize(&version).unwrap()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let ft = entry.file_type().unwrap();
+            assert!(!ft.is_symlink(), "{} is a symlink", entry.path().display());
+            if ft.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+
+    let call = |f: &str, extra: serde_json::Value| {
+        let mut body = extra;
+        body["token"] = json!(token);
+        body["fn"] = json!(f);
+        d.call(body)
+    };
+    for module in ["passwd.x", "pkg.evil.x", "root.etc.x", "store.x"] {
+        let a = call(module, json!({}));
+        assert_eq!(
+            a.body["error"]["code"],
+            json!("fn_not_found"),
+            "{module}: {:?}",
+            a.body
+        );
+    }
+    for path in [
+        "root/etc/passwd",
+        "up/etc/passwd",
+        "store",
+        "other/secret.py",
+        "pkg/evil.py",
+    ] {
+        let a = call("probe.read", json!({"path": path}));
+        let r = a.body["result"].as_str().unwrap_or_default().to_owned();
+        assert!(r.starts_with("denied:"), "{path}: {:?}", a.body);
+    }
+    let listing = call("probe.listing", json!({})).body["result"].clone();
+    assert!(
+        listing
+            .as_array()
+            .unwrap()
+            .contains(&json!("odd name ünïcode.txt")),
+        "{listing}"
+    );
+    assert_eq!(call("pkg.hello", json!({})).body["result"], json!("hi"));
+}
