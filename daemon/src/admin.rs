@@ -262,7 +262,46 @@ pub async fn sync_and_activate(
         .layout
         .activate(name, &version)
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    if let Some(row) = state.store.tenant(name.as_str()).await? {
+        let uid = u32::try_from(row.uid).unwrap_or(u32::MAX);
+        state
+            .warm
+            .forget_other_versions(state, uid, version.as_str());
+    }
+    collect_versions(state, name).await;
     Ok(version.to_string())
+}
+
+/// Removes the tenant's versions beyond the newest `keep_versions` (never the active one, nor
+/// one that a call in flight or a prepared child uses: those go at a later sync).
+async fn collect_versions(state: &AppState, name: &TenantName) {
+    let (Ok(Some(tenant)), Ok(versions)) = (
+        state.store.tenant(name.as_str()).await,
+        state.store.versions_of(name.as_str()).await,
+    ) else {
+        return;
+    };
+    let uid = u32::try_from(tenant.uid).unwrap_or(u32::MAX);
+    for old in versions.iter().skip(state.config.keep_versions) {
+        let Ok(id) = falra_tenants::VersionId::parse(&old.id) else {
+            continue;
+        };
+        let busy = tenant.active_version.as_deref() == Some(old.id.as_str())
+            || state.version_in_use(name, &old.id)
+            || state.warm.holds_version(uid, &old.id);
+        if busy {
+            continue;
+        }
+        if let Err(e) = state.store.delete_version(name.as_str(), &old.id).await {
+            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not forget an old version");
+            continue;
+        }
+        if let Err(e) = state.layout.remove_version(name, &id) {
+            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not remove an old version");
+        } else {
+            tracing::info!(tenant = %name, version = %old.id, "old version removed");
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -452,6 +491,12 @@ pub async fn rollback_tenant(
         .layout
         .activate(&name, &version)
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    if let Some(row) = state.store.tenant(name.as_str()).await? {
+        let uid = u32::try_from(row.uid).unwrap_or(u32::MAX);
+        state
+            .warm
+            .forget_other_versions(&state, uid, version.as_str());
+    }
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     Ok(Json(json!({"version": version.as_str()})))
 }

@@ -217,6 +217,7 @@ async fn run_call(
         version: version.as_str().to_owned(),
         policy: tenant.policy.clone(),
     };
+    let in_use = state.use_version(&caller.tenant, version.as_str());
     let warm = match state.warm.take(&key) {
         Some(warm) => warm,
         None => prepare_child(state, uid, &root, &policy).await?,
@@ -227,6 +228,7 @@ async fn run_call(
     // of its deadline, its usage or its cgroup's return.
     let task_state = state.clone();
     let run = tokio::spawn(async move {
+        let _in_use = in_use;
         let Warm {
             prepared, cgroup, ..
         } = warm;

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Most bytes of a function's printed output kept as `logs`.
     #[arg(long, default_value_t = 64 << 10)]
     pub max_log_bytes: usize,
+    /// How many versions of each tenant are kept (the active one always is); older ones are
+    /// removed at the next sync once no call uses them.
+    #[arg(long, default_value_t = 10)]
+    pub keep_versions: usize,
     /// Create a `demo` tenant from the bundled example and print a token and a ready curl line.
     #[arg(long)]
     pub demo: bool,

@@ -86,6 +86,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_result_bytes: args.max_result_bytes,
         max_log_bytes: args.max_log_bytes,
+        keep_versions: args.keep_versions,
         ..ServeConfig::new(data_dir.clone())
     };
     falra_sandbox::runner::install(&config.python, &config.runner_dir)

@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub max_result_bytes: usize,
     pub max_log_bytes: usize,
     pub max_version_bytes: u64,
+    /// How many versions of a tenant are kept besides the active one.
+    pub keep_versions: usize,
     /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
     pub runner_dir: PathBuf,
 }
@@ -42,6 +44,7 @@ impl ServeConfig {
             max_result_bytes: 6 << 20,
             max_log_bytes: 64 << 10,
             max_version_bytes: 512 << 20,
+            keep_versions: 10,
             runner_dir: data_dir.join("runtime"),
             data_dir,
         }
@@ -58,6 +61,30 @@ pub struct Inner {
     pub layout: Layout,
     pub config: ServeConfig,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Calls in flight per (tenant, version): versions in use are never collected.
+    versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
+}
+
+/// Marks a version as in use by one call for as long as it lives.
+pub struct VersionInUse {
+    state: AppState,
+    key: (TenantName, String),
+}
+
+impl Drop for VersionInUse {
+    fn drop(&mut self) {
+        let mut uses = self
+            .state
+            .versions_in_use
+            .lock()
+            .expect("version table poisoned");
+        if let Some(n) = uses.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                uses.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -81,6 +108,7 @@ impl AppState {
             store,
             config,
             sync_locks: Mutex::new(HashMap::new()),
+            versions_in_use: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -90,6 +118,28 @@ impl AppState {
 
     pub fn inner(&self) -> &Arc<Inner> {
         &self.0
+    }
+
+    /// Marks `version` of `tenant` as in use until the returned guard is dropped.
+    pub fn use_version(&self, tenant: &TenantName, version: &str) -> VersionInUse {
+        let key = (tenant.clone(), version.to_owned());
+        *self
+            .versions_in_use
+            .lock()
+            .expect("version table poisoned")
+            .entry(key.clone())
+            .or_default() += 1;
+        VersionInUse {
+            state: self.clone(),
+            key,
+        }
+    }
+
+    pub fn version_in_use(&self, tenant: &TenantName, version: &str) -> bool {
+        self.versions_in_use
+            .lock()
+            .expect("version table poisoned")
+            .contains_key(&(tenant.clone(), version.to_owned()))
     }
 
     /// The lock that serialises syncs of one tenant.

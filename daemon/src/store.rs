@@ -303,6 +303,15 @@ impl Store {
             .collect())
     }
 
+    pub async fn delete_version(&self, tenant: &str, version: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM versions WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Makes an existing version the tenant's active one; false if there is no such version.
     pub async fn set_active_version(
         &self,

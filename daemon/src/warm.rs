@@ -110,11 +110,30 @@ impl WarmPool {
         });
     }
 
+    /// Whether a child is prepared for `version` of the tenant with `uid`.
+    pub fn holds_version(&self, uid: u32, version: &str) -> bool {
+        self.ready
+            .lock()
+            .expect("warm pool poisoned")
+            .keys()
+            .any(|k| k.uid == uid && k.version == version)
+    }
+
     /// Stops the prepared children of a removed tenant.
     pub fn forget_uid(&self, state: &AppState, uid: u32) {
+        self.discard_where(state, |k| k.uid == uid);
+    }
+
+    /// Stops the tenant's prepared children for versions other than `active` (after a deploy
+    /// or a rollback they would only wait for calls pinned to an old version).
+    pub fn forget_other_versions(&self, state: &AppState, uid: u32, active: &str) {
+        self.discard_where(state, |k| k.uid == uid && k.version != active);
+    }
+
+    fn discard_where(&self, state: &AppState, doomed: impl Fn(&WarmKey) -> bool) {
         let gone: Vec<Warm> = {
             let mut ready = self.ready.lock().expect("warm pool poisoned");
-            let keys: Vec<WarmKey> = ready.keys().filter(|k| k.uid == uid).cloned().collect();
+            let keys: Vec<WarmKey> = ready.keys().filter(|k| doomed(k)).cloned().collect();
             keys.iter().filter_map(|k| ready.remove(k)).collect()
         };
         for warm in gone {

@@ -74,6 +74,14 @@ impl Layout {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))
     }
 
+    /// Removes one version's tree.
+    pub fn remove_version(&self, tenant: &TenantName, version: &VersionId) -> io::Result<()> {
+        match std::fs::remove_dir_all(self.version_dir(tenant, version)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes everything a tenant had on disk.
     pub fn remove_tenant(&self, tenant: &TenantName) -> io::Result<()> {
         for path in [self.active_link(tenant)] {

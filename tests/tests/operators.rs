@@ -396,3 +396,68 @@ fn versions_are_listed_and_an_earlier_one_can_be_rolled_back_to() {
     let a = falra_tests::http("GET", &format!("{}/v1/versions", d.url), &[], None);
     assert_eq!(a.status, 401);
 }
+
+#[test]
+fn old_versions_are_collected_but_never_while_a_call_uses_them() {
+    let d = Daemon::start_with(&["--keep-versions", "2"]);
+    let repo = GitRepo::with_files(&[(
+        "v.py",
+        "import time\n\ndef get(wait=0):\n    time.sleep(wait)\n    return 1\n",
+    )]);
+    let token = d.tenant("caro", &repo);
+    let v1 = d.admin("GET", "/tenants/caro", None).body["active_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A slow call on v1 is in flight while three more versions are deployed.
+    let url = d.url.clone();
+    let body = json!({"token": token, "fn": "v.get", "wait": 3}).to_string();
+    let slow = std::thread::spawn(move || {
+        falra_tests::http(
+            "POST",
+            &format!("{url}/v1/call"),
+            &[],
+            Some(body.as_bytes()),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut versions = vec![v1.clone()];
+    for n in 2..=4 {
+        repo.commit(&[("v.py", &format!("def get(wait=0):\n    return {n}\n"))]);
+        versions.push(d.sync("caro"));
+    }
+    let dir = |v: &str| d.data_dir.join("versions/caro").join(v);
+    assert!(dir(&v1).is_dir(), "a version in use was removed");
+    assert!(
+        !dir(&versions[1]).exists(),
+        "an unused old version was kept"
+    );
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.body["result"], json!(1), "{:?}", slow.body);
+    assert_eq!(slow.body["version"], json!(v1));
+
+    // The next deploy collects it; the newest two remain, the active one among them.
+    repo.commit(&[("v.py", "def get(wait=0):\n    return 5\n")]);
+    let v5 = d.sync("caro");
+    assert!(!dir(&v1).exists());
+    assert!(dir(&versions[3]).is_dir() && dir(&v5).is_dir());
+    let auth = format!("Bearer {token}");
+    let list = falra_tests::http(
+        "GET",
+        &format!("{}/v1/versions", d.url),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(
+        list.body["versions"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        list.body
+    );
+    let a = d.admin(
+        "POST",
+        "/tenants/caro/rollback",
+        Some(json!({"version": v1})),
+    );
+    assert_eq!(a.status, 404, "{:?}", a.body);
+}
