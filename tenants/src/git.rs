@@ -72,11 +72,18 @@ pub fn sync(
         source: source_err,
     };
     let mut remote = repo.remote_anonymous(&source.url).map_err(fetch_err)?;
-    let mut opts = FetchOptions::new();
-    opts.download_tags(git2::AutotagOption::None);
-    remote
-        .fetch(&[&refspec], Some(&mut opts), None)
-        .map_err(fetch_err)?;
+    // Only the branch's head is needed: fetch shallow where the transport can, in full where
+    // it cannot.
+    let mut shallow = FetchOptions::new();
+    shallow.download_tags(git2::AutotagOption::None).depth(1);
+    if let Err(shallow_err) = remote.fetch(&[&refspec], Some(&mut shallow), None) {
+        tracing::debug!(error = %shallow_err, "shallow fetch refused; fetching in full");
+        let mut full = FetchOptions::new();
+        full.download_tags(git2::AutotagOption::None);
+        remote
+            .fetch(&[&refspec], Some(&mut full), None)
+            .map_err(fetch_err)?;
+    }
     let commit = repo
         .find_reference(&tracking)
         .and_then(|r| r.peel_to_commit())
