@@ -190,10 +190,8 @@ pub async fn delete_tenant(
     let lock = state.sync_lock(&name);
     let _guard = lock.lock().await;
     state.store.delete_tenant(name.as_str()).await?;
-    if let Ok(uid) = u32::try_from(row.uid) {
-        state.warm.forget_uid(&state, uid);
-        state.sandbox.forget_tenant(uid);
-    }
+    state.warm.forget_uid(&state, row.uid32());
+    state.sandbox.forget_tenant(row.uid32());
     let layout = state.layout.clone();
     let files = name.clone();
     tokio::task::spawn_blocking(move || layout.remove_tenant(&files))
@@ -244,15 +242,13 @@ pub async fn sync_and_activate(
                 tracing::warn!(tenant = %name, error = %message, "sync failed");
                 ApiError::new(ErrorCode::SyncFailed, message)
             })?;
-    if state.sandbox.is_enabled() {
+    let uid = state.store.tenant(name.as_str()).await?.map(|t| t.uid32());
+    if let (true, Some(gid)) = (state.sandbox.is_enabled(), uid) {
         // Only the tenant's own gid may read its versions, should a mount ever leak.
-        if let Some(row) = state.store.tenant(name.as_str()).await? {
-            let gid = u32::try_from(row.uid).unwrap_or(u32::MAX);
-            state
-                .layout
-                .restrict_versions(name, gid)
-                .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
-        }
+        state
+            .layout
+            .restrict_versions(name, gid)
+            .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
     }
     state
         .store
@@ -262,8 +258,7 @@ pub async fn sync_and_activate(
         .layout
         .activate(name, &version)
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
-    if let Some(row) = state.store.tenant(name.as_str()).await? {
-        let uid = u32::try_from(row.uid).unwrap_or(u32::MAX);
+    if let Some(uid) = uid {
         state
             .warm
             .forget_other_versions(state, uid, version.as_str());
@@ -281,7 +276,7 @@ async fn collect_versions(state: &AppState, name: &TenantName) {
     ) else {
         return;
     };
-    let uid = u32::try_from(tenant.uid).unwrap_or(u32::MAX);
+    let uid = tenant.uid32();
     for old in versions.iter().skip(state.config.keep_versions) {
         let Ok(id) = falra_tenants::VersionId::parse(&old.id) else {
             continue;
@@ -470,7 +465,7 @@ pub async fn rollback_tenant(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<Json<Value>, ApiError> {
-    let (name, _) = load_tenant(&state, &name).await?;
+    let (name, row) = load_tenant(&state, &name).await?;
     let version = falra_tenants::VersionId::parse(&body.version).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
     })?;
@@ -491,12 +486,9 @@ pub async fn rollback_tenant(
         .layout
         .activate(&name, &version)
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
-    if let Some(row) = state.store.tenant(name.as_str()).await? {
-        let uid = u32::try_from(row.uid).unwrap_or(u32::MAX);
-        state
-            .warm
-            .forget_other_versions(&state, uid, version.as_str());
-    }
+    state
+        .warm
+        .forget_other_versions(&state, row.uid32(), version.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     Ok(Json(json!({"version": version.as_str()})))
 }

@@ -63,6 +63,13 @@ pub struct TenantRow {
     pub uid: i64,
 }
 
+impl TenantRow {
+    /// The uid as the sandbox takes it (uids are allocated far below `u32::MAX`).
+    pub fn uid32(&self) -> u32 {
+        u32::try_from(self.uid).unwrap_or(u32::MAX)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRow {
     pub id: String,
