@@ -93,7 +93,10 @@ fn tenant_json(t: &TenantRow) -> Value {
     })
 }
 
-async fn load_tenant(state: &AppState, name: &str) -> Result<(TenantName, TenantRow), ApiError> {
+pub(crate) async fn load_tenant(
+    state: &AppState,
+    name: &str,
+) -> Result<(TenantName, TenantRow), ApiError> {
     let parsed = tenant_name(name)?;
     let row = state
         .store

@@ -234,9 +234,7 @@ async fn run_call(
         } = warm;
         let finished = prepared.run(stdin, &limits).await;
         let usage = cgroup.as_ref().map(CgroupLease::usage);
-        if let Some(cg) = cgroup {
-            task_state.sandbox.release_cgroup(cg);
-        }
+        task_state.sandbox.release_cgroup(cgroup);
         (finished, usage)
     });
     let (finished, cgroup_usage) = run

@@ -10,10 +10,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use falra_policies::webhook::verify_github_signature;
-use falra_tenants::{GitSource, TenantName};
+use falra_tenants::GitSource;
 use serde_json::{json, Value};
 
-use crate::admin::sync_and_activate;
+use crate::admin::{load_tenant, sync_and_activate};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::extract::{ApiPath, LimitedBody};
 use crate::server::AppState;
@@ -25,13 +25,7 @@ pub async fn github(
     body: Result<LimitedBody, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let LimitedBody(body) = body?;
-    let unknown = || ApiError::not_found(format!("no tenant named {name:?}"));
-    let tenant_name = TenantName::parse(&name).map_err(|_| unknown())?;
-    let tenant = state
-        .store
-        .tenant(tenant_name.as_str())
-        .await?
-        .ok_or_else(unknown)?;
+    let (tenant_name, tenant) = load_tenant(&state, &name).await?;
     let Some(secret) = tenant.webhook_secret.as_deref() else {
         return Err(ApiError::new(
             ErrorCode::Forbidden,

@@ -123,8 +123,7 @@ impl SandboxSettings {
             }
         }
         let swept = hierarchy.sweep(&HostFs, &|name| {
-            stale_pid(name)
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            stale_pid(name).is_some_and(|pid| !proc_root.join(pid.to_string()).exists())
         });
         if swept > 0 {
             tracing::info!(swept, "removed call cgroups left by a daemon that is gone");
@@ -219,8 +218,8 @@ impl SandboxSettings {
 
     /// Takes a call's cgroup back once its processes are gone: kept for the tenant's next call
     /// when it is empty and can be reused, removed otherwise.
-    pub fn release_cgroup(&self, lease: CgroupLease) {
-        let Some(e) = &self.enabled else {
+    pub fn release_cgroup(&self, lease: Option<CgroupLease>) {
+        let (Some(e), Some(lease)) = (&self.enabled, lease) else {
             return;
         };
         let CgroupLease {

@@ -189,9 +189,7 @@ fn discard(state: &AppState, warm: Warm) {
     let state = state.clone();
     tokio::spawn(async move {
         prepared.kill_and_wait().await;
-        if let Some(cg) = cgroup {
-            state.sandbox.release_cgroup(cg);
-        }
+        state.sandbox.release_cgroup(cgroup);
     });
 }
 
@@ -215,9 +213,7 @@ pub async fn prepare_child(
         {
             Ok(isolation) => isolation,
             Err(e) => {
-                if let Some(cg) = cgroup {
-                    state.sandbox.release_cgroup(cg);
-                }
+                state.sandbox.release_cgroup(cgroup);
                 return Err(ApiError::internal(
                     "could not prepare the call's isolation",
                     &e,
@@ -245,9 +241,7 @@ pub async fn prepare_child(
             made: Instant::now(),
         }),
         Err(e) => {
-            if let Some(cg) = cgroup {
-                state.sandbox.release_cgroup(cg);
-            }
+            state.sandbox.release_cgroup(cgroup);
             Err(ApiError::internal("could not start the child process", &e))
         }
     }

@@ -8,5 +8,11 @@ pub mod policy;
 pub mod token;
 pub mod webhook;
 
+/// Compares two byte strings without an early exit, so timing reveals nothing of where they
+/// differ (their lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub use policy::{Network, Policy, PolicyError, PolicyPatch};
 pub use token::{Scope, ScopeError, Scopes, TokenHash, TokenSecret};

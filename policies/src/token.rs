@@ -56,8 +56,7 @@ impl TokenHash {
 
     /// Compares two hashes without an early exit, so timing reveals nothing of either.
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::ct_eq(self.0.as_bytes(), other.0.as_bytes())
     }
 }
 

@@ -33,13 +33,7 @@ pub fn verify_github_signature(secret: &str, body: &[u8], header: Option<&str>) 
     let Ok(given) = hex::decode(hex_sig) else {
         return false;
     };
-    let expected = hmac_sha256(secret.as_bytes(), body);
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    crate::ct_eq(&given, &hmac_sha256(secret.as_bytes(), body))
 }
 
 #[cfg(test)]

@@ -151,6 +151,12 @@ enum Insn {
     Mark(Label),
 }
 
+/// The compiled policy, built once per process and shared by every child.
+pub fn program() -> &'static [SockFilter] {
+    static PROGRAM: std::sync::OnceLock<Vec<SockFilter>> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(compile)
+}
+
 /// Compiles the policy into a BPF program for `seccomp(SECCOMP_SET_MODE_FILTER)`.
 pub fn compile() -> Vec<SockFilter> {
     use Insn::*;

@@ -84,7 +84,38 @@ pub enum Step {
     NoNewPrivs,
     /// Restrict file access with Landlock, where the kernel has it (a no-op otherwise).
     Landlock(Vec<crate::landlock::Rule>),
-    Seccomp(Vec<SockFilter>),
+    Seccomp(&'static [SockFilter]),
+}
+
+impl Step {
+    /// The step's name, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::JoinCgroup(_) => "join cgroup",
+            Step::NewSession => "new session",
+            Step::MountPrivate => "make mounts private",
+            Step::Mount { .. } => "mount",
+            Step::BindReadOnly { .. } => "bind read-only",
+            Step::BindDevice { .. } => "bind device",
+            Step::Mkdir(..) => "mkdir",
+            Step::WriteFile(..) => "write file",
+            Step::Symlink { .. } => "symlink",
+            Step::PivotRoot(_) => "pivot_root",
+            Step::RemountRootReadOnly => "remount root read-only",
+            Step::LoopbackUp => "loopback up",
+            Step::JoinNetns(_) => "join network namespace",
+            Step::SetHostname(_) => "set hostname",
+            Step::Chdir(_) => "chdir",
+            Step::Rlimit(..) => "rlimit",
+            Step::CloseInheritedFds => "close inherited descriptors",
+            Step::DropIdentity { .. } => "drop identity",
+            Step::NotDumpable => "not dumpable",
+            Step::ParentDeathSignal => "parent-death signal",
+            Step::NoNewPrivs => "no_new_privs",
+            Step::Landlock(_) => "landlock",
+            Step::Seccomp(_) => "seccomp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +265,7 @@ pub fn plan(
     limits: &SetupLimits,
     isolation: Option<&Isolation>,
     cwd: &Path,
-    seccomp: Option<Vec<SockFilter>>,
+    seccomp: Option<&'static [SockFilter]>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(iso) = isolation {
@@ -964,7 +995,7 @@ mod tests {
             &SetupLimits::default(),
             Some(&isolation()),
             Path::new("/code"),
-            Some(crate::seccomp::compile()),
+            Some(crate::seccomp::program()),
         );
         apply(&steps, &mut rec).unwrap();
         let calls = &rec.0;

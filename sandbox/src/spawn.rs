@@ -114,13 +114,14 @@ pub struct Prepared {
 /// Starts the child described by `spec` (its `stdin` is not used) up to the point where its
 /// program waits for its request: everything but the call itself, ahead of time.
 pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
-    let filter = spec.seccomp.then(crate::seccomp::compile);
-    let steps = setup::plan(
+    let filter = spec.seccomp.then(crate::seccomp::program);
+    let steps: Arc<[setup::Step]> = setup::plan(
         &spec.limits.setup,
         spec.isolation.as_ref(),
         &spec.cwd,
         filter,
-    );
+    )
+    .into();
     let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     let mut keep_fd = None;
     if let Some(iso) = &spec.isolation {
@@ -144,7 +145,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let pid_cell = Arc::new(AtomicI32::new(0));
     let launch = Launch {
         exec: Exec::new(&spec.program, &spec.args, &spec.env)?,
-        steps,
+        steps: Arc::clone(&steps),
         fds: ChildFds {
             stdin: stdin_r.as_raw_fd(),
             stdout: stdout_w.as_raw_fd(),
@@ -183,11 +184,12 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
             Ok(Err(e)) => e,
             _ => io::Error::from_raw_os_error(if reported { errno } else { libc::ECHILD }),
         };
-        let what = match step {
-            EXEC_FAILED => "exec".to_owned(),
-            n => match spec_step_name(n) {
-                Some(name) => name,
-                None => "start".to_owned(),
+        let what = match (reported, step) {
+            (false, _) => "start".to_owned(),
+            (true, EXEC_FAILED) => "exec".to_owned(),
+            (true, n) => match steps.get(n as usize) {
+                Some(failed) => format!("setup step {n} ({})", failed.name()),
+                None => format!("setup step {n}"),
             },
         };
         return Err(SandboxError::Setup { step: what, source });
@@ -311,11 +313,6 @@ impl Prepared {
             },
         })
     }
-}
-
-/// Names a failed setup step for the error message (the plan itself is gone by then).
-fn spec_step_name(index: u32) -> Option<String> {
-    (index < STARTED).then(|| format!("setup step {index}"))
 }
 
 #[derive(Clone, Copy)]
@@ -477,7 +474,7 @@ struct ChildFds {
 /// Everything init needs, owned by the thread that clones it and alive until init is gone.
 struct Launch {
     exec: Exec,
-    steps: Vec<setup::Step>,
+    steps: Arc<[setup::Step]>,
     fds: ChildFds,
     init_stack: Vec<u8>,
     program_stack: Vec<u8>,

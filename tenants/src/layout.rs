@@ -84,11 +84,9 @@ impl Layout {
 
     /// Removes everything a tenant had on disk.
     pub fn remove_tenant(&self, tenant: &TenantName) -> io::Result<()> {
-        for path in [self.active_link(tenant)] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        match std::fs::remove_file(self.active_link(tenant)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         for dir in [self.tenant_versions(tenant), self.mirror(tenant)] {
             match std::fs::remove_dir_all(&dir) {
