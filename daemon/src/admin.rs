@@ -1,17 +1,18 @@
-//! The operator API under `/admin/v1`: tenants, syncs, tokens, policies.
+//! The operator API under `/admin/v1`: tenants, syncs, tokens, policies, rollbacks.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use falra_policies::{Policy, PolicyPatch, Scopes, TokenSecret};
-use falra_tenants::{GitSource, TenantName};
+use falra_tenants::TenantName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::ApiError;
 use crate::auth::Operator;
 use crate::clock::{format_ms, now_ms, parse_rfc3339};
+use crate::deploy::{deploy, Change};
 use crate::extract::{ApiJson, ApiPath};
 use crate::server::AppState;
 use crate::store::{TenantRow, TokenKind, TokenRow};
@@ -210,96 +211,10 @@ pub async fn sync_tenant(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (name, row) = load_tenant(&state, &name).await?;
-    let repo = row.repo.clone().ok_or_else(|| {
-        ApiError::bad_request(format!("tenant {name} has no repository to sync"))
-            .with_detail(json!({"field": "repo"}))
-    })?;
-    let source = GitSource {
-        url: repo,
-        branch: row.branch.clone(),
-        subdir: row.subdir.clone(),
-        max_bytes: state.config.max_version_bytes,
-    };
-    let version = sync_and_activate(&state, &name, source).await?;
-    tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "synced");
-    Ok(Json(json!({"version": version})))
-}
-
-/// Fetches `source`, writes its version, and makes it active; a failure changes nothing.
-pub async fn sync_and_activate(
-    state: &AppState,
-    name: &TenantName,
-    source: GitSource,
-) -> Result<String, ApiError> {
-    let lock = state.sync_lock(name);
-    let _guard = lock.lock().await;
-    let layout = state.layout.clone();
-    let tenant = name.clone();
-    let version =
-        tokio::task::spawn_blocking(move || falra_tenants::sync(&layout, &tenant, &source))
-            .await
-            .map_err(|e| ApiError::internal("sync task failed", &e))?
-            .map_err(|e| {
-                let message = crate::api_error::ErrorChain(&e).to_string();
-                tracing::warn!(tenant = %name, error = %message, "sync failed");
-                ApiError::new(ErrorCode::SyncFailed, message)
-            })?;
-    let uid = state.store.tenant(name.as_str()).await?.map(|t| t.uid32());
-    if let (true, Some(gid)) = (state.sandbox.is_enabled(), uid) {
-        // Only the tenant's own gid may read its versions, should a mount ever leak.
-        state
-            .layout
-            .restrict_versions(name, gid)
-            .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
-    }
-    state
-        .store
-        .activate_version(name.as_str(), version.as_str(), "git", now_ms())
-        .await?;
-    state
-        .layout
-        .activate(name, &version)
-        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
-    if let Some(uid) = uid {
-        state
-            .warm
-            .forget_other_versions(state, uid, version.as_str());
-    }
-    collect_versions(state, name).await;
-    Ok(version.to_string())
-}
-
-/// Removes the tenant's versions beyond the newest `keep_versions` (never the active one, nor
-/// one that a call in flight or a prepared child uses: those go at a later sync).
-async fn collect_versions(state: &AppState, name: &TenantName) {
-    let (Ok(Some(tenant)), Ok(versions)) = (
-        state.store.tenant(name.as_str()).await,
-        state.store.versions_of(name.as_str()).await,
-    ) else {
-        return;
-    };
-    let uid = tenant.uid32();
-    for old in versions.iter().skip(state.config.keep_versions) {
-        let Ok(id) = falra_tenants::VersionId::parse(&old.id) else {
-            continue;
-        };
-        let busy = tenant.active_version.as_deref() == Some(old.id.as_str())
-            || state.version_in_use(name, &old.id)
-            || state.warm.holds_version(uid, &old.id);
-        if busy {
-            continue;
-        }
-        if let Err(e) = state.store.delete_version(name.as_str(), &old.id).await {
-            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not forget an old version");
-            continue;
-        }
-        if let Err(e) = state.layout.remove_version(name, &id) {
-            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not remove an old version");
-        } else {
-            tracing::info!(tenant = %name, version = %old.id, "old version removed");
-        }
-    }
+    let (name, _) = load_tenant(&state, &name).await?;
+    let deployed = deploy(&state, &name, Change::Sync).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, version = %deployed.version, "synced");
+    Ok(Json(json!({"version": deployed.version.as_str()})))
 }
 
 #[derive(Debug, Deserialize)]

@@ -199,7 +199,13 @@ async fn run_call(
         ));
     }
     let root = state.layout.version_dir(&caller.tenant, &version);
-    resolve_module(&root, &request.function)
+    let mounts = state.code_mounts(root);
+    resolve_module(&mounts.code, &request.function)
+        .or_else(|e| match &mounts.venv {
+            // A module of the tenant's own packages; the runner checks where it was found.
+            Some(venv) => resolve_module(venv, &request.function),
+            None => Err(e),
+        })
         .map_err(|e| fn_not_found(e.to_string(), json!({"module": request.function.module()})))?;
 
     let stdin = ProtocolRequest {
@@ -220,9 +226,9 @@ async fn run_call(
     let in_use = state.use_version(&caller.tenant, version.as_str());
     let warm = match state.warm.take(&key) {
         Some(warm) => warm,
-        None => prepare_child(state, uid, &root, &policy).await?,
+        None => prepare_child(state, uid, &mounts, &policy).await?,
     };
-    state.warm.replenish(state, key, root, policy.clone());
+    state.warm.replenish(state, key, mounts, policy.clone());
     let limits = call_limits(state, timeout_ms);
     // The child runs in a task of its own: a client that hangs up does not cut the call short
     // of its deadline, its usage or its cgroup's return.
@@ -291,7 +297,7 @@ async fn run_call(
     }
 }
 
-fn failure_code(f: &ChildFailure) -> ErrorCode {
+pub fn failure_code(f: &ChildFailure) -> ErrorCode {
     match f {
         ChildFailure::FunctionError { .. } => ErrorCode::FunctionError,
         ChildFailure::FnNotFound { .. } => ErrorCode::FnNotFound,

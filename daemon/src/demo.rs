@@ -8,9 +8,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use falra_policies::{Policy, Scopes};
-use falra_tenants::{GitSource, TenantName};
+use falra_tenants::TenantName;
 
-use crate::admin::{new_token, sync_and_activate};
+use crate::admin::new_token;
 use crate::clock::now_ms;
 use crate::server::AppState;
 use crate::store::{TenantRow, TokenKind};
@@ -55,13 +55,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
             })
             .await?;
     }
-    let source = GitSource {
-        url,
-        branch: "main".into(),
-        subdir: None,
-        max_bytes: state.config.max_version_bytes,
-    };
-    sync_and_activate(state, &name, source)
+    crate::deploy::deploy(state, &name, crate::deploy::Change::Sync)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");

@@ -10,11 +10,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use falra_policies::webhook::verify_github_signature;
-use falra_tenants::GitSource;
 use serde_json::{json, Value};
 
-use crate::admin::{load_tenant, sync_and_activate};
+use crate::admin::load_tenant;
 use crate::api_error::{ApiError, ErrorCode};
+use crate::deploy::{deploy, Change};
 use crate::extract::{ApiPath, LimitedBody};
 use crate::server::AppState;
 
@@ -63,21 +63,17 @@ pub async fn github(
             })),
         ));
     }
-    let Some(repo) = tenant.repo.clone() else {
+    if tenant.repo.is_none() {
         return Err(ApiError::bad_request(
             "this tenant has no repository to deploy from",
         ));
-    };
-    let source = GitSource {
-        url: repo,
-        branch: tenant.branch.clone(),
-        subdir: tenant.subdir.clone(),
-        max_bytes: state.config.max_version_bytes,
-    };
+    }
     let task_state = state.clone();
     tokio::spawn(async move {
-        match sync_and_activate(&task_state, &tenant_name, source).await {
-            Ok(version) => tracing::info!(tenant = %tenant_name, %version, "deployed by push"),
+        match deploy(&task_state, &tenant_name, Change::Sync).await {
+            Ok(d) => {
+                tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push")
+            }
             Err(e) => {
                 tracing::warn!(tenant = %tenant_name, error = %e.message, "push deploy failed")
             }

@@ -16,6 +16,28 @@ use falra_sandbox::{netns, Bind, Isolation, NetworkMode, SystemEntry};
 /// Where the tenant's code appears inside the child.
 pub const CODE_DIR: &str = "/code";
 
+/// Where the tenant's virtualenv appears inside the child.
+pub const VENV_DIR: &str = "/venv";
+
+/// What a child sees of a tenant's code: a version's tree and, when the version has a
+/// `requirements.txt`, the virtualenv built from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeMounts {
+    pub code: PathBuf,
+    pub venv: Option<PathBuf>,
+}
+
+impl CodeMounts {
+    /// The virtualenv's path as the child sees it.
+    pub fn venv_in_child(&self, isolated: bool) -> Option<&Path> {
+        match (&self.venv, isolated) {
+            (Some(_), true) => Some(Path::new(VENV_DIR)),
+            (Some(host), false) => Some(host),
+            (None, _) => None,
+        }
+    }
+}
+
 /// The host facts every call's isolation is built from, found once at start-up.
 #[derive(Debug)]
 pub struct SandboxSettings {
@@ -236,13 +258,14 @@ impl SandboxSettings {
         }
     }
 
-    /// The isolation for one call of the tenant with `uid`, running `version_dir` with the
-    /// runner installed in `runner_dir`.
+    /// The isolation for one child of the tenant with `uid`, seeing its code as `mounts` says
+    /// and the runner installed in `runner_dir`, plus `extra` binds.
     pub fn isolation(
         &self,
         uid: u32,
-        version_dir: &Path,
+        mounts: &CodeMounts,
         runner_dir: &Path,
+        extra: Vec<Bind>,
         policy: &Policy,
         cgroup: Option<&CgroupLease>,
     ) -> Result<Option<Isolation>, IsolationError> {
@@ -268,16 +291,20 @@ impl SandboxSettings {
         Ok(Some(Isolation {
             root_mount_point: e.root_mount_point.clone(),
             system: e.system.clone(),
-            binds: vec![
-                Bind {
-                    source: version_dir.to_path_buf(),
-                    target: PathBuf::from(CODE_DIR),
-                },
-                Bind {
-                    source: runner_dir.to_path_buf(),
-                    target: PathBuf::from(RUNNER_DIR),
-                },
-            ],
+            binds: [
+                Some((mounts.code.clone(), CODE_DIR)),
+                mounts.venv.clone().map(|venv| (venv, VENV_DIR)),
+                Some((runner_dir.to_path_buf(), RUNNER_DIR)),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|(source, target)| Bind {
+                source,
+                target: PathBuf::from(target),
+                writable: false,
+            })
+            .chain(extra)
+            .collect(),
             tmp_bytes: u64::from(policy.tmp_mb) << 20,
             network,
             uid,

@@ -11,12 +11,15 @@ mod cli;
 mod client;
 mod clock;
 mod demo;
+mod deploy;
 mod extract;
 mod hooks;
 mod isolation;
+mod secrets;
 mod server;
 mod store;
 mod tenant_api;
+mod uploads;
 mod warm;
 
 use anyhow::Context;
@@ -81,16 +84,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .with_context(|| format!("could not restrict {}", data_dir.display()))?;
+    let installed = falra_sandbox::runner::install(&args.python, &data_dir.join("runtime"))
+        .context("could not prepare the Python runner")?;
+    let secret_key = load_secret_key(&data_dir)?;
     let config = ServeConfig {
         python: args.python,
+        python_version: installed.python_version,
+        stdlib: falra_tenants::StdlibNames::from_lines(&installed.stdlib_names),
         max_body_bytes: args.max_body_bytes,
         max_result_bytes: args.max_result_bytes,
         max_log_bytes: args.max_log_bytes,
         keep_versions: args.keep_versions,
         ..ServeConfig::new(data_dir.clone())
     };
-    falra_sandbox::runner::install(&config.python, &config.runner_dir)
-        .context("could not prepare the Python runner")?;
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
         tracing::warn!(
             "the sandbox is off: calls run as plain child processes with the daemon's privileges"
@@ -105,7 +111,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot isolate calls on this host")?
     };
     tracing::info!(sandbox = %sandbox.describe(), "sandbox");
-    let state = AppState::new(store, config, sandbox, !args.no_prewarm);
+    let state = AppState::new(store, config, sandbox, secret_key, !args.no_prewarm);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
@@ -126,8 +132,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The key tenant secrets are sealed with: `FALRA_SECRET_KEY` (64 hex digits) if set, else
+/// the file `secret.key` in the data directory, made on first use.
+fn load_secret_key(data_dir: &std::path::Path) -> anyhow::Result<falra_policies::SecretKey> {
+    match std::env::var("FALRA_SECRET_KEY") {
+        Ok(hex) => falra_policies::SecretKey::from_hex(&hex).context("FALRA_SECRET_KEY"),
+        Err(_) => Ok(falra_policies::SecretKey::load_or_create(
+            &data_dir.join("secret.key"),
+        )?),
+    }
+}
+
 async fn admin_init(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let store = open_store(data_dir).await?;
+    load_secret_key(data_dir)?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
     let (row, secret) = admin::new_token(None, TokenKind::Operator, &scopes, None, clock::now_ms());
     store.insert_token(&row).await?;

@@ -10,15 +10,16 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use falra_tenants::{Layout, TenantName};
+use falra_policies::SecretKey;
+use falra_tenants::{Layout, StdlibNames, TenantName};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::isolation::SandboxSettings;
+use crate::isolation::{CodeMounts, SandboxSettings};
 use crate::store::Store;
 use crate::warm::WarmPool;
-use crate::{admin, call, hooks, tenant_api};
+use crate::{admin, call, hooks, secrets, tenant_api, uploads};
 
 /// Settings of a running daemon.
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct ServeConfig {
     pub keep_versions: usize,
     /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
     pub runner_dir: PathBuf,
+    /// The interpreter's version line: part of a virtualenv's identity.
+    pub python_version: String,
+    /// The interpreter's standard-library module names, which uploads may not shadow.
+    pub stdlib: StdlibNames,
 }
 
 impl ServeConfig {
@@ -46,6 +51,8 @@ impl ServeConfig {
             max_version_bytes: 512 << 20,
             keep_versions: 10,
             runner_dir: data_dir.join("runtime"),
+            python_version: String::new(),
+            stdlib: StdlibNames::default(),
             data_dir,
         }
     }
@@ -60,6 +67,10 @@ pub struct Inner {
     pub warm: WarmPool,
     pub layout: Layout,
     pub config: ServeConfig,
+    /// Seals and opens tenant secrets.
+    pub secret_key: SecretKey,
+    /// Each version's virtualenv (if any), found once per version.
+    venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
     versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
@@ -99,9 +110,12 @@ impl AppState {
         store: Store,
         config: ServeConfig,
         sandbox: SandboxSettings,
+        secret_key: SecretKey,
         prewarm: bool,
     ) -> AppState {
         AppState(Arc::new(Inner {
+            secret_key,
+            venvs: Mutex::new(HashMap::new()),
             sandbox,
             warm: WarmPool::new(prewarm),
             layout: Layout::new(&config.data_dir),
@@ -142,7 +156,30 @@ impl AppState {
             .contains_key(&(tenant.clone(), version.to_owned()))
     }
 
-    /// The lock that serialises syncs of one tenant.
+    /// What a call of the version at `code` sees: the tree and its virtualenv, if any.
+    pub fn code_mounts(&self, code: PathBuf) -> CodeMounts {
+        let known = self
+            .venvs
+            .lock()
+            .expect("venv table poisoned")
+            .get(&code)
+            .cloned();
+        let venv = match known {
+            Some(venv) => venv,
+            None => {
+                let venv = crate::deploy::venv_for(self, &code).filter(|v| v.is_dir());
+                let mut table = self.venvs.lock().expect("venv table poisoned");
+                if table.len() > 10_000 {
+                    table.clear();
+                }
+                table.insert(code.clone(), venv.clone());
+                venv
+            }
+        };
+        CodeMounts { code, venv }
+    }
+
+    /// The lock that serialises deploys of one tenant.
     pub fn sync_lock(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.sync_locks.lock().expect("sync lock table poisoned");
         locks.entry(tenant.clone()).or_default().clone()
@@ -168,10 +205,26 @@ pub fn router(state: AppState) -> Router {
             post(admin::issue_token).get(admin::list_tokens),
         )
         .route("/tenants/{name}/policy", put(admin::set_policy))
+        .route("/tenants/{name}/secrets", get(secrets::list_secrets))
+        .route(
+            "/tenants/{name}/secrets/{key}",
+            put(secrets::put_secret).delete(secrets::delete_secret),
+        )
+        .route("/tenants/{name}/modules", get(uploads::admin_list))
+        .route(
+            "/tenants/{name}/modules/{module}",
+            put(uploads::admin_put).delete(uploads::admin_delete),
+        )
         .route("/tokens/{id}", delete(admin::revoke_token));
     Router::new()
         .route("/v1/call", post(call::call))
         .route("/v1/versions", get(tenant_api::list_versions))
+        .route("/v1/functions", get(tenant_api::list_functions))
+        .route("/v1/modules", get(uploads::tenant_list))
+        .route(
+            "/v1/modules/{module}",
+            put(uploads::tenant_put).delete(uploads::tenant_delete),
+        )
         .route("/hooks/github/{tenant}", post(hooks::github))
         .route("/healthz", get(healthz))
         .nest("/admin/v1", admin)

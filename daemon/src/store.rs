@@ -15,6 +15,7 @@ use sqlx::{Row, SqlitePool};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_tenant_uid.sql")),
+    (3, include_str!("../migrations/0003_uploads_secrets.sql")),
 ];
 
 /// The first uid (and gid) given to a tenant; each new tenant gets the next free one.
@@ -75,6 +76,56 @@ pub struct VersionRow {
     pub id: String,
     pub source: String,
     pub created_at: i64,
+    /// The commit the version was built from (none: uploads only).
+    pub git_commit: Option<String>,
+    /// The version's callable functions as JSON, found when it was made.
+    pub functions: Option<String>,
+}
+
+/// A version about to become active.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion<'a> {
+    pub id: &'a str,
+    /// What made it: `git`, `upload`, `rollback`…
+    pub source: &'a str,
+    pub git_commit: Option<&'a str>,
+    pub functions: Option<&'a str>,
+    pub now: i64,
+}
+
+/// The change to the tenant's uploads a new version was built with.
+#[derive(Debug, Clone, Copy)]
+pub enum UploadChange<'a> {
+    None,
+    Put {
+        module: &'a str,
+        source: &'a str,
+        sha256: &'a str,
+        now: i64,
+    },
+    Delete {
+        module: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub module: String,
+    pub source: String,
+    pub sha256: String,
+    pub updated_at: i64,
+}
+
+const VERSION_COLUMNS: &str = "id, source, created_at, git_commit, functions";
+
+fn version_row(r: &sqlx::sqlite::SqliteRow) -> VersionRow {
+    VersionRow {
+        id: r.get(0),
+        source: r.get(1),
+        created_at: r.get(2),
+        git_commit: r.get(3),
+        functions: r.get(4),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,28 +296,60 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records `version` (if new) and makes it the tenant's active one.
+    /// Records `version` (if new) and makes it the tenant's active one, applying the upload
+    /// change it was built with in the same transaction: either all of it lands or nothing.
     pub async fn activate_version(
         &self,
         tenant: &str,
-        version: &str,
-        source: &str,
-        now: i64,
+        version: &NewVersion<'_>,
+        change: UploadChange<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        match change {
+            UploadChange::None => {}
+            UploadChange::Put {
+                module,
+                source,
+                sha256,
+                now,
+            } => {
+                sqlx::query(
+                    "INSERT INTO uploads (tenant, module, source, sha256, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, module) DO UPDATE \
+                     SET source = excluded.source, sha256 = excluded.sha256, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(module)
+                .bind(source)
+                .bind(sha256)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            UploadChange::Delete { module } => {
+                sqlx::query("DELETE FROM uploads WHERE tenant = $1 AND module = $2")
+                    .bind(tenant)
+                    .bind(module)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         sqlx::query(
-            "INSERT INTO versions (tenant, id, source, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant, id) DO NOTHING",
+            "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, id) DO NOTHING",
         )
         .bind(tenant)
-        .bind(version)
-        .bind(source)
-        .bind(now)
+        .bind(version.id)
+        .bind(version.source)
+        .bind(version.now)
+        .bind(version.git_commit)
+        .bind(version.functions)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
             .bind(tenant)
-            .bind(version)
+            .bind(version.id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -278,34 +361,97 @@ impl Store {
         tenant: &str,
         version: &str,
     ) -> Result<Option<VersionRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, source, created_at FROM versions WHERE tenant = $1 AND id = $2",
-        )
-        .bind(tenant)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| VersionRow {
-            id: r.get(0),
-            source: r.get(1),
-            created_at: r.get(2),
-        }))
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE tenant = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(version_row))
     }
 
     /// The tenant's versions, newest first.
     pub async fn versions_of(&self, tenant: &str) -> Result<Vec<VersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE tenant = $1 ORDER BY created_at DESC, id"
+        );
+        let rows = sqlx::query(&sql).bind(tenant).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(version_row).collect())
+    }
+
+    /// Stores (or replaces) a sealed secret.
+    pub async fn put_secret(
+        &self,
+        tenant: &str,
+        key: &str,
+        sealed: &falra_policies::Sealed,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (tenant, key, nonce, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant, key) DO UPDATE SET nonce = excluded.nonce, \
+             sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(&sealed.nonce)
+        .bind(&sealed.sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn secret(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<falra_policies::Sealed>, StoreError> {
+        let row = sqlx::query("SELECT nonce, sealed FROM secrets WHERE tenant = $1 AND key = $2")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| falra_policies::Sealed {
+            nonce: r.get(0),
+            sealed: r.get(1),
+        }))
+    }
+
+    /// The names of the tenant's secrets and when each was last set (never their values).
+    pub async fn secret_names(&self, tenant: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key, updated_at FROM secrets WHERE tenant = $1 ORDER BY key")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM secrets WHERE tenant = $1 AND key = $2")
+            .bind(tenant)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The tenant's uploads, by module name.
+    pub async fn uploads_of(&self, tenant: &str) -> Result<Vec<UploadRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, source, created_at FROM versions WHERE tenant = $1 ORDER BY created_at DESC, id",
+            "SELECT module, source, sha256, updated_at FROM uploads WHERE tenant = $1 ORDER BY module",
         )
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .iter()
-            .map(|r| VersionRow {
-                id: r.get(0),
+            .map(|r| UploadRow {
+                module: r.get(0),
                 source: r.get(1),
-                created_at: r.get(2),
+                sha256: r.get(2),
+                updated_at: r.get(3),
             })
             .collect())
     }
@@ -483,17 +629,51 @@ mod tests {
             store.insert_tenant(&tenant("caro")).await,
             Err(StoreError::Conflict(_))
         ));
+        let version = |id, functions| NewVersion {
+            id,
+            source: "git",
+            git_commit: Some("abcdef1234567890"),
+            functions,
+            now: 2,
+        };
         store
-            .activate_version("caro", "abcdef123456", "git", 2)
+            .activate_version(
+                "caro",
+                &version("abcdef123456", Some("{}")),
+                UploadChange::None,
+            )
             .await
             .unwrap();
         let t = store.tenant("caro").await.unwrap().unwrap();
         assert_eq!(t.active_version.as_deref(), Some("abcdef123456"));
-        assert!(store
+        let v = store
             .version("caro", "abcdef123456")
             .await
             .unwrap()
-            .is_some());
+            .unwrap();
+        assert_eq!(v.git_commit.as_deref(), Some("abcdef1234567890"));
+        assert_eq!(v.functions.as_deref(), Some("{}"));
+
+        // An upload lands with the version made from it, and goes with the next change.
+        let put = UploadChange::Put {
+            module: "helpers",
+            source: "def f(): pass\n",
+            sha256: "00",
+            now: 3,
+        };
+        store
+            .activate_version("caro", &version("0123456789ab", None), put)
+            .await
+            .unwrap();
+        let uploads = store.uploads_of("caro").await.unwrap();
+        assert_eq!(uploads.len(), 1);
+        assert_eq!(uploads[0].module, "helpers");
+        let delete = UploadChange::Delete { module: "helpers" };
+        store
+            .activate_version("caro", &version("abcdef123456", None), delete)
+            .await
+            .unwrap();
+        assert!(store.uploads_of("caro").await.unwrap().is_empty());
 
         let tok = TokenRow {
             id: "tok_1".into(),

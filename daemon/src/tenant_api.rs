@@ -6,22 +6,32 @@ use falra_policies::Scope;
 use serde_json::{json, Value};
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::auth::tenant_caller_any;
+use crate::auth::{tenant_caller_any, Caller};
 use crate::clock::format_ms;
-use crate::extract::bearer;
+use crate::extract::{bearer, ApiQuery};
 use crate::server::AppState;
+use crate::store::TenantRow;
+
+/// The caller (a `call` or `deploy` token) and its tenant.
+async fn reader(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(Caller, TenantRow), ApiError> {
+    let caller = tenant_caller_any(state, bearer(headers), &[Scope::Call, Scope::Deploy]).await?;
+    let tenant = state
+        .store
+        .tenant(caller.tenant.as_str())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+    Ok((caller, tenant))
+}
 
 /// `GET /v1/versions`: the caller's tenant's versions, newest first, the active one marked.
 pub async fn list_versions(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = tenant_caller_any(&state, bearer(&headers), &[Scope::Call, Scope::Deploy]).await?;
-    let tenant = state
-        .store
-        .tenant(caller.tenant.as_str())
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+    let (caller, tenant) = reader(&state, &headers).await?;
     let versions = state.store.versions_of(caller.tenant.as_str()).await?;
     let list: Vec<Value> = versions
         .iter()
@@ -37,4 +47,73 @@ pub async fn list_versions(
     Ok(Json(
         json!({"versions": list, "active": tenant.active_version}),
     ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionsQuery {
+    version: Option<String>,
+}
+
+/// `GET /v1/functions`: the callable functions of the caller's tenant (its active version, or
+/// `?version=`), as listed in a sandboxed child when the version was made.
+pub async fn list_functions(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    query: Result<ApiQuery<FunctionsQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(query) = query?;
+    let (caller, tenant) = reader(&state, &headers).await?;
+    let id = match query.version.or(tenant.active_version) {
+        Some(id) => id,
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::NotDeployed,
+                "this tenant has no deployed code yet: sync its repository first",
+            ))
+        }
+    };
+    let version = state
+        .store
+        .version(caller.tenant.as_str(), &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("this tenant has no version {id:?}"))
+                .with_detail(json!({"parameter": "version"}))
+        })?;
+    let listing: Value = version
+        .functions
+        .as_deref()
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or_else(|| json!({"modules": [], "error": "not listed for this version"}));
+    let mut functions = Vec::new();
+    let mut errors = Vec::new();
+    for module in listing["modules"].as_array().into_iter().flatten() {
+        if let Some(error) = module.get("error") {
+            let mut e = error.clone();
+            e["module"] = module["module"].clone();
+            errors.push(e);
+        }
+        functions.extend(
+            module["functions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    let mut answer = json!({"version": version.id, "functions": functions, "errors": errors});
+    if let Some(e) = listing.get("error") {
+        answer["listing_error"] = e.clone();
+    }
+    Ok(Json(answer))
+}
+
+/// The listed functions of one module, from a version's listing.
+pub fn functions_of_module(listing: &Value, module: &str) -> Value {
+    listing["modules"]
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["module"] == module))
+        .map(|e| e.get("functions").cloned().unwrap_or_else(|| json!([])))
+        .unwrap_or_else(|| json!([]))
 }

@@ -21,7 +21,7 @@ use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{ChildSpec, Limits, Prepared};
 
 use crate::api_error::ApiError;
-use crate::isolation::{CgroupLease, CODE_DIR};
+use crate::isolation::{CgroupLease, CodeMounts, CODE_DIR};
 use crate::server::{AppState, Inner};
 
 /// How long a prepared child waits for a call before it is stopped.
@@ -66,7 +66,7 @@ impl WarmPool {
     }
 
     /// Prepares a child for `key` in the background, unless one is ready or on its way.
-    pub fn replenish(&self, state: &AppState, key: WarmKey, root: PathBuf, policy: Policy) {
+    pub fn replenish(&self, state: &AppState, key: WarmKey, mounts: CodeMounts, policy: Policy) {
         if !self.enabled
             || self
                 .ready
@@ -86,7 +86,7 @@ impl WarmPool {
         }
         let state = state.clone();
         tokio::spawn(async move {
-            let made = prepare_child(&state, key.uid, &root, &policy).await;
+            let made = prepare_child(&state, key.uid, &mounts, &policy).await;
             state
                 .warm
                 .preparing
@@ -198,37 +198,70 @@ fn discard(state: &AppState, warm: Warm) {
 pub async fn prepare_child(
     state: &AppState,
     uid: u32,
-    root: &Path,
+    mounts: &CodeMounts,
     policy: &Policy,
+) -> Result<Warm, ApiError> {
+    let config = &state.config;
+    let stage = ChildStage {
+        program: config.python.clone(),
+        args: None,
+        extra: Vec::new(),
+        env: Vec::new(),
+    };
+    prepare_stage(state, uid, mounts, policy, stage).await
+}
+
+/// A child other than a call's: a program, its arguments (`None`: the runner), more binds and
+/// environment.
+#[derive(Debug)]
+pub struct ChildStage {
+    pub program: PathBuf,
+    pub args: Option<Vec<std::ffi::OsString>>,
+    pub extra: Vec<falra_sandbox::Bind>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+/// Sets up and starts `stage` for the tenant with `uid`, up to where it waits for its stdin.
+pub async fn prepare_stage(
+    state: &AppState,
+    uid: u32,
+    mounts: &CodeMounts,
+    policy: &Policy,
+    stage: ChildStage,
 ) -> Result<Warm, ApiError> {
     let config = &state.config;
     let cgroup = state
         .sandbox
         .acquire_cgroup(uid, policy)
         .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
-    let isolation =
-        match state
-            .sandbox
-            .isolation(uid, root, &config.runner_dir, policy, cgroup.as_ref())
-        {
-            Ok(isolation) => isolation,
-            Err(e) => {
-                state.sandbox.release_cgroup(cgroup);
-                return Err(ApiError::internal(
-                    "could not prepare the call's isolation",
-                    &e,
-                ));
-            }
-        };
+    let isolation = match state.sandbox.isolation(
+        uid,
+        mounts,
+        &config.runner_dir,
+        stage.extra,
+        policy,
+        cgroup.as_ref(),
+    ) {
+        Ok(isolation) => isolation,
+        Err(e) => {
+            state.sandbox.release_cgroup(cgroup);
+            return Err(ApiError::internal(
+                "could not prepare the call's isolation",
+                &e,
+            ));
+        }
+    };
     let (cwd, runner_dir) = match isolation {
         Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
-        None => (root, config.runner_dir.as_path()),
+        None => (mounts.code.as_path(), config.runner_dir.as_path()),
     };
+    let mut env = child_env(mounts.venv_in_child(isolation.is_some()));
+    env.extend(stage.env);
     let spec = ChildSpec {
-        program: config.python.clone(),
-        args: interpreter_args(runner_dir),
+        program: stage.program,
+        args: stage.args.unwrap_or_else(|| interpreter_args(runner_dir)),
         cwd: cwd.to_path_buf(),
-        env: child_env(),
+        env,
         stdin: Vec::new(),
         limits: call_limits(state, policy.timeout_ms),
         seccomp: isolation.is_some(),

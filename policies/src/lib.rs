@@ -5,6 +5,7 @@
 //! the store; `daemon` persists what this crate produces and asks it for decisions.
 
 pub mod policy;
+pub mod secrets;
 pub mod token;
 pub mod webhook;
 
@@ -15,4 +16,5 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub use policy::{Network, Policy, PolicyError, PolicyPatch};
+pub use secrets::{Sealed, SecretError, SecretKey};
 pub use token::{Scope, ScopeError, Scopes, TokenHash, TokenSecret};

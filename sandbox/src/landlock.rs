@@ -85,9 +85,11 @@ pub fn rights(grant: Grant, abi: i32) -> u64 {
     }
 }
 
-/// The rules every isolated call gets, in its own root.
-pub fn call_rules() -> Vec<Rule> {
-    [
+/// The rules every isolated child gets, in its own root, plus read-write access beneath
+/// `writable` (the output directory of a build).
+pub fn call_rules<'a>(writable: impl Iterator<Item = &'a std::path::Path>) -> Vec<Rule> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rules: Vec<Rule> = [
         ("/", Grant::ReadOnly),
         ("/tmp", Grant::ReadWrite),
         ("/dev/shm", Grant::ReadWrite),
@@ -98,7 +100,14 @@ pub fn call_rules() -> Vec<Rule> {
         path: CString::new(path).expect("no NUL"),
         grant,
     })
-    .collect()
+    .collect();
+    rules.extend(writable.filter_map(|p| {
+        Some(Rule {
+            path: CString::new(p.as_os_str().as_bytes()).ok()?,
+            grant: Grant::ReadWrite,
+        })
+    }));
+    rules
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ import _json
 
 _ROOT = posix.getcwd()
 _PREFIX = _ROOT.rstrip("/") + "/"
+# The tenant's virtualenv (packages from its requirements.txt), when it has one.
+_VENV = posix.environ.get(b"FALRA_VENV", b"").decode()
+_PREFIXES = (_PREFIX, _VENV.rstrip("/") + "/") if _VENV else (_PREFIX,)
 _MISSING = object()
 
 
@@ -109,7 +112,6 @@ _encode = _json.make_encoder(
 
 def _resolve(fn):
     modname, _, funcname = fn.rpartition(".")
-    sys.path.insert(0, _ROOT)
     try:
         __import__(modname)
     except ModuleNotFoundError as e:
@@ -122,7 +124,7 @@ def _resolve(fn):
         raise
     module = sys.modules[modname]
     origin = getattr(module, "__file__", None) or ""
-    if not origin.startswith(_PREFIX):
+    if not origin.startswith(_PREFIXES):
         raise _Refused(
             "fn_not_found", "no module named %r in this tenant's code" % modname,
             {"module": modname},
@@ -175,13 +177,107 @@ def _error(exc):
     return {"ok": False, "error": err}
 
 
+def _introspect():
+    """The version's modules and their public functions: signature and first docstring line.
+
+    Runs at deploy time only, in a sandboxed child like any call. Every module is compiled
+    first (a syntax error is reported with its line), then imported; a module that fails to
+    import is listed with the exception instead of its functions.
+    """
+    import inspect
+
+    modules = []
+    for name, path in _module_files():
+        entry = {"module": name}
+        modules.append(entry)
+        try:
+            with open(path, "rb") as f:
+                compile(f.read(), path, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            entry["error"] = {"type": type(e).__name__, "message": str(e.msg), "line": e.lineno}
+            continue
+        except BaseException as e:
+            entry["error"] = {"type": type(e).__name__, "message": _short(e)}
+            continue
+        try:
+            __import__(name)
+            module = sys.modules[name]
+        except BaseException as e:
+            entry["error"] = {"type": type(e).__name__, "message": _short(e)}
+            continue
+        functions = []
+        for attr, obj in list(vars(module).items()):
+            if attr.startswith("_") or isinstance(obj, type) or not callable(obj):
+                continue
+            if getattr(obj, "__module__", None) != name:
+                continue  # imported from elsewhere: listed where it is defined
+            try:
+                signature = str(inspect.signature(obj))
+            except BaseException:
+                signature = "(...)"
+            try:
+                doc = (inspect.getdoc(obj) or "").strip()
+            except BaseException:
+                doc = ""
+            functions.append({
+                "name": name + "." + attr,
+                "signature": signature,
+                "doc": doc.splitlines()[0] if doc else "",
+            })
+        entry["functions"] = functions
+    return {"modules": modules}
+
+
+def _short(exc):
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable>"
+    return text[:500]
+
+
+def _module_files(limit=2000):
+    """(dotted name, path) of every callable module in the code root, in sorted order."""
+    found = []
+    pending = [(_ROOT, ())]
+    while pending and len(found) < limit:
+        directory, parts = pending.pop()
+        try:
+            names = sorted(posix.listdir(directory))
+        except OSError:
+            continue
+        for entry in names:
+            path = directory + "/" + entry
+            try:
+                st = posix.lstat(path)
+            except OSError:
+                continue
+            kind = st.st_mode & 0o170000
+            if kind == 0o040000 and entry.isidentifier() and not entry.startswith("_"):
+                pending.append((path, parts + (entry,)))
+            elif kind == 0o100000 and entry.endswith(".py"):
+                stem = entry[:-3]
+                if stem == "__init__" and parts:
+                    found.append((".".join(parts), path))
+                elif stem.isidentifier() and not stem.startswith("_"):
+                    found.append((".".join(parts + (stem,)), path))
+    found.sort()
+    return found[:limit]
+
+
 def _main():
     answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
     posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
+    sys.path.insert(0, _ROOT)
+    if _VENV:
+        sys.path.append(_VENV)
     try:
         request = _decode(_read_all(0))
-        func = _resolve(request["fn"])
-        result = func(**request["kwargs"])
+        if request.get("mode") == "introspect":
+            result = _introspect()
+        else:
+            func = _resolve(request["fn"])
+            result = func(**request["kwargs"])
         try:
             payload = {"ok": True, "result": _clean(result, "result")}
         except RecursionError:

@@ -41,8 +41,18 @@ pub enum RunnerError {
     Compile { python: PathBuf, stderr: String },
 }
 
-/// Writes the runner into `dir` and compiles it with `python`; returns `dir`.
-pub fn install(python: &Path, dir: &Path) -> Result<PathBuf, RunnerError> {
+/// The installed runner and what the interpreter told about itself while compiling it.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub dir: PathBuf,
+    /// `sys.version`'s first line: part of a virtualenv's identity.
+    pub python_version: String,
+    /// `sys.stdlib_module_names`, one per line.
+    pub stdlib_names: String,
+}
+
+/// Writes the runner into `dir` and compiles it with `python`.
+pub fn install(python: &Path, dir: &Path) -> Result<Installed, RunnerError> {
     let write = |path: PathBuf, data: &str| {
         std::fs::write(&path, data).map_err(|source| RunnerError::Write { path, source })
     };
@@ -54,7 +64,10 @@ pub fn install(python: &Path, dir: &Path) -> Result<PathBuf, RunnerError> {
     write(source.clone(), RUNNER_SOURCE)?;
     let out = Command::new(python)
         .args(["-I", "-S", "-c"])
-        .arg("import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)")
+        .arg(
+            "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True); \
+             print(sys.version.splitlines()[0]); print('\\n'.join(sorted(sys.stdlib_module_names)))",
+        )
         .arg(&source)
         .arg(dir.join(COMPILED))
         .env_clear()
@@ -69,7 +82,13 @@ pub fn install(python: &Path, dir: &Path) -> Result<PathBuf, RunnerError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    Ok(dir.to_path_buf())
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (python_version, stdlib_names) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    Ok(Installed {
+        dir: dir.to_path_buf(),
+        python_version: python_version.trim().to_owned(),
+        stdlib_names: stdlib_names.to_owned(),
+    })
 }
 
 /// Interpreter arguments that run the compiled runner found in `runner_dir` (as the child sees
@@ -80,9 +99,10 @@ pub fn interpreter_args(runner_dir: &Path) -> Vec<OsString> {
     args
 }
 
-/// The child's whole environment: an allow-list, nothing inherited from the daemon.
-pub fn child_env() -> Vec<(OsString, OsString)> {
-    [
+/// The child's whole environment: an allow-list, nothing inherited from the daemon, plus
+/// where the tenant's virtualenv is (as the child sees it), when it has one.
+pub fn child_env(venv: Option<&Path>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("LANG", "C.UTF-8"),
         ("LC_ALL", "C.UTF-8"),
@@ -91,7 +111,11 @@ pub fn child_env() -> Vec<(OsString, OsString)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.into(), v.into()))
-    .collect()
+    .collect();
+    if let Some(venv) = venv {
+        env.push(("FALRA_VENV".into(), venv.as_os_str().to_owned()));
+    }
+    env
 }
 
 #[cfg(test)]
@@ -101,7 +125,10 @@ mod tests {
     #[test]
     fn install_compiles_a_runner_that_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let runner = install(Path::new("/usr/bin/python3"), &dir.path().join("rt")).unwrap();
+        let installed = install(Path::new("/usr/bin/python3"), &dir.path().join("rt")).unwrap();
+        assert!(installed.python_version.starts_with("3."));
+        assert!(installed.stdlib_names.lines().any(|l| l == "json"));
+        let runner = installed.dir;
         let code = tempfile::tempdir().unwrap();
         std::fs::write(code.path().join("m.py"), "def f(x):\n    return x * 2\n").unwrap();
         let mut child = Command::new("/usr/bin/python3")

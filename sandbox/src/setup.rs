@@ -48,6 +48,11 @@ pub enum Step {
         source: CString,
         target: CString,
     },
+    /// Bind `source` at `target` writable, nosuid, nodev (a build's output directory).
+    BindWritable {
+        source: CString,
+        target: CString,
+    },
     /// Bind a device node (writable, devices allowed).
     BindDevice {
         source: CString,
@@ -96,6 +101,7 @@ impl Step {
             Step::MountPrivate => "make mounts private",
             Step::Mount { .. } => "mount",
             Step::BindReadOnly { .. } => "bind read-only",
+            Step::BindWritable { .. } => "bind writable",
             Step::BindDevice { .. } => "bind device",
             Step::Mkdir(..) => "mkdir",
             Step::WriteFile(..) => "write file",
@@ -144,12 +150,14 @@ impl Default for SetupLimits {
     }
 }
 
-/// A read-only bind of a host path into the child's root.
+/// A bind of a host path into the child's root: read-only unless `writable` (only a build's
+/// output directory is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub source: PathBuf,
     /// Absolute path inside the child.
     pub target: PathBuf,
+    pub writable: bool,
 }
 
 /// What the child's filesystem, network and identity are made of.
@@ -160,7 +168,7 @@ pub struct Isolation {
     pub root_mount_point: PathBuf,
     /// System entries: directories bound read-only, or symlinks recreated as they are.
     pub system: Vec<SystemEntry>,
-    /// Further read-only binds (the tenant's code, its virtualenv).
+    /// Further binds (the tenant's code and virtualenv read-only; a build's output writable).
     pub binds: Vec<Bind>,
     pub tmp_bytes: u64,
     /// Keep the host's network (no network namespace of its own).
@@ -298,8 +306,13 @@ pub fn plan(
     }
     steps.push(Step::ParentDeathSignal);
     steps.push(Step::NoNewPrivs);
-    if isolation.is_some() {
-        steps.push(Step::Landlock(crate::landlock::call_rules()));
+    if let Some(iso) = isolation {
+        let writable = iso
+            .binds
+            .iter()
+            .filter(|b| b.writable)
+            .map(|b| b.target.as_path());
+        steps.push(Step::Landlock(crate::landlock::call_rules(writable)));
     }
     if let Some(filter) = seccomp {
         steps.push(Step::Seccomp(filter));
@@ -360,9 +373,11 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
     ));
     for bind in &iso.binds {
         mkdir_all(root, &bind.target, steps);
-        steps.push(Step::BindReadOnly {
-            source: cstr(&bind.source),
-            target: cstr(&under(root, &bind.target)),
+        let (source, target) = (cstr(&bind.source), cstr(&under(root, &bind.target)));
+        steps.push(if bind.writable {
+            Step::BindWritable { source, target }
+        } else {
+            Step::BindReadOnly { source, target }
         });
     }
     let tmpfs = |target: CString, size: u64, mode: &str, flags| Step::Mount {
@@ -482,6 +497,12 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
                         | libc::MS_NOSUID
                         | libc::MS_NODEV;
                     sys.mount(None, target, None, ro, None)
+                }),
+            Step::BindWritable { source, target } => sys
+                .mount(Some(source), target, None, bind_flags, None)
+                .and_then(|()| {
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+                    sys.mount(None, target, None, flags, None)
                 }),
             Step::BindDevice { source, target } => {
                 sys.mount(Some(source), target, None, libc::MS_BIND, None)
@@ -971,6 +992,7 @@ mod tests {
             binds: vec![Bind {
                 source: "/data/versions/t/abc".into(),
                 target: "/code".into(),
+                writable: false,
             }],
             tmp_bytes: 1 << 20,
             network: NetworkMode::Fresh,

@@ -1,18 +1,21 @@
-//! Syncing a tenant's git branch into an immutable version tree.
+//! Syncing a tenant's git branch, and writing immutable version trees.
 //!
-//! A sync fetches the branch into a bare mirror, then writes the commit's tree (or a `subdir` of
-//! it) into `versions/<tenant>/<id>/` through a temporary directory and one rename, so a version
-//! directory is either complete or absent. Only regular files and directories are written:
+//! A sync fetches the branch into a bare mirror ([`fetch`]); a version is then the commit's
+//! tree (or a `subdir` of it) with the tenant's uploads laid over it ([`build_version`]),
+//! written into `versions/<tenant>/<id>/` through a temporary directory and one rename, so a
+//! version directory is either complete or absent. Only regular files and directories are written:
 //! symlinks and submodules in the repository are skipped, so nothing in a checkout can point
 //! outside it. A failed sync leaves the active version untouched.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use git2::{FetchOptions, ObjectType, Repository, Tree};
+use git2::{Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, Tree};
+use sha2::{Digest, Sha256};
 
 use crate::layout::{random_suffix, Layout};
 use crate::names::{TenantName, VersionId};
+use crate::upload::Upload;
 
 /// How many hex digits of the commit id name a version.
 const VERSION_ID_LEN: usize = 12;
@@ -22,10 +25,59 @@ const VERSION_ID_LEN: usize = 12;
 pub struct GitSource {
     pub url: String,
     pub branch: String,
-    /// The code root inside the repository, if not its top.
-    pub subdir: Option<String>,
+    /// User name and password (or access token) for an https remote, from a tenant secret.
+    pub credentials: Option<Credentials>,
+}
+
+/// Credentials for an https remote. Their `Debug` form hides the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// What one version is made of: a commit's tree (or a `subdir` of it), the tenant's uploads
+/// laid over it.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionPlan<'a> {
+    /// The full id of the commit, if the tenant has a repository.
+    pub commit: Option<&'a str>,
+    pub subdir: Option<&'a str>,
+    pub uploads: &'a [Upload],
     /// The most bytes a version's files may add up to.
     pub max_bytes: u64,
+}
+
+impl VersionPlan<'_> {
+    /// The version's id: the commit's first digits when the version is the commit's tree as
+    /// it is, otherwise a digest of everything that went into it.
+    pub fn id(&self) -> VersionId {
+        let plain = self.subdir.is_none() && self.uploads.is_empty();
+        let hex = match self.commit {
+            Some(commit) if plain => commit.to_owned(),
+            _ => {
+                let mut h = Sha256::new();
+                h.update(format!("commit {}\n", self.commit.unwrap_or("-")));
+                h.update(format!("subdir {}\n", self.subdir.unwrap_or("-")));
+                let mut uploads: Vec<&Upload> = self.uploads.iter().collect();
+                uploads.sort_by(|a, b| a.module.cmp(&b.module));
+                for u in uploads {
+                    h.update(format!("upload {} {}\n", u.module, u.sha256()));
+                }
+                hex::encode(h.finalize())
+            }
+        };
+        VersionId::parse(&hex[..VERSION_ID_LEN]).expect("lowercase hex digits")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +91,26 @@ pub enum SyncError {
     },
     #[error("branch {0:?} not found in the repository")]
     NoBranch(String),
+    #[error("commit {0} is no longer in the tenant's mirror: sync the repository again")]
+    NoCommit(String),
     #[error("subdir {0:?} is not a directory in the repository")]
     NoSubdir(String),
     #[error("the code is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("upload {0} cannot be laid over the repository: a file is in the way of its path")]
+    UploadConflict(String),
     #[error("could not read the repository")]
     Git(#[from] git2::Error),
     #[error("could not write the version tree")]
     Io(#[from] io::Error),
 }
 
-/// Fetches `source` and makes its head an immutable version. Returns the version id; the
-/// caller decides when to activate it. Syncing an already-present commit is a no-op.
-pub fn sync(
+/// Fetches `source`'s branch into the tenant's bare mirror; returns the full id of its head.
+pub fn fetch(
     layout: &Layout,
     tenant: &TenantName,
     source: &GitSource,
-) -> Result<VersionId, SyncError> {
+) -> Result<String, SyncError> {
     let mirror = layout.mirror(tenant);
     let repo = match Repository::open_bare(&mirror) {
         Ok(repo) => repo,
@@ -71,51 +126,66 @@ pub fn sync(
         branch: source.branch.clone(),
         source: source_err,
     };
+    let options = |depth: Option<i32>| {
+        let mut callbacks = RemoteCallbacks::new();
+        if let Some(c) = source.credentials.clone() {
+            let mut tries = 0;
+            callbacks.credentials(move |_url, _user, _allowed| {
+                // Offered once: a refused password must not loop.
+                tries += 1;
+                if tries > 1 {
+                    return Err(git2::Error::from_str(
+                        "the repository refused the credentials",
+                    ));
+                }
+                Cred::userpass_plaintext(&c.username, &c.password)
+            });
+        }
+        let mut opts = FetchOptions::new();
+        opts.download_tags(git2::AutotagOption::None)
+            .remote_callbacks(callbacks);
+        if let Some(depth) = depth {
+            opts.depth(depth);
+        }
+        opts
+    };
     let mut remote = repo.remote_anonymous(&source.url).map_err(fetch_err)?;
     // Only the branch's head is needed: fetch shallow where the transport can, in full where
     // it cannot.
-    let mut shallow = FetchOptions::new();
-    shallow.download_tags(git2::AutotagOption::None).depth(1);
-    if let Err(shallow_err) = remote.fetch(&[&refspec], Some(&mut shallow), None) {
+    if let Err(shallow_err) = remote.fetch(&[&refspec], Some(&mut options(Some(1))), None) {
         tracing::debug!(error = %shallow_err, "shallow fetch refused; fetching in full");
-        let mut full = FetchOptions::new();
-        full.download_tags(git2::AutotagOption::None);
         remote
-            .fetch(&[&refspec], Some(&mut full), None)
+            .fetch(&[&refspec], Some(&mut options(None)), None)
             .map_err(fetch_err)?;
     }
     let commit = repo
         .find_reference(&tracking)
         .and_then(|r| r.peel_to_commit())
         .map_err(|_| SyncError::NoBranch(source.branch.clone()))?;
+    Ok(commit.id().to_string())
+}
 
-    let id_hex = commit.id().to_string();
-    let version = VersionId::parse(&id_hex[..VERSION_ID_LEN]).expect("a git id is lowercase hex");
+/// Writes the version `plan` describes, unless it exists already; returns its id. The caller
+/// decides when to activate it.
+pub fn build_version(
+    layout: &Layout,
+    tenant: &TenantName,
+    plan: &VersionPlan<'_>,
+) -> Result<VersionId, SyncError> {
+    let version = plan.id();
     let target = layout.version_dir(tenant, &version);
     if target.is_dir() {
         return Ok(version);
     }
-
-    let mut tree = commit.tree()?;
-    if let Some(subdir) = source.subdir.as_deref().filter(|s| !s.is_empty()) {
-        let entry = tree
-            .get_path(Path::new(subdir))
-            .map_err(|_| SyncError::NoSubdir(subdir.to_owned()))?;
-        tree = entry
-            .to_object(&repo)?
-            .into_tree()
-            .map_err(|_| SyncError::NoSubdir(subdir.to_owned()))?;
-    }
-
     let parent = layout.tenant_versions(tenant);
     std::fs::create_dir_all(&parent)?;
     let staging = parent.join(format!(".tmp-{}-{}", version, random_suffix()));
-    let mut budget = source.max_bytes;
-    let written = write_tree(&repo, &tree, &staging, &mut budget, source.max_bytes)
+    let mut budget = plan.max_bytes;
+    let written = write_plan(layout, tenant, plan, &staging, &mut budget)
         .and_then(|()| std::fs::rename(&staging, &target).map_err(SyncError::Io));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
-        // Another sync of the same commit may have won the rename: that is success.
+        // Another build of the same version may have won the rename: that is success.
         if target.is_dir() {
             return Ok(version);
         }
@@ -123,6 +193,54 @@ pub fn sync(
     }
     tracing::info!(tenant = %tenant, version = %version, "version written");
     Ok(version)
+}
+
+fn write_plan(
+    layout: &Layout,
+    tenant: &TenantName,
+    plan: &VersionPlan<'_>,
+    staging: &Path,
+    budget: &mut u64,
+) -> Result<(), SyncError> {
+    match plan.commit {
+        Some(commit) => {
+            let repo = Repository::open_bare(layout.mirror(tenant))
+                .map_err(|_| SyncError::NoCommit(commit.to_owned()))?;
+            let oid = git2::Oid::from_str(commit)?;
+            let commit_obj = repo
+                .find_commit(oid)
+                .map_err(|_| SyncError::NoCommit(commit.to_owned()))?;
+            let mut tree = commit_obj.tree()?;
+            if let Some(subdir) = plan.subdir {
+                let entry = tree
+                    .get_path(Path::new(subdir))
+                    .map_err(|_| SyncError::NoSubdir(subdir.to_owned()))?;
+                tree = entry
+                    .to_object(&repo)?
+                    .into_tree()
+                    .map_err(|_| SyncError::NoSubdir(subdir.to_owned()))?;
+            }
+            write_tree(&repo, &tree, staging, budget, plan.max_bytes)?;
+        }
+        None => std::fs::create_dir(staging)?,
+    }
+    for upload in plan.uploads {
+        let size = upload.source.len() as u64;
+        if size > *budget {
+            return Err(SyncError::TooLarge(plan.max_bytes));
+        }
+        *budget -= size;
+        let path = staging.join(upload.module.relative_path());
+        let conflict = || SyncError::UploadConflict(upload.module.to_string());
+        let dir = path.parent().expect("a module path has a parent");
+        // The staging tree holds only directories and regular files written above.
+        std::fs::create_dir_all(dir).map_err(|_| conflict())?;
+        if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+            return Err(conflict());
+        }
+        std::fs::write(&path, upload.source.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn write_tree(

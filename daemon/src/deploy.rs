@@ -1,0 +1,542 @@
+//! Making a tenant's next version and activating it: a git sync, an upload and an upload's
+//! removal all come through [`deploy`], one at a time per tenant.
+//!
+//! The order is what keeps a failed deploy from changing anything: fetch (a sync) → write the
+//! version tree (commit + uploads) → build its virtualenv if it has a `requirements.txt` (in a
+//! sandboxed child, with network) → list its functions (in a sandboxed child, never in the
+//! daemon) → record the version, the upload change and the activation in one store
+//! transaction → swap `github/git_<tenant>`. Until the transaction, nothing a call reads has
+//! changed; a new version tree that fails a later step is removed again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use falra_policies::{Network, Policy};
+use falra_sandbox::protocol::interpret;
+use falra_sandbox::{Bind, Termination};
+use falra_tenants::{
+    build_version, fetch, GitSource, ModuleName, TenantName, Upload, VersionId, VersionPlan,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::api_error::{ApiError, ErrorChain, ErrorCode};
+use crate::clock::now_ms;
+use crate::isolation::{CodeMounts, VENV_DIR};
+use crate::server::AppState;
+use crate::store::{NewVersion, TenantRow, UploadChange};
+use crate::warm::{call_limits, prepare_stage, ChildStage};
+
+/// How long listing a version's functions may take (it imports every module).
+const INTROSPECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest function listing kept.
+const INTROSPECT_MAX_BYTES: usize = 4 << 20;
+/// How long a virtualenv build may take.
+const VENV_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most a virtualenv may take on disk.
+const VENV_MAX_BYTES: u64 = 2 << 30;
+/// The largest `requirements.txt` read.
+const REQUIREMENTS_MAX_BYTES: u64 = 64 << 10;
+
+/// What a deploy changes.
+#[derive(Debug)]
+pub enum Change {
+    /// Fetch the tenant's branch and build on its head.
+    Sync,
+    /// Add or replace one upload (already parsed; compiled in the sandbox here).
+    Put(Upload),
+    /// Remove one upload.
+    Delete(ModuleName),
+}
+
+/// A deploy that landed.
+#[derive(Debug)]
+pub struct Deployed {
+    pub version: VersionId,
+    pub functions: Value,
+}
+
+/// Makes and activates the tenant's next version; a failure changes nothing.
+pub async fn deploy(
+    state: &AppState,
+    name: &TenantName,
+    change: Change,
+) -> Result<Deployed, ApiError> {
+    let lock = state.sync_lock(name);
+    let _guard = lock.lock().await;
+    let tenant = state
+        .store
+        .tenant(name.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
+    let policy: Policy = serde_json::from_str(&tenant.policy)
+        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
+    let mut uploads: Vec<Upload> = state
+        .store
+        .uploads_of(name.as_str())
+        .await?
+        .into_iter()
+        .map(|u| Upload {
+            module: ModuleName::from_stored(&u.module),
+            source: u.source,
+        })
+        .collect();
+
+    let known_commit = match &tenant.active_version {
+        Some(active) => state
+            .store
+            .version(name.as_str(), active)
+            .await?
+            .and_then(|v| v.git_commit),
+        None => None,
+    };
+    let fetch_needed = matches!(change, Change::Sync)
+        || (tenant.repo.is_some() && known_commit.is_none() && tenant.active_version.is_some());
+    let commit = if fetch_needed {
+        Some(fetch_branch(state, name, &tenant).await?)
+    } else {
+        known_commit
+    };
+    let (label, upload_change) = match &change {
+        Change::Sync => ("git", None),
+        Change::Put(upload) => {
+            uploads.retain(|u| u.module != upload.module);
+            uploads.push(upload.clone());
+            ("upload", Some(upload.module.clone()))
+        }
+        Change::Delete(module) => {
+            let before = uploads.len();
+            uploads.retain(|u| &u.module != module);
+            if uploads.len() == before {
+                return Err(ApiError::not_found(format!(
+                    "tenant {name} has no upload named {module}"
+                ))
+                .with_detail(json!({"module": module.as_str()})));
+            }
+            ("upload", None)
+        }
+    };
+
+    let plan_commit = commit.clone();
+    let subdir = tenant.subdir.clone();
+    let max_bytes = state.config.max_version_bytes;
+    let layout = state.layout.clone();
+    let tenant_name = name.clone();
+    let plan_uploads = uploads.clone();
+    let version = tokio::task::spawn_blocking(move || {
+        let plan = VersionPlan {
+            commit: plan_commit.as_deref(),
+            subdir: subdir.as_deref(),
+            uploads: &plan_uploads,
+            max_bytes,
+        };
+        build_version(&layout, &tenant_name, &plan)
+    })
+    .await
+    .map_err(|e| ApiError::internal("version task failed", &e))?
+    .map_err(|e| sync_failed(name, &e))?;
+    let known = state.store.version(name.as_str(), version.as_str()).await?;
+    let fresh = known.is_none();
+
+    let prepared = finish_version(
+        state,
+        name,
+        &tenant,
+        &policy,
+        &version,
+        upload_change.as_ref(),
+        known.and_then(|v| v.functions),
+    )
+    .await;
+    let functions = match prepared {
+        Ok(functions) => functions,
+        Err(e) => {
+            if fresh && tenant.active_version.as_deref() != Some(version.as_str()) {
+                let _ = state.layout.remove_version(name, &version);
+            }
+            return Err(e);
+        }
+    };
+
+    let functions_text = functions.to_string();
+    let now = now_ms();
+    let sha = match &change {
+        Change::Put(u) => u.sha256(),
+        _ => String::new(),
+    };
+    let stored_change = match &change {
+        Change::Sync => UploadChange::None,
+        Change::Put(u) => UploadChange::Put {
+            module: u.module.as_str(),
+            source: &u.source,
+            sha256: &sha,
+            now,
+        },
+        Change::Delete(module) => UploadChange::Delete {
+            module: module.as_str(),
+        },
+    };
+    state
+        .store
+        .activate_version(
+            name.as_str(),
+            &NewVersion {
+                id: version.as_str(),
+                source: label,
+                git_commit: commit.as_deref(),
+                functions: Some(&functions_text),
+                now,
+            },
+            stored_change,
+        )
+        .await?;
+    state
+        .layout
+        .activate(name, &version)
+        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    state
+        .warm
+        .forget_other_versions(state, tenant.uid32(), version.as_str());
+    collect_versions(state, name).await;
+    tracing::info!(tenant = %name, version = %version, source = label, "version active");
+    Ok(Deployed { version, functions })
+}
+
+fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let message = ErrorChain(e).to_string();
+    tracing::warn!(tenant = %name, error = %message, "deploy failed");
+    ApiError::new(ErrorCode::SyncFailed, message)
+}
+
+async fn fetch_branch(
+    state: &AppState,
+    name: &TenantName,
+    tenant: &TenantRow,
+) -> Result<String, ApiError> {
+    let url = tenant.repo.clone().ok_or_else(|| {
+        ApiError::bad_request(format!("tenant {name} has no repository to sync"))
+            .with_detail(json!({"field": "repo"}))
+    })?;
+    let source = GitSource {
+        url,
+        branch: tenant.branch.clone(),
+        credentials: crate::secrets::git_credentials(state, name).await?,
+    };
+    let layout = state.layout.clone();
+    let tenant_name = name.clone();
+    tokio::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
+        .await
+        .map_err(|e| ApiError::internal("fetch task failed", &e))?
+        .map_err(|e| sync_failed(name, &e))
+}
+
+/// Everything a new version needs before it may become active: its owner, its virtualenv,
+/// its function listing (reused when the version was made before). Returns the listing.
+async fn finish_version(
+    state: &AppState,
+    name: &TenantName,
+    tenant: &TenantRow,
+    policy: &Policy,
+    version: &VersionId,
+    uploaded: Option<&ModuleName>,
+    known_functions: Option<String>,
+) -> Result<Value, ApiError> {
+    if state.sandbox.is_enabled() {
+        // Only the tenant's own gid may read its versions, should a mount ever leak.
+        state
+            .layout
+            .restrict_versions(name, tenant.uid32())
+            .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
+    }
+    let code = state.layout.version_dir(name, version);
+    let venv = ensure_venv(state, tenant, policy, &code).await?;
+    let mounts = CodeMounts { code, venv };
+    let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
+        Some(known) => known,
+        None => introspect(state, tenant.uid32(), policy, &mounts).await,
+    };
+    if let Some(module) = uploaded {
+        let entry = functions["modules"]
+            .as_array()
+            .and_then(|m| m.iter().find(|e| e["module"] == module.as_str()));
+        if let Some(error) = entry
+            .map(|e| &e["error"])
+            .filter(|e| e["type"] == "SyntaxError")
+        {
+            let line = error["line"].as_u64();
+            return Err(ApiError::bad_request(format!(
+                "{module} does not compile: {} (line {})",
+                error["message"].as_str().unwrap_or("syntax error"),
+                line.map_or_else(|| "?".to_owned(), |l| l.to_string())
+            ))
+            .with_detail(json!({"module": module.as_str(), "line": line})));
+        }
+    }
+    Ok(functions)
+}
+
+/// Lists the version's modules and functions in a sandboxed child (the runner's introspection
+/// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
+/// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
+async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMounts) -> Value {
+    let stage = ChildStage {
+        program: state.config.python.clone(),
+        args: None,
+        extra: Vec::new(),
+        env: Vec::new(),
+    };
+    let mut limits = call_limits(state, 0);
+    limits.wall = INTROSPECT_TIMEOUT;
+    limits.stdout_bytes = INTROSPECT_MAX_BYTES;
+    let request =
+        br#"{"protocol": 1, "call_id": "introspect", "fn": "", "kwargs": {}, "mode": "introspect"}"#
+            .to_vec();
+    let outcome = async {
+        let warm = prepare_stage(state, uid, mounts, policy, stage).await?;
+        let finished = warm.prepared.run(request, &limits).await;
+        state.sandbox.release_cgroup(warm.cgroup);
+        finished.map_err(|e| ApiError::internal("could not run the listing child", &e))
+    }
+    .await;
+    let finished = match outcome {
+        Ok(f) => f,
+        Err(e) => return json!({"modules": [], "error": e.message}),
+    };
+    match interpret(&finished, INTROSPECT_MAX_BYTES) {
+        Ok(raw) => serde_json::from_str(raw.get())
+            .unwrap_or_else(|_| json!({"modules": [], "error": "the listing was not readable"})),
+        Err(failure) => json!({
+            "modules": [],
+            "error": format!(
+                "listing the functions failed: {}",
+                crate::call::failure_code(&failure).as_str()
+            ),
+        }),
+    }
+}
+
+/// The virtualenv a version's `requirements.txt` asks for, built if it is not there yet.
+/// Virtualenvs are shared by every version (of any tenant) with the same requirements and
+/// interpreter: `venvs/<hash>/`.
+async fn ensure_venv(
+    state: &AppState,
+    tenant: &TenantRow,
+    policy: &Policy,
+    code: &Path,
+) -> Result<Option<PathBuf>, ApiError> {
+    let Some(dir) = venv_for(state, code) else {
+        return Ok(None);
+    };
+    if dir.is_dir() {
+        return Ok(Some(dir));
+    }
+    let venvs = dir.parent().expect("venvs/<hash>").to_path_buf();
+    let staging = venvs.join(format!(
+        ".tmp-{}-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("venv"),
+        crate::call::new_call_id()
+    ));
+    let prepare = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&staging)?;
+        // The build runs as the tenant: only its output directory is writable to it.
+        std::os::unix::fs::chown(&staging, Some(tenant.uid32()), Some(tenant.uid32()))
+    };
+    prepare().map_err(|e| ApiError::internal("could not prepare the virtualenv directory", &e))?;
+    let built = build_venv(state, tenant, policy, code, &staging).await;
+    let finished = built.and_then(|()| {
+        seal_venv(&staging)
+            .map_err(|e| ApiError::internal("could not seal the virtualenv", &e))
+            .and_then(|size| {
+                if size > VENV_MAX_BYTES {
+                    Err(ApiError::new(
+                        ErrorCode::SyncFailed,
+                        format!(
+                            "the virtualenv takes {size} bytes, over the limit of {VENV_MAX_BYTES}"
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+    });
+    if let Err(e) = finished {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&staging, &dir) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !dir.is_dir() {
+            return Err(ApiError::internal(
+                "could not move the virtualenv in place",
+                &e,
+            ));
+        }
+    }
+    tracing::info!(tenant = %tenant.name, venv = %dir.display(), "virtualenv built");
+    Ok(Some(dir))
+}
+
+/// `venvs/<hash>` for the version at `code`, if it has a `requirements.txt` (a regular file;
+/// a symlink is not followed).
+pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let path = code.join("requirements.txt");
+    if !path.symlink_metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .ok()?
+        .take(REQUIREMENTS_MAX_BYTES)
+        .read_to_end(&mut text)
+        .ok()?;
+    let mut h = Sha256::new();
+    h.update(state.config.python_version.as_bytes());
+    h.update(b"\n");
+    h.update(&text);
+    let hash = hex::encode(h.finalize());
+    Some(state.config.data_dir.join("venvs").join(&hash[..24]))
+}
+
+/// Runs `pip install --target` in a sandboxed child of the tenant: the version read-only at
+/// `/code`, the output directory writable at `/venv`, the host's network for this build only.
+async fn build_venv(
+    state: &AppState,
+    tenant: &TenantRow,
+    policy: &Policy,
+    code: &Path,
+    out: &Path,
+) -> Result<(), ApiError> {
+    let isolated = state.sandbox.is_enabled();
+    let (requirements, target) = if isolated {
+        (
+            PathBuf::from(crate::isolation::CODE_DIR).join("requirements.txt"),
+            PathBuf::from(VENV_DIR),
+        )
+    } else {
+        (code.join("requirements.txt"), out.to_path_buf())
+    };
+    let mut build_policy = policy.clone();
+    build_policy.network = Network::Host;
+    build_policy.memory_mb = build_policy.memory_mb.max(1024);
+    build_policy.pids = build_policy.pids.max(256);
+    build_policy.tmp_mb = build_policy.tmp_mb.max(1024);
+    build_policy.cpu_percent = build_policy.cpu_percent.max(100);
+    let args = [
+        "-I",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "--no-warn-script-location",
+        "--target",
+    ]
+    .into_iter()
+    .map(std::ffi::OsString::from)
+    .chain([target.clone().into_os_string(), "-r".into()])
+    .chain([requirements.into_os_string()])
+    .collect();
+    let stage = ChildStage {
+        program: state.config.python.clone(),
+        args: Some(args),
+        extra: vec![Bind {
+            source: out.to_path_buf(),
+            target: target.clone(),
+            writable: true,
+        }]
+        .into_iter()
+        .filter(|_| isolated)
+        .collect(),
+        env: vec![("PIP_NO_CACHE_DIR".into(), "1".into())],
+    };
+    let mounts = CodeMounts {
+        code: code.to_path_buf(),
+        venv: None,
+    };
+    let mut limits = call_limits(state, 0);
+    limits.wall = VENV_TIMEOUT;
+    limits.setup.file_size_bytes = 512 << 20;
+    limits.setup.open_files = 1024;
+    let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
+    let finished = warm.prepared.run(Vec::new(), &limits).await;
+    state.sandbox.release_cgroup(warm.cgroup);
+    let finished =
+        finished.map_err(|e| ApiError::internal("could not run the virtualenv build", &e))?;
+    let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
+    let why = match finished.termination {
+        Termination::Exited(0) => return Ok(()),
+        Termination::Exited(code) => format!("pip exited with status {code}"),
+        Termination::Signaled(sig) => format!("pip was killed by signal {sig}"),
+        Termination::TimedOut => format!(
+            "pip ran over the build limit of {} s",
+            VENV_TIMEOUT.as_secs()
+        ),
+    };
+    Err(ApiError::new(
+        ErrorCode::SyncFailed,
+        format!("installing requirements.txt failed: {why}: {output}"),
+    )
+    .with_detail(json!({"pip": output})))
+}
+
+/// Makes a built virtualenv root's and read-only for everyone (it is bound read-only into
+/// calls anyway); returns its size in bytes. Symlinks pip made are left as they are.
+fn seal_venv(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut size = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = path.symlink_metadata()?;
+        std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
+        if meta.is_dir() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        } else if meta.is_file() {
+            size += meta.len();
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(size)
+}
+
+/// Removes the tenant's versions beyond the newest `keep_versions` (never the active one, nor
+/// one that a call in flight or a prepared child uses: those go at a later deploy).
+pub async fn collect_versions(state: &AppState, name: &TenantName) {
+    let (Ok(Some(tenant)), Ok(versions)) = (
+        state.store.tenant(name.as_str()).await,
+        state.store.versions_of(name.as_str()).await,
+    ) else {
+        return;
+    };
+    let uid = tenant.uid32();
+    for old in versions.iter().skip(state.config.keep_versions) {
+        let Ok(id) = VersionId::parse(&old.id) else {
+            continue;
+        };
+        let busy = tenant.active_version.as_deref() == Some(old.id.as_str())
+            || state.version_in_use(name, &old.id)
+            || state.warm.holds_version(uid, &old.id);
+        if busy {
+            continue;
+        }
+        if let Err(e) = state.store.delete_version(name.as_str(), &old.id).await {
+            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not forget an old version");
+            continue;
+        }
+        if let Err(e) = state.layout.remove_version(name, &id) {
+            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not remove an old version");
+        } else {
+            tracing::info!(tenant = %name, version = %old.id, "old version removed");
+        }
+    }
+}

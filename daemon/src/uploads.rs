@@ -1,0 +1,160 @@
+//! Private module uploads: `PUT/DELETE /v1/modules/{dotted.name}` with a `deploy` token, the
+//! same under `/admin/v1/tenants/{name}/modules/…` for operators, and their listings.
+//!
+//! The body is the module's `.py` source, capped like every body (413). The name is parsed
+//! once here ([`ModuleName`]: identifiers, no `_` prefix, no standard-library or built-in
+//! name); the source must compile, which is checked in a sandboxed child while the new version
+//! is made (never in the daemon). Uploads live in the store, so another node could rebuild
+//! every version from it, and each one makes a new version: the tenant's commit with all its
+//! uploads laid over it.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use falra_policies::Scope;
+use falra_tenants::{ModuleName, TenantName, Upload};
+use serde_json::{json, Value};
+
+use crate::admin::load_tenant;
+use crate::api_error::ApiError;
+use crate::auth::{tenant_caller, Operator};
+use crate::clock::format_ms;
+use crate::deploy::{deploy, Change, Deployed};
+use crate::extract::{bearer, ApiPath, LimitedBody};
+use crate::server::AppState;
+
+fn module_name(state: &AppState, name: &str) -> Result<ModuleName, ApiError> {
+    ModuleName::parse(
+        name,
+        &state.config.stdlib,
+        falra_builtins::is_reserved_module,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()).with_detail(json!({"module": name})))
+}
+
+async fn put(
+    state: &AppState,
+    tenant: &TenantName,
+    module: &str,
+    body: Result<LimitedBody, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let module = module_name(state, module)?;
+    let LimitedBody(bytes) = body?;
+    let source = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the module's source is not UTF-8 (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+        .with_detail(json!({"module": module.as_str()}))
+    })?;
+    let upload = Upload {
+        module: module.clone(),
+        source,
+    };
+    let sha256 = upload.sha256();
+    let Deployed { version, functions } = deploy(state, tenant, Change::Put(upload)).await?;
+    let listed = crate::tenant_api::functions_of_module(&functions, module.as_str());
+    Ok(Json(json!({
+        "module": module.as_str(),
+        "sha256": sha256,
+        "version": version.as_str(),
+        "functions": listed,
+    })))
+}
+
+async fn remove(
+    state: &AppState,
+    tenant: &TenantName,
+    module: &str,
+) -> Result<Json<Value>, ApiError> {
+    let module = module_name(state, module)?;
+    let Deployed { version, .. } = deploy(state, tenant, Change::Delete(module.clone())).await?;
+    Ok(Json(
+        json!({"deleted": module.as_str(), "version": version.as_str()}),
+    ))
+}
+
+async fn list(state: &AppState, tenant: &TenantName) -> Result<Json<Value>, ApiError> {
+    let uploads = state.store.uploads_of(tenant.as_str()).await?;
+    let list: Vec<Value> = uploads
+        .iter()
+        .map(|u| {
+            json!({
+                "module": u.module,
+                "sha256": u.sha256,
+                "bytes": u.source.len(),
+                "updated_at": format_ms(u.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"modules": list})))
+}
+
+/// `PUT /v1/modules/{module}`.
+pub async fn tenant_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(module): ApiPath<String>,
+    body: Result<LimitedBody, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
+    let answer = put(&state, &caller.tenant, &module, body).await?;
+    tracing::info!(tenant = %caller.tenant, token = %caller.token_id, %module, "module uploaded");
+    Ok(answer)
+}
+
+/// `DELETE /v1/modules/{module}`.
+pub async fn tenant_delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(module): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
+    let answer = remove(&state, &caller.tenant, &module).await?;
+    tracing::info!(tenant = %caller.tenant, token = %caller.token_id, %module, "upload removed");
+    Ok(answer)
+}
+
+/// `GET /v1/modules`.
+pub async fn tenant_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
+    list(&state, &caller.tenant).await
+}
+
+/// `PUT /admin/v1/tenants/{name}/modules/{module}`.
+pub async fn admin_put(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath((name, module)): ApiPath<(String, String)>,
+    body: Result<LimitedBody, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let answer = put(&state, &name, &module, body).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, %module, "module uploaded");
+    Ok(answer)
+}
+
+/// `DELETE /admin/v1/tenants/{name}/modules/{module}`.
+pub async fn admin_delete(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath((name, module)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let answer = remove(&state, &name, &module).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, %module, "upload removed");
+    Ok(answer)
+}
+
+/// `GET /admin/v1/tenants/{name}/modules`.
+pub async fn admin_list(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    list(&state, &name).await
+}
