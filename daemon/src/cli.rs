@@ -30,8 +30,51 @@ pub enum Command {
     /// Change a tenant's limits (talks to a running daemon).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage tenants' secrets, sealed at rest (talks to a running daemon).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Upload a private module for a tenant: `falra upload caro helpers.py [--as pkg.helpers]`.
+    Upload(UploadArgs),
     /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
     Call(CallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    pub tenant: String,
+    /// The module's `.py` source.
+    pub file: PathBuf,
+    /// The dotted module name (default: the file's name without `.py`).
+    #[arg(long = "as")]
+    pub module: Option<String>,
+    #[command(flatten)]
+    pub client: AdminClient,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret: `falra secret set caro s3 '{"access_key_id": "…", …}'` (`-` reads stdin).
+    Set {
+        tenant: String,
+        key: String,
+        /// JSON, or a plain string; `-` reads the value from stdin.
+        value: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Remove a secret.
+    Remove {
+        tenant: String,
+        key: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// List a tenant's secret names (never their values).
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
 }
 
 #[derive(Debug, Args)]

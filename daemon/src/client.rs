@@ -3,7 +3,9 @@
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::cli::{AdminClient, CallArgs, PolicyCommand, TenantCommand, TokenCommand};
+use crate::cli::{
+    AdminClient, CallArgs, PolicyCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs,
+};
 
 /// An HTTP answer: status and JSON body.
 struct Answer {
@@ -17,12 +19,23 @@ fn request(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<Answer> {
-    let mut req = ureq::request(method, url).set("Content-Type", "application/json");
+    let body = body.map(|b| (b.to_string(), "application/json"));
+    request_raw(method, url, token, body)
+}
+
+/// A request whose body is `(text, content type)`.
+fn request_raw(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<(String, &str)>,
+) -> anyhow::Result<Answer> {
+    let mut req = ureq::request(method, url);
     if let Some(token) = token {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
     let sent = match body {
-        Some(b) => req.send_string(&b.to_string()),
+        Some((text, content_type)) => req.set("Content-Type", content_type).send_string(&text),
         None => req.call(),
     };
     let response = match sent {
@@ -54,12 +67,80 @@ fn finish(answer: Answer) -> anyhow::Result<()> {
 
 impl AdminClient {
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<()> {
+        self.send_raw(
+            method,
+            path,
+            body.map(|b| (b.to_string(), "application/json")),
+        )
+    }
+
+    fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(String, &str)>,
+    ) -> anyhow::Result<()> {
         let token = self
             .admin_token
             .as_deref()
             .context("no operator token: pass --admin-token or set FALRA_ADMIN_TOKEN (see `falra admin init`)")?;
         let url = format!("{}/admin/v1{path}", self.url.trim_end_matches('/'));
-        finish(request(method, &url, Some(token), body.as_ref())?)
+        finish(request_raw(method, &url, Some(token), body)?)
+    }
+}
+
+/// `falra upload TENANT FILE.py [--as NAME]`: the module is named by `--as`, or the file's
+/// stem.
+pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    let source = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("could not read {} as UTF-8 text", args.file.display()))?;
+    let module = match args.module {
+        Some(m) => m,
+        None => args
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_owned)
+            .context("cannot name the module after the file: pass --as NAME")?,
+    };
+    args.client.send_raw(
+        "PUT",
+        &format!("/tenants/{}/modules/{module}", args.tenant),
+        Some((source, "text/x-python")),
+    )
+}
+
+pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Set {
+            tenant,
+            key,
+            value,
+            client,
+        } => {
+            // JSON when it parses (an object of credentials), a string otherwise.
+            let value = if value == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text.trim_end_matches('\n').to_owned()
+            } else {
+                value
+            };
+            let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            client.send(
+                "PUT",
+                &format!("/tenants/{tenant}/secrets/{key}"),
+                Some(json!({ "value": value })),
+            )
+        }
+        SecretCommand::Remove {
+            tenant,
+            key,
+            client,
+        } => client.send("DELETE", &format!("/tenants/{tenant}/secrets/{key}"), None),
+        SecretCommand::List { tenant, client } => {
+            client.send("GET", &format!("/tenants/{tenant}/secrets"), None)
+        }
     }
 }
 

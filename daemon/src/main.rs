@@ -41,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant(cmd) => client::tenant(cmd),
         Command::Token(cmd) => client::token(cmd),
         Command::Policy(cmd) => client::policy(cmd),
+        Command::Secret(cmd) => client::secret(cmd),
+        Command::Upload(args) => client::upload(args),
         Command::Call(args) => client::call(args),
     }
 }

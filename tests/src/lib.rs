@@ -181,6 +181,17 @@ impl Daemon {
         self.post("/v1/call", &[], body.to_string().as_bytes())
     }
 
+    /// A request on the tenant side, with `token` as the Bearer token.
+    pub fn with_token(&self, method: &str, path: &str, token: &str, body: Option<&[u8]>) -> Answer {
+        let auth = format!("Bearer {token}");
+        http(
+            method,
+            &format!("{}{path}", self.url),
+            &[("Authorization", &auth)],
+            body,
+        )
+    }
+
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         http("POST", &format!("{}{path}", self.url), headers, Some(body))
     }
