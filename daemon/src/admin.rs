@@ -14,6 +14,7 @@ use crate::auth::Operator;
 use crate::clock::{format_ms, now_ms, parse_rfc3339};
 use crate::deploy::{deploy, Change};
 use crate::extract::{ApiJson, ApiPath};
+use crate::secrets::seal_webhook_secret;
 use crate::server::AppState;
 use crate::store::{TenantRow, TokenKind, TokenRow};
 
@@ -124,7 +125,10 @@ pub async fn create_tenant(
         branch,
         subdir: body.subdir.filter(|s| !s.is_empty()),
         plan: body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned()),
-        webhook_secret: body.webhook_secret,
+        webhook_secret: body
+            .webhook_secret
+            .filter(|s| !s.is_empty())
+            .map(|s| seal_webhook_secret(&state, &name, &s)),
         policy: serde_json::to_string(&Policy::default()).expect("a policy serialises"),
         active_version: None,
         created_at: now_ms(),
@@ -178,7 +182,9 @@ pub async fn update_tenant(
         row.plan = plan;
     }
     if let Some(secret) = changes.webhook_secret {
-        row.webhook_secret = Some(secret).filter(|s| !s.is_empty());
+        row.webhook_secret = Some(secret)
+            .filter(|s| !s.is_empty())
+            .map(|s| seal_webhook_secret(&state, &name, &s));
     }
     state.store.update_tenant(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant changed");

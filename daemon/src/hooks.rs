@@ -26,14 +26,15 @@ pub async fn github(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let LimitedBody(body) = body?;
     let (tenant_name, tenant) = load_tenant(&state, &name).await?;
-    let Some(secret) = tenant.webhook_secret.as_deref() else {
+    let Some(stored) = tenant.webhook_secret.as_deref() else {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "push webhooks are not enabled for this tenant (it has no webhook_secret)",
         ));
     };
+    let secret = crate::secrets::open_webhook_secret(&state, &tenant_name, stored)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !verify_github_signature(secret, &body, header("x-hub-signature-256")) {
+    if !verify_github_signature(&secret, &body, header("x-hub-signature-256")) {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "missing or wrong X-Hub-Signature-256",

@@ -107,6 +107,42 @@ pub async fn open_secret(
     Ok(Some(value))
 }
 
+/// The name a tenant's webhook secret is sealed under (not a valid secret name, so no
+/// operator-set secret shares it).
+const WEBHOOK_SEAL_NAME: &str = "#webhook";
+
+/// A tenant's `webhook_secret` as the store keeps it: `sealed:<nonce>:<ciphertext>`.
+pub fn seal_webhook_secret(state: &AppState, tenant: &TenantName, secret: &str) -> String {
+    let sealed = state
+        .secret_key
+        .seal(tenant.as_str(), WEBHOOK_SEAL_NAME, secret.as_bytes());
+    format!("sealed:{}:{}", sealed.nonce, sealed.sealed)
+}
+
+/// The plaintext of a stored `webhook_secret`.
+pub fn open_webhook_secret(
+    state: &AppState,
+    tenant: &TenantName,
+    stored: &str,
+) -> Result<String, ApiError> {
+    let unreadable = |e: &(dyn std::error::Error + 'static)| {
+        ApiError::internal("the tenant's webhook secret could not be opened", e)
+    };
+    let (nonce, sealed) = stored
+        .strip_prefix("sealed:")
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(|| unreadable(&falra_policies::SecretError::Unsealable))?;
+    let sealed = falra_policies::Sealed {
+        nonce: nonce.to_owned(),
+        sealed: sealed.to_owned(),
+    };
+    let plain = state
+        .secret_key
+        .open(tenant.as_str(), WEBHOOK_SEAL_NAME, &sealed)
+        .map_err(|e| unreadable(&e))?;
+    String::from_utf8(plain).map_err(|e| unreadable(&e))
+}
+
 /// The https credentials for the tenant's repository, from its secret `git`.
 pub async fn git_credentials(
     state: &AppState,

@@ -1,0 +1,169 @@
+//! pip packages from a tenant's `requirements.txt`: built at sync time in a sandboxed child,
+//! from a wheel this test builds and serves from a real local HTTP server (no internet).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use falra_tests::{Daemon, GitRepo};
+use serde_json::json;
+
+/// A local package index: a directory of wheels behind `python3 -m http.server`.
+struct Index {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a pure-Python wheel of `falrapkg` 1.0 into `dir`.
+fn build_wheel(dir: &Path) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+out = sys.argv[1] + "/falrapkg-1.0-py3-none-any.whl"
+files = {
+    "falrapkg/__init__.py": "VERSION = '1.0'\n\ndef shout(s):\n    return s.upper() + '!'\n",
+    "falrapkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: falrapkg\nVersion: 1.0\n",
+    "falrapkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(out, "w") as z:
+    for name, text in files.items():
+        data = text.encode()
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append("%s,sha256=%s,%d" % (name, digest, len(data)))
+    record.append("falrapkg-1.0.dist-info/RECORD,,")
+    z.writestr("falrapkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn start_index() -> Index {
+    let dir = tempfile::tempdir().unwrap();
+    build_wheel(dir.path());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("/usr/bin/python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the package index did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Index {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+fn requirements(port: u16, spec: &str) -> String {
+    format!("--no-index\n--find-links http://127.0.0.1:{port}/\n{spec}\n")
+}
+
+const APP: &str = "import falrapkg\n\ndef run(s):\n    return falrapkg.shout(s)\n\n\
+def vandalise():\n    import falrapkg as p, os\n    open(os.path.join(os.path.dirname(p.__file__), 'x.py'), 'w').write('x')\n";
+
+#[test]
+fn requirements_build_a_virtualenv_for_their_tenant_only() {
+    let index = start_index();
+    let d = Daemon::start();
+    let req = requirements(index.port, "falrapkg==1.0");
+    let caro_repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
+    let caro = d.tenant("caro", &caro_repo);
+
+    let call = |token: &str, f: &str, kwargs: serde_json::Value| {
+        let mut body = kwargs;
+        body["token"] = json!(token);
+        body["fn"] = json!(f);
+        d.call(body)
+    };
+    let r = call(&caro, "app.run", json!({"s": "hi"}));
+    assert_eq!(r.body["result"], json!("HI!"), "{:?}", r.body);
+    // The tenant's packages are callable by name too.
+    let r = call(&caro, "falrapkg.shout", json!({"s": "yo"}));
+    assert_eq!(r.body["result"], json!("YO!"), "{:?}", r.body);
+    // They are mounted read-only.
+    let r = call(&caro, "app.vandalise", json!({}));
+    assert_eq!(
+        r.body["error"]["code"],
+        json!("function_error"),
+        "{:?}",
+        r.body
+    );
+
+    // Another tenant without requirements cannot import them.
+    let jc_repo = GitRepo::with_files(&[("app.py", APP)]);
+    let jc = d.tenant("jc", &jc_repo);
+    let r = call(&jc, "app.run", json!({"s": "hi"}));
+    assert_eq!(r.body["error"]["code"], json!("function_error"));
+    assert_eq!(
+        r.body["error"]["detail"]["type"],
+        json!("ModuleNotFoundError")
+    );
+    let r = call(&jc, "falrapkg.shout", json!({"s": "hi"}));
+    assert_eq!(
+        r.body["error"]["code"],
+        json!("fn_not_found"),
+        "{:?}",
+        r.body
+    );
+
+    // The same requirements elsewhere share the built virtualenv.
+    jc_repo.commit(&[("requirements.txt", &req)]);
+    d.sync("jc");
+    let r = call(&jc, "app.run", json!({"s": "ok"}));
+    assert_eq!(r.body["result"], json!("OK!"), "{:?}", r.body);
+    let venvs: Vec<_> = std::fs::read_dir(d.data_dir.join("venvs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(venvs.len(), 1, "{venvs:?}");
+
+    // A failed install fails the sync with pip's message and leaves the active version.
+    let before = d.admin("GET", "/tenants/caro", None).body["active_version"].clone();
+    caro_repo.commit(&[(
+        "requirements.txt",
+        &requirements(index.port, "nosuchpkg==9.9"),
+    )]);
+    let a = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.body["error"]["code"], json!("sync_failed"));
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nosuchpkg"), "{message}");
+    assert_eq!(
+        d.admin("GET", "/tenants/caro", None).body["active_version"],
+        before
+    );
+    let r = call(&caro, "app.run", json!({"s": "still"}));
+    assert_eq!(r.body["result"], json!("STILL!"), "{:?}", r.body);
+    // Nothing half-built is left behind.
+    let left: Vec<_> = std::fs::read_dir(d.data_dir.join("venvs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
