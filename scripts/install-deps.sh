@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Falra needs on a Debian machine, skipping what is there:
 # git (the tests make real repositories), pkg-config and OpenSSL headers (git2's https),
-# and CPython 3 at /usr/bin/python3 (the interpreter calls run in).
+# CPython 3 at /usr/bin/python3 (the interpreter calls run in) with pip (virtualenv builds from
+# a tenant's requirements.txt), and git's http-backend (the tests serve a repository over HTTP).
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 [[ -x /usr/bin/python3 ]] || need+=(python3)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+[[ -x /usr/lib/git-core/git-http-backend ]] || need+=(git)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

@@ -180,52 +180,91 @@ def _error(exc):
 def _introspect():
     """The version's modules and their public functions: signature and first docstring line.
 
-    Runs at deploy time only, in a sandboxed child like any call. Every module is compiled
-    first (a syntax error is reported with its line), then imported; a module that fails to
-    import is listed with the exception instead of its functions.
+    Runs at deploy time only, in a sandboxed child like any call. Each module is looked at in
+    a forked process of its own, so one that exits, hangs or poisons the interpreter at import
+    time spoils only its own entry: compiled first (a syntax error is reported with its line),
+    then imported; a module that fails is listed with the exception instead of its functions.
     """
-    import inspect
+    import signal
 
     modules = []
     for name, path in _module_files():
-        entry = {"module": name}
+        read_end, write_end = posix.pipe()
+        pid = posix.fork()
+        if pid == 0:
+            posix.close(read_end)
+            signal.alarm(_MODULE_SECONDS)
+            entry = _inspect_module(name, path)
+            data = "".join(_encode(entry, 0)).encode("utf-8")
+            while data:
+                data = data[posix.write(write_end, data):]
+            posix._exit(0)
+        posix.close(write_end)
+        data = _read_all(read_end)
+        posix.close(read_end)
+        _, status = posix.waitpid(pid, 0)
+        try:
+            entry = _decode(data)
+        except BaseException:
+            if posix.WIFSIGNALED(status):
+                how = "was killed by signal %d" % posix.WTERMSIG(status)
+            else:
+                how = "exited with status %d" % posix.WEXITSTATUS(status)
+            entry = {"module": name, "error": {
+                "type": "ImportAborted",
+                "message": "importing the module ended its process: it " + how,
+            }}
         modules.append(entry)
+    return {"modules": modules}
+
+
+# How long one module's import and listing may take.
+_MODULE_SECONDS = 10
+
+
+def _inspect_module(name, path):
+    import inspect
+
+    entry = {"module": name}
+    try:
+        with open(path, "rb") as f:
+            compile(f.read(), path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        entry["error"] = {"type": type(e).__name__, "message": str(e.msg), "line": e.lineno}
+        return entry
+    except BaseException as e:
+        entry["error"] = {"type": type(e).__name__, "message": _short(e)}
+        return entry
+    try:
+        __import__(name)
+        module = sys.modules[name]
+    except BaseException as e:
+        entry["error"] = {"type": type(e).__name__, "message": _short(e)}
+        return entry
+    functions = []
+    for attr, obj in list(vars(module).items()):
         try:
-            with open(path, "rb") as f:
-                compile(f.read(), path, "exec", dont_inherit=True)
-        except SyntaxError as e:
-            entry["error"] = {"type": type(e).__name__, "message": str(e.msg), "line": e.lineno}
-            continue
-        except BaseException as e:
-            entry["error"] = {"type": type(e).__name__, "message": _short(e)}
-            continue
-        try:
-            __import__(name)
-            module = sys.modules[name]
-        except BaseException as e:
-            entry["error"] = {"type": type(e).__name__, "message": _short(e)}
-            continue
-        functions = []
-        for attr, obj in list(vars(module).items()):
             if attr.startswith("_") or isinstance(obj, type) or not callable(obj):
                 continue
             if getattr(obj, "__module__", None) != name:
                 continue  # imported from elsewhere: listed where it is defined
-            try:
-                signature = str(inspect.signature(obj))
-            except BaseException:
-                signature = "(...)"
-            try:
-                doc = (inspect.getdoc(obj) or "").strip()
-            except BaseException:
-                doc = ""
-            functions.append({
-                "name": name + "." + attr,
-                "signature": signature,
-                "doc": doc.splitlines()[0] if doc else "",
-            })
-        entry["functions"] = functions
-    return {"modules": modules}
+        except BaseException:
+            continue
+        try:
+            signature = str(inspect.signature(obj))
+        except BaseException:
+            signature = "(...)"
+        try:
+            doc = (inspect.getdoc(obj) or "").strip()
+        except BaseException:
+            doc = ""
+        functions.append({
+            "name": name + "." + attr,
+            "signature": signature,
+            "doc": doc.splitlines()[0] if doc else "",
+        })
+    entry["functions"] = functions
+    return entry
 
 
 def _short(exc):

@@ -295,6 +295,77 @@ fn is_safe_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn upload(module: &str, source: &str) -> Upload {
+        Upload {
+            module: crate::upload::ModuleName::from_stored(module),
+            source: source.to_owned(),
+        }
+    }
+
+    #[test]
+    fn version_ids_follow_everything_that_went_in() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let plan = |subdir, uploads: &[Upload]| {
+            VersionPlan {
+                commit: Some(commit),
+                subdir,
+                uploads,
+                max_bytes: 1 << 20,
+            }
+            .id()
+            .to_string()
+        };
+        assert_eq!(plan(None, &[]), "0123456789ab");
+        let a = [upload("a", "x = 1\n"), upload("b", "y = 2\n")];
+        let b = [upload("b", "y = 2\n"), upload("a", "x = 1\n")];
+        assert_eq!(
+            plan(None, &a),
+            plan(None, &b),
+            "upload order does not matter"
+        );
+        assert_ne!(plan(None, &a), plan(None, &a[..1]));
+        assert_ne!(
+            plan(None, &a),
+            plan(None, &[upload("a", "x = 2\n"), a[1].clone()])
+        );
+        assert_ne!(plan(Some("src"), &[]), plan(None, &[]));
+    }
+
+    #[test]
+    fn uploads_are_laid_over_an_empty_tree_as_package_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let tenant = TenantName::parse("caro").unwrap();
+        let uploads = [
+            upload("pkg.sub.tool", "def f(): pass\n"),
+            upload("top", "x = 1\n"),
+        ];
+        let plan = VersionPlan {
+            commit: None,
+            subdir: None,
+            uploads: &uploads,
+            max_bytes: 1 << 20,
+        };
+        let id = build_version(&layout, &tenant, &plan).unwrap();
+        let root = layout.version_dir(&tenant, &id);
+        assert_eq!(
+            std::fs::read_to_string(root.join("pkg/sub/tool.py")).unwrap(),
+            "def f(): pass\n"
+        );
+        assert!(root.join("top.py").is_file());
+        // Over the size limit, nothing is written.
+        let small = VersionPlan {
+            max_bytes: 5,
+            ..plan
+        };
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(matches!(
+            build_version(&layout, &tenant, &small),
+            Err(SyncError::TooLarge(5))
+        ));
+        assert!(!root.exists());
+    }
+
     #[test]
     fn unsafe_names_are_refused() {
         for bad in ["", ".", "..", ".git", ".GIT", "a/b", "a\0b"] {

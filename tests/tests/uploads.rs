@@ -218,6 +218,8 @@ fn function_listings_report_what_is_callable_and_what_failed_to_import() {
         REPO_FILES[0],
         ("boom.py", "raise RuntimeError('no config')\n\ndef never():\n    pass\n"),
         ("syntax.py", "def f(\n"),
+        ("quits.py", "import os\nos._exit(3)\n"),
+        ("spins.py", "while True:\n    pass\n"),
         ("loud.py", "print('imported')\nimport os\nfrom utils import double\n\ndef run(a, *rest, key=None, **kw):\n    pass\n"),
         ("_private.py", "def f():\n    pass\n"),
         ("lib/__init__.py", "def top():\n    '''Package level.'''\n"),
@@ -247,6 +249,11 @@ fn function_listings_report_what_is_callable_and_what_failed_to_import() {
     let boom = errors.iter().find(|e| e["module"] == "boom").unwrap();
     assert_eq!(boom["type"], json!("RuntimeError"));
     assert_eq!(boom["message"], json!("no config"));
+    for (module, how) in [("quits", "status 3"), ("spins", "signal 14")] {
+        let e = errors.iter().find(|e| e["module"] == module).unwrap();
+        assert_eq!(e["type"], json!("ImportAborted"), "{e}");
+        assert!(e["message"].as_str().unwrap().contains(how), "{e}");
+    }
     let syntax = errors.iter().find(|e| e["module"] == "syntax").unwrap();
     assert_eq!(syntax["type"], json!("SyntaxError"));
     assert_eq!(syntax["line"], json!(1));
