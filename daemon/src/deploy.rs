@@ -261,13 +261,14 @@ async fn finish_version(
             .and_then(|m| m.iter().find(|e| e["module"] == module.as_str()));
         if let Some(error) = entry
             .map(|e| &e["error"])
-            .filter(|e| e["type"] == "SyntaxError")
+            .filter(|e| e["stage"] == "compile")
         {
             let line = error["line"].as_u64();
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
             return Err(ApiError::bad_request(format!(
-                "{module} does not compile: {} (line {})",
-                error["message"].as_str().unwrap_or("syntax error"),
-                line.map_or_else(|| "?".to_owned(), |l| l.to_string())
+                "{module} does not compile: {}: {}{at}",
+                error["type"].as_str().unwrap_or("SyntaxError"),
+                error["message"].as_str().unwrap_or("invalid source"),
             ))
             .with_detail(json!({"module": module.as_str(), "line": line})));
         }

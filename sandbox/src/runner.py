@@ -230,10 +230,11 @@ def _inspect_module(name, path):
         with open(path, "rb") as f:
             compile(f.read(), path, "exec", dont_inherit=True)
     except SyntaxError as e:
-        entry["error"] = {"type": type(e).__name__, "message": str(e.msg), "line": e.lineno}
+        entry["error"] = {"type": type(e).__name__, "message": str(e.msg), "line": e.lineno,
+                          "stage": "compile"}
         return entry
     except BaseException as e:
-        entry["error"] = {"type": type(e).__name__, "message": _short(e)}
+        entry["error"] = {"type": type(e).__name__, "message": _short(e), "stage": "compile"}
         return entry
     try:
         __import__(name)

@@ -188,6 +188,14 @@ fn bad_uploads_are_refused_and_change_nothing() {
         .unwrap()
         .contains("line 4"));
 
+    // A NUL byte is valid UTF-8 but not valid Python.
+    let a = put(&d, &deploy_token, "nul", "x = 1\0\n");
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("does not compile"));
+
     // Not UTF-8, and over the size limit.
     let a = d.with_token(
         "PUT",
