@@ -10,16 +10,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
+use crate::audit::audit;
 use crate::auth::Operator;
 use crate::clock::{format_ms, now_ms, parse_rfc3339};
 use crate::deploy::{deploy, Change};
 use crate::extract::{ApiJson, ApiPath};
+use crate::plans::{check_plan, effective_policy};
 use crate::secrets::seal_webhook_secret;
 use crate::server::AppState;
 use crate::store::{TenantRow, TokenKind, TokenRow};
 
 const DEFAULT_BRANCH: &str = "main";
 const DEFAULT_PLAN: &str = "default";
+/// A tenant without overrides of its plan.
+pub const NO_OVERRIDES: &str = "{}";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +83,11 @@ fn check_subdir(subdir: &str) -> Result<(), ApiError> {
     }
 }
 
-fn tenant_json(t: &TenantRow) -> Value {
-    let policy: Value = serde_json::from_str(&t.policy).unwrap_or(Value::Null);
+fn tenant_json(state: &AppState, t: &TenantRow) -> Value {
+    let policy = effective_policy(state, t)
+        .map(|p| serde_json::to_value(p).expect("a policy serialises"))
+        .unwrap_or(Value::Null);
+    let overrides: Value = serde_json::from_str(&t.policy).unwrap_or(Value::Null);
     json!({
         "name": t.name,
         "repo": t.repo,
@@ -89,6 +96,7 @@ fn tenant_json(t: &TenantRow) -> Value {
         "plan": t.plan,
         "has_webhook_secret": t.webhook_secret.is_some(),
         "policy": policy,
+        "overrides": overrides,
         "active_version": t.active_version,
         "uid": t.uid,
         "created_at": format_ms(t.created_at),
@@ -119,24 +127,35 @@ pub async fn create_tenant(
     if let Some(s) = &body.subdir {
         check_subdir(s)?;
     }
+    let plan = body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
+    check_plan(&state, &plan)?;
     let row = TenantRow {
         name: name.as_str().to_owned(),
         repo: body.repo.filter(|r| !r.is_empty()),
         branch,
         subdir: body.subdir.filter(|s| !s.is_empty()),
-        plan: body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned()),
+        plan,
         webhook_secret: body
             .webhook_secret
             .filter(|s| !s.is_empty())
             .map(|s| seal_webhook_secret(&state, &name, &s)),
-        policy: serde_json::to_string(&Policy::default()).expect("a policy serialises"),
+        policy: NO_OVERRIDES.to_owned(),
         active_version: None,
         created_at: now_ms(),
         uid: 0,
     };
     let row = state.store.insert_tenant(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant created");
-    Ok((StatusCode::CREATED, Json(tenant_json(&row))))
+    audit(
+        &state,
+        &op.token_id,
+        "tenant.create",
+        Some(name.as_str()),
+        json!({"repo": row.repo, "branch": row.branch, "subdir": row.subdir, "plan": row.plan,
+               "webhook_secret": row.webhook_secret.is_some()}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(tenant_json(&state, &row))))
 }
 
 pub async fn list_tenants(
@@ -145,7 +164,7 @@ pub async fn list_tenants(
 ) -> Result<Json<Value>, ApiError> {
     let tenants = state.store.tenants().await?;
     Ok(Json(
-        json!({"tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>()}),
+        json!({"tenants": tenants.iter().map(|t| tenant_json(&state, t)).collect::<Vec<_>>()}),
     ))
 }
 
@@ -155,7 +174,7 @@ pub async fn show_tenant(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (_, row) = load_tenant(&state, &name).await?;
-    Ok(Json(tenant_json(&row)))
+    Ok(Json(tenant_json(&state, &row)))
 }
 
 pub async fn update_tenant(
@@ -165,6 +184,8 @@ pub async fn update_tenant(
     ApiJson(changes): ApiJson<TenantChanges>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, mut row) = load_tenant(&state, &name).await?;
+    let detail = json!({"repo": changes.repo, "branch": changes.branch, "subdir": changes.subdir,
+                        "plan": changes.plan, "webhook_secret": changes.webhook_secret.is_some()});
     if let Some(branch) = changes.branch {
         check_branch(&branch)?;
         row.branch = branch;
@@ -178,8 +199,9 @@ pub async fn update_tenant(
     if let Some(repo) = changes.repo {
         row.repo = Some(repo).filter(|r| !r.is_empty());
     }
-    if let Some(plan) = changes.plan {
-        row.plan = plan;
+    if let Some(plan) = &changes.plan {
+        check_plan(&state, plan)?;
+        row.plan.clone_from(plan);
     }
     if let Some(secret) = changes.webhook_secret {
         row.webhook_secret = Some(secret)
@@ -188,7 +210,15 @@ pub async fn update_tenant(
     }
     state.store.update_tenant(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant changed");
-    Ok(Json(tenant_json(&row)))
+    audit(
+        &state,
+        &op.token_id,
+        "tenant.change",
+        Some(name.as_str()),
+        detail,
+    )
+    .await;
+    Ok(Json(tenant_json(&state, &row)))
 }
 
 pub async fn delete_tenant(
@@ -208,7 +238,18 @@ pub async fn delete_tenant(
         .await
         .map_err(|e| ApiError::internal("tenant removal task failed", &e))?
         .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
+    state.admission.forget(&name);
+    state.quotas.forget(name.as_str());
+    state.metrics.forget(name.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant removed");
+    audit(
+        &state,
+        &op.token_id,
+        "tenant.remove",
+        Some(name.as_str()),
+        json!({}),
+    )
+    .await;
     Ok(Json(json!({"deleted": name.as_str()})))
 }
 
@@ -220,6 +261,14 @@ pub async fn sync_tenant(
     let (name, _) = load_tenant(&state, &name).await?;
     let deployed = deploy(&state, &name, Change::Sync).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, version = %deployed.version, "synced");
+    audit(
+        &state,
+        &op.token_id,
+        "deploy.sync",
+        Some(name.as_str()),
+        json!({"version": deployed.version.as_str()}),
+    )
+    .await;
     Ok(Json(json!({"version": deployed.version.as_str()})))
 }
 
@@ -252,6 +301,15 @@ pub async fn issue_token(
     );
     state.store.insert_token(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, token = %row.id, "token issued");
+    audit(
+        &state,
+        &op.token_id,
+        "token.issue",
+        Some(name.as_str()),
+        json!({"token": row.id, "scopes": scopes.names().collect::<Vec<_>>(),
+               "expires_at": expires_at.map(format_ms)}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -353,24 +411,57 @@ pub async fn revoke_token(
         return Err(ApiError::not_found(format!("no token with id {id:?}")));
     }
     tracing::info!(operator = %op.token_id, token = %id, "token revoked");
+    audit(
+        &state,
+        &op.token_id,
+        "token.revoke",
+        None,
+        json!({"token": id}),
+    )
+    .await;
     Ok(Json(json!({"revoked": id})))
 }
 
+/// `PUT /admin/v1/tenants/{name}/policy`: overrides fields of the tenant's plan (and
+/// `"reset": [fields]` gives fields back to the plan). Answers the effective policy.
 pub async fn set_policy(
     op: Operator,
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(patch): ApiJson<PolicyPatch>,
+    ApiJson(mut body): ApiJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, row) = load_tenant(&state, &name).await?;
-    let mut policy: Policy = serde_json::from_str(&row.policy)
-        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
-    policy.apply(&patch).map_err(|e| {
+    let reset: Vec<String> = match body.remove("reset") {
+        None => Vec::new(),
+        Some(v) => serde_json::from_value(v).map_err(|_| {
+            ApiError::bad_request("reset must be a list of field names")
+                .with_detail(json!({"field": "reset"}))
+        })?,
+    };
+    let patch: PolicyPatch = serde_json::from_value(Value::Object(body.clone()))
+        .map_err(|e| ApiError::bad_request(format!("invalid policy: {e}")))?;
+    let mut overrides = crate::plans::overrides(&row)?;
+    overrides.merge(&patch);
+    overrides.reset(&reset).map_err(|field| {
+        ApiError::bad_request(format!("{field:?} is not a policy field"))
+            .with_detail(json!({"field": "reset"}))
+    })?;
+    // Validated against the plan as a whole: a bad field changes nothing.
+    let mut policy: Policy = state.plans.get(&row.plan).unwrap_or_default();
+    policy.apply(&overrides).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
     })?;
-    let stored = serde_json::to_string(&policy).expect("a policy serialises");
+    let stored = serde_json::to_string(&overrides).expect("overrides serialise");
     state.store.set_policy(name.as_str(), &stored).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "policy changed");
+    audit(
+        &state,
+        &op.token_id,
+        "policy.set",
+        Some(name.as_str()),
+        json!({"changes": body, "reset": reset}),
+    )
+    .await;
     Ok(Json(
         serde_json::to_value(&policy).expect("a policy serialises"),
     ))
@@ -414,5 +505,13 @@ pub async fn rollback_tenant(
         .warm
         .forget_other_versions(&state, row.uid32(), version.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
+    audit(
+        &state,
+        &op.token_id,
+        "deploy.rollback",
+        Some(name.as_str()),
+        json!({"version": version.as_str()}),
+    )
+    .await;
     Ok(Json(json!({"version": version.as_str()})))
 }

@@ -27,13 +27,18 @@ pub enum ErrorCode {
     MemoryLimitExceeded,
     ProcessExited,
     SyncFailed,
+    RateLimited,
+    ConcurrencyLimited,
+    QuotaExceeded,
+    Overloaded,
+    ShuttingDown,
     Timeout,
     Internal,
 }
 
 impl ErrorCode {
     #[cfg(test)]
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
@@ -51,6 +56,11 @@ impl ErrorCode {
         ErrorCode::MemoryLimitExceeded,
         ErrorCode::ProcessExited,
         ErrorCode::SyncFailed,
+        ErrorCode::RateLimited,
+        ErrorCode::ConcurrencyLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
         ErrorCode::Timeout,
         ErrorCode::Internal,
     ];
@@ -73,6 +83,10 @@ impl ErrorCode {
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::ProcessExited
             | ErrorCode::SyncFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited | ErrorCode::QuotaExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorCode::Overloaded | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,6 +111,11 @@ impl ErrorCode {
             ErrorCode::MemoryLimitExceeded => "memory_limit_exceeded",
             ErrorCode::ProcessExited => "process_exited",
             ErrorCode::SyncFailed => "sync_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ConcurrencyLimited => "concurrency_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
@@ -116,6 +135,8 @@ pub struct ApiErrorFields {
     pub call_id: Option<String>,
     /// Extra fields of a call's answer (the function's logs), beside `error`.
     pub logs: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl std::ops::Deref for ApiError {
@@ -139,7 +160,13 @@ impl ApiError {
             detail: None,
             call_id: None,
             logs: None,
+            retry_after: None,
         }))
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn with_detail(mut self, detail: Value) -> ApiError {
@@ -196,6 +223,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&seconds.to_string()).expect("digits are a header value"),
+            );
+        }
         if self.code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -212,6 +245,7 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::Conflict(what) => {
                 ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
             }
+            crate::store::StoreError::InUse(what) => ApiError::new(ErrorCode::Conflict, what),
             other => ApiError::internal("the store failed", &other),
         }
     }

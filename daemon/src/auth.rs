@@ -2,7 +2,11 @@
 //!
 //! The order of checks is the order of the answers a client can get: no token or an unknown one
 //! (`unauthorized`), then revoked (`token_revoked`), then expired (`token_expired`), then the
-//! wrong kind of token or a missing scope (`forbidden`).
+//! wrong kind of token or a missing scope (`forbidden`). An address whose recent failures used
+//! up its allowance (`--auth-failures-per-minute`) is answered `rate_limited` before any check.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -25,7 +29,39 @@ pub struct Caller {
     pub tenant: TenantName,
 }
 
+/// Verifies a token, refusing an address that failed too often lately (it is then answered
+/// `429 rate_limited` whatever it presents, until its allowance refills).
 async fn verify(
+    state: &AppState,
+    presented: Option<&str>,
+    kind: TokenKind,
+) -> Result<TokenRow, ApiError> {
+    let addr = crate::server::client_addr();
+    if let Some(ip) = addr {
+        if let Err(wait) = state.auth_failures.check(&ip, Instant::now()) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many failed authentications from this address; wait before trying again",
+            )
+            .with_retry_after(wait.as_secs() + 1));
+        }
+    }
+    let verified = check_token(state, presented, kind).await;
+    if let Err(e) = &verified {
+        if matches!(
+            e.code,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked
+        ) {
+            state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(ip) = addr {
+                state.auth_failures.record(&ip, Instant::now());
+            }
+        }
+    }
+    verified
+}
+
+async fn check_token(
     state: &AppState,
     presented: Option<&str>,
     kind: TokenKind,

@@ -8,6 +8,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
 use falra_policies::{Policy, Scope};
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
 use falra_sandbox::{ChildFailure, ProtocolRequest};
@@ -21,7 +22,10 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, LimitedBody};
 use crate::isolation::CgroupLease;
+use crate::metering::check_quota;
+use crate::plans::effective_policy;
 use crate::server::AppState;
+use crate::store::CallRecord;
 use crate::warm::{call_limits, prepare_child, Warm, WarmKey};
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
@@ -106,21 +110,92 @@ struct UsageJson {
     peak_memory_bytes: u64,
 }
 
-/// The handler: every failure carries the call id.
+/// What metering learns of a call as it goes; recorded once it is answered.
+#[derive(Debug, Default)]
+struct Metered {
+    tenant: Option<String>,
+    token_id: String,
+    function: String,
+    version: Option<String>,
+    wall_ms: u64,
+    cpu_ms: u64,
+    peak_memory_bytes: u64,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// The handler: every failure carries the call id; every call that reached a tenant is
+/// metered and counted.
 pub async fn call(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<ApiQuery<CallQuery>, ApiError>,
     body: Result<LimitedBody, ApiError>,
 ) -> Response {
+    let started = std::time::Instant::now();
     let call_id = new_call_id();
     tracing::Span::current().record("call_id", call_id.as_str());
-    match run_call(&state, &headers, query, body, &call_id).await {
-        Ok(response) => response,
-        Err(mut e) => {
-            e.call_id = Some(call_id);
-            e.into_response()
-        }
+    let mut metered = Metered::default();
+    let (response, outcome) =
+        match run_call(&state, &headers, query, body, &call_id, &mut metered).await {
+            Ok(response) => (response, "ok"),
+            Err(mut e) => {
+                e.call_id = Some(call_id.clone());
+                metered.bytes_out = e.body().to_string().len();
+                let code = e.code.as_str();
+                (e.into_response(), code)
+            }
+        };
+    state.metrics.call(
+        metered.tenant.as_deref().unwrap_or("-"),
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(tenant) = metered.tenant {
+        let at = crate::clock::now_ms();
+        let cpu_ms = i64::try_from(metered.cpu_ms).unwrap_or(i64::MAX);
+        state.quotas.add(&tenant, cpu_ms, at);
+        state.meter.record(CallRecord {
+            call_id,
+            tenant,
+            token_id: metered.token_id,
+            function: metered.function,
+            version: metered.version,
+            outcome: outcome.to_owned(),
+            wall_ms: i64::try_from(metered.wall_ms).unwrap_or(i64::MAX),
+            cpu_ms,
+            peak_memory_bytes: i64::try_from(metered.peak_memory_bytes).unwrap_or(i64::MAX),
+            bytes_in: i64::try_from(metered.bytes_in).unwrap_or(i64::MAX),
+            bytes_out: i64::try_from(metered.bytes_out).unwrap_or(i64::MAX),
+            at,
+        });
+    }
+    response
+}
+
+/// Turns an admission refusal into its answer.
+fn refused(refusal: Refusal, policy: &Policy) -> ApiError {
+    match refusal {
+        Refusal::RateLimited { retry_after } => ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this tenant may make {} calls per minute; try again shortly",
+                policy.calls_per_minute
+            ),
+        )
+        .with_detail(json!({"calls_per_minute": policy.calls_per_minute}))
+        .with_retry_after(retry_after.as_secs() + 1),
+        Refusal::ConcurrencyLimited { limit } => ApiError::new(
+            ErrorCode::ConcurrencyLimited,
+            format!("this tenant already runs {limit} calls at once, its limit"),
+        )
+        .with_detail(json!({"max_concurrency": limit}))
+        .with_retry_after(1),
+        Refusal::Overloaded { limit } => ApiError::new(
+            ErrorCode::Overloaded,
+            format!("this node runs {limit} calls at once, its limit; try again shortly"),
+        )
+        .with_retry_after(1),
     }
 }
 
@@ -130,7 +205,15 @@ async fn run_call(
     query: Result<ApiQuery<CallQuery>, ApiError>,
     body: Result<LimitedBody, ApiError>,
     call_id: &str,
+    metered: &mut Metered,
 ) -> Result<Response, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "this node is shutting down and takes no new calls",
+        )
+        .with_retry_after(1));
+    }
     let LimitedBody(body) = body?;
     let ApiQuery(query) = query?;
     let request = CallRequest::parse(&body)?;
@@ -140,14 +223,29 @@ async fn run_call(
     span.record("tenant", caller.tenant.as_str());
     span.record("fn", request.function.as_str());
     span.record("token_id", caller.token_id.as_str());
+    metered.tenant = Some(caller.tenant.as_str().to_owned());
+    metered.token_id.clone_from(&caller.token_id);
+    metered.function = request.function.as_str().to_owned();
+    metered.bytes_in = body.len();
 
     let tenant = state
         .store
         .tenant(caller.tenant.as_str())
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
-    let policy: Policy = serde_json::from_str(&tenant.policy)
-        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
+    let policy = effective_policy(state, &tenant)?;
+    check_quota(state, caller.tenant.as_str(), policy.cpu_seconds_per_month).await?;
+    let permit = state
+        .admission
+        .admit(
+            &caller.tenant,
+            AdmissionLimits {
+                calls_per_minute: policy.calls_per_minute,
+                max_concurrency: policy.max_concurrency,
+            },
+            std::time::Instant::now(),
+        )
+        .map_err(|r| refused(r, &policy))?;
 
     let version = match query.version.as_deref() {
         Some(pinned) => {
@@ -218,10 +316,11 @@ async fn run_call(
     let config = &state.config;
     let uid = u32::try_from(tenant.uid)
         .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
+    metered.version = Some(version.as_str().to_owned());
     let key = WarmKey {
         uid,
         version: version.as_str().to_owned(),
-        policy: tenant.policy.clone(),
+        policy: serde_json::to_string(&policy).expect("a policy serialises"),
     };
     let in_use = state.use_version(&caller.tenant, version.as_str());
     let warm = match state.warm.take(&key) {
@@ -235,6 +334,7 @@ async fn run_call(
     let task_state = state.clone();
     let run = tokio::spawn(async move {
         let _in_use = in_use;
+        let _permit = permit;
         let Warm {
             prepared, cgroup, ..
         } = warm;
@@ -258,6 +358,9 @@ async fn run_call(
             .and_then(|u| u.peak_memory_bytes)
             .unwrap_or(finished.usage.peak_memory_bytes),
     };
+    metered.wall_ms = usage.wall_ms;
+    metered.cpu_ms = usage.cpu_ms;
+    metered.peak_memory_bytes = usage.peak_memory_bytes;
     let oom_killed = cgroup_usage.is_some_and(|u| u.oom_killed);
     let answer = interpret(&finished, config.max_result_bytes);
     // Killed in its memory limit: whatever else the child left, that is the answer.
@@ -287,7 +390,9 @@ async fn run_call(
                 logs,
                 usage,
             };
-            Ok(json_response(&body))
+            let response = json_response(&body);
+            metered.bytes_out = response_len(&response);
+            Ok(response)
         }
         Err(failure) => {
             let mut e = failure_error(failure, &policy, timeout_ms, config.max_result_bytes);
@@ -370,6 +475,16 @@ fn logs_text(kept: &[u8], dropped: u64) -> String {
         ));
     }
     logs
+}
+
+fn response_len(response: &Response) -> usize {
+    use axum::body::HttpBody;
+    response
+        .body()
+        .size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 fn json_response(body: &impl Serialize) -> Response {

@@ -88,6 +88,13 @@ pub struct ServeArgs {
     /// The Python interpreter calls run in (a real binary, not a shell shim).
     #[arg(long, env = "FALRA_PYTHON", default_value = "/usr/bin/python3")]
     pub python: PathBuf,
+    /// Calls running at once on this node, at most; more are answered `503 overloaded`.
+    #[arg(long, env = "FALRA_MAX_CHILDREN", default_value_t = 64)]
+    pub max_children: usize,
+    /// Failed authentications a client address may make per minute before it is refused
+    /// (`429 rate_limited`) until its allowance refills.
+    #[arg(long, default_value_t = 120)]
+    pub auth_failures_per_minute: u32,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

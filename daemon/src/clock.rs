@@ -33,3 +33,45 @@ mod tests {
         assert_eq!(parse_rfc3339("2027-01-02"), None);
     }
 }
+
+/// A time given as RFC 3339 or as a date (`2026-11-01`, midnight UTC).
+pub fn parse_time(s: &str) -> Option<i64> {
+    parse_rfc3339(s).or_else(|| parse_rfc3339(&format!("{s}T00:00:00Z")))
+}
+
+/// The first millisecond of the calendar month (UTC) that `ms` falls in, and of the next one.
+pub fn month_bounds(ms: i64) -> (i64, i64) {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let start = t
+        .replace_day(1)
+        .unwrap_or(t)
+        .replace_time(time::Time::MIDNIGHT);
+    let (year, month) = match start.month() {
+        time::Month::December => (start.year() + 1, time::Month::January),
+        m => (start.year(), m.next()),
+    };
+    let next = start
+        .replace_year(year)
+        .and_then(|t| t.replace_month(month))
+        .unwrap_or(start);
+    let to_ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    (to_ms(start), to_ms(next))
+}
+
+#[cfg(test)]
+mod month_tests {
+    use super::*;
+
+    #[test]
+    fn months_start_at_midnight_on_the_first() {
+        let t = parse_rfc3339("2026-11-27T13:05:00Z").unwrap();
+        let (start, next) = month_bounds(t);
+        assert_eq!(format_ms(start), "2026-11-01T00:00:00Z");
+        assert_eq!(format_ms(next), "2026-12-01T00:00:00Z");
+        let (start, next) = month_bounds(parse_rfc3339("2026-12-31T23:59:59Z").unwrap());
+        assert_eq!(format_ms(start), "2026-12-01T00:00:00Z");
+        assert_eq!(format_ms(next), "2027-01-01T00:00:00Z");
+        assert_eq!(parse_time("2026-11-01"), Some(start - 30 * 86_400_000));
+    }
+}

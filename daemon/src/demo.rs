@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use falra_policies::{Policy, Scopes};
+use falra_policies::Scopes;
 use falra_tenants::TenantName;
 
 use crate::admin::new_token;
@@ -48,7 +48,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
                 subdir: None,
                 plan: "default".into(),
                 webhook_secret: None,
-                policy: serde_json::to_string(&Policy::default())?,
+                policy: crate::admin::NO_OVERRIDES.to_owned(),
                 active_version: None,
                 created_at: now_ms(),
                 uid: 0,

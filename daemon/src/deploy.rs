@@ -69,8 +69,7 @@ pub async fn deploy(
         .tenant(name.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
-    let policy: Policy = serde_json::from_str(&tenant.policy)
-        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))?;
+    let policy = crate::plans::effective_policy(state, &tenant)?;
     let mut uploads: Vec<Upload> = state
         .store
         .uploads_of(name.as_str())

@@ -5,6 +5,7 @@
 
 mod admin;
 mod api_error;
+mod audit;
 mod auth;
 mod call;
 mod cli;
@@ -15,6 +16,10 @@ mod deploy;
 mod extract;
 mod hooks;
 mod isolation;
+mod metering;
+mod metrics;
+mod openapi;
+mod plans;
 mod secrets;
 mod server;
 mod store;
@@ -97,6 +102,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_result_bytes: args.max_result_bytes,
         max_log_bytes: args.max_log_bytes,
         keep_versions: args.keep_versions,
+        max_children: args.max_children,
+        auth_failures_per_minute: args.auth_failures_per_minute,
         ..ServeConfig::new(data_dir.clone())
     };
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
@@ -113,7 +120,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot isolate calls on this host")?
     };
     tracing::info!(sandbox = %sandbox.describe(), "sandbox");
-    let state = AppState::new(store, config, sandbox, secret_key, !args.no_prewarm);
+    let plans = plans::PlanTable::load(&store).await?;
+    let state = AppState::new(store, config, sandbox, secret_key, plans, !args.no_prewarm);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

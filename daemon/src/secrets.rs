@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::admin::load_tenant;
 use crate::api_error::ApiError;
+use crate::audit::audit;
 use crate::auth::Operator;
 use crate::clock::{format_ms, now_ms};
 use crate::extract::{ApiJson, ApiPath};
@@ -55,6 +56,14 @@ pub async fn put_secret(
         .put_secret(name.as_str(), &key, &sealed, now)
         .await?;
     tracing::info!(operator = %op.token_id, tenant = %name, secret = %key, "secret set");
+    audit(
+        &state,
+        &op.token_id,
+        "secret.set",
+        Some(name.as_str()),
+        json!({"key": key}),
+    )
+    .await;
     Ok(Json(
         json!({"tenant": name.as_str(), "key": key, "updated_at": format_ms(now)}),
     ))
@@ -72,6 +81,14 @@ pub async fn delete_secret(
         )));
     }
     tracing::info!(operator = %op.token_id, tenant = %name, secret = %key, "secret removed");
+    audit(
+        &state,
+        &op.token_id,
+        "secret.remove",
+        Some(name.as_str()),
+        json!({"key": key}),
+    )
+    .await;
     Ok(Json(json!({"deleted": key})))
 }
 

@@ -1,8 +1,9 @@
 //! The HTTP server: shared state, the route table, and serving until shutdown.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
@@ -10,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use falra_policies::admission::{Admission, FailureLimiter};
 use falra_policies::SecretKey;
 use falra_tenants::{Layout, StdlibNames, TenantName};
 use serde_json::{json, Value};
@@ -17,9 +19,14 @@ use tracing::Instrument;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::isolation::{CodeMounts, SandboxSettings};
+use crate::metering::{Meter, Quotas};
+use crate::metrics::Metrics;
+use crate::plans::PlanTable;
 use crate::store::Store;
 use crate::warm::WarmPool;
-use crate::{admin, call, hooks, secrets, tenant_api, uploads};
+use crate::{
+    admin, audit, call, hooks, metering, metrics, openapi, plans, secrets, tenant_api, uploads,
+};
 
 /// Settings of a running daemon.
 #[derive(Debug, Clone)]
@@ -39,6 +46,10 @@ pub struct ServeConfig {
     pub python_version: String,
     /// The interpreter's standard-library module names, which uploads may not shadow.
     pub stdlib: StdlibNames,
+    /// Calls running at once on this node, at most (more are `503 overloaded`).
+    pub max_children: usize,
+    /// Failed authentications per client address and minute before it is refused.
+    pub auth_failures_per_minute: u32,
 }
 
 impl ServeConfig {
@@ -53,6 +64,8 @@ impl ServeConfig {
             runner_dir: data_dir.join("runtime"),
             python_version: String::new(),
             stdlib: StdlibNames::default(),
+            max_children: 64,
+            auth_failures_per_minute: 120,
             data_dir,
         }
     }
@@ -69,6 +82,14 @@ pub struct Inner {
     pub config: ServeConfig,
     /// Seals and opens tenant secrets.
     pub secret_key: SecretKey,
+    pub plans: PlanTable,
+    pub admission: Arc<Admission<TenantName>>,
+    pub auth_failures: FailureLimiter<IpAddr>,
+    pub quotas: Quotas,
+    pub meter: Meter,
+    pub metrics: Metrics,
+    /// Set when the daemon stops taking calls.
+    shutting_down: AtomicBool,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
@@ -106,15 +127,24 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The daemon's state; starts the metering writer (so it needs a runtime).
     pub fn new(
         store: Store,
         config: ServeConfig,
         sandbox: SandboxSettings,
         secret_key: SecretKey,
+        plans: PlanTable,
         prewarm: bool,
     ) -> AppState {
         AppState(Arc::new(Inner {
             secret_key,
+            plans,
+            admission: Admission::new(config.max_children),
+            auth_failures: FailureLimiter::new(config.auth_failures_per_minute),
+            quotas: Quotas::default(),
+            meter: Meter::start(store.clone()),
+            metrics: Metrics::default(),
+            shutting_down: AtomicBool::new(false),
             venvs: Mutex::new(HashMap::new()),
             sandbox,
             warm: WarmPool::new(prewarm),
@@ -154,6 +184,10 @@ impl AppState {
             .lock()
             .expect("version table poisoned")
             .contains_key(&(tenant.clone(), version.to_owned()))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     /// What a call of the version at `code` sees: the tree and its virtualenv, if any.
@@ -215,7 +249,14 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{name}/modules/{module}",
             put(uploads::admin_put).delete(uploads::admin_delete),
         )
-        .route("/tokens/{id}", delete(admin::revoke_token));
+        .route("/tokens/{id}", delete(admin::revoke_token))
+        .route("/plans", get(plans::list_plans))
+        .route(
+            "/plans/{name}",
+            put(plans::put_plan).delete(plans::delete_plan),
+        )
+        .route("/usage", get(metering::usage))
+        .route("/audit", get(audit::list_audit));
     Router::new()
         .route("/v1/call", post(call::call))
         .route("/v1/versions", get(tenant_api::list_versions))
@@ -227,6 +268,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/hooks/github/{tenant}", post(hooks::github))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::document))
         .nest("/admin/v1", admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -249,8 +292,23 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// One span per request, with the fields later stages fill in (call id, tenant, fn).
+tokio::task_local! {
+    /// The client's address, for the request being handled.
+    static CLIENT: Option<SocketAddr>;
+}
+
+/// The address of the client whose request is being handled, if known.
+pub fn client_addr() -> Option<IpAddr> {
+    CLIENT.try_with(|c| c.map(|a| a.ip())).ok().flatten()
+}
+
+/// One span per request, with the fields later stages fill in (call id, tenant, fn), and the
+/// client's address within reach of the handlers.
 async fn request_span(req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -260,13 +318,17 @@ async fn request_span(req: Request, next: Next) -> Response {
         fn = tracing::field::Empty,
         token_id = tracing::field::Empty,
     );
-    async move {
-        let response = next.run(req).await;
-        tracing::debug!(status = response.status().as_u16(), "answered");
-        response
-    }
-    .instrument(span)
-    .await
+    CLIENT
+        .scope(
+            client,
+            async move {
+                let response = next.run(req).await;
+                tracing::debug!(status = response.status().as_u16(), "answered");
+                response
+            }
+            .instrument(span),
+        )
+        .await
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
@@ -280,10 +342,17 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
     });
     crate::warm::WarmPool::expire_idle(crate::warm::downgrade(&state));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = state.clone();
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Requests still arriving on open connections are told, not started.
+            stopping.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing calls in flight");
+        })
         .await;
     state.warm.drain(&state);
+    state.meter.flush().await;
     served
 }
 

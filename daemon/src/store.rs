@@ -16,6 +16,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_tenant_uid.sql")),
     (3, include_str!("../migrations/0003_uploads_secrets.sql")),
+    (
+        4,
+        include_str!("../migrations/0004_plans_metering_audit.sql"),
+    ),
 ];
 
 /// The first uid (and gid) given to a tenant; each new tenant gets the next free one.
@@ -41,6 +45,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    InUse(String),
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +120,53 @@ pub struct UploadRow {
     pub source: String,
     pub sha256: String,
     pub updated_at: i64,
+}
+
+/// One finished call, as metering records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub tenant: String,
+    pub token_id: String,
+    pub function: String,
+    pub version: Option<String>,
+    /// `ok`, or the error code of the answer.
+    pub outcome: String,
+    pub wall_ms: i64,
+    pub cpu_ms: i64,
+    pub peak_memory_bytes: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub at: i64,
+}
+
+/// Calls of one tenant's function over a time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub function: String,
+    pub calls: i64,
+    pub ok: i64,
+    pub wall_ms: i64,
+    pub cpu_ms: i64,
+    pub max_peak_memory_bytes: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: String,
+    pub at: i64,
+    /// The token id that acted (an operator's or a tenant's), or `webhook`.
+    pub actor: String,
+    pub action: String,
+    pub tenant: Option<String>,
+    /// JSON.
+    pub detail: String,
+    /// The client's address.
+    pub remote: Option<String>,
 }
 
 const VERSION_COLUMNS: &str = "id, source, created_at, git_commit, functions";
@@ -377,6 +430,193 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(tenant).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(version_row).collect())
+    }
+
+    /// Inserts the plan unless one of that name exists.
+    pub async fn insert_plan_if_absent(
+        &self,
+        name: &str,
+        policy_json: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plans (name, policy, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(policy_json)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn put_plan(
+        &self,
+        name: &str,
+        policy_json: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plans (name, policy, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(policy_json)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every plan: name and policy JSON.
+    pub async fn plans(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, policy FROM plans ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Removes a plan no tenant is on; `Conflict` if one is, `false` if there is none.
+    pub async fn delete_plan(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE plan = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        if users > 0 {
+            return Err(StoreError::InUse(format!(
+                "plan {name:?} is used by {users} tenant(s)"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM plans WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records finished calls, all in one transaction.
+    pub async fn insert_calls(&self, calls: &[CallRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for c in calls {
+            sqlx::query(
+                "INSERT INTO calls (call_id, tenant, token_id, fn, version, outcome, wall_ms, cpu_ms, \
+                 peak_memory_bytes, bytes_in, bytes_out, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(&c.call_id)
+            .bind(&c.tenant)
+            .bind(&c.token_id)
+            .bind(&c.function)
+            .bind(&c.version)
+            .bind(&c.outcome)
+            .bind(c.wall_ms)
+            .bind(c.cpu_ms)
+            .bind(c.peak_memory_bytes)
+            .bind(c.bytes_in)
+            .bind(c.bytes_out)
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Calls per tenant and function in `[from, to)`, optionally of one tenant.
+    pub async fn usage(
+        &self,
+        tenant: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, fn, COUNT(*), \
+             SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), \
+             SUM(wall_ms), SUM(cpu_ms), MAX(peak_memory_bytes), SUM(bytes_in), SUM(bytes_out) \
+             FROM calls WHERE at >= $1 AND at < $2 AND ($3 IS NULL OR tenant = $3) \
+             GROUP BY tenant, fn ORDER BY tenant, fn",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow {
+                tenant: r.get(0),
+                function: r.get(1),
+                calls: r.get(2),
+                ok: r.get(3),
+                wall_ms: r.get(4),
+                cpu_ms: r.get(5),
+                max_peak_memory_bytes: r.get(6),
+                bytes_in: r.get(7),
+                bytes_out: r.get(8),
+            })
+            .collect())
+    }
+
+    /// The CPU milliseconds a tenant's calls used since `from`.
+    pub async fn cpu_ms_since(&self, tenant: &str, from: i64) -> Result<i64, StoreError> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT SUM(cpu_ms) FROM calls WHERE tenant = $1 AND at >= $2")
+                .bind(tenant)
+                .bind(from)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(used.unwrap_or(0))
+    }
+
+    pub async fn insert_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (id, at, actor, action, tenant, detail, remote) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&a.id)
+        .bind(a.at)
+        .bind(&a.actor)
+        .bind(&a.action)
+        .bind(&a.tenant)
+        .bind(&a.detail)
+        .bind(&a.remote)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit events, newest first, optionally of one tenant and since a time.
+    pub async fn audit(
+        &self,
+        tenant: Option<&str>,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, tenant, detail, remote FROM audit \
+             WHERE at >= $1 AND ($2 IS NULL OR tenant = $2) ORDER BY at DESC, id DESC LIMIT $3",
+        )
+        .bind(since)
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                id: r.get(0),
+                at: r.get(1),
+                actor: r.get(2),
+                action: r.get(3),
+                tenant: r.get(4),
+                detail: r.get(5),
+                remote: r.get(6),
+            })
+            .collect())
     }
 
     /// Stores (or replaces) a sealed secret.

@@ -90,6 +90,21 @@ async fn list(state: &AppState, tenant: &TenantName) -> Result<Json<Value>, ApiE
     Ok(Json(json!({"modules": list})))
 }
 
+async fn audit_upload(
+    state: &AppState,
+    actor: &str,
+    tenant: &TenantName,
+    action: &str,
+    answer: &Json<Value>,
+) {
+    let detail = json!({
+        "module": answer.0.get("module").or_else(|| answer.0.get("deleted")),
+        "sha256": answer.0.get("sha256"),
+        "version": answer.0.get("version"),
+    });
+    crate::audit::audit(state, actor, action, Some(tenant.as_str()), detail).await;
+}
+
 /// `PUT /v1/modules/{module}`.
 pub async fn tenant_put(
     State(state): State<AppState>,
@@ -100,6 +115,14 @@ pub async fn tenant_put(
     let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
     let answer = put(&state, &caller.tenant, &module, body).await?;
     tracing::info!(tenant = %caller.tenant, token = %caller.token_id, %module, "module uploaded");
+    audit_upload(
+        &state,
+        &caller.token_id,
+        &caller.tenant,
+        "deploy.upload",
+        &answer,
+    )
+    .await;
     Ok(answer)
 }
 
@@ -112,6 +135,14 @@ pub async fn tenant_delete(
     let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
     let answer = remove(&state, &caller.tenant, &module).await?;
     tracing::info!(tenant = %caller.tenant, token = %caller.token_id, %module, "upload removed");
+    audit_upload(
+        &state,
+        &caller.token_id,
+        &caller.tenant,
+        "deploy.remove_upload",
+        &answer,
+    )
+    .await;
     Ok(answer)
 }
 
@@ -134,6 +165,7 @@ pub async fn admin_put(
     let (name, _) = load_tenant(&state, &name).await?;
     let answer = put(&state, &name, &module, body).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, %module, "module uploaded");
+    audit_upload(&state, &op.token_id, &name, "deploy.upload", &answer).await;
     Ok(answer)
 }
 
@@ -146,6 +178,7 @@ pub async fn admin_delete(
     let (name, _) = load_tenant(&state, &name).await?;
     let answer = remove(&state, &name, &module).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, %module, "upload removed");
+    audit_upload(&state, &op.token_id, &name, "deploy.remove_upload", &answer).await;
     Ok(answer)
 }
 

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,11 @@ impl WarmPool {
                 Err(e) => tracing::debug!(error = %e.message, "could not prepare a child ahead"),
             }
         });
+    }
+
+    /// How many children are prepared and waiting.
+    pub fn ready_count(&self) -> usize {
+        self.ready.lock().expect("warm pool poisoned").len()
     }
 
     /// Whether a child is prepared for `version` of the tenant with `uid`.
@@ -275,6 +281,10 @@ pub async fn prepare_stage(
         }),
         Err(e) => {
             state.sandbox.release_cgroup(cgroup);
+            state
+                .metrics
+                .sandbox_failures
+                .fetch_add(1, Ordering::Relaxed);
             Err(ApiError::internal("could not start the child process", &e))
         }
     }

@@ -4,6 +4,7 @@
 //! token format and hashing, scopes, and the per-tenant policy. It knows nothing of HTTP or of
 //! the store; `daemon` persists what this crate produces and asks it for decisions.
 
+pub mod admission;
 pub mod policy;
 pub mod secrets;
 pub mod token;
@@ -15,6 +16,6 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub use policy::{Network, Policy, PolicyError, PolicyPatch};
+pub use policy::{builtin_plans, Network, Policy, PolicyError, PolicyPatch};
 pub use secrets::{Sealed, SecretError, SecretKey};
 pub use token::{Scope, ScopeError, Scopes, TokenHash, TokenSecret};

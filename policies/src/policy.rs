@@ -1,10 +1,11 @@
 //! The per-tenant policy: the limits every call of a tenant runs under.
 //!
-//! A policy is always complete (every field has a value); operators change it with a
+//! A policy is always complete (every field has a value). A tenant's policy is its plan's
+//! policy with the tenant's own overrides applied; both plans and overrides change through a
 //! [`PolicyPatch`], which is validated as a whole before anything is applied, so a bad field
 //! never leaves a half-changed policy behind.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Whether a tenant's calls may reach the network beyond their own loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct Policy {
     pub calls_per_minute: u32,
     pub network: Network,
     pub builtins: bool,
+    /// CPU seconds a tenant's calls may use per calendar month (UTC); `None`: no quota.
+    #[serde(default)]
+    pub cpu_seconds_per_month: Option<u64>,
 }
 
 impl Default for Policy {
@@ -39,23 +43,84 @@ impl Default for Policy {
             calls_per_minute: 600,
             network: Network::None,
             builtins: false,
+            cpu_seconds_per_month: None,
         }
     }
 }
 
-/// Any subset of a policy's fields; the rest keep their values.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Any subset of a policy's fields; the rest keep their values. Stored as a tenant's
+/// overrides of its plan (only the fields given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tmp_mb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub calls_per_minute: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub builtins: Option<bool>,
+    /// `Some(None)` (JSON `null`) removes the quota.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub cpu_seconds_per_month: Option<Option<u64>>,
+}
+
+/// A field that is present, even as `null`, is `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+impl PolicyPatch {
+    /// Adds `later`'s fields over these (a later patch wins field by field).
+    pub fn merge(&mut self, later: &PolicyPatch) {
+        let l = later.clone();
+        self.memory_mb = l.memory_mb.or(self.memory_mb);
+        self.timeout_ms = l.timeout_ms.or(self.timeout_ms);
+        self.cpu_percent = l.cpu_percent.or(self.cpu_percent);
+        self.pids = l.pids.or(self.pids);
+        self.tmp_mb = l.tmp_mb.or(self.tmp_mb);
+        self.max_concurrency = l.max_concurrency.or(self.max_concurrency);
+        self.calls_per_minute = l.calls_per_minute.or(self.calls_per_minute);
+        self.network = l.network.or(self.network);
+        self.builtins = l.builtins.or(self.builtins);
+        self.cpu_seconds_per_month = l.cpu_seconds_per_month.or(self.cpu_seconds_per_month);
+    }
+
+    /// Drops the named fields (they fall back to the plan's values); unknown names are
+    /// returned as an error.
+    pub fn reset(&mut self, fields: &[String]) -> Result<(), String> {
+        for field in fields {
+            match field.as_str() {
+                "memory_mb" => self.memory_mb = None,
+                "timeout_ms" => self.timeout_ms = None,
+                "cpu_percent" => self.cpu_percent = None,
+                "pids" => self.pids = None,
+                "tmp_mb" => self.tmp_mb = None,
+                "max_concurrency" => self.max_concurrency = None,
+                "calls_per_minute" => self.calls_per_minute = None,
+                "network" => self.network = None,
+                "builtins" => self.builtins = None,
+                "cpu_seconds_per_month" => self.cpu_seconds_per_month = None,
+                other => return Err(other.to_owned()),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -99,6 +164,16 @@ impl Policy {
         check("tmp_mb", patch.tmp_mb, 1, 65_536)?;
         check("max_concurrency", patch.max_concurrency, 1, 10_000)?;
         check("calls_per_minute", patch.calls_per_minute, 1, 10_000_000)?;
+        if let Some(Some(q)) = patch.cpu_seconds_per_month {
+            if q == 0 || q > 1 << 40 {
+                return Err(PolicyError::OutOfRange {
+                    field: "cpu_seconds_per_month",
+                    value: u32::try_from(q).unwrap_or(u32::MAX),
+                    min: 1,
+                    max: u32::MAX,
+                });
+            }
+        }
         let p = patch.clone();
         self.memory_mb = p.memory_mb.unwrap_or(self.memory_mb);
         self.timeout_ms = p.timeout_ms.unwrap_or(self.timeout_ms);
@@ -109,8 +184,55 @@ impl Policy {
         self.calls_per_minute = p.calls_per_minute.unwrap_or(self.calls_per_minute);
         self.network = p.network.unwrap_or(self.network);
         self.builtins = p.builtins.unwrap_or(self.builtins);
+        if let Some(quota) = p.cpu_seconds_per_month {
+            self.cpu_seconds_per_month = quota;
+        }
         Ok(())
     }
+
+    /// `base` with `overrides` applied, both already validated when they were stored.
+    pub fn effective(base: &Policy, overrides: &PolicyPatch) -> Policy {
+        let mut p = base.clone();
+        if p.apply(overrides).is_err() {
+            // Stored overrides were validated when set; should limits ever tighten, the
+            // plan's values stand.
+            return base.clone();
+        }
+        p
+    }
+}
+
+/// The plans every store starts with; operators change or add plans at will.
+pub fn builtin_plans() -> Vec<(&'static str, Policy)> {
+    let default = Policy::default();
+    vec![
+        ("default", default.clone()),
+        (
+            "free",
+            Policy {
+                memory_mb: 128,
+                timeout_ms: 10_000,
+                max_concurrency: 2,
+                calls_per_minute: 60,
+                cpu_seconds_per_month: Some(3_600),
+                ..default.clone()
+            },
+        ),
+        (
+            "annual",
+            Policy {
+                memory_mb: 1024,
+                timeout_ms: 120_000,
+                cpu_percent: 200,
+                pids: 256,
+                tmp_mb: 512,
+                max_concurrency: 32,
+                calls_per_minute: 6_000,
+                cpu_seconds_per_month: Some(1_000_000),
+                ..default
+            },
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -134,6 +256,35 @@ mod tests {
         let err = p.apply(&patch).unwrap_err();
         assert_eq!(err.field(), "memory_mb");
         assert_eq!(p, Policy::default());
+    }
+
+    #[test]
+    fn overrides_merge_reset_and_apply_over_a_plan() {
+        let mut overrides: PolicyPatch =
+            serde_json::from_str(r#"{"timeout_ms": 500, "cpu_seconds_per_month": 10}"#).unwrap();
+        let later: PolicyPatch = serde_json::from_str(r#"{"memory_mb": 64}"#).unwrap();
+        overrides.merge(&later);
+        assert_eq!(
+            serde_json::to_value(&overrides).unwrap(),
+            serde_json::json!({"memory_mb": 64, "timeout_ms": 500, "cpu_seconds_per_month": 10})
+        );
+        let p = Policy::effective(&Policy::default(), &overrides);
+        assert_eq!((p.memory_mb, p.timeout_ms), (64, 500));
+        assert_eq!(p.cpu_seconds_per_month, Some(10));
+        overrides.reset(&["timeout_ms".into()]).unwrap();
+        assert_eq!(
+            Policy::effective(&Policy::default(), &overrides).timeout_ms,
+            30_000
+        );
+        assert!(overrides.reset(&["nope".into()]).is_err());
+        // `null` removes a quota; an absent field leaves it.
+        let none: PolicyPatch = serde_json::from_str(r#"{"cpu_seconds_per_month": null}"#).unwrap();
+        assert_eq!(none.cpu_seconds_per_month, Some(None));
+        let mut q = p.clone();
+        q.apply(&none).unwrap();
+        assert_eq!(q.cpu_seconds_per_month, None);
+        let zero: PolicyPatch = serde_json::from_str(r#"{"cpu_seconds_per_month": 0}"#).unwrap();
+        assert!(q.apply(&zero).is_err());
     }
 
     #[test]

@@ -1,0 +1,321 @@
+//! Metering: every call that reached a tenant is recorded, off the call path, in batches; the
+//! monthly CPU quota is checked against what was recorded; `GET /admin/v1/usage` aggregates.
+//!
+//! A call hands its [`CallRecord`] to a bounded channel and returns; one writer task drains the
+//! channel and writes whatever has gathered in one transaction, so a burst of calls costs one
+//! write, not one each. Readers of usage flush first, so totals include every answered call.
+//! The quota keeps each tenant's CPU milliseconds of the current month in memory (read from
+//! the store once per tenant and month, then added to as calls finish).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::Operator;
+use crate::clock::{format_ms, month_bounds, now_ms, parse_time};
+use crate::extract::ApiQuery;
+use crate::server::AppState;
+use crate::store::{CallRecord, Store, UsageRow};
+
+/// Records waiting to be written, at most.
+const QUEUE: usize = 100_000;
+/// Records written per transaction, at most.
+const BATCH: usize = 2_000;
+
+enum Message {
+    Call(CallRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side of metering.
+#[derive(Debug)]
+pub struct Meter {
+    tx: mpsc::Sender<Message>,
+    queued: Arc<AtomicUsize>,
+    pub dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Message")
+    }
+}
+
+impl Meter {
+    /// Starts the writer task.
+    pub fn start(store: Store) -> Meter {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_batches(store, rx, Arc::clone(&queued)));
+        Meter {
+            tx,
+            queued,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues one record; never waits. A full queue (the store stuck for a long while) drops
+    /// the record and counts it.
+    pub fn record(&self, record: CallRecord) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(Message::Call(record)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::error!(dropped = n + 1, "metering queue full: call records dropped");
+            }
+        }
+    }
+
+    /// Waits until everything queued before now is in the store.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Arc<AtomicUsize>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Call(c) => batch.push(c),
+                Message::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            for attempt in 1..=3 {
+                match store.insert_calls(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 3 => tracing::error!(
+                        error = %crate::api_error::ErrorChain(&e),
+                        records = batch.len(),
+                        "could not write call records"
+                    ),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+            queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Each tenant's CPU milliseconds in the current month.
+#[derive(Debug, Default)]
+pub struct Quotas(Mutex<HashMap<String, (i64, i64)>>);
+
+impl Quotas {
+    /// The tenant's CPU milliseconds this month.
+    pub async fn used_ms(&self, store: &Store, tenant: &str, now: i64) -> Result<i64, ApiError> {
+        let (month, _) = month_bounds(now);
+        let known = self
+            .0
+            .lock()
+            .expect("quota table poisoned")
+            .get(tenant)
+            .filter(|(m, _)| *m == month)
+            .map(|(_, used)| *used);
+        if let Some(used) = known {
+            return Ok(used);
+        }
+        let used = store.cpu_ms_since(tenant, month).await?;
+        let mut table = self.0.lock().expect("quota table poisoned");
+        let entry = table.entry(tenant.to_owned()).or_insert((month, used));
+        if entry.0 != month {
+            *entry = (month, used);
+        }
+        Ok(entry.1)
+    }
+
+    /// Adds a finished call's CPU time.
+    pub fn add(&self, tenant: &str, cpu_ms: i64, at: i64) {
+        let (month, _) = month_bounds(at);
+        let mut table = self.0.lock().expect("quota table poisoned");
+        if let Some(entry) = table.get_mut(tenant) {
+            if entry.0 == month {
+                entry.1 += cpu_ms;
+            }
+        }
+    }
+
+    pub fn forget(&self, tenant: &str) {
+        self.0.lock().expect("quota table poisoned").remove(tenant);
+    }
+}
+
+/// Refuses a call of a tenant that has used its monthly CPU quota.
+pub async fn check_quota(
+    state: &AppState,
+    tenant: &str,
+    quota_seconds: Option<u64>,
+) -> Result<(), ApiError> {
+    let Some(quota) = quota_seconds else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let used = state.quotas.used_ms(&state.store, tenant, now).await?;
+    let quota_ms = i64::try_from(quota.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if used < quota_ms {
+        return Ok(());
+    }
+    let (_, next_month) = month_bounds(now);
+    let wait = u64::try_from((next_month - now) / 1000).unwrap_or(1);
+    Err(ApiError::new(
+        ErrorCode::QuotaExceeded,
+        format!(
+            "this tenant has used its {quota} CPU seconds for this month; the quota renews at {}",
+            format_ms(next_month)
+        ),
+    )
+    .with_detail(json!({
+        "cpu_seconds_per_month": quota,
+        "used_cpu_ms": used,
+        "renews_at": format_ms(next_month),
+    }))
+    .with_retry_after(wait))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    tenant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /admin/v1/usage?tenant=&from=&to=&format=json|csv`: calls per tenant and function in
+/// `[from, to)` (RFC 3339 times or dates; default: this month so far).
+pub async fn usage(
+    _op: Operator,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<ApiQuery<UsageQuery>, ApiError>,
+) -> Result<Response, ApiError> {
+    let ApiQuery(q) = query?;
+    let now = now_ms();
+    let time = |field: &str, value: Option<&str>, default: i64| match value {
+        None => Ok(default),
+        Some(v) => parse_time(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field} {v:?} is not an RFC 3339 time or a date such as 2026-11-01"
+            ))
+            .with_detail(json!({ "parameter": field }))
+        }),
+    };
+    let from = time("from", q.from.as_deref(), month_bounds(now).0)?;
+    let to = time("to", q.to.as_deref(), now + 1)?;
+    let csv = match q.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(
+                ApiError::bad_request(format!("format {other:?} is not json or csv"))
+                    .with_detail(json!({"parameter": "format"})),
+            )
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/csv")),
+    };
+    state.meter.flush().await;
+    let rows = state.store.usage(q.tenant.as_deref(), from, to).await?;
+    if csv {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            usage_csv(&rows),
+        )
+            .into_response());
+    }
+    let mut tenants: Vec<Value> = Vec::new();
+    for row in &rows {
+        let fresh = tenants.last().is_none_or(|t| t["tenant"] != row.tenant);
+        if fresh {
+            tenants.push(
+                json!({"tenant": row.tenant, "calls": 0, "ok": 0, "errors": 0,
+                "wall_ms": 0, "cpu_ms": 0, "bytes_in": 0, "bytes_out": 0}),
+            );
+        }
+        let t = tenants.last_mut().expect("pushed above");
+        for (key, add) in [
+            ("calls", row.calls),
+            ("ok", row.ok),
+            ("errors", row.calls - row.ok),
+            ("wall_ms", row.wall_ms),
+            ("cpu_ms", row.cpu_ms),
+            ("bytes_in", row.bytes_in),
+            ("bytes_out", row.bytes_out),
+        ] {
+            t[key] = json!(t[key].as_i64().unwrap_or(0) + add);
+        }
+    }
+    Ok(Json(json!({
+        "from": format_ms(from),
+        "to": format_ms(to),
+        "tenants": tenants,
+        "functions": rows.iter().map(usage_json).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+fn usage_json(r: &UsageRow) -> Value {
+    json!({
+        "tenant": r.tenant,
+        "fn": r.function,
+        "calls": r.calls,
+        "ok": r.ok,
+        "errors": r.calls - r.ok,
+        "wall_ms": r.wall_ms,
+        "cpu_ms": r.cpu_ms,
+        "max_peak_memory_bytes": r.max_peak_memory_bytes,
+        "bytes_in": r.bytes_in,
+        "bytes_out": r.bytes_out,
+    })
+}
+
+fn usage_csv(rows: &[UsageRow]) -> String {
+    let mut out = String::from(
+        "tenant,fn,calls,ok,errors,wall_ms,cpu_ms,max_peak_memory_bytes,bytes_in,bytes_out\n",
+    );
+    for r in rows {
+        // Tenant and function names are identifiers: nothing to quote.
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            r.tenant,
+            r.function,
+            r.calls,
+            r.ok,
+            r.calls - r.ok,
+            r.wall_ms,
+            r.cpu_ms,
+            r.max_peak_memory_bytes,
+            r.bytes_in,
+            r.bytes_out
+        ));
+    }
+    out
+}

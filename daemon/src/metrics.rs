@@ -1,0 +1,164 @@
+//! `GET /metrics`: counters and gauges in the Prometheus text format.
+//!
+//! Calls by tenant and outcome, call latency histograms by tenant, children running and
+//! prepared, sandbox failures, failed authentications, the metering queue. Labels are tenant
+//! names (operator-made, so bounded) and error codes (a fixed set); nothing a caller sends
+//! becomes a label.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::server::AppState;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    pub sandbox_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one answered call; `tenant` is `-` when the caller was not identified.
+    pub fn call(&self, tenant: &str, outcome: &'static str, seconds: f64) {
+        *self
+            .calls
+            .lock()
+            .expect("metrics poisoned")
+            .entry((tenant.to_owned(), outcome))
+            .or_default() += 1;
+        let mut latency = self.latency.lock().expect("metrics poisoned");
+        let h = latency.entry(tenant.to_owned()).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Forgets a removed tenant's series.
+    pub fn forget(&self, tenant: &str) {
+        self.calls
+            .lock()
+            .expect("metrics poisoned")
+            .retain(|(t, _), _| t != tenant);
+        self.latency
+            .lock()
+            .expect("metrics poisoned")
+            .remove(tenant);
+    }
+
+    fn render(&self, state: &AppState) -> String {
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "falra_calls_total",
+            "counter",
+            "Calls answered, by tenant and outcome (ok or the error code).",
+        );
+        for ((tenant, outcome), n) in self.calls.lock().expect("metrics poisoned").iter() {
+            let _ = writeln!(
+                out,
+                "falra_calls_total{{tenant=\"{tenant}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "falra_call_duration_seconds",
+            "histogram",
+            "Wall-clock time from request to answer, by tenant.",
+        );
+        for (tenant, h) in self.latency.lock().expect("metrics poisoned").iter() {
+            for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "falra_call_duration_seconds_bucket{{tenant=\"{tenant}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "falra_call_duration_seconds_bucket{{tenant=\"{tenant}\",le=\"+Inf\"}} {}\n\
+                 falra_call_duration_seconds_sum{{tenant=\"{tenant}\"}} {}\n\
+                 falra_call_duration_seconds_count{{tenant=\"{tenant}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        let gauges: [(&str, &str, &str, u64); 6] = [
+            (
+                "falra_active_children",
+                "gauge",
+                "Calls running now (each is one sandboxed child).",
+                state.admission.running() as u64,
+            ),
+            (
+                "falra_prepared_children",
+                "gauge",
+                "Children started ahead of their calls, waiting.",
+                state.warm.ready_count() as u64,
+            ),
+            (
+                "falra_sandbox_failures_total",
+                "counter",
+                "Children that could not be set up or started.",
+                self.sandbox_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_auth_failures_total",
+                "counter",
+                "Requests with a missing, unknown, expired or revoked token.",
+                self.auth_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_metering_queue_depth",
+                "gauge",
+                "Call records waiting to be written to the store.",
+                state.meter.queue_depth() as u64,
+            ),
+            (
+                "falra_metering_dropped_total",
+                "counter",
+                "Call records dropped because the metering queue was full.",
+                state.meter.dropped.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&state),
+    )
+}

@@ -1,0 +1,180 @@
+//! Plans: named, complete policies that tenants are on, and a tenant's effective policy.
+//!
+//! A tenant's effective policy is its plan's policy with the tenant's own overrides (the
+//! fields an operator set for it) applied. Plans live in the store and in memory (read on
+//! every call); `PUT /admin/v1/plans/{name}` with any subset of the policy's fields creates a
+//! plan (from the defaults) or changes one, and the next call of every tenant on it obeys.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use axum::extract::State;
+use axum::Json;
+use falra_policies::{builtin_plans, Policy, PolicyPatch};
+use serde_json::{json, Value};
+
+use crate::api_error::ApiError;
+use crate::audit::audit;
+use crate::auth::Operator;
+use crate::clock::now_ms;
+use crate::extract::{ApiJson, ApiPath};
+use crate::server::AppState;
+use crate::store::{Store, StoreError, TenantRow};
+
+/// The plans, as read by calls.
+#[derive(Debug, Default)]
+pub struct PlanTable(RwLock<HashMap<String, Policy>>);
+
+impl PlanTable {
+    /// Seeds the built-in plans where absent, then reads every plan.
+    pub async fn load(store: &Store) -> Result<PlanTable, StoreError> {
+        let now = now_ms();
+        for (name, policy) in builtin_plans() {
+            let text = serde_json::to_string(&policy).expect("a policy serialises");
+            store.insert_plan_if_absent(name, &text, now).await?;
+        }
+        let mut plans = HashMap::new();
+        for (name, text) in store.plans().await? {
+            let policy = serde_json::from_str(&text)
+                .map_err(|_| StoreError::Corrupt(format!("plan {name:?} is not a policy")))?;
+            plans.insert(name, policy);
+        }
+        Ok(PlanTable(RwLock::new(plans)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Policy> {
+        self.0
+            .read()
+            .expect("plan table poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .read()
+            .expect("plan table poisoned")
+            .contains_key(name)
+    }
+
+    fn set(&self, name: &str, policy: Policy) {
+        self.0
+            .write()
+            .expect("plan table poisoned")
+            .insert(name.to_owned(), policy);
+    }
+
+    fn remove(&self, name: &str) {
+        self.0.write().expect("plan table poisoned").remove(name);
+    }
+
+    fn all(&self) -> Vec<(String, Policy)> {
+        let mut all: Vec<_> = self
+            .0
+            .read()
+            .expect("plan table poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// A tenant's stored overrides.
+pub fn overrides(tenant: &TenantRow) -> Result<PolicyPatch, ApiError> {
+    serde_json::from_str(&tenant.policy)
+        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))
+}
+
+/// The policy a tenant's calls run under now: its plan with its overrides.
+pub fn effective_policy(state: &AppState, tenant: &TenantRow) -> Result<Policy, ApiError> {
+    let plan = state.plans.get(&tenant.plan).unwrap_or_default();
+    Ok(Policy::effective(&plan, &overrides(tenant)?))
+}
+
+/// Checks that `name` is a plan a tenant may be put on.
+pub fn check_plan(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.plans.contains(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "there is no plan named {name:?} (see GET /admin/v1/plans)"
+        ))
+        .with_detail(json!({"field": "plan"})))
+    }
+}
+
+fn plan_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{name:?} is not a valid plan name: use 1 to 64 letters, digits, '_' or '-'"
+        ))
+        .with_detail(json!({"field": "name"})))
+    }
+}
+
+/// `GET /admin/v1/plans`.
+pub async fn list_plans(_op: Operator, State(state): State<AppState>) -> Json<Value> {
+    let plans: Vec<Value> = state
+        .plans
+        .all()
+        .into_iter()
+        .map(|(name, policy)| json!({"name": name, "policy": policy}))
+        .collect();
+    Json(json!({ "plans": plans }))
+}
+
+/// `PUT /admin/v1/plans/{name}`: creates the plan from the defaults, or changes it.
+pub async fn put_plan(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(patch): ApiJson<PolicyPatch>,
+) -> Result<Json<Value>, ApiError> {
+    plan_name(&name)?;
+    let mut policy = state.plans.get(&name).unwrap_or_default();
+    policy.apply(&patch).map_err(|e| {
+        ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
+    })?;
+    let text = serde_json::to_string(&policy).expect("a policy serialises");
+    state.store.put_plan(&name, &text, now_ms()).await?;
+    state.plans.set(&name, policy.clone());
+    audit(
+        &state,
+        &op.token_id,
+        "plan.set",
+        None,
+        json!({"plan": name, "changes": patch}),
+    )
+    .await;
+    Ok(Json(json!({"name": name, "policy": policy})))
+}
+
+/// `DELETE /admin/v1/plans/{name}`: only a plan no tenant is on.
+pub async fn delete_plan(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.store.delete_plan(&name).await? {
+        return Err(ApiError::not_found(format!("no plan named {name:?}")));
+    }
+    state.plans.remove(&name);
+    audit(
+        &state,
+        &op.token_id,
+        "plan.delete",
+        None,
+        json!({"plan": name}),
+    )
+    .await;
+    Ok(Json(json!({ "deleted": name })))
+}
