@@ -35,8 +35,69 @@ pub enum Command {
     Secret(SecretCommand),
     /// Upload a private module for a tenant: `falra upload caro helpers.py [--as pkg.helpers]`.
     Upload(UploadArgs),
+    /// Named plans: complete policies tenants are on (talks to a running daemon).
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Calls per tenant and function over a time range (talks to a running daemon).
+    Usage(UsageArgs),
+    /// Operator actions and deploys, newest first (talks to a running daemon).
+    Audit(AuditArgs),
     /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
     Call(CallArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Create or change a plan: `falra plan set annual memory_mb=1024 cpu_seconds_per_month=100000`.
+    Set {
+        name: String,
+        /// field=value pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// List plans.
+    List {
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Remove a plan no tenant is on.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// From this time (RFC 3339 or a date; default: the start of this month).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Up to this time, exclusive (default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub client: AdminClient,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub client: AdminClient,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +217,9 @@ pub struct AdminClient {
     /// Operator token (from `falra admin init`).
     #[arg(long, env = "FALRA_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub admin_token: Option<String>,
+    /// Print the daemon's JSON answer instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,12 +304,15 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Set policy fields: `falra policy set caro timeout_ms=500 memory_mb=256`.
+    /// Override fields of the tenant's plan: `falra policy set caro timeout_ms=500 memory_mb=256`.
     Set {
         tenant: String,
         /// field=value pairs.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "reset")]
         fields: Vec<String>,
+        /// Give a field back to the plan (repeatable).
+        #[arg(long)]
+        reset: Vec<String>,
         #[command(flatten)]
         client: AdminClient,
     },

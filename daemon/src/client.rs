@@ -4,7 +4,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, CallArgs, PolicyCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs,
+    AdminClient, AuditArgs, CallArgs, PlanCommand, PolicyCommand, SecretCommand, TenantCommand,
+    TokenCommand, UploadArgs, UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -51,10 +52,28 @@ fn request_raw(
     Ok(Answer { status, body })
 }
 
-/// Prints a successful answer as JSON on stdout; turns an error answer into a failure.
+/// How a successful answer is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Tables and `key: value` lines.
+    Human,
+    Json,
+}
+
+/// Prints a successful answer on stdout; turns an error answer into a failure.
 fn finish(answer: Answer) -> anyhow::Result<()> {
+    finish_as(answer, Output::Json)
+}
+
+fn finish_as(answer: Answer, output: Output) -> anyhow::Result<()> {
     if (200..300).contains(&answer.status) {
-        println!("{}", serde_json::to_string_pretty(&answer.body)?);
+        match (output, &answer.body) {
+            (Output::Json, _) | (_, Value::String(_)) => match &answer.body {
+                Value::String(text) => print!("{text}"),
+                body => println!("{}", serde_json::to_string_pretty(body)?),
+            },
+            (Output::Human, body) => print!("{}", human(body)),
+        }
         return Ok(());
     }
     let code = answer.body["error"]["code"].as_str().unwrap_or("error");
@@ -85,8 +104,163 @@ impl AdminClient {
             .as_deref()
             .context("no operator token: pass --admin-token or set FALRA_ADMIN_TOKEN (see `falra admin init`)")?;
         let url = format!("{}/admin/v1{path}", self.url.trim_end_matches('/'));
-        finish(request_raw(method, &url, Some(token), body)?)
+        let output = if self.json {
+            Output::Json
+        } else {
+            Output::Human
+        };
+        finish_as(request_raw(method, &url, Some(token), body)?, output)
     }
+}
+
+/// An answer for people: each list of objects as a table, other fields as `key: value`.
+fn human(body: &Value) -> String {
+    let Value::Object(map) = body else {
+        return format!("{}\n", cell(body));
+    };
+    let mut out = String::new();
+    let mut tables = Vec::new();
+    for (key, value) in map {
+        match value {
+            Value::Array(items) if items.iter().all(Value::is_object) => {
+                tables.push((key, items));
+            }
+            other => out.push_str(&format!("{key}: {}\n", cell(other))),
+        }
+    }
+    for (key, items) in tables {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if items.is_empty() {
+            out.push_str(&format!("{key}: none\n"));
+            continue;
+        }
+        if map.len() > 1 {
+            out.push_str(&format!("{key}:\n"));
+        }
+        out.push_str(&table(items));
+    }
+    out
+}
+
+/// Rows of objects as an aligned table; columns in order of first appearance.
+fn table(items: &[Value]) -> String {
+    let mut columns: Vec<&str> = Vec::new();
+    for item in items {
+        for key in item.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !columns.contains(&key.as_str()) {
+                columns.push(key);
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// One value as a table cell: strings bare, `null` as `-`, lists of scalars joined.
+fn cell(value: &Value) -> String {
+    let text = match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
+            items.iter().map(cell).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    };
+    if text.chars().count() > 80 {
+        let cut: String = text.chars().take(79).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// `falra usage`: calls per tenant and function.
+pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    for (key, value) in [
+        ("tenant", &args.tenant),
+        ("from", &args.from),
+        ("to", &args.to),
+    ] {
+        if let Some(v) = value {
+            query.push(format!("{key}={}", encode(v)));
+        }
+    }
+    if args.csv {
+        query.push("format=csv".to_owned());
+    }
+    let path = if query.is_empty() {
+        "/usage".to_owned()
+    } else {
+        format!("/usage?{}", query.join("&"))
+    };
+    args.client.send("GET", &path, None)
+}
+
+/// `falra audit`: operator actions and deploys, newest first.
+pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let mut path = format!("/audit?limit={}", args.limit);
+    if let Some(t) = &args.tenant {
+        path.push_str(&format!("&tenant={}", encode(t)));
+    }
+    args.client.send("GET", &path, None)
+}
+
+pub fn plan(cmd: PlanCommand) -> anyhow::Result<()> {
+    match cmd {
+        PlanCommand::Set {
+            name,
+            fields,
+            client,
+        } => {
+            let body = Value::Object(key_values(&fields)?);
+            client.send("PUT", &format!("/plans/{name}"), Some(body))
+        }
+        PlanCommand::List { client } => client.send("GET", "/plans", None),
+        PlanCommand::Remove { name, client } => {
+            client.send("DELETE", &format!("/plans/{name}"), None)
+        }
+    }
+}
+
+/// Percent-encodes a query value (times carry `:` and `+`).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `falra upload TENANT FILE.py [--as NAME]`: the module is named by `--as`, or the file's
@@ -221,9 +395,14 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Set {
             tenant,
             fields,
+            reset,
             client,
         } => {
-            let body = Value::Object(key_values(&fields)?);
+            let mut body = key_values(&fields)?;
+            if !reset.is_empty() {
+                body.insert("reset".into(), json!(reset));
+            }
+            let body = Value::Object(body);
             client.send("PUT", &format!("/tenants/{tenant}/policy"), Some(body))
         }
     }
@@ -267,6 +446,29 @@ pub fn key_values(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_print_as_tables_and_the_rest_as_lines() {
+        let body = json!({"tokens": [
+            {"id": "tok_1", "scopes": ["call", "deploy"], "expires_at": null},
+            {"id": "tok_22", "scopes": ["call"], "expires_at": "2027-01-01T00:00:00Z"},
+        ]});
+        assert_eq!(
+            human(&body),
+            "ID      SCOPES       EXPIRES_AT\n\
+             tok_1   call,deploy  -\n\
+             tok_22  call         2027-01-01T00:00:00Z\n"
+        );
+        assert_eq!(
+            human(&json!({"version": "abc", "n": 2})),
+            "version: abc\nn: 2\n"
+        );
+        assert_eq!(human(&json!({"secrets": []})), "secrets: none\n");
+        assert_eq!(
+            encode("2026-11-01T00:00:00+01:00"),
+            "2026-11-01T00%3A00%3A00%2B01%3A00"
+        );
+    }
 
     #[test]
     fn values_are_json_when_they_parse() {

@@ -48,6 +48,9 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(cmd) => client::policy(cmd),
         Command::Secret(cmd) => client::secret(cmd),
         Command::Upload(args) => client::upload(args),
+        Command::Plan(cmd) => client::plan(cmd),
+        Command::Usage(args) => client::usage(args),
+        Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
     }
 }

@@ -225,11 +225,19 @@ fn the_command_line_drives_a_running_daemon() {
     let (ok, out, err) = cli(&d, &["tenant", "add", "caro", "--repo", &url], None);
     assert!(ok, "{out}{err}");
     let (ok, out, _) = cli(&d, &["tenant", "sync", "caro"], None);
-    assert!(ok && out.contains("\"version\""), "{out}");
+    assert!(ok && out.starts_with("version: "), "{out}");
+    // Lists are tables for people, JSON on request.
     let (ok, out, _) = cli(&d, &["tenant", "list"], None);
-    assert!(ok && out.contains("\"caro\""), "{out}");
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("NAME"), "{out}");
+    assert!(lines.next().unwrap().starts_with("caro "), "{out}");
+    let (ok, out, _) = cli(&d, &["tenant", "list", "--json"], None);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["tenants"][0]["name"], json!("caro"));
     let (ok, out, _) = cli(&d, &["tenant", "show", "caro"], None);
-    assert!(ok && out.contains("\"active_version\""), "{out}");
+    assert!(ok && out.contains("\nactive_version: "), "{out}");
     let (ok, out, err) = cli(
         &d,
         &[
@@ -240,6 +248,7 @@ fn the_command_line_drives_a_running_daemon() {
             "call",
             "--expires-in-days",
             "365",
+            "--json",
         ],
         None,
     );
