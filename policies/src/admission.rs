@@ -31,9 +31,13 @@ impl TokenBucket {
         }
     }
 
-    /// Refills for the time since the last look, following a changed rate.
+    /// Refills for the time since the last look, following a changed rate: a raised limit
+    /// grants its extra allowance at once, a lowered one caps what is left.
     fn refill(&mut self, per_minute: u32, now: Instant) {
         let capacity = f64::from(per_minute.max(1));
+        if capacity > self.capacity {
+            self.tokens += capacity - self.capacity;
+        }
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * capacity / 60.0).min(capacity);
         self.capacity = capacity;
@@ -251,6 +255,14 @@ mod tests {
         let later = t0 + Duration::from_secs(20);
         drop(a.admit(&"caro", LIMITS, later).unwrap());
         assert!(a.admit(&"caro", LIMITS, later).is_err());
+        // A raised limit grants its extra allowance at once.
+        let raised = Limits {
+            calls_per_minute: 5,
+            ..LIMITS
+        };
+        drop(a.admit(&"caro", raised, later).unwrap());
+        drop(a.admit(&"caro", raised, later).unwrap());
+        assert!(a.admit(&"caro", raised, later).is_err());
     }
 
     #[test]
