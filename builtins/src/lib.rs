@@ -1,10 +1,14 @@
 //! Native built-in functions that tenants call by name like their own Python functions.
 //!
 //! Built-ins are resolved before a tenant's own modules and only for tenants whose policy
-//! allows them. The first one, the streaming zip → CSV → reshape → S3 job
-//! (`read_zip_csv_chunk.read_zip_csv_chunk`), is not implemented yet: until it is, its name is
-//! reserved here so that no tenant module can be mistaken for it, and calls to it answer
-//! `fn_not_found` like any other missing function.
+//! allows them (`"builtins": true`). Their module names are reserved, so no tenant module can
+//! be mistaken for one. The first is the streaming zip → CSV → reshape → S3 job
+//! (`read_zip_csv_chunk.read_zip_csv_chunk`, in [`etl`]).
+
+pub mod etl;
+
+/// The built-in functions, as `fn` names them.
+pub const FUNCTIONS: &[&str] = &["read_zip_csv_chunk.read_zip_csv_chunk"];
 
 /// Names of functions that belong to Falra, not to any tenant's code.
 pub const RESERVED_MODULES: &[&str] = &["read_zip_csv_chunk"];

@@ -247,6 +247,47 @@ async fn run_call(
         )
         .map_err(|r| refused(r, &policy))?;
 
+    let timeout_ms = match query.timeout_ms {
+        Some(0) => {
+            return Err(ApiError::bad_request("timeout_ms must be at least 1")
+                .with_detail(json!({"parameter": "timeout_ms"})))
+        }
+        Some(t) => t.min(policy.timeout_ms),
+        None => policy.timeout_ms,
+    };
+    let uid = u32::try_from(tenant.uid)
+        .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
+    if falra_builtins::is_reserved_module(request.function.module()) {
+        let outcome = crate::builtin::run(
+            state,
+            &caller.tenant,
+            uid,
+            &policy,
+            &request.function,
+            &request.kwargs,
+            timeout_ms,
+        )
+        .await;
+        drop(permit);
+        let outcome = outcome?;
+        metered.wall_ms = outcome.wall_ms;
+        metered.cpu_ms = outcome.cpu_ms;
+        metered.peak_memory_bytes = outcome.peak_memory_bytes;
+        let result = outcome.result?;
+        let body = json!({
+            "ok": true,
+            "result": result,
+            "call_id": call_id,
+            "version": null,
+            "logs": "",
+            "usage": {"wall_ms": outcome.wall_ms, "cpu_ms": outcome.cpu_ms,
+                      "peak_memory_bytes": outcome.peak_memory_bytes},
+        });
+        let response = json_response(&body);
+        metered.bytes_out = response_len(&response);
+        return Ok(response);
+    }
+
     let version = match query.version.as_deref() {
         Some(pinned) => {
             let id = VersionId::parse(pinned).map_err(|e| {
@@ -275,27 +316,9 @@ async fn run_call(
             VersionId::parse(active).map_err(|e| ApiError::internal("corrupt version id", &e))?
         }
     };
-    let timeout_ms = match query.timeout_ms {
-        Some(0) => {
-            return Err(ApiError::bad_request("timeout_ms must be at least 1")
-                .with_detail(json!({"parameter": "timeout_ms"})))
-        }
-        Some(t) => t.min(policy.timeout_ms),
-        None => policy.timeout_ms,
-    };
-
     let fn_not_found = |message: String, detail: Value| {
         ApiError::new(ErrorCode::FnNotFound, message).with_detail(detail)
     };
-    if falra_builtins::is_reserved_module(request.function.module()) {
-        return Err(fn_not_found(
-            format!(
-                "the built-in {} is not available on this node",
-                request.function
-            ),
-            json!({"module": request.function.module()}),
-        ));
-    }
     let root = state.layout.version_dir(&caller.tenant, &version);
     let mounts = state.code_mounts(root);
     resolve_module(&mounts.code, &request.function)
@@ -314,8 +337,6 @@ async fn run_call(
     }
     .encode();
     let config = &state.config;
-    let uid = u32::try_from(tenant.uid)
-        .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
     metered.version = Some(version.as_str().to_owned());
     let key = WarmKey {
         uid,

@@ -44,6 +44,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
     Call(CallArgs),
+    /// Runs a built-in from a request on stdin (what the daemon's sandboxed children run).
+    #[command(hide = true)]
+    Builtin,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +159,16 @@ pub struct ServeArgs {
     /// (`429 rate_limited`) until its allowance refills.
     #[arg(long, default_value_t = 120)]
     pub auth_failures_per_minute: u32,
+    /// Let built-ins reach loopback, private and link-local addresses (their downloads and S3
+    /// endpoints); off by default so a tenant cannot aim them at internal services.
+    #[arg(long)]
+    pub egress_allow_private: bool,
+    /// The largest archive a built-in downloads, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    pub etl_max_download_bytes: u64,
+    /// A directory where the `write_to_dir` step may write (each tenant under its own name).
+    #[arg(long)]
+    pub etl_output_dir: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

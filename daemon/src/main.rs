@@ -7,6 +7,7 @@ mod admin;
 mod api_error;
 mod audit;
 mod auth;
+mod builtin;
 mod call;
 mod cli;
 mod client;
@@ -52,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
+        Command::Builtin => builtin::child_main(),
     }
 }
 
@@ -96,6 +98,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .with_context(|| format!("could not restrict {}", data_dir.display()))?;
     let installed = falra_sandbox::runner::install(&args.python, &data_dir.join("runtime"))
         .context("could not prepare the Python runner")?;
+    builtin::install_binary(&installed.dir)
+        .context("could not place the binary for built-in children")?;
     let secret_key = load_secret_key(&data_dir)?;
     let config = ServeConfig {
         python: args.python,
@@ -106,6 +110,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_log_bytes: args.max_log_bytes,
         keep_versions: args.keep_versions,
         max_children: args.max_children,
+        egress_allow_private: args.egress_allow_private,
+        etl_max_download_bytes: args.etl_max_download_bytes,
+        etl_output_dir: match args.etl_output_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("could not create {}", dir.display()))?;
+                Some(std::fs::canonicalize(dir)?)
+            }
+            None => None,
+        },
         auth_failures_per_minute: args.auth_failures_per_minute,
         ..ServeConfig::new(data_dir.clone())
     };

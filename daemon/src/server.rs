@@ -50,6 +50,12 @@ pub struct ServeConfig {
     pub max_children: usize,
     /// Failed authentications per client address and minute before it is refused.
     pub auth_failures_per_minute: u32,
+    /// Built-ins may reach loopback and private addresses (off: only public ones).
+    pub egress_allow_private: bool,
+    /// The largest archive a built-in downloads.
+    pub etl_max_download_bytes: u64,
+    /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
+    pub etl_output_dir: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -66,6 +72,9 @@ impl ServeConfig {
             stdlib: StdlibNames::default(),
             max_children: 64,
             auth_failures_per_minute: 120,
+            egress_allow_private: false,
+            etl_max_download_bytes: 4 << 30,
+            etl_output_dir: None,
             data_dir,
         }
     }

@@ -29,6 +29,13 @@ pub struct Policy {
     /// CPU seconds a tenant's calls may use per calendar month (UTC); `None`: no quota.
     #[serde(default)]
     pub cpu_seconds_per_month: Option<u64>,
+    /// The most bytes (in MiB) an archive a built-in downloads may unpack to.
+    #[serde(default = "default_max_unzipped_mb")]
+    pub max_unzipped_mb: u32,
+}
+
+fn default_max_unzipped_mb() -> u32 {
+    4096
 }
 
 impl Default for Policy {
@@ -44,6 +51,7 @@ impl Default for Policy {
             network: Network::None,
             builtins: false,
             cpu_seconds_per_month: None,
+            max_unzipped_mb: default_max_unzipped_mb(),
         }
     }
 }
@@ -78,6 +86,8 @@ pub struct PolicyPatch {
         deserialize_with = "present"
     )]
     pub cpu_seconds_per_month: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unzipped_mb: Option<u32>,
 }
 
 /// A field that is present, even as `null`, is `Some`.
@@ -99,6 +109,7 @@ impl PolicyPatch {
         self.network = l.network.or(self.network);
         self.builtins = l.builtins.or(self.builtins);
         self.cpu_seconds_per_month = l.cpu_seconds_per_month.or(self.cpu_seconds_per_month);
+        self.max_unzipped_mb = l.max_unzipped_mb.or(self.max_unzipped_mb);
     }
 
     /// Drops the named fields (they fall back to the plan's values); unknown names are
@@ -116,6 +127,7 @@ impl PolicyPatch {
                 "network" => self.network = None,
                 "builtins" => self.builtins = None,
                 "cpu_seconds_per_month" => self.cpu_seconds_per_month = None,
+                "max_unzipped_mb" => self.max_unzipped_mb = None,
                 other => return Err(other.to_owned()),
             }
         }
@@ -164,6 +176,7 @@ impl Policy {
         check("tmp_mb", patch.tmp_mb, 1, 65_536)?;
         check("max_concurrency", patch.max_concurrency, 1, 10_000)?;
         check("calls_per_minute", patch.calls_per_minute, 1, 10_000_000)?;
+        check("max_unzipped_mb", patch.max_unzipped_mb, 1, 1_048_576)?;
         if let Some(Some(q)) = patch.cpu_seconds_per_month {
             if q == 0 || q > 1 << 40 {
                 return Err(PolicyError::OutOfRange {
@@ -187,6 +200,7 @@ impl Policy {
         if let Some(quota) = p.cpu_seconds_per_month {
             self.cpu_seconds_per_month = quota;
         }
+        self.max_unzipped_mb = p.max_unzipped_mb.unwrap_or(self.max_unzipped_mb);
         Ok(())
     }
 

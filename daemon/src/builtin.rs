@@ -1,0 +1,301 @@
+//! Calling a built-in: the tenant's policy must allow it; the call's arguments are checked
+//! here (a bad plan is a `400` before any child starts); the S3 credentials are opened from the
+//! tenant's secret; then the `falra` binary itself runs the job in a sandboxed child of the
+//! tenant, with the host's network (every address checked by the job's egress rule) and the
+//! tenant's limits, and answers on stdout like the runner does.
+
+use std::path::{Path, PathBuf};
+
+use falra_builtins::etl::job::Job;
+use falra_builtins::etl::plan::Writer;
+use falra_policies::{Network, Policy};
+use falra_sandbox::{Bind, Termination};
+use falra_tenants::{FnName, TenantName};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::isolation::{CgroupLease, CodeMounts};
+use crate::server::AppState;
+use crate::warm::{call_limits, prepare_stage, ChildStage};
+
+/// Where the `falra` binary is copied for children (inside the runner's directory, which
+/// children see at `/falra`).
+pub const BINARY_NAME: &str = "falra-builtin";
+/// Where `write_to_dir` output appears inside the child.
+const OUT_DIR: &str = "/out";
+
+/// Copies the running binary beside the runner, so children can re-execute it.
+pub fn install_binary(runner_dir: &Path) -> std::io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let target = runner_dir.join(BINARY_NAME);
+    let tmp = runner_dir.join(format!(".{BINARY_NAME}.tmp"));
+    std::fs::copy(&exe, &tmp)?;
+    std::fs::rename(&tmp, &target)
+}
+
+/// What the child reads on stdin.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct BuiltinRequest {
+    pub function: String,
+    pub kwargs: Map<String, Value>,
+    pub credentials: Option<Value>,
+    pub allow_private: bool,
+    pub max_download_bytes: u64,
+    pub max_uncompressed_bytes: u64,
+    pub out_root: Option<PathBuf>,
+}
+
+/// The built-in's result, or the answer for its failure.
+pub struct BuiltinOutcome {
+    pub result: Result<Value, ApiError>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
+fn credentials(value: Value, key: &str) -> Result<Value, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "secret {key:?} must be {{\"access_key_id\", \"secret_access_key\", \"region\"?, \"endpoint\"?}}"
+        ))
+        .with_detail(json!({"field": "s3_key"}))
+    };
+    let obj = value.as_object().ok_or_else(bad)?;
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if text("access_key_id").is_none() || text("secret_access_key").is_none() {
+        return Err(bad());
+    }
+    for k in obj.keys() {
+        if !["access_key_id", "secret_access_key", "region", "endpoint"].contains(&k.as_str()) {
+            return Err(bad());
+        }
+    }
+    Ok(value)
+}
+
+/// Runs the built-in `function` for `tenant`; `cgroup` is the call's.
+pub async fn run(
+    state: &AppState,
+    tenant: &TenantName,
+    uid: u32,
+    policy: &Policy,
+    function: &FnName,
+    kwargs: &Map<String, Value>,
+    timeout_ms: u32,
+) -> Result<BuiltinOutcome, ApiError> {
+    if !falra_builtins::FUNCTIONS.contains(&function.as_str()) {
+        return Err(ApiError::new(
+            ErrorCode::FnNotFound,
+            format!("there is no built-in named {function}"),
+        )
+        .with_detail(json!({"module": function.module(), "function": function.function()})));
+    }
+    if !policy.builtins {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this tenant's policy does not allow built-ins such as {function}"),
+        )
+        .with_detail(json!({"policy": "builtins"})));
+    }
+    let job = Job::parse(&Value::Object(kwargs.clone()))
+        .map_err(|e| ApiError::bad_request(e.to_string()).with_detail(e.detail()))?;
+    let creds = match job.steps.writer() {
+        Writer::S3 { s3_key, .. } => {
+            let value = crate::secrets::open_secret(state, tenant, s3_key)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "s3_key: this tenant has no secret named {s3_key:?} (an operator sets it \
+                         with PUT /admin/v1/tenants/{tenant}/secrets/{s3_key})"
+                    ))
+                    .with_detail(json!({"field": "s3_key"}))
+                })?;
+            Some(credentials(value, s3_key)?)
+        }
+        Writer::Dir { .. } => None,
+    };
+    let out_dir = match (job.steps.writer(), &state.config.etl_output_dir) {
+        (Writer::Dir { .. }, Some(root)) => {
+            let dir = root.join(tenant.as_str());
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(uid)))
+                .map_err(|e| ApiError::internal("could not prepare the output directory", &e))?;
+            Some(dir)
+        }
+        _ => None,
+    };
+    let isolated = state.sandbox.is_enabled();
+    let request = BuiltinRequest {
+        function: function.as_str().to_owned(),
+        kwargs: kwargs.clone(),
+        credentials: creds,
+        allow_private: state.config.egress_allow_private,
+        max_download_bytes: state.config.etl_max_download_bytes,
+        max_uncompressed_bytes: u64::from(policy.max_unzipped_mb) << 20,
+        out_root: out_dir.as_ref().map(|d| {
+            if isolated {
+                PathBuf::from(OUT_DIR)
+            } else {
+                d.clone()
+            }
+        }),
+    };
+    let stdin = serde_json::to_vec(&request).expect("the request serialises");
+    let mut child_policy = policy.clone();
+    child_policy.network = Network::Host;
+    let program = if isolated {
+        PathBuf::from(falra_sandbox::runner::RUNNER_DIR).join(BINARY_NAME)
+    } else {
+        state.config.runner_dir.join(BINARY_NAME)
+    };
+    let stage = ChildStage {
+        program,
+        args: Some(vec!["builtin".into()]),
+        extra: out_dir
+            .filter(|_| isolated)
+            .map(|source| Bind {
+                source,
+                target: PathBuf::from(OUT_DIR),
+                writable: true,
+            })
+            .into_iter()
+            .collect(),
+        env: Vec::new(),
+    };
+    let mounts = CodeMounts {
+        code: state.config.runner_dir.clone(),
+        venv: None,
+    };
+    let warm = prepare_stage(state, uid, &mounts, &child_policy, stage).await?;
+    let limits = call_limits(state, timeout_ms);
+    let task_state = state.clone();
+    let run = tokio::spawn(async move {
+        let finished = warm.prepared.run(stdin, &limits).await;
+        let usage = warm.cgroup.as_ref().map(CgroupLease::usage);
+        task_state.sandbox.release_cgroup(warm.cgroup);
+        (finished, usage)
+    });
+    let (finished, usage) = run
+        .await
+        .map_err(|e| ApiError::internal("the built-in's task failed", &e))?;
+    let finished =
+        finished.map_err(|e| ApiError::internal("could not run the built-in's child", &e))?;
+    let outcome = |result| BuiltinOutcome {
+        result,
+        wall_ms: finished.usage.wall_ms,
+        cpu_ms: usage
+            .and_then(|u| u.cpu_ns)
+            .map_or(finished.usage.cpu_ms, |ns| ns / 1_000_000),
+        peak_memory_bytes: usage
+            .and_then(|u| u.peak_memory_bytes)
+            .unwrap_or(finished.usage.peak_memory_bytes),
+    };
+    if usage.is_some_and(|u| u.oom_killed) {
+        return Ok(outcome(Err(ApiError::new(
+            ErrorCode::MemoryLimitExceeded,
+            format!(
+                "the built-in ran out of its memory limit of {} MB and was stopped",
+                policy.memory_mb
+            ),
+        ))));
+    }
+    if finished.termination == Termination::TimedOut {
+        return Ok(outcome(Err(ApiError::new(
+            ErrorCode::Timeout,
+            format!("the built-in ran over its limit of {timeout_ms} ms and was stopped"),
+        )
+        .with_detail(json!({"timeout_ms": timeout_ms})))));
+    }
+    let line: Option<Value> = finished
+        .stdout
+        .strip_suffix(b"\n")
+        .and_then(|l| serde_json::from_slice(l).ok());
+    let result = match line {
+        Some(v) if v["ok"] == json!(true) => Ok(v["result"].clone()),
+        Some(v) if v["ok"] == json!(false) => {
+            let e = &v["error"];
+            let message = e["message"]
+                .as_str()
+                .unwrap_or("the built-in failed")
+                .to_owned();
+            let detail = e.get("detail").cloned().unwrap_or(json!({}));
+            Err(match e["code"].as_str() {
+                Some("bad_request") => ApiError::bad_request(message).with_detail(detail),
+                Some("forbidden") => {
+                    ApiError::new(ErrorCode::Forbidden, message).with_detail(detail)
+                }
+                _ => {
+                    let type_name = e["type"].as_str().unwrap_or("JobError");
+                    ApiError::new(ErrorCode::FunctionError, format!("{type_name}: {message}"))
+                        .with_detail(json!({
+                            "type": type_name, "message": message, "traceback": "", "where": detail
+                        }))
+                }
+            })
+        }
+        _ => {
+            let stderr = String::from_utf8_lossy(&finished.stderr);
+            let (exit_code, signal) = match finished.termination {
+                Termination::Exited(c) => (Some(c), None),
+                Termination::Signaled(s) => (None, Some(s)),
+                Termination::TimedOut => (None, None),
+            };
+            tracing::warn!(exit_code, signal, stderr = %stderr.chars().take(500).collect::<String>(), "built-in ended without an answer");
+            Err(ApiError::new(
+                ErrorCode::ProcessExited,
+                "the built-in ended without an answer",
+            )
+            .with_detail(json!({"exit_code": exit_code, "signal": signal})))
+        }
+    };
+    Ok(outcome(result))
+}
+
+/// `falra builtin`: the child's side. Reads a [`BuiltinRequest`] on stdin, runs it, writes one
+/// answer line on stdout.
+pub fn child_main() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input)?;
+    let answer = match serde_json::from_slice::<BuiltinRequest>(&input) {
+        Err(e) => json!({"ok": false, "error": {"code": "function_error", "type": "JobError",
+                          "message": format!("unreadable request: {e}")}}),
+        Ok(req) => run_job(req),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{answer}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn run_job(req: BuiltinRequest) -> Value {
+    use falra_builtins::etl::{job, net, s3};
+    let fail = |code: &str, type_name: &str, message: String, detail: Value| json!({"ok": false, "error": {"code": code, "type": type_name, "message": message, "detail": detail}});
+    let job = match job::Job::parse(&Value::Object(req.kwargs)) {
+        Ok(j) => j,
+        Err(e) => return fail("bad_request", "PlanError", e.to_string(), e.detail()),
+    };
+    let credentials = req.credentials.map(|c| s3::Credentials {
+        access_key_id: c["access_key_id"].as_str().unwrap_or_default().to_owned(),
+        secret_access_key: c["secret_access_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        region: c["region"].as_str().map(str::to_owned),
+        endpoint: c["endpoint"].as_str().map(str::to_owned),
+    });
+    let env = job::Env {
+        credentials,
+        egress: net::Egress {
+            allow_private: req.allow_private,
+        },
+        max_download_bytes: req.max_download_bytes,
+        max_uncompressed_bytes: req.max_uncompressed_bytes,
+        out_root: req.out_root,
+    };
+    match job::run(&job, &env) {
+        Ok(result) => json!({"ok": true, "result": result}),
+        Err(e) => fail(e.code(), e.type_name(), e.to_string(), e.detail()),
+    }
+}
