@@ -12,6 +12,7 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 [[ -x /usr/bin/python3 ]] || need+=(python3)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+/usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 [[ -x /usr/lib/git-core/git-http-backend ]] || need+=(git)
 
 if ((${#need[@]})); then

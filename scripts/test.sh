@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+FALRA_TEST_PYTHON=$(bash scripts/test-python.sh)
+export FALRA_TEST_PYTHON
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

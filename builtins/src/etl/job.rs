@@ -318,7 +318,9 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
                 PlanError::Job(format!("s3_key: the tenant has no secret named {s3_key:?}"))
             })?;
             let target = s3::Target::parse(s3_url, &creds)?;
-            Out::S3(Box::new(S3Sink::new(s3::Client::new(target, creds, env.egress))))
+            Out::S3(Box::new(S3Sink::new(s3::Client::new(
+                target, creds, env.egress,
+            ))))
         }
         Writer::Dir { directory } => {
             let root = env.out_root.clone().ok_or_else(|| {
