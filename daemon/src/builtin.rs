@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use falra_builtins::etl::job::Job;
 use falra_builtins::etl::plan::Writer;
 use falra_policies::{Network, Policy};
+use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{Bind, Termination};
 use falra_tenants::{FnName, TenantName};
 use serde::Deserialize;
@@ -162,6 +163,12 @@ pub async fn run(
             .into_iter()
             .collect(),
         env: Vec::new(),
+        // One output file is one chunk of the job, which may be far larger than a call's
+        // usual file-size limit; the tenant's output directory is the operator's to size.
+        setup: SetupLimits {
+            file_size_bytes: 64 << 30,
+            ..SetupLimits::default()
+        },
     };
     let mounts = CodeMounts {
         code: state.config.runner_dir.clone(),
@@ -252,6 +259,14 @@ pub async fn run(
     Ok(outcome(result))
 }
 
+/// `VmHWM` of this process, in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// `falra builtin`: the child's side. Reads a [`BuiltinRequest`] on stdin, runs it, writes one
 /// answer line on stdout.
 pub fn child_main() -> anyhow::Result<()> {
@@ -295,7 +310,12 @@ fn run_job(req: BuiltinRequest) -> Value {
         out_root: req.out_root,
     };
     match job::run(&job, &env) {
-        Ok(result) => json!({"ok": true, "result": result}),
+        Ok(mut result) => {
+            // The process's own high-water mark: the cgroup's peak also counts the page cache
+            // of written files.
+            result["peak_rss_bytes"] = json!(peak_rss_bytes());
+            json!({"ok": true, "result": result})
+        }
         Err(e) => fail(e.code(), e.type_name(), e.to_string(), e.detail()),
     }
 }

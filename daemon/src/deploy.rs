@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use falra_policies::{Network, Policy};
 use falra_sandbox::protocol::interpret;
+use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{Bind, Termination};
 use falra_tenants::{
     build_version, fetch, GitSource, ModuleName, TenantName, Upload, VersionId, VersionPlan,
@@ -284,6 +285,7 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
         args: None,
         extra: Vec::new(),
         env: Vec::new(),
+        setup: SetupLimits::default(),
     };
     let mut limits = call_limits(state, 0);
     limits.wall = INTROSPECT_TIMEOUT;
@@ -451,6 +453,12 @@ async fn build_venv(
         .filter(|_| isolated)
         .collect(),
         env: vec![("PIP_NO_CACHE_DIR".into(), "1".into())],
+        // Wheels and compiled extensions can be large files; many files are open at once.
+        setup: SetupLimits {
+            file_size_bytes: 512 << 20,
+            open_files: 1024,
+            ..SetupLimits::default()
+        },
     };
     let mounts = CodeMounts {
         code: code.to_path_buf(),
@@ -458,8 +466,6 @@ async fn build_venv(
     };
     let mut limits = call_limits(state, 0);
     limits.wall = VENV_TIMEOUT;
-    limits.setup.file_size_bytes = 512 << 20;
-    limits.setup.open_files = 1024;
     let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
     let finished = warm.prepared.run(Vec::new(), &limits).await;
     state.sandbox.release_cgroup(warm.cgroup);

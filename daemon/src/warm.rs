@@ -213,6 +213,7 @@ pub async fn prepare_child(
         args: None,
         extra: Vec::new(),
         env: Vec::new(),
+        setup: SetupLimits::default(),
     };
     prepare_stage(state, uid, mounts, policy, stage).await
 }
@@ -225,6 +226,8 @@ pub struct ChildStage {
     pub args: Option<Vec<std::ffi::OsString>>,
     pub extra: Vec<falra_sandbox::Bind>,
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The resource limits set before exec.
+    pub setup: SetupLimits,
 }
 
 /// Sets up and starts `stage` for the tenant with `uid`, up to where it waits for its stdin.
@@ -269,7 +272,10 @@ pub async fn prepare_stage(
         cwd: cwd.to_path_buf(),
         env,
         stdin: Vec::new(),
-        limits: call_limits(state, policy.timeout_ms),
+        limits: Limits {
+            setup: stage.setup,
+            ..call_limits(state, policy.timeout_ms)
+        },
         seccomp: isolation.is_some(),
         isolation,
     };

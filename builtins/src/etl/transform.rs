@@ -47,6 +47,15 @@ pub struct MemberCounts {
     pub objects: Vec<(String, u64)>,
 }
 
+/// A stretch of an output row: input fields (rendered once per record, shared by every row
+/// the record fans out into), the melted column's name, or its value.
+#[derive(Debug, Clone)]
+enum Segment {
+    Inputs(Vec<usize>),
+    Vertical,
+    Value,
+}
+
 /// Turns records into output rows, chunk by chunk.
 pub struct Transform<'a, S: Sink> {
     plan: &'a Compiled,
@@ -54,7 +63,11 @@ pub struct Transform<'a, S: Sink> {
     prefix: String,
     chunk_rows: u64,
     header_line: Vec<u8>,
+    /// The melted columns' names, already quoted as CSV fields.
     melt_names: Vec<Vec<u8>>,
+    segments: Vec<Segment>,
+    /// Each `Segment::Inputs` of the current record, rendered.
+    rendered: Vec<Vec<u8>>,
     buf: Vec<u8>,
     in_chunk: u64,
     open: bool,
@@ -74,6 +87,19 @@ impl<'a, S: Sink> Transform<'a, S> {
             push_field(&mut header_line, h.as_bytes());
         }
         header_line.push(b'\n');
+        let mut segments: Vec<Segment> = Vec::new();
+        for source in &plan.fields {
+            match (source, segments.last_mut()) {
+                (Source::Input(i), Some(Segment::Inputs(run))) => run.push(*i),
+                (Source::Input(i), _) => segments.push(Segment::Inputs(vec![*i])),
+                (Source::Vertical, _) => segments.push(Segment::Vertical),
+                (Source::Value, _) => segments.push(Segment::Value),
+            }
+        }
+        let runs = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Inputs(_)))
+            .count();
         Transform {
             plan,
             sink,
@@ -83,8 +109,14 @@ impl<'a, S: Sink> Transform<'a, S> {
             melt_names: plan
                 .melt
                 .iter()
-                .map(|(n, _)| n.as_bytes().to_vec())
+                .map(|(n, _)| {
+                    let mut q = Vec::new();
+                    push_field(&mut q, n.as_bytes());
+                    q
+                })
                 .collect(),
+            segments,
+            rendered: vec![Vec::new(); runs],
             buf: Vec::with_capacity(FLUSH_BYTES + (64 << 10)),
             in_chunk: 0,
             open: false,
@@ -124,6 +156,20 @@ impl<'a, S: Sink> Transform<'a, S> {
         }
         self.counts.rows_in += 1;
         let plan = self.plan;
+        let mut k = 0;
+        for segment in &self.segments {
+            if let Segment::Inputs(fields) = segment {
+                let out = &mut self.rendered[k];
+                out.clear();
+                for (j, &i) in fields.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    push_field(out, &rec[i]);
+                }
+                k += 1;
+            }
+        }
         if plan.melt.is_empty() {
             if self.passes(rec, None) {
                 self.row(rec, None);
@@ -154,7 +200,7 @@ impl<'a, S: Sink> Transform<'a, S> {
     fn field<'r>(&'r self, rec: &'r ByteRecord, source: Source, m: Option<usize>) -> &'r [u8] {
         match (source, m) {
             (Source::Input(i), _) => &rec[i],
-            (Source::Vertical, Some(m)) => &self.melt_names[m],
+            (Source::Vertical, Some(m)) => self.plan.melt[m].0.as_bytes(),
             (Source::Value, Some(m)) => &rec[self.plan.melt[m].1],
             _ => b"",
         }
@@ -170,15 +216,30 @@ impl<'a, S: Sink> Transform<'a, S> {
 
     #[inline]
     fn row(&mut self, rec: &ByteRecord, m: Option<usize>) {
-        let mut buf = std::mem::take(&mut self.buf);
-        for (i, source) in self.plan.fields.iter().enumerate() {
+        let buf = &mut self.buf;
+        let mut k = 0;
+        for (i, segment) in self.segments.iter().enumerate() {
             if i > 0 {
                 buf.push(b',');
             }
-            push_field(&mut buf, self.field(rec, *source, m));
+            match segment {
+                Segment::Inputs(_) => {
+                    buf.extend_from_slice(&self.rendered[k]);
+                    k += 1;
+                }
+                Segment::Vertical => {
+                    if let Some(m) = m {
+                        buf.extend_from_slice(&self.melt_names[m]);
+                    }
+                }
+                Segment::Value => {
+                    if let Some(m) = m {
+                        push_field(buf, &rec[self.plan.melt[m].1]);
+                    }
+                }
+            }
         }
         buf.push(b'\n');
-        self.buf = buf;
         self.counts.rows_out += 1;
     }
 
