@@ -54,7 +54,11 @@ web=$((port + 1))
 PIDS+=($!)
 start_daemon falra-etl "$port" --egress-allow-private --etl-output-dir "$OUT/daemon"
 "$FALRA" tenant add caro > /dev/null
-"$FALRA" policy set caro builtins=true timeout_ms=900000 > /dev/null
+# The output goes to tmpfs like every tool's, and tmpfs pages count against the writer's memory
+# cgroup (they cannot be reclaimed): the limit must hold 1.4 GB of output. The job's own memory
+# is its peak RSS, reported separately.
+# Every peer uses both cores as it likes; the tenant gets them too (cpu_percent=200).
+"$FALRA" policy set caro builtins=true timeout_ms=900000 memory_mb=4096 cpu_percent=200 > /dev/null
 token=$("$FALRA" token issue caro --json | sed -n 's/.*"token": "\(flr_[0-9a-f]*\)".*/\1/p')
 job() {
   cat <<JSON
@@ -110,6 +114,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$s3port/" > /dev/null && brea
 "$S3PY" tests/fixtures/etl_data.py bucket "http://127.0.0.1:$s3port" bench
 /usr/bin/python3 "$PEERS/gen.py" "$N_S3" --out "$WORK" --name s3_synth 2>/dev/null
 "$FALRA" secret set caro s3 '{"access_key_id": "bench", "secret_access_key": "bench"}' > /dev/null
+"$FALRA" policy set caro --reset memory_mb > /dev/null   # back to the plan's 256 MB: no files here
 job s3_synth.zip "{\"fn\": \"cameo_df.write_to_s3\", \"s3_url\": \"http://127.0.0.1:$s3port/bench\", \"s3_key\": \"s3\", \"directory\": \"out/\"}" > "$WORK/job_s3.json"
 start=$(date +%s.%N)
 curl -s "$FALRA_URL/v1/call" --data-binary @"$WORK/job_s3.json" > "$WORK/answer_s3.json"

@@ -206,21 +206,25 @@ impl SandboxSettings {
             .expect("cgroup pool poisoned")
             .get_mut(&uid)
             .and_then(Vec::pop);
-        let cgroup = match idle {
-            Some((cgroup, old)) => {
-                let ready = if old == limits {
-                    Ok(())
-                } else {
-                    cgroup.set_limits(&HostFs, limits)
-                };
-                match ready.and_then(|()| cgroup.reset_peak(&HostFs)) {
-                    Ok(()) => cgroup,
-                    Err(err) => {
-                        remove_cgroup_later(cgroup);
-                        return Err(err);
-                    }
+        // An idle cgroup whose limits cannot be changed (memory still charged to it above a
+        // lowered limit, say tmpfs pages its last call left) is dropped for a new one.
+        let reused = idle.and_then(|(cgroup, old)| {
+            let ready = if old == limits {
+                Ok(())
+            } else {
+                cgroup.set_limits(&HostFs, limits)
+            };
+            match ready.and_then(|()| cgroup.reset_peak(&HostFs)) {
+                Ok(()) => Some(cgroup),
+                Err(err) => {
+                    tracing::debug!(error = %crate::api_error::ErrorChain(&err), "idle call cgroup not reusable");
+                    remove_cgroup_later(cgroup);
+                    None
                 }
             }
+        });
+        let cgroup = match reused {
+            Some(cgroup) => cgroup,
             None => {
                 let n = e.next_cgroup.fetch_add(1, Ordering::Relaxed);
                 // The daemon's pid keeps two daemons on one host (tests do that) apart.

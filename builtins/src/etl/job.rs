@@ -371,7 +371,7 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
         limit: env.max_download_bytes,
     };
 
-    let (tx, rx) = sync_channel::<Block>(8);
+    let (tx, rx) = sync_channel::<Block>(4);
     let job_for_reader = job.clone();
     let max_uncompressed = env.max_uncompressed_bytes;
     let max_download = env.max_download_bytes;

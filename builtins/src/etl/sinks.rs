@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use crate::etl::s3::{self, Client};
 use crate::etl::transform::Sink;
@@ -65,9 +66,10 @@ impl Sink for S3Sink {
         Ok(())
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.size += bytes.len() as u64;
-        let mut rest = bytes;
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.size += buf.len() as u64;
+        let bytes = std::mem::take(buf);
+        let mut rest = &bytes[..];
         while !rest.is_empty() {
             let room = s3::PART_BYTES - self.buf.len();
             let n = room.min(rest.len());
@@ -77,6 +79,8 @@ impl Sink for S3Sink {
                 self.flush_part()?;
             }
         }
+        *buf = bytes;
+        buf.clear();
         Ok(())
     }
 
@@ -103,53 +107,120 @@ impl Sink for S3Sink {
     }
 }
 
-/// Files under a root directory.
+enum Cmd {
+    Begin(PathBuf),
+    Data(Vec<u8>),
+    Finish,
+}
+
+/// Files under a root directory, written by a thread of their own so that the kernel's copy
+/// of the output overlaps the parsing of the input. Buffers travel to the writer and back.
 pub struct DirSink {
     root: PathBuf,
-    current: Option<(PathBuf, PathBuf, io::BufWriter<std::fs::File>)>,
+    tx: Option<SyncSender<Cmd>>,
+    spare: Receiver<Vec<u8>>,
+    done: Receiver<io::Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     size: u64,
 }
 
 impl DirSink {
     pub fn new(root: PathBuf) -> DirSink {
+        let (tx, rx) = sync_channel::<Cmd>(4);
+        let (spare_tx, spare) = sync_channel::<Vec<u8>>(4);
+        let (done_tx, done) = sync_channel::<io::Result<()>>(1);
+        let thread = std::thread::spawn(move || {
+            let mut current: Option<(PathBuf, PathBuf, std::fs::File)> = None;
+            let mut failed: Option<io::Error> = None;
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    Cmd::Begin(path) => {
+                        failed = None;
+                        let parent = path.parent().map(PathBuf::from).unwrap_or_default();
+                        let tmp = parent.join(format!(
+                            ".{}.tmp",
+                            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
+                        ));
+                        match std::fs::create_dir_all(&parent)
+                            .and_then(|()| std::fs::File::create(&tmp))
+                        {
+                            Ok(f) => current = Some((tmp, path, f)),
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                    Cmd::Data(mut buf) => {
+                        if failed.is_none() {
+                            if let Some((_, _, f)) = current.as_mut() {
+                                if let Err(e) = f.write_all(&buf) {
+                                    failed = Some(e);
+                                }
+                            }
+                        }
+                        buf.clear();
+                        let _ = spare_tx.try_send(buf);
+                    }
+                    Cmd::Finish => {
+                        let result = match (failed.take(), current.take()) {
+                            (Some(e), _) => Err(e),
+                            (None, Some((tmp, path, _))) => std::fs::rename(tmp, path),
+                            (None, None) => Err(io::Error::other("no object begun")),
+                        };
+                        if done_tx.send(result).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
         DirSink {
             root,
-            current: None,
+            tx: Some(tx),
+            spare,
+            done,
+            thread: Some(thread),
             size: 0,
+        }
+    }
+
+    fn send(&self, cmd: Cmd) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(cmd).ok())
+            .ok_or_else(|| io::Error::other("the file writer stopped"))
+    }
+}
+
+impl Drop for DirSink {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
 
 impl Sink for DirSink {
     fn begin(&mut self, name: &str) -> io::Result<()> {
-        let path = self.root.join(name);
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&parent)?;
-        let tmp = parent.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
-        ));
-        let file = std::fs::File::create(&tmp)?;
-        self.current = Some((tmp, path, io::BufWriter::with_capacity(1 << 20, file)));
         self.size = 0;
-        Ok(())
+        self.send(Cmd::Begin(self.root.join(name)))
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.size += bytes.len() as u64;
-        match self.current.as_mut() {
-            Some((_, _, w)) => w.write_all(bytes),
-            None => Err(io::Error::other("no object begun")),
-        }
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.size += buf.len() as u64;
+        let capacity = buf.capacity();
+        let replacement = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity));
+        let full = std::mem::replace(buf, replacement);
+        self.send(Cmd::Data(full))
     }
 
     fn finish(&mut self) -> io::Result<u64> {
-        let (tmp, path, w) = self
-            .current
-            .take()
-            .ok_or_else(|| io::Error::other("no object begun"))?;
-        w.into_inner().map_err(|e| e.into_error())?;
-        std::fs::rename(tmp, path)?;
+        self.send(Cmd::Finish)?;
+        self.done
+            .recv()
+            .map_err(|_| io::Error::other("the file writer stopped"))??;
         Ok(self.size)
     }
 }

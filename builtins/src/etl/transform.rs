@@ -14,7 +14,9 @@ use crate::etl::plan::{Compiled, Source};
 pub trait Sink {
     /// Starts the object `name` (relative: `<member>/part-00000.csv`).
     fn begin(&mut self, name: &str) -> io::Result<()>;
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Takes the bytes in `buf`. A sink may keep the allocation and leave another (empty) one
+    /// in its place; either way `buf` is empty afterwards.
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()>;
     /// Finishes the current object; returns its size in bytes.
     fn finish(&mut self) -> io::Result<u64>;
 }
@@ -138,8 +140,7 @@ impl<'a, S: Sink> Transform<'a, S> {
 
     fn end_object(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.sink.write(&self.buf)?;
-            self.buf.clear();
+            self.sink.write(&mut self.buf)?;
         }
         let size = self.sink.finish()?;
         let name = self.object_name();
@@ -186,8 +187,7 @@ impl<'a, S: Sink> Transform<'a, S> {
             }
         }
         if self.buf.len() >= FLUSH_BYTES {
-            self.sink.write(&self.buf)?;
-            self.buf.clear();
+            self.sink.write(&mut self.buf)?;
         }
         self.in_chunk += 1;
         if self.in_chunk >= self.chunk_rows {
@@ -268,10 +268,11 @@ impl Sink for MemorySink {
         self.current = Some((name.to_owned(), Vec::new()));
         Ok(())
     }
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
         if let Some((_, b)) = self.current.as_mut() {
-            b.extend_from_slice(bytes);
+            b.extend_from_slice(buf);
         }
+        buf.clear();
         Ok(())
     }
     fn finish(&mut self) -> io::Result<u64> {

@@ -186,7 +186,7 @@ impl<R: BufRead> ZipStream<R> {
             return Ok(());
         }
         let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; 256 << 10];
+        let mut buf = vec![0u8; 1 << 20];
         let limit = self.limit;
         let budget = &mut self.budget;
         let mut take = |data: &[u8], hasher: &mut crc32fast::Hasher| -> Result<(), ZipError> {
