@@ -45,7 +45,9 @@ echo "== unzip -p, pandas, polars, duckdb ($RUNS runs each)"
 measure unzip bash -c "unzip -p '$ZIP' > /dev/null"
 measure pandas "$PY" "$PEERS/bench_pandas.py" "$ZIP" "$OUT/pandas" str
 measure polars "$PY" "$PEERS/bench_polars.py" "$ZIP" "$OUT/polars" str
+rm -rf "${OUT:?}/polars"
 measure duckdb bash -c "unzip -p '$ZIP' | '$PY' '$PEERS/bench_duckdb.py' /dev/stdin '$OUT/duckdb' include varchar"
+rm -rf "${OUT:?}/duckdb"   # only pandas' output is kept, for the comparison
 
 echo "== falra"
 port=18880
