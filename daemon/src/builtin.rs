@@ -75,8 +75,11 @@ fn credentials(value: Value, key: &str) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Runs the built-in `function` for `tenant`; `cgroup` is the call's.
-pub async fn run(
+/// Runs the built-in `function` for `tenant`. `permit` (the call's admission) is held by the
+/// child's own task, so it is given back only when the child is gone, even if the client
+/// hangs up first.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<P: Send + 'static>(
     state: &AppState,
     tenant: &TenantName,
     uid: u32,
@@ -84,6 +87,7 @@ pub async fn run(
     function: &FnName,
     kwargs: &Map<String, Value>,
     timeout_ms: u32,
+    permit: P,
 ) -> Result<BuiltinOutcome, ApiError> {
     if !falra_builtins::FUNCTIONS.contains(&function.as_str()) {
         return Err(ApiError::new(
@@ -178,6 +182,7 @@ pub async fn run(
     let limits = call_limits(state, timeout_ms);
     let task_state = state.clone();
     let run = tokio::spawn(async move {
+        let _permit = permit;
         let finished = warm.prepared.run(stdin, &limits).await;
         let usage = warm.cgroup.as_ref().map(CgroupLease::usage);
         task_state.sandbox.release_cgroup(warm.cgroup);

@@ -266,9 +266,9 @@ async fn run_call(
             &request.function,
             &request.kwargs,
             timeout_ms,
+            permit,
         )
         .await;
-        drop(permit);
         let outcome = outcome?;
         metered.wall_ms = outcome.wall_ms;
         metered.cpu_ms = outcome.cpu_ms;
