@@ -274,7 +274,7 @@ fn peak_rss_bytes() -> Option<u64> {
 
 /// `falra builtin`: the child's side. Reads a [`BuiltinRequest`] on stdin, runs it, writes one
 /// answer line on stdout.
-pub fn child_main() -> anyhow::Result<()> {
+pub fn child_main() -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input)?;

@@ -278,7 +278,7 @@ async fn run_call(
             "ok": true,
             "result": result,
             "call_id": call_id,
-            "version": null,
+            "version": "builtin",
             "logs": "",
             "usage": {"wall_ms": outcome.wall_ms, "cpu_ms": outcome.cpu_ms,
                       "peak_memory_bytes": outcome.peak_memory_bytes},

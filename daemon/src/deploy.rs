@@ -36,8 +36,6 @@ const INTROSPECT_MAX_BYTES: usize = 4 << 20;
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most a virtualenv may take on disk.
 const VENV_MAX_BYTES: u64 = 2 << 30;
-/// The largest `requirements.txt` read.
-const REQUIREMENTS_MAX_BYTES: u64 = 64 << 10;
 
 /// What a deploy changes.
 #[derive(Debug)]
@@ -57,8 +55,21 @@ pub struct Deployed {
     pub functions: Value,
 }
 
-/// Makes and activates the tenant's next version; a failure changes nothing.
+/// Makes and activates the tenant's next version; a failure changes nothing. The work runs in a
+/// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
+/// loan, a half-built virtualenv or a tree written but not recorded).
 pub async fn deploy(
+    state: &AppState,
+    name: &TenantName,
+    change: Change,
+) -> Result<Deployed, ApiError> {
+    let (task_state, task_name) = (state.clone(), name.clone());
+    tokio::spawn(async move { deploy_now(&task_state, &task_name, change).await })
+        .await
+        .map_err(|e| ApiError::internal("the deploy's task failed", &e))?
+}
+
+async fn deploy_now(
     state: &AppState,
     name: &TenantName,
     change: Change,
@@ -259,10 +270,18 @@ async fn finish_version(
         let entry = functions["modules"]
             .as_array()
             .and_then(|m| m.iter().find(|e| e["module"] == module.as_str()));
-        if let Some(error) = entry
-            .map(|e| &e["error"])
-            .filter(|e| e["stage"] == "compile")
-        {
+        let Some(entry) = entry else {
+            // No word on the module: the upload cannot be known to compile, so it is refused.
+            let why = functions["error"]
+                .as_str()
+                .unwrap_or("the module was not listed");
+            return Err(ApiError::new(
+                ErrorCode::SyncFailed,
+                format!("{module} could not be checked: {why}"),
+            )
+            .with_detail(json!({"module": module.as_str()})));
+        };
+        if let Some(error) = Some(&entry["error"]).filter(|e| e["stage"] == "compile") {
             let line = error["line"].as_u64();
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
             return Err(ApiError::bad_request(format!(
@@ -280,6 +299,10 @@ async fn finish_version(
 /// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
 /// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
 async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMounts) -> Value {
+    // Importing at deploy time never needs the network, whatever calls may do.
+    let mut policy = policy.clone();
+    policy.network = Network::None;
+    let policy = &policy;
     let stage = ChildStage {
         program: state.config.python.clone(),
         args: None,
@@ -305,8 +328,10 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
         Err(e) => return json!({"modules": [], "error": e.message}),
     };
     match interpret(&finished, INTROSPECT_MAX_BYTES) {
-        Ok(raw) => serde_json::from_str(raw.get())
-            .unwrap_or_else(|_| json!({"modules": [], "error": "the listing was not readable"})),
+        Ok(raw) => serde_json::from_str::<Value>(raw.get())
+            .ok()
+            .filter(listing_is_well_formed)
+            .unwrap_or_else(|| json!({"modules": [], "error": "the listing was not readable"})),
         Err(failure) => json!({
             "modules": [],
             "error": format!(
@@ -315,6 +340,22 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
             ),
         }),
     }
+}
+
+/// The listing as the runner writes it: `{"modules": [{"module": str, "functions"?: [..],
+/// "error"?: {..}}]}`. Tenant code ran in the child that wrote it, so it is checked.
+fn listing_is_well_formed(v: &Value) -> bool {
+    v["modules"].as_array().is_some_and(|modules| {
+        modules.iter().all(|m| {
+            m["module"].is_string()
+                && (m.get("error").is_none() || m["error"].is_object())
+                && (m.get("functions").is_none()
+                    || m["functions"].as_array().is_some_and(|fs| {
+                        fs.iter()
+                            .all(|f| f["name"].is_string() && f["signature"].is_string())
+                    }))
+        })
+    })
 }
 
 /// The virtualenv a version's `requirements.txt` asks for, built if it is not there yet.
@@ -379,25 +420,92 @@ async fn ensure_venv(
 }
 
 /// `venvs/<hash>` for the version at `code`, if it has a `requirements.txt` (a regular file;
-/// a symlink is not followed).
+/// a symlink is not followed). The hash covers the interpreter and the whole file; a file that
+/// refers to anything but package names and URLs (a local path, another requirements file)
+/// is also keyed by the version's own directory, so such a virtualenv is never shared.
 pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
-    use std::io::Read;
     let path = code.join("requirements.txt");
     if !path.symlink_metadata().ok()?.is_file() {
         return None;
     }
-    let mut text = Vec::new();
-    std::fs::File::open(&path)
-        .ok()?
-        .take(REQUIREMENTS_MAX_BYTES)
-        .read_to_end(&mut text)
-        .ok()?;
+    let text = std::fs::read(&path).ok()?;
     let mut h = Sha256::new();
     h.update(state.config.python_version.as_bytes());
     h.update(b"\n");
     h.update(&text);
+    if !self_contained(&String::from_utf8_lossy(&text)) {
+        h.update(b"\nlocal to ");
+        h.update(code.as_os_str().as_encoded_bytes());
+    }
     let hash = hex::encode(h.finalize());
     Some(state.config.data_dir.join("venvs").join(&hash[..24]))
+}
+
+/// Refuses a URL whose host is, or resolves to, a loopback, private or link-local address.
+fn check_public_url(url: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let with_port = if host_port.starts_with('[') || host_port.matches(':').count() != 1 {
+        if host_port.ends_with(']') || !host_port.contains(':') {
+            format!("{host_port}:443")
+        } else {
+            host_port.to_owned()
+        }
+    } else {
+        host_port.to_owned()
+    };
+    let addrs = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url} does not resolve: {e}"))?;
+    for a in addrs {
+        if !falra_builtins::etl::net::is_public(a.ip()) {
+            return Err(format!("{url} points at {}, not a public address", a.ip()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a requirements file names only packages and remote indexes: no local paths, no
+/// other requirements or constraints files, nothing that could differ between two trees.
+fn self_contained(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .all(|line| {
+            if let Some(option) = line.strip_prefix('-') {
+                let remote = line.contains("http://") || line.contains("https://");
+                let name = option.trim_start_matches('-');
+                name.starts_with("no-index")
+                    || name.starts_with("pre")
+                    || name.starts_with("prefer-binary")
+                    || name.starts_with("only-binary")
+                    || name.starts_with("no-binary")
+                    || name.starts_with("trusted-host")
+                    || ((name.starts_with("index-url")
+                        || name.starts_with("extra-index-url")
+                        || name.starts_with("find-links")
+                        || name.starts_with('i')
+                        || name.starts_with('f'))
+                        && remote)
+            } else {
+                !line.starts_with(['.', '/', '~'])
+                    && !line.contains("file:")
+                    && !line.contains("git+")
+                    && !line.contains('\\')
+            }
+        })
+}
+
+/// The URLs a requirements file points pip at, for the egress rule.
+fn requirement_urls(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .filter_map(|w| {
+            let start = w.find("http://").or_else(|| w.find("https://"))?;
+            Some(w[start..].to_owned())
+        })
+        .collect()
 }
 
 /// Runs `pip install --target` in a sandboxed child of the tenant: the version read-only at
@@ -409,6 +517,20 @@ async fn build_venv(
     code: &Path,
     out: &Path,
 ) -> Result<(), ApiError> {
+    let text = std::fs::read_to_string(code.join("requirements.txt")).unwrap_or_default();
+    if !state.config.egress_allow_private {
+        for url in requirement_urls(&text) {
+            check_public_url(&url).map_err(|why| {
+                ApiError::new(
+                    ErrorCode::SyncFailed,
+                    format!(
+                        "requirements.txt: {why} (falra serve --egress-allow-private allows it)"
+                    ),
+                )
+                .with_detail(json!({"url": url}))
+            })?;
+        }
+    }
     let isolated = state.sandbox.is_enabled();
     let (requirements, target) = if isolated {
         (
@@ -434,6 +556,9 @@ async fn build_venv(
         "--disable-pip-version-check",
         "--no-cache-dir",
         "--no-warn-script-location",
+        // Wheels only: installing a wheel runs none of its code, so nothing the tenant
+        // controls runs while the build has the network.
+        "--only-binary=:all:",
         "--target",
     ]
     .into_iter()

@@ -73,7 +73,15 @@ pub async fn github(
     tokio::spawn(async move {
         match deploy(&task_state, &tenant_name, Change::Sync).await {
             Ok(d) => {
-                tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push")
+                tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");
+                crate::audit::audit(
+                    &task_state,
+                    "webhook",
+                    "deploy.push",
+                    Some(tenant_name.as_str()),
+                    json!({"version": d.version.as_str()}),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(tenant = %tenant_name, error = %e.message, "push deploy failed")

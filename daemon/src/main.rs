@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
-        Command::Builtin => builtin::child_main(),
+        Command::Builtin => Ok(builtin::child_main()?),
     }
 }
 

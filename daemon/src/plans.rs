@@ -21,17 +21,24 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::server::AppState;
 use crate::store::{Store, StoreError, TenantRow};
 
+/// The plan a tenant is on unless it says otherwise.
+pub const DEFAULT_PLAN: &str = "default";
+
 /// The plans, as read by calls.
 #[derive(Debug, Default)]
 pub struct PlanTable(RwLock<HashMap<String, Policy>>);
 
 impl PlanTable {
-    /// Seeds the built-in plans where absent, then reads every plan.
+    /// Seeds the built-in plans into a store that has none (its first start: a removed one
+    /// stays removed), then reads every plan. `default` is always there: tenants land on it.
     pub async fn load(store: &Store) -> Result<PlanTable, StoreError> {
         let now = now_ms();
+        let fresh = store.plans().await?.is_empty();
         for (name, policy) in builtin_plans() {
-            let text = serde_json::to_string(&policy).expect("a policy serialises");
-            store.insert_plan_if_absent(name, &text, now).await?;
+            if fresh || name == DEFAULT_PLAN {
+                let text = serde_json::to_string(&policy).expect("a policy serialises");
+                store.insert_plan_if_absent(name, &text, now).await?;
+            }
         }
         let mut plans = HashMap::new();
         for (name, text) in store.plans().await? {
@@ -164,6 +171,12 @@ pub async fn delete_plan(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if name == DEFAULT_PLAN {
+        return Err(ApiError::new(
+            crate::api_error::ErrorCode::Conflict,
+            "the default plan cannot be removed: new tenants are put on it",
+        ));
+    }
     if !state.store.delete_plan(&name).await? {
         return Err(ApiError::not_found(format!("no plan named {name:?}")));
     }

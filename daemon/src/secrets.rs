@@ -145,9 +145,12 @@ pub fn open_webhook_secret(
     let unreadable = |e: &(dyn std::error::Error + 'static)| {
         ApiError::internal("the tenant's webhook secret could not be opened", e)
     };
-    let (nonce, sealed) = stored
-        .strip_prefix("sealed:")
-        .and_then(|rest| rest.split_once(':'))
+    let Some(rest) = stored.strip_prefix("sealed:") else {
+        // Stored before secrets were sealed; it is sealed at the tenant's next change.
+        return Ok(stored.to_owned());
+    };
+    let (nonce, sealed) = rest
+        .split_once(':')
         .ok_or_else(|| unreadable(&falra_policies::SecretError::Unsealable))?;
     let sealed = falra_policies::Sealed {
         nonce: nonce.to_owned(),

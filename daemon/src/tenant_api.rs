@@ -89,10 +89,9 @@ pub async fn list_functions(
     let mut functions = Vec::new();
     let mut errors = Vec::new();
     for module in listing["modules"].as_array().into_iter().flatten() {
-        if let Some(error) = module.get("error") {
-            let mut e = error.clone();
-            e["module"] = module["module"].clone();
-            errors.push(e);
+        if let Some(mut e) = module.get("error").and_then(Value::as_object).cloned() {
+            e.insert("module".into(), module["module"].clone());
+            errors.push(Value::Object(e));
         }
         functions.extend(
             module["functions"]
@@ -102,6 +101,7 @@ pub async fn list_functions(
                 .cloned(),
         );
     }
+    functions.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let mut answer = json!({"version": version.id, "functions": functions, "errors": errors});
     if let Some(e) = listing.get("error") {
         answer["listing_error"] = e.clone();

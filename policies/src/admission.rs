@@ -282,17 +282,28 @@ mod tests {
         assert_eq!(a.running(), 2);
         drop(p1);
         assert!(a.admit(&"caro", limits, t0).is_ok());
-        // A tight rate: the concurrency refusal above did not spend a token.
+        // Two tokens, one call at a time: a refusal for concurrency spends no token, so after
+        // the first call ends the second token is still there.
         let tight = Limits {
-            calls_per_minute: 1,
+            calls_per_minute: 2,
             max_concurrency: 1,
         };
         let hold = a.admit(&"jc", tight, t0).unwrap();
+        for _ in 0..5 {
+            assert!(matches!(
+                a.admit(&"jc", tight, t0),
+                Err(Refusal::ConcurrencyLimited { .. })
+            ));
+        }
+        drop(hold);
+        drop(
+            a.admit(&"jc", tight, t0)
+                .expect("the second token was not spent"),
+        );
         assert!(matches!(
             a.admit(&"jc", tight, t0),
             Err(Refusal::RateLimited { .. })
         ));
-        drop(hold);
     }
 
     #[test]

@@ -144,12 +144,20 @@ pub enum PolicyError {
         min: u32,
         max: u32,
     },
+    #[error(
+        "cpu_seconds_per_month must be null (no quota) or between 1 and {MAX_QUOTA_SECONDS}, got {0}"
+    )]
+    QuotaOutOfRange(u64),
 }
+
+/// The largest monthly CPU quota, in seconds.
+pub const MAX_QUOTA_SECONDS: u64 = 1 << 40;
 
 impl PolicyError {
     pub fn field(&self) -> &'static str {
         match self {
             PolicyError::OutOfRange { field, .. } => field,
+            PolicyError::QuotaOutOfRange(_) => "cpu_seconds_per_month",
         }
     }
 }
@@ -178,13 +186,8 @@ impl Policy {
         check("calls_per_minute", patch.calls_per_minute, 1, 10_000_000)?;
         check("max_unzipped_mb", patch.max_unzipped_mb, 1, 1_048_576)?;
         if let Some(Some(q)) = patch.cpu_seconds_per_month {
-            if q == 0 || q > 1 << 40 {
-                return Err(PolicyError::OutOfRange {
-                    field: "cpu_seconds_per_month",
-                    value: u32::try_from(q).unwrap_or(u32::MAX),
-                    min: 1,
-                    max: u32::MAX,
-                });
+            if q == 0 || q > MAX_QUOTA_SECONDS {
+                return Err(PolicyError::QuotaOutOfRange(q));
             }
         }
         let p = patch.clone();

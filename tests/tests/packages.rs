@@ -90,7 +90,8 @@ def vandalise():\n    import falrapkg as p, os\n    open(os.path.join(os.path.di
 #[test]
 fn requirements_build_a_virtualenv_for_their_tenant_only() {
     let index = start_index();
-    let d = Daemon::start();
+    // The package index is on loopback: the operator allows builds to reach it.
+    let d = Daemon::start_with(&["--egress-allow-private"]);
     let req = requirements(index.port, "falrapkg==1.0");
     let caro_repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let caro = d.tenant("caro", &caro_repo);
@@ -157,6 +158,29 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
     assert_eq!(
         d.admin("GET", "/tenants/caro", None).body["active_version"],
         before
+    );
+    let r = call(&caro, "app.run", json!({"s": "still"}));
+    assert_eq!(r.body["result"], json!("STILL!"), "{:?}", r.body);
+
+    // Without the operator's permission a build may not reach a private address, and only
+    // wheels are installed (no package's own code runs while the build has the network).
+    let strict = Daemon::start();
+    let repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
+    let a = strict.admin(
+        "POST",
+        "/tenants",
+        Some(json!({"name": "caro", "repo": repo.url()})),
+    );
+    assert_eq!(a.status, 201);
+    let a = strict.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{:?}",
+        a.body
     );
     let r = call(&caro, "app.run", json!({"s": "still"}));
     assert_eq!(r.body["result"], json!("STILL!"), "{:?}", r.body);

@@ -278,12 +278,23 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// `data/out/x/` + `dir/name.csv` → `data/out/x/dir/name/`.
+/// `data/out/x/` + `dir/name.csv` → `data/out/x/dir/name/`. The member's name comes from the
+/// archive: only its plain components are kept (no `..`, no root, no backslashes), so it
+/// cannot steer an object out of `directory`.
 fn member_prefix(directory: &str, member: &str) -> String {
     let stem = member
         .strip_suffix(".csv")
         .or_else(|| member.strip_suffix(".CSV"))
         .unwrap_or(member);
+    let safe: Vec<&str> = stem
+        .split(['/', '\\'])
+        .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+        .collect();
+    let stem = if safe.is_empty() {
+        "member".to_owned()
+    } else {
+        safe.join("/")
+    };
     format!("{directory}{stem}/")
 }
 
@@ -547,4 +558,24 @@ fn member<S: Sink>(
         t.record(&rec).map_err(out_err)?;
     }
     t.finish().map_err(out_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_stay_inside_the_directory() {
+        assert_eq!(member_prefix("out/", "a/b.csv"), "out/a/b/");
+        assert_eq!(
+            member_prefix("out/", "../../etc/cron.d/x.csv"),
+            "out/etc/cron.d/x/"
+        );
+        assert_eq!(member_prefix("", "/abs/x.csv"), "abs/x/");
+        assert_eq!(member_prefix("", "..\\..\\x.csv"), "x/");
+        assert_eq!(member_prefix("d/", "../.csv"), "d/member/");
+        assert!(contained("a/b/c"));
+        assert!(!contained("../a"));
+        assert!(!contained("/a"));
+    }
 }

@@ -35,12 +35,24 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // IPv4-compatible (::a.b.c.d) and 6to4 (2002:a.b.c.d::/48) carry an IPv4 address.
+            if s[..6] == [0, 0, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(
+                    o[12], o[13], o[14], o[15],
+                )));
+            }
+            if s[0] == 0x2002 {
+                let o = v6.octets();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5])));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link local
                 || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64, may reach IPv4 inside
+                || (s[0] & 0xffc0) == 0xfec0 // deprecated site-local
                 || s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         }
     }
@@ -123,6 +135,10 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "64:ff9b:1::1",
+            "fec0::1",
         ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad}");
         }

@@ -57,6 +57,16 @@ impl S3Sink {
     }
 }
 
+impl Drop for S3Sink {
+    /// A job that fails mid-object leaves no multipart upload behind (they are billed).
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.upload.take() {
+            let key = std::mem::take(&mut self.key);
+            self.client.abort_multipart(&key, &id);
+        }
+    }
+}
+
 impl Sink for S3Sink {
     fn begin(&mut self, name: &str) -> io::Result<()> {
         self.key = name.to_owned();
@@ -138,9 +148,13 @@ impl DirSink {
                         failed = None;
                         let parent = path.parent().map(PathBuf::from).unwrap_or_default();
                         let tmp = parent.join(format!(
-                            ".{}.tmp",
-                            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
+                            ".{}.{}.tmp",
+                            path.file_name().and_then(|n| n.to_str()).unwrap_or("part"),
+                            std::process::id()
                         ));
+                        if let Some((old, _, _)) = current.take() {
+                            let _ = std::fs::remove_file(old);
+                        }
                         match std::fs::create_dir_all(&parent)
                             .and_then(|()| std::fs::File::create(&tmp))
                         {
@@ -161,7 +175,11 @@ impl DirSink {
                     }
                     Cmd::Finish => {
                         let result = match (failed.take(), current.take()) {
-                            (Some(e), _) => Err(e),
+                            (Some(e), Some((tmp, _, _))) => {
+                                let _ = std::fs::remove_file(tmp);
+                                Err(e)
+                            }
+                            (Some(e), None) => Err(e),
                             (None, Some((tmp, path, _))) => std::fs::rename(tmp, path),
                             (None, None) => Err(io::Error::other("no object begun")),
                         };
@@ -170,6 +188,10 @@ impl DirSink {
                         }
                     }
                 }
+            }
+            // The job ended mid-object: its partial file goes.
+            if let Some((tmp, _, _)) = current {
+                let _ = std::fs::remove_file(tmp);
             }
         });
         DirSink {
