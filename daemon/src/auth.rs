@@ -36,7 +36,7 @@ async fn verify(
     presented: Option<&str>,
     kind: TokenKind,
 ) -> Result<TokenRow, ApiError> {
-    let addr = crate::server::client_addr();
+    let addr = crate::server::client_addr().map(limiter_key);
     if let Some(ip) = addr {
         if let Err(wait) = state.auth_failures.check(&ip, Instant::now()) {
             return Err(ApiError::new(
@@ -59,6 +59,21 @@ async fn verify(
         }
     }
     verified
+}
+
+/// The address failures are counted against: an IPv6 client by its /64 (one host can hold a
+/// whole /64, so single addresses would be free to cycle through).
+fn limiter_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 async fn check_token(
@@ -162,5 +177,20 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let row = verify(state, bearer(&parts.headers), TokenKind::Operator).await?;
         Ok(Operator { token_id: row.id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let a = super::limiter_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = super::limiter_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, super::limiter_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(
+            super::limiter_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+        );
     }
 }
