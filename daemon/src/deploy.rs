@@ -670,4 +670,48 @@ pub async fn collect_versions(state: &AppState, name: &TenantName) {
             tracing::info!(tenant = %name, version = %old.id, "old version removed");
         }
     }
+    collect_venvs(state).await;
+}
+
+/// Removes the virtualenvs no remaining version of any tenant asks for. Runs under the
+/// deploying tenant's lock; a build of another tenant in progress writes under a `.tmp-` name,
+/// which is never touched here, and a version in use keeps its virtualenv referenced.
+async fn collect_venvs(state: &AppState) {
+    let dir = state.config.data_dir.join("venvs");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let Ok(tenants) = state.store.tenants().await else {
+        return;
+    };
+    let mut wanted = std::collections::HashSet::new();
+    for tenant in &tenants {
+        let (Ok(name), Ok(versions)) = (
+            TenantName::parse(&tenant.name),
+            state.store.versions_of(&tenant.name).await,
+        ) else {
+            return;
+        };
+        for v in versions {
+            let Ok(id) = VersionId::parse(&v.id) else {
+                continue;
+            };
+            if let Some(venv) = venv_for(state, &state.layout.version_dir(&name, &id)) {
+                wanted.insert(venv);
+            }
+        }
+    }
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden || wanted.contains(&path) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(venv = %path.display(), "unused virtualenv removed"),
+            Err(e) => {
+                tracing::warn!(venv = %path.display(), error = %e, "could not remove an unused virtualenv")
+            }
+        }
+    }
 }

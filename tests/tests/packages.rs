@@ -191,3 +191,29 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
+
+#[test]
+fn virtualenvs_no_kept_version_uses_are_removed() {
+    let index = start_index();
+    let d = Daemon::start_with(&["--egress-allow-private", "--keep-versions", "1"]);
+    let req = requirements(index.port, "falrapkg==1.0");
+    let repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
+    let token = d.tenant("caro", &repo);
+    let venvs = || {
+        std::fs::read_dir(d.data_dir.join("venvs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .count()
+    };
+    assert_eq!(venvs(), 1);
+    // Each change of the requirements makes a new virtualenv; the ones only old versions used
+    // go with those versions.
+    for n in 1..=3 {
+        repo.commit(&[("requirements.txt", &format!("{req}# change {n}\n"))]);
+        d.sync("caro");
+        assert_eq!(venvs(), 1, "virtualenvs after change {n}");
+    }
+    let r = d.call(json!({"token": token, "fn": "app.run", "s": "ok"}));
+    assert_eq!(r.body["result"], json!("OK!"), "{:?}", r.body);
+}
