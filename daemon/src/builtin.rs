@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::isolation::{CgroupLease, CodeMounts};
+use crate::isolation::CodeMounts;
 use crate::server::AppState;
-use crate::warm::{call_limits, prepare_stage, ChildStage};
+use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
 
 /// Where the `falra` binary is copied for children (inside the runner's directory, which
 /// children see at `/falra`).
@@ -179,31 +179,15 @@ pub async fn run<P: Send + 'static>(
         venv: None,
     };
     let warm = prepare_stage(state, uid, &mounts, &child_policy, stage).await?;
-    let limits = call_limits(state, timeout_ms);
-    let task_state = state.clone();
-    let run = tokio::spawn(async move {
-        let _permit = permit;
-        let finished = warm.prepared.run(stdin, &limits).await;
-        let usage = warm.cgroup.as_ref().map(CgroupLease::usage);
-        task_state.sandbox.release_cgroup(warm.cgroup);
-        (finished, usage)
-    });
-    let (finished, usage) = run
-        .await
-        .map_err(|e| ApiError::internal("the built-in's task failed", &e))?;
-    let finished =
-        finished.map_err(|e| ApiError::internal("could not run the built-in's child", &e))?;
+    let ran = run_to_end(state, warm, stdin, call_limits(state, timeout_ms), permit).await?;
+    let finished = &ran.finished;
     let outcome = |result| BuiltinOutcome {
         result,
-        wall_ms: finished.usage.wall_ms,
-        cpu_ms: usage
-            .and_then(|u| u.cpu_ns)
-            .map_or(finished.usage.cpu_ms, |ns| ns / 1_000_000),
-        peak_memory_bytes: usage
-            .and_then(|u| u.peak_memory_bytes)
-            .unwrap_or(finished.usage.peak_memory_bytes),
+        wall_ms: ran.wall_ms,
+        cpu_ms: ran.cpu_ms,
+        peak_memory_bytes: ran.peak_memory_bytes,
     };
-    if usage.is_some_and(|u| u.oom_killed) {
+    if ran.oom_killed {
         return Ok(outcome(Err(ApiError::new(
             ErrorCode::MemoryLimitExceeded,
             format!(

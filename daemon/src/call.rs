@@ -21,12 +21,11 @@ use serde_json::{json, Map, Value};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, LimitedBody};
-use crate::isolation::CgroupLease;
 use crate::metering::check_quota;
 use crate::plans::effective_policy;
 use crate::server::AppState;
 use crate::store::CallRecord;
-use crate::warm::{call_limits, prepare_child, Warm, WarmKey};
+use crate::warm::{call_limits, prepare_child, run_to_end, WarmKey};
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -349,41 +348,26 @@ async fn run_call(
         None => prepare_child(state, uid, &mounts, &policy).await?,
     };
     state.warm.replenish(state, key, mounts, policy.clone());
-    let limits = call_limits(state, timeout_ms);
-    // The child runs in a task of its own: a client that hangs up does not cut the call short
-    // of its deadline, its usage or its cgroup's return.
-    let task_state = state.clone();
-    let run = tokio::spawn(async move {
-        let _in_use = in_use;
-        let _permit = permit;
-        let Warm {
-            prepared, cgroup, ..
-        } = warm;
-        let finished = prepared.run(stdin, &limits).await;
-        let usage = cgroup.as_ref().map(CgroupLease::usage);
-        task_state.sandbox.release_cgroup(cgroup);
-        (finished, usage)
-    });
-    let (finished, cgroup_usage) = run
-        .await
-        .map_err(|e| ApiError::internal("the call's task failed", &e))?;
-    let finished =
-        finished.map_err(|e| ApiError::internal("could not run the child process", &e))?;
+    let ran = run_to_end(
+        state,
+        warm,
+        stdin,
+        call_limits(state, timeout_ms),
+        (in_use, permit),
+    )
+    .await?;
+    let finished = &ran.finished;
     let logs = logs_text(&finished.stderr, finished.stderr_dropped);
     let usage = UsageJson {
-        wall_ms: finished.usage.wall_ms,
-        cpu_ms: cgroup_usage
-            .and_then(|u| u.cpu_ns)
-            .map_or(finished.usage.cpu_ms, |ns| ns / 1_000_000),
-        peak_memory_bytes: cgroup_usage
-            .and_then(|u| u.peak_memory_bytes)
-            .unwrap_or(finished.usage.peak_memory_bytes),
+        wall_ms: ran.wall_ms,
+        cpu_ms: ran.cpu_ms,
+        peak_memory_bytes: ran.peak_memory_bytes,
     };
     metered.wall_ms = usage.wall_ms;
     metered.cpu_ms = usage.cpu_ms;
     metered.peak_memory_bytes = usage.peak_memory_bytes;
-    let oom_killed = cgroup_usage.is_some_and(|u| u.oom_killed);
-    let answer = interpret(&finished, config.max_result_bytes);
+    let oom_killed = ran.oom_killed;
+    let answer = interpret(finished, config.max_result_bytes);
     // Killed in its memory limit: whatever else the child left, that is the answer.
     let answer = match answer {
         Err(ChildFailure::ProcessExited { .. }) | Err(ChildFailure::FunctionError { .. })

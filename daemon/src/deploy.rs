@@ -26,7 +26,7 @@ use crate::clock::now_ms;
 use crate::isolation::{CodeMounts, VENV_DIR};
 use crate::server::AppState;
 use crate::store::{NewVersion, TenantRow, UploadChange};
-use crate::warm::{call_limits, prepare_stage, ChildStage};
+use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
 
 /// How long listing a version's functions may take (it imports every module).
 const INTROSPECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -318,13 +318,11 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
             .to_vec();
     let outcome = async {
         let warm = prepare_stage(state, uid, mounts, policy, stage).await?;
-        let finished = warm.prepared.run(request, &limits).await;
-        state.sandbox.release_cgroup(warm.cgroup);
-        finished.map_err(|e| ApiError::internal("could not run the listing child", &e))
+        run_to_end(state, warm, request, limits, ()).await
     }
     .await;
     let finished = match outcome {
-        Ok(f) => f,
+        Ok(ran) => ran.finished,
         Err(e) => return json!({"modules": [], "error": e.message}),
     };
     match interpret(&finished, INTROSPECT_MAX_BYTES) {
@@ -441,30 +439,27 @@ pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
     Some(state.config.data_dir.join("venvs").join(&hash[..24]))
 }
 
-/// Refuses a URL whose host is, or resolves to, a loopback, private or link-local address.
+/// Refuses a URL whose host is, or resolves to, an address the built-ins' egress rule refuses
+/// (the same rule, `falra_builtins::etl::net`).
 fn check_public_url(url: &str) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let with_port = if host_port.starts_with('[') || host_port.matches(':').count() != 1 {
-        if host_port.ends_with(']') || !host_port.contains(':') {
-            format!("{host_port}:443")
-        } else {
-            host_port.to_owned()
-        }
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `host:port`, `[v6]:port`, or a bare host (any port will do for the check).
+    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && (h.ends_with(']') || !h.contains(':')) && p.parse::<u16>().is_ok()
+    });
+    let netloc = if has_port {
+        host.to_owned()
     } else {
-        host_port.to_owned()
+        format!("{host}:443")
     };
-    let addrs = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("{url} does not resolve: {e}"))?;
-    for a in addrs {
-        if !falra_builtins::etl::net::is_public(a.ip()) {
-            return Err(format!("{url} points at {}, not a public address", a.ip()));
-        }
-    }
-    Ok(())
+    let egress = falra_builtins::etl::net::Egress {
+        allow_private: false,
+    };
+    ureq::Resolver::resolve(&egress, &netloc)
+        .map(|_| ())
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// Whether a requirements file names only packages and remote indexes: no local paths, no
@@ -592,10 +587,9 @@ async fn build_venv(
     let mut limits = call_limits(state, 0);
     limits.wall = VENV_TIMEOUT;
     let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
-    let finished = warm.prepared.run(Vec::new(), &limits).await;
-    state.sandbox.release_cgroup(warm.cgroup);
-    let finished =
-        finished.map_err(|e| ApiError::internal("could not run the virtualenv build", &e))?;
+    let finished = run_to_end(state, warm, Vec::new(), limits, ())
+        .await?
+        .finished;
     let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     let why = match finished.termination {
         Termination::Exited(0) => return Ok(()),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use falra_policies::Policy;
 use falra_sandbox::runner::{child_env, interpreter_args, RUNNER_DIR};
 use falra_sandbox::setup::SetupLimits;
-use falra_sandbox::{ChildSpec, Limits, Prepared};
+use falra_sandbox::{ChildSpec, Finished, Limits, Prepared};
 
 use crate::api_error::ApiError;
 use crate::isolation::{CgroupLease, CodeMounts, CODE_DIR};
@@ -294,6 +294,58 @@ pub async fn prepare_stage(
             Err(ApiError::internal("could not start the child process", &e))
         }
     }
+}
+
+/// A child that ran to its end, and what it used: wall time from the supervisor, CPU time and
+/// peak memory from its cgroup where it had one (the supervisor's figures otherwise).
+#[derive(Debug)]
+pub struct Ran {
+    pub finished: Finished,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+    /// The kernel killed something in the child's memory limit.
+    pub oom_killed: bool,
+}
+
+/// Runs a prepared child to its end in a task of its own, so a caller that goes away (a client
+/// hanging up) cuts nothing short: not the child's deadline, not its usage reading, not its
+/// cgroup's return. `keep` (an admission permit, a version in use) is held until the child is
+/// gone.
+pub async fn run_to_end<K: Send + 'static>(
+    state: &AppState,
+    warm: Warm,
+    stdin: Vec<u8>,
+    limits: Limits,
+    keep: K,
+) -> Result<Ran, ApiError> {
+    let task_state = state.clone();
+    let run = tokio::spawn(async move {
+        let _keep = keep;
+        let Warm {
+            prepared, cgroup, ..
+        } = warm;
+        let finished = prepared.run(stdin, &limits).await;
+        let usage = cgroup.as_ref().map(CgroupLease::usage);
+        task_state.sandbox.release_cgroup(cgroup);
+        (finished, usage)
+    });
+    let (finished, usage) = run
+        .await
+        .map_err(|e| ApiError::internal("a child's task failed", &e))?;
+    let finished =
+        finished.map_err(|e| ApiError::internal("could not run the child process", &e))?;
+    Ok(Ran {
+        wall_ms: finished.usage.wall_ms,
+        cpu_ms: usage
+            .and_then(|u| u.cpu_ns)
+            .map_or(finished.usage.cpu_ms, |ns| ns / 1_000_000),
+        peak_memory_bytes: usage
+            .and_then(|u| u.peak_memory_bytes)
+            .unwrap_or(finished.usage.peak_memory_bytes),
+        oom_killed: usage.is_some_and(|u| u.oom_killed),
+        finished,
+    })
 }
 
 /// The supervision limits of one call.

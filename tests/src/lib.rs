@@ -176,6 +176,12 @@ impl Daemon {
         )
     }
 
+    /// `POST /v1/call` on a thread of its own, for a call that is to be in flight meanwhile.
+    pub fn call_in_background(&self, body: Value) -> std::thread::JoinHandle<Answer> {
+        let url = format!("{}/v1/call", self.url);
+        std::thread::spawn(move || http("POST", &url, &[], Some(body.to_string().as_bytes())))
+    }
+
     /// `POST /v1/call` with a JSON body.
     pub fn call(&self, body: Value) -> Answer {
         self.post("/v1/call", &[], body.to_string().as_bytes())
@@ -232,7 +238,78 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
+/// A helper service for a test (an HTTP server, an S3 server, a git server) on a port of its
+/// own; killed on drop.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+}
+
+impl Service {
+    /// Starts the command `make` builds for a free port, and waits until that port answers.
+    pub fn start(make: impl FnOnce(u16) -> Command) -> Service {
+        let port = free_port();
+        let mut cmd = make(port);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let service = Service { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{cmd:?} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `python3 -m http.server` serving `dir`.
+pub fn static_files(dir: &Path) -> Service {
+    Service::start(|port| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir);
+        cmd
+    })
+}
+
+/// Every regular file below `dir` (symlinks are not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let Ok(meta) = p.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                pending.push(e.path());
+            }
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

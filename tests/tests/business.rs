@@ -124,16 +124,7 @@ fn rate_and_concurrency_limits_answer_429_and_leave_other_tenants_alone() {
         "caro",
         json!({"calls_per_minute": 600, "max_concurrency": 1}),
     );
-    let url = d.url.clone();
-    let body = json!({"token": caro, "fn": "work.nap", "s": 2.0}).to_string();
-    let slow = std::thread::spawn(move || {
-        http(
-            "POST",
-            &format!("{url}/v1/call"),
-            &[],
-            Some(body.as_bytes()),
-        )
-    });
+    let slow = d.call_in_background(json!({"token": caro, "fn": "work.nap", "s": 2.0}));
     std::thread::sleep(Duration::from_millis(600));
     let r = call(&d, &caro, "work.nap", json!({}));
     assert_eq!(
@@ -163,16 +154,7 @@ fn the_node_cap_answers_503_overloaded() {
     let repo = GitRepo::with_files(CODE);
     let caro = d.tenant("caro", &repo);
     let jc = d.tenant("jc", &repo);
-    let url = d.url.clone();
-    let body = json!({"token": caro, "fn": "work.nap", "s": 2.0}).to_string();
-    let slow = std::thread::spawn(move || {
-        http(
-            "POST",
-            &format!("{url}/v1/call"),
-            &[],
-            Some(body.as_bytes()),
-        )
-    });
+    let slow = d.call_in_background(json!({"token": caro, "fn": "work.nap", "s": 2.0}));
     std::thread::sleep(Duration::from_millis(600));
     let r = call(&d, &jc, "work.nap", json!({}));
     assert_eq!(

@@ -2,12 +2,10 @@
 //! (moto_server), the real daemon, and the outputs read back and compared row by row with what
 //! pandas makes of the same input.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use falra_tests::{Answer, Daemon};
+use falra_tests::{static_files, Answer, Daemon, Service};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "falra-out";
@@ -41,64 +39,25 @@ fn py(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed on drop, started once its port answers.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(cmd: &mut Command, port: u16) -> Server {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{cmd:?} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Server(child)
-}
-
 /// Test inputs, an HTTP server for them, an S3 server with a bucket.
 struct World {
     dir: tempfile::TempDir,
     http: u16,
     s3: u16,
-    _servers: Vec<Server>,
+    _servers: Vec<Service>,
 }
 
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let http = free_port();
-        let web = serve(
-            Command::new("/usr/bin/python3")
-                .args(["-m", "http.server", "--bind", "127.0.0.1"])
-                .arg(http.to_string())
-                .arg("--directory")
-                .arg(dir.path()),
-            http,
-        );
-        let s3 = free_port();
+        let web = static_files(dir.path());
         let moto = python().with_file_name("moto_server");
-        let store = serve(
-            Command::new(moto).args(["-H", "127.0.0.1", "-p", &s3.to_string()]),
-            s3,
-        );
+        let store = Service::start(|port| {
+            let mut cmd = Command::new(&moto);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd
+        });
+        let (http, s3) = (web.port, store.port);
         py(&["bucket", &format!("http://127.0.0.1:{s3}"), BUCKET]);
         World {
             dir,

@@ -120,7 +120,7 @@ fn tokens_are_shown_once_and_stored_as_hashes() {
 
     // Nothing in the data directory holds a plaintext token.
     let admin_secret = d.admin_token[4..].to_owned();
-    for entry in walk(&d.data_dir) {
+    for entry in falra_tests::files_under(&d.data_dir) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         for secret in [&token[4..], admin_secret.as_str()] {
             assert!(
@@ -130,20 +130,6 @@ fn tokens_are_shown_once_and_stored_as_hashes() {
             );
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
-        let ft = entry.file_type().unwrap();
-        if ft.is_dir() {
-            out.extend(walk(&p));
-        } else if ft.is_file() {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -419,16 +405,7 @@ fn old_versions_are_collected_but_never_while_a_call_uses_them() {
         .unwrap()
         .to_owned();
     // A slow call on v1 is in flight while three more versions are deployed.
-    let url = d.url.clone();
-    let body = json!({"token": token, "fn": "v.get", "wait": 3}).to_string();
-    let slow = std::thread::spawn(move || {
-        falra_tests::http(
-            "POST",
-            &format!("{url}/v1/call"),
-            &[],
-            Some(body.as_bytes()),
-        )
-    });
+    let slow = d.call_in_background(json!({"token": token, "fn": "v.get", "wait": 3}));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut versions = vec![v1.clone()];
     for n in 2..=4 {

@@ -1,26 +1,16 @@
 //! pip packages from a tenant's `requirements.txt`: built at sync time in a sandboxed child,
 //! from a wheel this test builds and serves from a real local HTTP server (no internet).
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use falra_tests::{Daemon, GitRepo};
+use falra_tests::{static_files, Daemon, GitRepo, Service};
 use serde_json::json;
 
 /// A local package index: a directory of wheels behind `python3 -m http.server`.
 struct Index {
-    child: Child,
-    port: u16,
+    service: Service,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Writes a pure-Python wheel of `falrapkg` 1.0 into `dir`.
@@ -54,28 +44,8 @@ with zipfile.ZipFile(out, "w") as z:
 fn start_index() -> Index {
     let dir = tempfile::tempdir().unwrap();
     build_wheel(dir.path());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("/usr/bin/python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the package index did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     Index {
-        child,
-        port,
+        service: static_files(dir.path()),
         _dir: dir,
     }
 }
@@ -92,7 +62,7 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
     let index = start_index();
     // The package index is on loopback: the operator allows builds to reach it.
     let d = Daemon::start_with(&["--egress-allow-private"]);
-    let req = requirements(index.port, "falrapkg==1.0");
+    let req = requirements(index.service.port, "falrapkg==1.0");
     let caro_repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let caro = d.tenant("caro", &caro_repo);
 
@@ -148,7 +118,7 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
     let before = d.admin("GET", "/tenants/caro", None).body["active_version"].clone();
     caro_repo.commit(&[(
         "requirements.txt",
-        &requirements(index.port, "nosuchpkg==9.9"),
+        &requirements(index.service.port, "nosuchpkg==9.9"),
     )]);
     let a = d.admin("POST", "/tenants/caro/sync", None);
     assert_eq!(a.status, 422, "{:?}", a.body);
@@ -196,7 +166,7 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
 fn virtualenvs_no_kept_version_uses_are_removed() {
     let index = start_index();
     let d = Daemon::start_with(&["--egress-allow-private", "--keep-versions", "1"]);
-    let req = requirements(index.port, "falrapkg==1.0");
+    let req = requirements(index.service.port, "falrapkg==1.0");
     let repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let token = d.tenant("caro", &repo);
     let venvs = || {

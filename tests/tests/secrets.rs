@@ -1,32 +1,11 @@
 //! Tenant secrets: sealed at rest, never returned, and used as the https credentials of a
 //! tenant's repository (served here by a real `git http-backend` behind Basic auth).
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use falra_tests::{falra_bin, Daemon, GitRepo};
+use falra_tests::{falra_bin, files_under, Daemon, GitRepo, Service};
 use serde_json::json;
-
-/// Every regular file under `dir`.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(p) = pending.pop() {
-        let Ok(meta) = p.symlink_metadata() else {
-            continue;
-        };
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                pending.push(e.unwrap().path());
-            }
-        } else if meta.is_file() {
-            out.push(p);
-        }
-    }
-    out
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -60,7 +39,7 @@ fn secrets_are_sealed_listed_by_name_and_removed() {
     assert!(!listed.body.to_string().contains("plaintext"));
 
     // Nowhere in the data directory (store, WAL, anything) is the value in the clear.
-    for file in files(&d.data_dir) {
+    for file in files_under(&d.data_dir) {
         let bytes = std::fs::read(&file).unwrap();
         for needle in ["s3cr3t-plaintext-9", "AKIAPLAINTEXT1", "hook-plaintext-7"] {
             assert!(
@@ -127,40 +106,16 @@ fn secrets_are_sealed_listed_by_name_and_removed() {
     assert_eq!(listed.body["secrets"], json!([]));
 }
 
-struct GitServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn git_server(root: &Path, user: &str, password: &str) -> GitServer {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+fn git_server(root: &Path, user: &str, password: &str) -> Service {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/git_http_server.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(root)
-        .arg(port.to_string())
-        .args([user, password])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the git server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    GitServer { child, port }
+    Service::start(|port| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(root)
+            .arg(port.to_string())
+            .args([user, password]);
+        cmd
+    })
 }
 
 #[test]
