@@ -272,16 +272,20 @@ async fn run_call(
         metered.wall_ms = outcome.wall_ms;
         metered.cpu_ms = outcome.cpu_ms;
         metered.peak_memory_bytes = outcome.peak_memory_bytes;
-        let result = outcome.result?;
-        let body = json!({
-            "ok": true,
-            "result": result,
-            "call_id": call_id,
-            "version": "builtin",
-            "logs": "",
-            "usage": {"wall_ms": outcome.wall_ms, "cpu_ms": outcome.cpu_ms,
-                      "peak_memory_bytes": outcome.peak_memory_bytes},
-        });
+        let result = serde_json::value::to_raw_value(&outcome.result?)
+            .map_err(|e| ApiError::internal("could not encode the built-in's result", &e))?;
+        let body = CallOk {
+            ok: true,
+            result: &result,
+            call_id,
+            version: "builtin",
+            logs: String::new(),
+            usage: UsageJson {
+                wall_ms: outcome.wall_ms,
+                cpu_ms: outcome.cpu_ms,
+                peak_memory_bytes: outcome.peak_memory_bytes,
+            },
+        };
         let response = json_response(&body);
         metered.bytes_out = response_len(&response);
         return Ok(response);

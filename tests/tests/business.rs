@@ -52,6 +52,8 @@ fn plans_and_overrides_apply_to_the_next_call() {
         json!({"memory_mb": 0}),
         json!({"timeout_ms": 5}),
         json!({"nope": 1}),
+        json!({"cpu_seconds_per_month": 0}),
+        json!({"max_unzipped_mb": 0}),
     ] {
         let a = d.admin("PUT", "/plans/tiny", Some(bad.clone()));
         assert_eq!(a.status, 400, "{bad}: {:?}", a.body);
@@ -81,6 +83,26 @@ fn plans_and_overrides_apply_to_the_next_call() {
     let r = call(&d, &token, "work.nap", json!({"s": 1.0}));
     assert_eq!(r.body["result"], json!("rested"), "{:?}", r.body);
 
+    // Resetting a field that does not exist changes nothing.
+    let a = d.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"reset": ["memroy_mb"]})),
+    );
+    assert_eq!(
+        (a.status, code(&a)),
+        (400, json!("bad_request")),
+        "{:?}",
+        a.body
+    );
+    // The default plan cannot go (new tenants are put on it).
+    let a = d.admin("DELETE", "/plans/default", None);
+    assert_eq!(
+        (a.status, code(&a)),
+        (409, json!("conflict")),
+        "{:?}",
+        a.body
+    );
     // A plan in use cannot go; an unused one can.
     let a = d.admin("DELETE", "/plans/tiny", None);
     assert_eq!(
