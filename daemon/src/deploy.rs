@@ -3,7 +3,8 @@
 //!
 //! The order is what keeps a failed deploy from changing anything: fetch (a sync) → write the
 //! version tree (commit + uploads) → build its virtualenv if it has a `requirements.txt` (in a
-//! sandboxed child, with network) → list its functions (in a sandboxed child, never in the
+//! sandboxed child, with network) → compile its modules into the tree (in a sandboxed child,
+//! which runs no tenant code) → list its functions (in a sandboxed child, never in the
 //! daemon) → record the version, the upload change and the activation in one store
 //! transaction → swap `github/git_<tenant>`. Until the transaction, nothing a call reads has
 //! changed; a new version tree that fails a later step is removed again.
@@ -30,6 +31,8 @@ use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
 
 /// How long listing a version's functions may take (it imports every module).
 const INTROSPECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where a compiling child writes its bytecode.
+const BYTECODE_DIR: &str = "/falra-bytecode";
 /// The largest function listing kept.
 const INTROSPECT_MAX_BYTES: usize = 4 << 20;
 /// How long a virtualenv build may take.
@@ -262,6 +265,7 @@ async fn finish_version(
     let code = state.layout.version_dir(name, version);
     let venv = ensure_venv(state, tenant, policy, &code).await?;
     let mounts = CodeMounts { code, venv };
+    compile_version(state, name, tenant, policy, version, &mounts).await;
     let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
         Some(known) => known,
         None => introspect(state, tenant.uid32(), policy, &mounts).await,
@@ -293,6 +297,94 @@ async fn finish_version(
         }
     }
     Ok(functions)
+}
+
+/// Compiles the version's modules in a sandboxed child and lays the bytecode into its tree
+/// (`falra_tenants::bytecode`), so that no call compiles them again: the tree is read-only to
+/// calls, which could never cache it themselves. Nothing here can fail a deploy: a version
+/// without bytecode works, its calls only start slower.
+async fn compile_version(
+    state: &AppState,
+    name: &TenantName,
+    tenant: &TenantRow,
+    policy: &Policy,
+    version: &VersionId,
+    mounts: &CodeMounts,
+) {
+    let scratch = state.layout.tenant_versions(name).join(format!(
+        ".pyc-{}-{}",
+        version.as_str(),
+        crate::call::new_call_id()
+    ));
+    let compiled = async {
+        let uid = tenant.uid32();
+        let prepare = || -> std::io::Result<()> {
+            std::fs::create_dir(&scratch)?;
+            // The compiler runs as the tenant: only the scratch directory is writable to it.
+            std::os::unix::fs::chown(&scratch, Some(uid), Some(uid))
+        };
+        prepare().map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
+        let isolated = state.sandbox.is_enabled();
+        let out = if isolated {
+            PathBuf::from(BYTECODE_DIR)
+        } else {
+            scratch.clone()
+        };
+        let mut policy = policy.clone();
+        policy.network = Network::None;
+        let stage = ChildStage {
+            program: state.config.python.clone(),
+            args: None,
+            extra: vec![Bind {
+                source: scratch.clone(),
+                target: out.clone(),
+                writable: true,
+            }]
+            .into_iter()
+            .filter(|_| isolated)
+            .collect(),
+            env: Vec::new(),
+            setup: SetupLimits::default(),
+        };
+        let mut limits = call_limits(state, 0);
+        limits.wall = INTROSPECT_TIMEOUT;
+        let request = json!({
+            "protocol": 1, "call_id": "compile", "fn": "", "kwargs": {},
+            "mode": "compile", "out": out,
+        })
+        .to_string()
+        .into_bytes();
+        let warm = prepare_stage(state, uid, mounts, &policy, stage)
+            .await
+            .map_err(|e| e.message.clone())?;
+        let finished = run_to_end(state, warm, request, limits, ())
+            .await
+            .map_err(|e| e.message.clone())?
+            .finished;
+        if finished.termination != Termination::Exited(0) {
+            return Err(format!(
+                "the compiler ended with {:?}",
+                finished.termination
+            ));
+        }
+        let (from, tree) = (scratch.clone(), mounts.code.clone());
+        tokio::task::spawn_blocking(move || falra_tenants::bytecode::lay_in(&from, &tree))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| ErrorChain(&e).to_string())
+    }
+    .await;
+    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+        tracing::warn!(tenant = %name, error = %e, "could not remove the bytecode scratch directory");
+    }
+    match compiled {
+        Ok(n) => {
+            tracing::debug!(tenant = %name, version = %version, modules = n, "bytecode laid in")
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %name, version = %version, error = %e, "the version's modules were not compiled ahead")
+        }
+    }
 }
 
 /// Lists the version's modules and functions in a sandboxed child (the runner's introspection

@@ -1,11 +1,12 @@
 //! Tenant code: where it comes from, where it lives, and which of it may be called.
 //!
 //! A tenant's code reaches the node as a git commit ([`git`]) and private uploads
-//! ([`upload`]), is laid out as an immutable version tree ([`layout`]), and a call names a
+//! ([`upload`]), is laid out as an immutable version tree ([`layout`]) with its modules' bytecode laid in ([`bytecode`]), and a call names a
 //! function in it ([`function`]). Names are parsed
 //! once, at the boundary, into validated types ([`TenantName`], [`FnName`], [`VersionId`]), so
 //! nothing deeper re-checks them. This crate knows nothing of HTTP, tokens or processes.
 
+pub mod bytecode;
 pub mod function;
 pub mod git;
 pub mod layout;

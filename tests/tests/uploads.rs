@@ -330,3 +330,75 @@ fn tenants_without_a_repository_run_on_uploads_and_operators_upload_too() {
     let listed = d.admin("GET", "/tenants/jc/modules", None);
     assert_eq!(listed.body["modules"].as_array().unwrap().len(), 2);
 }
+
+/// Reads the bytecode the interpreter would load for this very module and checks it as the
+/// importer does (magic number, timestamp mode, the source's mtime and size).
+const SELF_CHECK: &str = r#"import os
+import importlib.util
+
+
+def cached():
+    path = importlib.util.cache_from_source(__file__)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    st = os.stat(__file__)
+    return {
+        "magic": head[:4] == importlib.util.MAGIC_NUMBER,
+        "flags": int.from_bytes(head[4:8], "little"),
+        "mtime": int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF,
+        "size": int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF,
+        "spec": __spec__.cached == path,
+    }
+"#;
+
+#[test]
+fn modules_are_compiled_at_deploy_so_calls_never_compile_them() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[
+        ("m.py", SELF_CHECK),
+        ("pkg/__init__.py", ""),
+        ("pkg/_inner.py", "X = 1\n"),
+        ("bad.py", "def f(\n"),
+        ("not-a-module.py", "X = 1\n"),
+    ]);
+    let call_token = d.tenant("caro", &repo);
+    let valid = json!({"magic": true, "flags": 0, "mtime": true, "size": true, "spec": true});
+    let r = call(&d, &call_token, "m.cached", json!({}));
+    assert_eq!(r.body["result"], valid, "{:?}", r.body);
+
+    let tree = d.data_dir.join("versions/caro").join(active(&d, "caro"));
+    let tag = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import sys; print(sys.implementation.cache_tag)",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    let tag = String::from_utf8(tag).unwrap().trim().to_owned();
+    for (pyc, wanted) in [
+        (format!("__pycache__/m.{tag}.pyc"), true),
+        (format!("pkg/__pycache__/__init__.{tag}.pyc"), true),
+        (format!("pkg/__pycache__/_inner.{tag}.pyc"), true),
+        (format!("__pycache__/bad.{tag}.pyc"), false),
+        (format!("__pycache__/not-a-module.{tag}.pyc"), false),
+    ] {
+        assert_eq!(tree.join(&pyc).is_file(), wanted, "{pyc}");
+    }
+    // The compiler's scratch directory is gone again.
+    let left: Vec<_> = std::fs::read_dir(d.data_dir.join("versions/caro"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // An upload is compiled with the version it makes.
+    let deploy_token = d.token("caro", &["deploy"]);
+    let a = put(&d, &deploy_token, "uploaded", SELF_CHECK);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let r = call(&d, &call_token, "uploaded.cached", json!({}));
+    assert_eq!(r.body["result"], valid, "{:?}", r.body);
+}
