@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use falra_policies::{Network, Policy};
 use falra_sandbox::cgroup::{self, CallCgroup, CgroupError, CgroupLimits, Hierarchy, HostFs};
 use falra_sandbox::runner::RUNNER_DIR;
-use falra_sandbox::{netns, Bind, Isolation, NetworkMode, SystemEntry};
+use falra_sandbox::{mountns, netns, Bind, Isolation, NetworkMode, SystemEntry};
 
 /// Where the tenant's code appears inside the child.
 pub const CODE_DIR: &str = "/code";
@@ -51,7 +51,12 @@ struct Enabled {
     system: Vec<SystemEntry>,
     root_mount_point: PathBuf,
     /// One prepared network namespace per tenant uid, made on its first call.
-    netns: Mutex<HashMap<u32, OwnedFd>>,
+    netns: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+    /// Mount templates (`falra_sandbox::mountns`) per tenant uid and set of read-only binds,
+    /// made on the first child that needs one.
+    templates: Mutex<HashMap<TemplateKey, Arc<OwnedFd>>>,
+    /// Whether a template could not be built yet (logged once; children then build their root).
+    template_failed: std::sync::atomic::AtomicBool,
     /// Idle call cgroups per tenant uid, with the limits they carry, ready for the next call.
     idle_cgroups: Mutex<HashMap<u32, Vec<(CallCgroup, CgroupLimits)>>>,
     next_cgroup: AtomicU64,
@@ -63,6 +68,36 @@ impl Drop for Enabled {
         for (cgroup, _) in idle.into_values().flatten() {
             let _ = cgroup.remove(&HostFs);
         }
+    }
+}
+
+/// What a mount template is built from besides the host's fixed system entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TemplateKey {
+    uid: u32,
+    binds: Vec<Bind>,
+}
+
+/// The most mount templates kept; past it the table starts over (children starting meanwhile
+/// hold their own template open).
+const MAX_TEMPLATES: usize = 256;
+
+/// One child's isolation, with the prepared namespaces it names held open until the child has
+/// entered them: a table entry dropped meanwhile cannot close a descriptor the child still
+/// has to use (nor let its number be reused by another namespace).
+#[derive(Debug)]
+pub struct ChildIsolation {
+    isolation: Isolation,
+    held: HeldNamespaces,
+}
+
+/// Prepared namespaces a starting child names by descriptor; keep until it has started.
+#[derive(Debug)]
+pub struct HeldNamespaces(#[allow(dead_code)] Vec<Arc<OwnedFd>>);
+
+impl ChildIsolation {
+    pub fn into_parts(self) -> (Isolation, HeldNamespaces) {
+        (self.isolation, self.held)
     }
 }
 
@@ -161,6 +196,8 @@ impl SandboxSettings {
                 system: falra_sandbox::setup::host_system_entries(),
                 root_mount_point,
                 netns: Mutex::new(HashMap::new()),
+                templates: Mutex::new(HashMap::new()),
+                template_failed: std::sync::atomic::AtomicBool::new(false),
                 idle_cgroups: Mutex::new(HashMap::new()),
                 next_cgroup: AtomicU64::new(0),
             }),
@@ -272,27 +309,30 @@ impl SandboxSettings {
         extra: Vec<Bind>,
         policy: &Policy,
         cgroup: Option<&CgroupLease>,
-    ) -> Result<Option<Isolation>, IsolationError> {
+    ) -> Result<Option<ChildIsolation>, IsolationError> {
         let Some(e) = self.enabled.as_ref() else {
             return Ok(None);
         };
+        let mut held = Vec::new();
         let network = match policy.network {
             Network::Host => NetworkMode::Host,
             Network::None => {
                 let mut spaces = e.netns.lock().expect("netns table poisoned");
                 let fd = match spaces.get(&uid) {
-                    Some(fd) => fd.as_raw_fd(),
+                    Some(fd) => Arc::clone(fd),
                     None => {
                         let fd = netns::new_loopback_namespace().map_err(IsolationError::Netns)?;
-                        let raw = fd.as_raw_fd();
-                        spaces.insert(uid, fd);
-                        raw
+                        let fd = Arc::new(fd);
+                        spaces.insert(uid, Arc::clone(&fd));
+                        fd
                     }
                 };
-                NetworkMode::Join(fd)
+                let raw = fd.as_raw_fd();
+                held.push(fd);
+                NetworkMode::Join(raw)
             }
         };
-        Ok(Some(Isolation {
+        let mut isolation = Isolation {
             root_mount_point: e.root_mount_point.clone(),
             system: e.system.clone(),
             binds: [
@@ -315,13 +355,44 @@ impl SandboxSettings {
             gid: uid,
             hostname: "falra".to_owned(),
             cgroup_procs: cgroup.map(CgroupLease::procs_files).unwrap_or_default(),
+            mount_template: None,
+        };
+        // Children with a writable bind (builds) are rare and build their own root.
+        if isolation.binds.iter().all(|b| !b.writable) {
+            if let Some(template) = e.template(uid, &isolation) {
+                isolation.mount_template = Some(template.as_raw_fd());
+                held.push(template);
+            }
+        }
+        Ok(Some(ChildIsolation {
+            isolation,
+            held: HeldNamespaces(held),
         }))
+    }
+
+    /// Forgets the tenant's mount templates but those of version `active` (after a deploy or
+    /// a rollback: the others would only serve calls pinned to an old version, and are made
+    /// again if one comes).
+    pub fn forget_templates_except(&self, uid: u32, active: &str) {
+        if let Some(e) = &self.enabled {
+            let is_active = |b: &Bind| {
+                b.target == Path::new(CODE_DIR) && b.source.file_name().is_some_and(|n| n == active)
+            };
+            e.templates
+                .lock()
+                .expect("template table poisoned")
+                .retain(|k, _| k.uid != uid || k.binds.iter().any(is_active));
+        }
     }
 
     /// Forgets a removed tenant's network namespace and idle cgroups.
     pub fn forget_tenant(&self, uid: u32) {
         if let Some(e) = &self.enabled {
             e.netns.lock().expect("netns table poisoned").remove(&uid);
+            e.templates
+                .lock()
+                .expect("template table poisoned")
+                .retain(|k, _| k.uid != uid);
             let idle = e
                 .idle_cgroups
                 .lock()
@@ -329,6 +400,46 @@ impl SandboxSettings {
                 .remove(&uid);
             for (cgroup, _) in idle.into_iter().flatten() {
                 remove_cgroup_later(cgroup);
+            }
+        }
+    }
+}
+
+impl Enabled {
+    /// The mount template for `iso`'s tenant and binds, built on first use. `None` when it
+    /// cannot be built: the child then builds its own root, as it would without templates.
+    fn template(&self, uid: u32, iso: &Isolation) -> Option<Arc<OwnedFd>> {
+        let key = TemplateKey {
+            uid,
+            binds: iso.binds.clone(),
+        };
+        if let Some(fd) = self
+            .templates
+            .lock()
+            .expect("template table poisoned")
+            .get(&key)
+        {
+            return Some(Arc::clone(fd));
+        }
+        // Built outside the lock: two children racing for a new one each build one, and one
+        // of the two is kept.
+        match mountns::new_template(iso) {
+            Ok(fd) => {
+                let fd = Arc::new(fd);
+                let mut table = self.templates.lock().expect("template table poisoned");
+                if table.len() >= MAX_TEMPLATES {
+                    table.clear();
+                }
+                Some(Arc::clone(table.entry(key).or_insert(fd)))
+            }
+            Err(err) => {
+                let chain = crate::api_error::ErrorChain(&err);
+                if self.template_failed.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %chain, "could not build a mount template");
+                } else {
+                    tracing::warn!(error = %chain, "could not build a mount template; children build their own root");
+                }
+                None
             }
         }
     }

@@ -22,7 +22,7 @@ use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{ChildSpec, Finished, Limits, Prepared};
 
 use crate::api_error::ApiError;
-use crate::isolation::{CgroupLease, CodeMounts, CODE_DIR};
+use crate::isolation::{CgroupLease, ChildIsolation, CodeMounts, CODE_DIR};
 use crate::server::{AppState, Inner};
 
 /// How long a prepared child waits for a call before it is stopped.
@@ -130,10 +130,12 @@ impl WarmPool {
         self.discard_where(state, |k| k.uid == uid);
     }
 
-    /// Stops the tenant's prepared children for versions other than `active` (after a deploy
-    /// or a rollback they would only wait for calls pinned to an old version).
+    /// Stops the tenant's prepared children (and forgets its mount templates) for versions
+    /// other than `active` (after a deploy or a rollback they would only wait for calls pinned
+    /// to an old version).
     pub fn forget_other_versions(&self, state: &AppState, uid: u32, active: &str) {
         self.discard_where(state, |k| k.uid == uid && k.version != active);
+        state.sandbox.forget_templates_except(uid, active);
     }
 
     fn discard_where(&self, state: &AppState, doomed: impl Fn(&WarmKey) -> bool) {
@@ -259,6 +261,11 @@ pub async fn prepare_stage(
                 &e,
             ));
         }
+    };
+    // The prepared namespaces the child enters stay open until it has started.
+    let (isolation, _held) = match isolation.map(ChildIsolation::into_parts) {
+        Some((isolation, held)) => (Some(isolation), Some(held)),
+        None => (None, None),
     };
     let (cwd, runner_dir) = match isolation {
         Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod landlock;
+pub mod mountns;
 pub mod netns;
 pub mod protocol;
 pub mod runner;

@@ -17,7 +17,7 @@ pub fn new_loopback_namespace() -> io::Result<OwnedFd> {
     std::thread::spawn(|| -> io::Result<OwnedFd> {
         unshare_net()?;
         HostSys.loopback_up()?;
-        open_own_netns(c"/proc/thread-self/ns/net")
+        open_namespace(c"/proc/thread-self/ns/net")
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?
@@ -32,8 +32,9 @@ fn unshare_net() -> io::Result<()> {
     Ok(())
 }
 
+/// Opens a namespace file (`/proc/thread-self/ns/…`): the descriptor keeps the namespace alive.
 #[allow(unsafe_code)]
-fn open_own_netns(path: &CStr) -> io::Result<OwnedFd> {
+pub(crate) fn open_namespace(path: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd == -1 {

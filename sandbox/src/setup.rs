@@ -71,6 +71,9 @@ pub enum Step {
     LoopbackUp,
     /// Enter a prepared network namespace (its loopback already up) by descriptor.
     JoinNetns(std::os::fd::RawFd),
+    /// Enter a prepared mount namespace (see [`crate::mountns`]) by descriptor and take a
+    /// private copy of it: the call's root, already built, read-only and pivoted into.
+    CopyMountTemplate(std::os::fd::RawFd),
     SetHostname(CString),
     Chdir(CString),
     Rlimit(Resource, u64),
@@ -110,6 +113,7 @@ impl Step {
             Step::RemountRootReadOnly => "remount root read-only",
             Step::LoopbackUp => "loopback up",
             Step::JoinNetns(_) => "join network namespace",
+            Step::CopyMountTemplate(_) => "copy mount template",
             Step::SetHostname(_) => "set hostname",
             Step::Chdir(_) => "chdir",
             Step::Rlimit(..) => "rlimit",
@@ -152,7 +156,7 @@ impl Default for SetupLimits {
 
 /// A bind of a host path into the child's root: read-only unless `writable` (only a build's
 /// output directory is).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Bind {
     pub source: PathBuf,
     /// Absolute path inside the child.
@@ -173,6 +177,10 @@ pub struct Isolation {
     pub tmp_bytes: u64,
     /// Keep the host's network (no network namespace of its own).
     pub network: NetworkMode,
+    /// A prepared mount namespace holding this child's root but for `/tmp`, `/dev/shm` and
+    /// `/proc` ([`crate::mountns`]): the child copies it instead of building its root, then
+    /// mounts those three fresh. `None`: the child builds its whole root itself.
+    pub mount_template: Option<std::os::fd::RawFd>,
     pub uid: u32,
     pub gid: u32,
     pub hostname: String,
@@ -281,7 +289,18 @@ pub fn plan(
     }
     steps.push(Step::NewSession);
     if let Some(iso) = isolation {
-        mount_steps(iso, &mut steps);
+        match iso.mount_template {
+            Some(fd) => {
+                steps.push(Step::CopyMountTemplate(fd));
+                call_mounts(iso, Path::new("/"), &mut steps);
+            }
+            None => {
+                root_steps(iso, &mut steps);
+                call_mounts(iso, &iso.root_mount_point, &mut steps);
+                steps.push(Step::PivotRoot(cstr(&iso.root_mount_point)));
+                steps.push(Step::RemountRootReadOnly);
+            }
+        }
         match iso.network {
             NetworkMode::Host => {}
             NetworkMode::Fresh => steps.push(Step::LoopbackUp),
@@ -320,7 +339,45 @@ pub fn plan(
     steps
 }
 
-fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
+/// The steps that build a mount template for `iso` ([`crate::mountns`]), in a fresh mount
+/// namespace: the whole root of [`plan`] but for the per-call `/tmp`, `/dev/shm` and `/proc`.
+pub fn template_plan(iso: &Isolation) -> Vec<Step> {
+    let mut steps = Vec::new();
+    root_steps(iso, &mut steps);
+    steps.push(Step::PivotRoot(cstr(&iso.root_mount_point)));
+    steps.push(Step::RemountRootReadOnly);
+    steps
+}
+
+/// The mounts every call gets fresh, with the new root at `root`: a capped `/tmp` and
+/// `/dev/shm` of its own, and a `/proc` of its own PID namespace.
+fn call_mounts(iso: &Isolation, root: &Path, steps: &mut Vec<Step>) {
+    let at = |inside: &str| cstr(&under(root, Path::new(inside)));
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    let tmpfs = |target: CString, size: u64, flags| Step::Mount {
+        source: cs("tmpfs"),
+        target,
+        fstype: cs("tmpfs"),
+        flags,
+        data: cs(&format!("size={size},mode=1777")),
+    };
+    steps.push(tmpfs(at("tmp"), iso.tmp_bytes, nosuid_nodev));
+    steps.push(tmpfs(
+        at("dev/shm"),
+        iso.tmp_bytes,
+        nosuid_nodev | libc::MS_NOEXEC,
+    ));
+    steps.push(Step::Mount {
+        source: cs("proc"),
+        target: at("proc"),
+        fstype: cs("proc"),
+        flags: nosuid_nodev | libc::MS_NOEXEC,
+        data: cs(""),
+    });
+}
+
+/// Everything of the new root but what [`call_mounts`] adds, mounted at `root_mount_point`.
+fn root_steps(iso: &Isolation, steps: &mut Vec<Step>) {
     let root = &iso.root_mount_point;
     let at = |inside: &str| cstr(&under(root, Path::new(inside)));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -387,7 +444,6 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
         flags,
         data: cs(&format!("size={size},mode={mode}")),
     };
-    steps.push(tmpfs(at("tmp"), iso.tmp_bytes, "1777", nosuid_nodev));
     steps.push(tmpfs(
         at("dev"),
         64 << 10,
@@ -402,12 +458,6 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
         });
     }
     steps.push(Step::Mkdir(at("dev/shm"), 0o755));
-    steps.push(tmpfs(
-        at("dev/shm"),
-        iso.tmp_bytes,
-        "1777",
-        nosuid_nodev | libc::MS_NOEXEC,
-    ));
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -419,15 +469,6 @@ fn mount_steps(iso: &Isolation, steps: &mut Vec<Step>) {
             link: at(&format!("dev/{name}")),
         });
     }
-    steps.push(Step::Mount {
-        source: cs("proc"),
-        target: at("proc"),
-        fstype: cs("proc"),
-        flags: nosuid_nodev | libc::MS_NOEXEC,
-        data: cs(""),
-    });
-    steps.push(Step::PivotRoot(cstr(root)));
-    steps.push(Step::RemountRootReadOnly);
 }
 
 /// Mkdir steps for every component of `inside` below the new root (the tmpfs starts empty).
@@ -459,6 +500,8 @@ pub trait ChildSys {
     fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()>;
     fn loopback_up(&mut self) -> io::Result<()>;
     fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()>;
+    /// Enter the mount namespace `fd` refers to, then unshare a private copy of it.
+    fn copy_mount_namespace(&mut self, fd: std::os::fd::RawFd) -> io::Result<()>;
     fn sethostname(&mut self, name: &CStr) -> io::Result<()>;
     fn chdir(&mut self, path: &CStr) -> io::Result<()>;
     fn setrlimit(&mut self, resource: Resource, value: u64) -> io::Result<()>;
@@ -524,6 +567,7 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
             ),
             Step::LoopbackUp => sys.loopback_up(),
             Step::JoinNetns(fd) => sys.setns_net(*fd),
+            Step::CopyMountTemplate(fd) => sys.copy_mount_namespace(*fd),
             Step::SetHostname(name) => sys.sethostname(name),
             Step::Chdir(path) => sys.chdir(path),
             Step::Rlimit(resource, value) => sys.setrlimit(*resource, *value),
@@ -668,6 +712,15 @@ impl ChildSys for HostSys {
     fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
         // SAFETY: setns takes a descriptor and a flag by value.
         check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })
+    }
+
+    fn copy_mount_namespace(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        // SAFETY: setns takes a descriptor and a flag by value. Entering a mount namespace also
+        // moves root and working directory to its root.
+        check(unsafe { libc::setns(fd, libc::CLONE_NEWNS) })?;
+        // SAFETY: a flag by value; the copy is this process's alone, so the template stays as
+        // it was whatever the call mounts on its copy.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNS) })
     }
 
     fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
@@ -946,6 +999,9 @@ mod tests {
         fn setns_net(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
             self.record(format!("setns_net {fd}"))
         }
+        fn copy_mount_namespace(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+            self.record(format!("copy_mount_namespace {fd}"))
+        }
         fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
             self.record(format!("sethostname {}", s(name)))
         }
@@ -996,6 +1052,7 @@ mod tests {
             }],
             tmp_bytes: 1 << 20,
             network: NetworkMode::Fresh,
+            mount_template: None,
             uid: 100_001,
             gid: 100_001,
             hostname: "falra".into(),
@@ -1010,17 +1067,22 @@ mod tests {
             .unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
     }
 
-    #[test]
-    fn isolated_plan_runs_in_the_documented_order() {
+    /// The calls a whole isolated plan with seccomp makes for `iso`.
+    fn recorded(iso: &Isolation) -> Vec<String> {
         let mut rec = Recorder::default();
         let steps = plan(
             &SetupLimits::default(),
-            Some(&isolation()),
+            Some(iso),
             Path::new("/code"),
             Some(crate::seccomp::program()),
         );
         apply(&steps, &mut rec).unwrap();
-        let calls = &rec.0;
+        rec.0
+    }
+
+    #[test]
+    fn isolated_plan_runs_in_the_documented_order() {
+        let calls = &recorded(&isolation());
         let order = [
             "write /cg/memory/falra/t1/c1/cgroup.procs 0",
             "setsid",
@@ -1031,8 +1093,9 @@ mod tests {
             "symlink /data/root/lib -> usr/lib",
             "mount /data/versions/t/abc /data/root/code ",
             "mount  /data/root/code  ro",
-            "mount tmpfs /data/root/tmp tmpfs",
             "mount /dev/null /data/root/dev/null",
+            "mount tmpfs /data/root/tmp tmpfs",
+            "mount tmpfs /data/root/dev/shm tmpfs",
             "mount proc /data/root/proc proc",
             "pivot_root /data/root",
             "mount  / ",
@@ -1062,6 +1125,80 @@ mod tests {
         let pivot = position(calls, "pivot_root");
         assert!(calls[pivot + 1].ends_with(" ro"), "{}", calls[pivot + 1]);
         assert!(calls[pivot + 2..].iter().all(|c| !c.starts_with("mount")));
+    }
+
+    #[test]
+    fn a_template_holds_the_root_and_each_call_mounts_only_its_own_tmp_shm_and_proc() {
+        let iso = isolation();
+        let mut rec = Recorder::default();
+        apply(&template_plan(&iso), &mut rec).unwrap();
+        let template = rec.0;
+        // The whole root, pivoted into and read-only...
+        for want in [
+            "mount  / ",
+            "mount falra-root /data/root tmpfs",
+            "mount  /data/root/usr  ro",
+            "mount  /data/root/code  ro",
+            "mount /dev/null /data/root/dev/null",
+        ] {
+            assert!(template.iter().any(|c| c.starts_with(want)), "{want}");
+        }
+        let n = template.len();
+        assert_eq!(template[n - 2], "pivot_root /data/root");
+        assert!(template[n - 1].ends_with(" ro"), "{}", template[n - 1]);
+        // ...but nothing a call must have of its own, and nothing of a process's identity.
+        for unwanted in [
+            "/data/root/tmp tmpfs",
+            "/data/root/dev/shm tmpfs",
+            "proc proc",
+        ] {
+            assert!(!template.iter().any(|c| c.contains(unwanted)), "{unwanted}");
+        }
+        for unwanted in [
+            "write /cg",
+            "setsid",
+            "identity",
+            "seccomp",
+            "landlock",
+            "sethostname",
+        ] {
+            assert!(
+                !template.iter().any(|c| c.starts_with(unwanted)),
+                "{unwanted}"
+            );
+        }
+
+        let mut iso = isolation();
+        iso.mount_template = Some(9);
+        let calls = recorded(&iso);
+        let mounts: Vec<_> = calls.iter().filter(|c| c.starts_with("mount")).collect();
+        assert_eq!(
+            mounts,
+            [
+                "mount tmpfs /tmp tmpfs",
+                "mount tmpfs /dev/shm tmpfs",
+                "mount proc /proc proc"
+            ]
+        );
+        assert_eq!(
+            calls[..3],
+            [
+                "write /cg/memory/falra/t1/c1/cgroup.procs 0",
+                "setsid",
+                "copy_mount_namespace 9"
+            ]
+        );
+        assert!(!calls.iter().any(|c| c.starts_with("pivot_root")));
+        // Everything after the mounts is as in a plan that builds its own root.
+        let tail = |calls: &[String]| {
+            let at = position(calls, "mount proc");
+            calls[at + 1..].to_vec()
+        };
+        let own_tail: Vec<_> = tail(&recorded(&isolation()))
+            .into_iter()
+            .filter(|c| !c.starts_with("pivot_root") && !c.starts_with("mount  / "))
+            .collect();
+        assert_eq!(tail(&calls), own_tail);
     }
 
     #[test]

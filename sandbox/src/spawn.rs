@@ -124,12 +124,15 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     .into();
     let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     let mut keep_fd = None;
+    let mut mount_template = -1;
     if let Some(iso) = &spec.isolation {
-        flags |= libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP;
+        flags |=
+            libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+        // With a template, init copies that namespace instead of the daemon's (a setup step).
+        match iso.mount_template {
+            Some(fd) => mount_template = fd,
+            None => flags |= libc::CLONE_NEWNS,
+        }
         match iso.network {
             NetworkMode::Host => {}
             NetworkMode::Fresh => flags |= libc::CLONE_NEWNET,
@@ -153,6 +156,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
             report: report_w.as_raw_fd(),
             status: status_w.as_raw_fd(),
             netns: keep_fd.unwrap_or(-1),
+            mount_template,
         },
         init_stack: vec![0u8; INIT_STACK_BYTES],
         program_stack: vec![0u8; PROGRAM_STACK_BYTES],
@@ -469,6 +473,8 @@ struct ChildFds {
     status: RawFd,
     /// A network namespace to enter, or -1.
     netns: RawFd,
+    /// A mount namespace to copy, or -1.
+    mount_template: RawFd,
 }
 
 /// Everything init needs, owned by the thread that clones it and alive until init is gone.
@@ -556,10 +562,10 @@ fn child_after_clone(launch: &Launch) -> ! {
             fail(EXEC_FAILED, errno());
         }
     }
-    // Keep only stdio, the two report pipes and the network namespace to enter. Everything else
+    // Keep only stdio, the two report pipes and the namespaces to enter. Everything else
     // this copy of the daemon's descriptor table holds (other calls' pipes among them) must not
     // stay open for the call.
-    let mut keep = [fds.report, fds.status, fds.netns];
+    let mut keep = [fds.report, fds.status, fds.netns, fds.mount_template];
     keep.sort_unstable();
     let mut first = 3;
     for fd in keep

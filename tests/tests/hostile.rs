@@ -220,6 +220,23 @@ def find_state(marker):
         "calls": MODULE_STATE["calls"],
     }
 
+def hold_state(marker, seconds):
+    leave_state(marker)
+    time.sleep(seconds)
+    return find_state(marker)
+
+def mounts():
+    points = [line.split()[4] for line in open("/proc/self/mountinfo")]
+    writable = []
+    for d in ["/", "/dev", "/etc", "/code", "/falra", "/usr", "/proc/sys"]:
+        try:
+            with open(os.path.join(d, "planted"), "w") as f:
+                f.write("x")
+            writable.append(d)
+        except OSError:
+            pass
+    return {"points": points, "writable": writable}
+
 def processes():
     return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 
@@ -631,6 +648,52 @@ fn nothing_is_left_for_the_next_call() {
         a.ok("find_state", json!({"marker": m})),
         json!({"tmp": false, "shm": false, "calls": 0})
     );
+    a.contained();
+}
+
+#[test]
+fn concurrent_calls_of_one_tenant_share_nothing_they_can_write() {
+    let mut a = arena();
+    let m = marker();
+    let mut body = json!({"marker": m, "seconds": 1.5});
+    body["token"] = json!(a.evil);
+    body["fn"] = json!("hostile.hold_state");
+    let holder = a.d.call_in_background(body);
+    std::thread::sleep(Duration::from_millis(500));
+    // While the first call holds its files, a second call of the same version sees none.
+    assert_eq!(
+        a.ok("find_state", json!({"marker": m})),
+        json!({"tmp": false, "shm": false, "calls": 0})
+    );
+    let held = holder.join().unwrap();
+    assert_eq!(
+        held.body["result"],
+        json!({"tmp": true, "shm": true, "calls": 1}),
+        "{:?}",
+        held.body
+    );
+    // Every call's root is made the same way: one /tmp, /dev/shm and /proc of its own, nothing
+    // stacked beneath them, and nothing else writable.
+    let r = a.ok("mounts", json!({}));
+    let points: Vec<&str> = r["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for own in ["/tmp", "/dev/shm", "/proc"] {
+        assert_eq!(
+            points.iter().filter(|p| **p == own).count(),
+            1,
+            "{own} in {points:?}"
+        );
+    }
+    assert_eq!(
+        points.iter().filter(|p| **p == "/").count(),
+        1,
+        "{points:?}"
+    );
+    assert_eq!(r["writable"], json!([]));
     a.contained();
 }
 
