@@ -3,7 +3,7 @@
 #   - falra as it ships (sandboxed, children started ahead of calls); sandboxed with
 #     --no-prewarm (every child started on demand); and --sandbox off --no-prewarm (the same
 #     runner spawned on demand as a plain child): the seed call end to end over HTTP, wrk at
-#     concurrency 1 and 8;
+#     concurrency 1 and 8, the three daemons' runs interleaved;
 #   - the reference baselines (the seed's in-process FastAPI server, a naive fresh-child server,
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
 # Prints one table with ratios. Usage: bash bench/call.sh
@@ -22,6 +22,10 @@ ensure_tools
 
 make_repo "$WORK/repo" falra_test_add.py $'def add(int_a, int_b):\n    return int_a + int_b\n'
 echo "load at start: $(cat /proc/loadavg)" > "$RES/load.txt"
+# All three daemons run side by side and their runs are interleaved, so that a drift in the
+# machine's speed during the run (this VM's varies from minute to minute) does not favour the
+# mode that happens to run first.
+declare -A URL BODY
 port=18790
 for mode in on on_cold off_cold; do
   case $mode in
@@ -31,17 +35,24 @@ for mode in on on_cold off_cold; do
   esac
   start_daemon "falra-$mode" "$port" "${args[@]}"
   token=$(add_tenant caro "$WORK/repo")
-  body="{\"token\": \"$token\", \"fn\": \"falra_test_add.add\", \"int_a\": 1, \"int_b\": 2}"
-  check=$(curl -s "$FALRA_URL/v1/call" -d "$body")
+  URL[$mode]=$FALRA_URL
+  BODY[$mode]="{\"token\": \"$token\", \"fn\": \"falra_test_add.add\", \"int_a\": 1, \"int_b\": 2}"
+  check=$(curl -s "$FALRA_URL/v1/call" -d "${BODY[$mode]}")
   [[ $check == *'"result":3'* ]] || { echo "falra ($mode) did not answer 3: $check" >&2; exit 1; }
-  echo "== falra, sandbox $mode"
-  for c in $CONCS; do
-    WRK_BODY=$body wrk -t1 -c"$c" -d2s -s bench/post.lua "$FALRA_URL/v1/call" >/dev/null
-    for i in $(seq "$RUNS"); do bench_wrk "sandbox_$mode" "$c" "${DUR}s" "$body"; done
-  done
-  kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
   port=$((port + 1))
 done
+for c in $CONCS; do
+  for mode in on on_cold off_cold; do
+    WRK_BODY=${BODY[$mode]} wrk -t1 -c"$c" -d2s -s bench/post.lua "${URL[$mode]}/v1/call" >/dev/null
+  done
+  for i in $(seq "$RUNS"); do
+    for mode in on on_cold off_cold; do
+      FALRA_URL=${URL[$mode]} bench_wrk "sandbox_$mode" "$c" "${DUR}s" "${BODY[$mode]}"
+    done
+  done
+done
+for p in "${PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+PIDS=()
 
 echo "== baselines ($BASELINES)"
 env -u WRK_BODY BASE=$WORK/baseline DUR=$DUR RUNS=$RUNS CONCS="$CONCS" EXTRA=0 RES=$RES/baseline \
