@@ -301,8 +301,10 @@ async fn finish_version(
 
 /// Compiles the version's modules in a sandboxed child and lays the bytecode into its tree
 /// (`falra_tenants::bytecode`), so that no call compiles them again: the tree is read-only to
-/// calls, which could never cache it themselves. Nothing here can fail a deploy: a version
-/// without bytecode works, its calls only start slower.
+/// calls, which could never cache it themselves. The child runs no tenant code (the runner's
+/// compile mode imports nothing and only compiles), and what it wrote is checked as it is laid
+/// in. Nothing here can fail a deploy: a version without bytecode works, its calls only start
+/// slower.
 async fn compile_version(
     state: &AppState,
     name: &TenantName,
@@ -311,7 +313,17 @@ async fn compile_version(
     version: &VersionId,
     mounts: &CodeMounts,
 ) {
-    let scratch = state.layout.tenant_versions(name).join(format!(
+    let versions = state.layout.tenant_versions(name);
+    // Scratch directories a crashed daemon left behind (deploys of one tenant run one at a time).
+    if let Ok(entries) = std::fs::read_dir(&versions) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".pyc-") {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(entry.path()))
+                    .await;
+            }
+        }
+    }
+    let scratch = versions.join(format!(
         ".pyc-{}-{}",
         version.as_str(),
         crate::call::new_call_id()
@@ -368,14 +380,24 @@ async fn compile_version(
             ));
         }
         let (from, tree) = (scratch.clone(), mounts.code.clone());
-        tokio::task::spawn_blocking(move || falra_tenants::bytecode::lay_in(&from, &tree))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| ErrorChain(&e).to_string())
+        let (tag, max_total) = (
+            state.config.cache_tag.clone(),
+            state.config.max_version_bytes,
+        );
+        tokio::task::spawn_blocking(move || {
+            falra_tenants::bytecode::lay_in(&from, &tree, &tag, max_total)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| ErrorChain(&e).to_string())
     }
     .await;
-    if let Err(e) = std::fs::remove_dir_all(&scratch) {
-        tracing::warn!(tenant = %name, error = %e, "could not remove the bytecode scratch directory");
+    let doomed = scratch.clone();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await {
+        Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(tenant = %name, error = %e, "could not remove the bytecode scratch directory")
+        }
+        _ => {}
     }
     match compiled {
         Ok(n) => {

@@ -54,9 +54,9 @@ struct Enabled {
     netns: Mutex<HashMap<u32, Arc<OwnedFd>>>,
     /// Mount templates (`falra_sandbox::mountns`) per tenant uid and set of read-only binds,
     /// made on the first child that needs one.
-    templates: Mutex<HashMap<TemplateKey, Arc<OwnedFd>>>,
-    /// Whether a template could not be built yet (logged once; children then build their root).
-    template_failed: std::sync::atomic::AtomicBool,
+    templates: Mutex<HashMap<TemplateKey, Template>>,
+    /// When building a template last failed: children build their own root for a while.
+    template_failed_at: Mutex<Option<std::time::Instant>>,
     /// Idle call cgroups per tenant uid, with the limits they carry, ready for the next call.
     idle_cgroups: Mutex<HashMap<u32, Vec<(CallCgroup, CgroupLimits)>>>,
     next_cgroup: AtomicU64,
@@ -78,26 +78,34 @@ struct TemplateKey {
     binds: Vec<Bind>,
 }
 
+/// A built mount template and the identity (device, inode) of every host path it binds, when
+/// it was built: a path replaced since (a version tree removed and written again under the
+/// same name, a host file such as `/etc/resolv.conf` replaced) makes a new template.
+#[derive(Debug)]
+struct Template {
+    fd: Arc<OwnedFd>,
+    sources: Vec<(u64, u64)>,
+}
+
 /// The most mount templates kept; past it the table starts over (children starting meanwhile
 /// hold their own template open).
 const MAX_TEMPLATES: usize = 256;
+/// How long children build their own root after a template could not be built.
+const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One child's isolation, with the prepared namespaces it names held open until the child has
-/// entered them: a table entry dropped meanwhile cannot close a descriptor the child still
-/// has to use (nor let its number be reused by another namespace).
+/// One child's isolation, with the prepared namespaces it names, to be held open until the
+/// child is gone (`ChildSpec::hold`): a table entry dropped meanwhile cannot close a
+/// descriptor the child still has to use (nor let its number be reused by another namespace).
 #[derive(Debug)]
 pub struct ChildIsolation {
     isolation: Isolation,
-    held: HeldNamespaces,
+    hold: Vec<Arc<OwnedFd>>,
 }
 
-/// Prepared namespaces a starting child names by descriptor; keep until it has started.
-#[derive(Debug)]
-pub struct HeldNamespaces(#[allow(dead_code)] Vec<Arc<OwnedFd>>);
-
 impl ChildIsolation {
-    pub fn into_parts(self) -> (Isolation, HeldNamespaces) {
-        (self.isolation, self.held)
+    /// The isolation, and the descriptors it names (for `ChildSpec::hold`).
+    pub fn into_parts(self) -> (Isolation, Vec<Arc<OwnedFd>>) {
+        (self.isolation, self.hold)
     }
 }
 
@@ -197,7 +205,7 @@ impl SandboxSettings {
                 root_mount_point,
                 netns: Mutex::new(HashMap::new()),
                 templates: Mutex::new(HashMap::new()),
-                template_failed: std::sync::atomic::AtomicBool::new(false),
+                template_failed_at: Mutex::new(None),
                 idle_cgroups: Mutex::new(HashMap::new()),
                 next_cgroup: AtomicU64::new(0),
             }),
@@ -366,7 +374,7 @@ impl SandboxSettings {
         }
         Ok(Some(ChildIsolation {
             isolation,
-            held: HeldNamespaces(held),
+            hold: held,
         }))
     }
 
@@ -413,36 +421,68 @@ impl Enabled {
             uid,
             binds: iso.binds.clone(),
         };
-        if let Some(fd) = self
+        // A path that is gone: no template (the child's own setup reports what is missing).
+        let sources = source_identities(iso)?;
+        if let Some(t) = self
             .templates
             .lock()
             .expect("template table poisoned")
             .get(&key)
+            .filter(|t| t.sources == sources)
         {
-            return Some(Arc::clone(fd));
+            return Some(Arc::clone(&t.fd));
         }
-        // Built outside the lock: two children racing for a new one each build one, and one
-        // of the two is kept.
+        let mut failed_at = self
+            .template_failed_at
+            .lock()
+            .expect("template table poisoned");
+        if failed_at.is_some_and(|at| at.elapsed() < TEMPLATE_RETRY) {
+            return None;
+        }
+        // Built under the failure lock only: two children racing for a new one each build one,
+        // and the later replaces the earlier.
         match mountns::new_template(iso) {
             Ok(fd) => {
+                *failed_at = None;
+                drop(failed_at);
                 let fd = Arc::new(fd);
                 let mut table = self.templates.lock().expect("template table poisoned");
                 if table.len() >= MAX_TEMPLATES {
                     table.clear();
                 }
-                Some(Arc::clone(table.entry(key).or_insert(fd)))
+                let template = Template {
+                    fd: Arc::clone(&fd),
+                    sources,
+                };
+                table.insert(key, template);
+                Some(fd)
             }
             Err(err) => {
-                let chain = crate::api_error::ErrorChain(&err);
-                if self.template_failed.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(error = %chain, "could not build a mount template");
-                } else {
-                    tracing::warn!(error = %chain, "could not build a mount template; children build their own root");
+                if failed_at.replace(std::time::Instant::now()).is_none() {
+                    tracing::warn!(
+                        error = %crate::api_error::ErrorChain(&err),
+                        "could not build a mount template; children build their own root for a minute"
+                    );
                 }
                 None
             }
         }
     }
+}
+
+/// (device, inode) of every host path a template of `iso` binds; `None` if one is missing.
+fn source_identities(iso: &Isolation) -> Option<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let system = iso.system.iter().filter_map(|e| match e {
+        SystemEntry::Dir(p) | SystemEntry::File(p) => Some(p.as_path()),
+        SystemEntry::Symlink { .. } => None,
+    });
+    iso.binds
+        .iter()
+        .map(|b| b.source.as_path())
+        .chain(system)
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+        .collect()
 }
 
 /// The daemon pid in a call cgroup's name (`c<pid>-<n>`).
@@ -467,4 +507,62 @@ pub fn remove_cgroup_later(cgroup: CallCgroup) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isolation_binding(code: &Path, file: &Path) -> Isolation {
+        Isolation {
+            root_mount_point: "/nowhere".into(),
+            system: vec![
+                SystemEntry::File(file.to_path_buf()),
+                SystemEntry::Symlink {
+                    path: "/lib".into(),
+                    target: "usr/lib".into(),
+                },
+            ],
+            binds: vec![Bind {
+                source: code.to_path_buf(),
+                target: CODE_DIR.into(),
+                writable: false,
+            }],
+            tmp_bytes: 0,
+            network: NetworkMode::Host,
+            mount_template: None,
+            uid: 1,
+            gid: 1,
+            hostname: "falra".into(),
+            cgroup_procs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_replaced_bind_source_or_host_file_changes_a_templates_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, file) = (dir.path().join("v1"), dir.path().join("resolv.conf"));
+        std::fs::create_dir(&code).unwrap();
+        std::fs::write(&file, "nameserver 192.0.2.1\n").unwrap();
+        let iso = isolation_binding(&code, &file);
+        let first = source_identities(&iso).unwrap();
+        assert_eq!(source_identities(&iso).unwrap(), first);
+
+        // A version tree removed and written again under the same name (the old one stays
+        // alive, as the template's bind of it keeps it).
+        std::fs::rename(&code, dir.path().join("v1.removed")).unwrap();
+        std::fs::create_dir(&code).unwrap();
+        let second = source_identities(&iso).unwrap();
+        assert_ne!(second, first);
+
+        // A host file replaced by a rename, as resolvers do.
+        let tmp = dir.path().join("resolv.conf.new");
+        std::fs::write(&tmp, "nameserver 192.0.2.2\n").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        assert_ne!(source_identities(&iso).unwrap(), second);
+
+        // A path that is gone: no template at all.
+        std::fs::remove_dir(&code).unwrap();
+        assert_eq!(source_identities(&iso), None);
+    }
 }

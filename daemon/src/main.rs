@@ -104,6 +104,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         python: args.python,
         python_version: installed.python_version,
+        cache_tag: installed.cache_tag,
         stdlib: falra_tenants::StdlibNames::from_lines(&installed.stdlib_names),
         max_body_bytes: args.max_body_bytes,
         max_result_bytes: args.max_result_bytes,

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub runner_dir: PathBuf,
     /// The interpreter's version line: part of a virtualenv's identity.
     pub python_version: String,
+    /// The interpreter's bytecode cache tag (`cpython-311`), which laid-in bytecode must carry.
+    pub cache_tag: String,
     /// The interpreter's standard-library module names, which uploads may not shadow.
     pub stdlib: StdlibNames,
     /// Calls running at once on this node, at most (more are `503 overloaded`).
@@ -69,6 +71,7 @@ impl ServeConfig {
             keep_versions: 10,
             runner_dir: data_dir.join("runtime"),
             python_version: String::new(),
+            cache_tag: String::new(),
             stdlib: StdlibNames::default(),
             max_children: 64,
             auth_failures_per_minute: 120,

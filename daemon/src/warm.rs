@@ -262,10 +262,9 @@ pub async fn prepare_stage(
             ));
         }
     };
-    // The prepared namespaces the child enters stay open until it has started.
-    let (isolation, _held) = match isolation.map(ChildIsolation::into_parts) {
-        Some((isolation, held)) => (Some(isolation), Some(held)),
-        None => (None, None),
+    let (isolation, hold) = match isolation.map(ChildIsolation::into_parts) {
+        Some((isolation, hold)) => (Some(isolation), hold),
+        None => (None, Vec::new()),
     };
     let (cwd, runner_dir) = match isolation {
         Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
@@ -285,6 +284,7 @@ pub async fn prepare_stage(
         },
         seccomp: isolation.is_some(),
         isolation,
+        hold,
     };
     match falra_sandbox::prepare(&spec).await {
         Ok(prepared) => Ok(Warm {

@@ -223,28 +223,62 @@ def _compile(out):
     would cache it beside the source (`<dir>/__pycache__/<name>.<tag>.pyc`), for the daemon to
     lay into the version's read-only tree: no call then compiles a module again.
 
-    Runs at deploy time in a sandboxed child like any call, and runs no tenant code: sources
-    are compiled, never executed. A module that does not compile is skipped (the listing
-    reports it); one already cached in the tree is left as it is.
+    Runs at deploy time in a sandboxed child like any call, and runs no tenant code: the code
+    root is not on `sys.path` in this mode, nothing is imported, and sources are compiled with
+    the built-in `compile`, never executed. A module that does not compile is skipped (the
+    listing reports it); one already cached in the tree is left as it is.
     """
-    import py_compile
+    import marshal
 
     tag = sys.implementation.cache_tag
+    magic = sys.modules["_frozen_importlib_external"].MAGIC_NUMBER
     compiled = 0
     for _, path in _module_files(limit=10000, private=True):
         head, _, name = path[len(_PREFIX):].rpartition("/")
-        cached = (head + "/" if head else "") + "__pycache__/" + name[:-3] + "." + tag + ".pyc"
+        cache_dir = (head + "/" if head else "") + "__pycache__"
+        cached = cache_dir + "/" + name[:-3] + "." + tag + ".pyc"
         try:
             posix.stat(_PREFIX + cached)
             continue
         except OSError:
             pass
         try:
-            py_compile.compile(path, cfile=out + "/" + cached, dfile=path, doraise=True)
+            st = posix.stat(path)
+            fd = posix.open(path, posix.O_RDONLY)
+            try:
+                source = _read_all(fd)
+            finally:
+                posix.close(fd)
+            code = compile(source, path, "exec", dont_inherit=True)
+            # A timestamp-checked cache entry, as the importer writes one (PEP 552, flags 0).
+            data = b"".join([
+                magic, b"\0\0\0\0",
+                (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
+                marshal.dumps(code),
+            ])
+            _write_new(out, cache_dir, cached, data)
             compiled += 1
         except BaseException:
             pass
     return {"compiled": compiled}
+
+
+def _write_new(out, cache_dir, cached, data):
+    """Writes `data` to `out/cached`, making the directories of `cache_dir` under `out`."""
+    at = out
+    for part in cache_dir.split("/"):
+        at += "/" + part
+        try:
+            posix.mkdir(at, 0o755)
+        except FileExistsError:
+            pass
+    fd = posix.open(out + "/" + cached, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL, 0o644)
+    try:
+        while data:
+            data = data[posix.write(fd, data):]
+    finally:
+        posix.close(fd)
 
 
 # How long one module's import and listing may take.
@@ -341,11 +375,12 @@ def _module_files(limit=2000, private=False):
 def _main():
     answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
     posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
-    sys.path.insert(0, _ROOT)
-    if _VENV:
-        sys.path.append(_VENV)
     try:
         request = _decode(_read_all(0))
+        if request.get("mode") != "compile":
+            sys.path.insert(0, _ROOT)
+            if _VENV:
+                sys.path.append(_VENV)
         if request.get("mode") == "introspect":
             result = _introspect()
         elif request.get("mode") == "compile":

@@ -47,6 +47,8 @@ pub struct Installed {
     pub dir: PathBuf,
     /// `sys.version`'s first line: part of a virtualenv's identity.
     pub python_version: String,
+    /// `sys.implementation.cache_tag` (`cpython-311`): how its bytecode files are named.
+    pub cache_tag: String,
     /// `sys.stdlib_module_names`, one per line.
     pub stdlib_names: String,
 }
@@ -66,7 +68,8 @@ pub fn install(python: &Path, dir: &Path) -> Result<Installed, RunnerError> {
         .args(["-I", "-S", "-c"])
         .arg(
             "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True); \
-             print(sys.version.splitlines()[0]); print('\\n'.join(sorted(sys.stdlib_module_names)))",
+             print(sys.version.splitlines()[0]); print(sys.implementation.cache_tag); \
+             print('\\n'.join(sorted(sys.stdlib_module_names)))",
         )
         .arg(&source)
         .arg(dir.join(COMPILED))
@@ -83,10 +86,12 @@ pub fn install(python: &Path, dir: &Path) -> Result<Installed, RunnerError> {
         });
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let (python_version, stdlib_names) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    let (python_version, rest) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    let (cache_tag, stdlib_names) = rest.split_once('\n').unwrap_or((rest, ""));
     Ok(Installed {
         dir: dir.to_path_buf(),
         python_version: python_version.trim().to_owned(),
+        cache_tag: cache_tag.trim().to_owned(),
         stdlib_names: stdlib_names.to_owned(),
     })
 }

@@ -39,6 +39,9 @@ pub struct ChildSpec {
     pub isolation: Option<Isolation>,
     /// Install the seccomp policy as the last step before exec.
     pub seccomp: bool,
+    /// Descriptors the isolation names by number (prepared namespaces), kept open until the
+    /// child is gone, so that their numbers cannot be closed or reused under it.
+    pub hold: Vec<Arc<OwnedFd>>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +165,10 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         program_stack: vec![0u8; PROGRAM_STACK_BYTES],
         flags,
         pid: pid_cell.clone(),
+        _open: Open {
+            _child_ends: [stdin_r, stdout_w, stderr_w, report_w, status_w],
+            _held: spec.hold.clone(),
+        },
     };
 
     // The child shares this address space until it exits (CLONE_VM | CLONE_VFORK), so nothing
@@ -175,8 +182,6 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         r = report.read_exact(&mut record) => r.is_ok(),
         _ = &mut init => false,
     };
-    // The child holds its own copies of its ends of the pipes by now.
-    drop((stdin_r, stdout_w, stderr_w, report_w, status_w));
     let pid = pid_cell.load(Ordering::Acquire);
     let (step, errno) = decode_record(&record);
     if !reported || step != STARTED {
@@ -486,6 +491,17 @@ struct Launch {
     program_stack: Vec<u8>,
     flags: libc::c_int,
     pid: Arc<AtomicI32>,
+    _open: Open,
+}
+
+/// The descriptors `ChildFds` names by number, owned with the launch: whatever happens to the
+/// task that started it (a caller that hangs up drops it before the clone may have run), none
+/// is closed, nor its number reused, until init is gone. init closes its own copies of the pipe
+/// ends before it waits for the program, so end-of-file still means the program is done once
+/// init has exited.
+struct Open {
+    _child_ends: [OwnedFd; 5],
+    _held: Vec<Arc<OwnedFd>>,
 }
 
 #[allow(unsafe_code)]
@@ -723,6 +739,7 @@ mod tests {
             },
             isolation: None,
             seccomp: false,
+            hold: Vec::new(),
         }
     }
 

@@ -6,17 +6,24 @@
 //! modules into a scratch directory, laid out as the tree is
 //! (`<dir>/__pycache__/<module>.<tag>.pyc`), and [`lay_in`] copies into the tree only what
 //! belongs there: regular files, under a `__pycache__` directory, named for a `.py` file of
-//! the tree, in a directory of the tree that is a real directory. The scratch directory was
+//! the tree and the interpreter's own cache tag, in a directory of the tree that is a real
+//! directory, no larger than bytecode for that source can be. The scratch directory was
 //! written by the tenant's uid, so nothing in it is trusted: symlinks, devices and other odd
-//! entries are skipped, and no path in the tree is followed through a symlink.
+//! entries are skipped, no path in the tree is followed through a symlink, and what is copied
+//! is capped in total.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-/// The largest bytecode file copied into a tree.
+/// The largest bytecode file copied into a tree, whatever its source.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Bytecode for a source of `n` bytes is taken to be at most `SLACK_BYTES + SIZE_FACTOR * n`
+/// (compiled code is about the size of its source; constants folded at compile time are
+/// bounded by the compiler).
+const SIZE_FACTOR: u64 = 8;
+const SLACK_BYTES: u64 = 64 << 10;
 /// The most entries looked at in a scratch directory.
 const MAX_ENTRIES: usize = 50_000;
 
@@ -37,12 +44,19 @@ pub enum BytecodeError {
 }
 
 /// Copies the bytecode files found under `scratch` into the version tree at `tree` (see the
-/// module's comment for which); returns how many were laid in. Files land root-owned (the
-/// caller's uid), mode 0644, in `__pycache__` directories of mode 0755, each written under a
-/// temporary name and renamed into place, so a call importing meanwhile sees a whole file or
-/// none.
-pub fn lay_in(scratch: &Path, tree: &Path) -> Result<usize, BytecodeError> {
+/// module's comment for which), `tag` being the interpreter's `sys.implementation.cache_tag`
+/// and `max_total_bytes` the most copied in all; returns how many were laid in. Files land
+/// root-owned (the caller's uid), mode 0644, in `__pycache__` directories of mode 0755, each
+/// written under a temporary name and renamed into place, so a call importing meanwhile sees a
+/// whole file or none.
+pub fn lay_in(
+    scratch: &Path,
+    tree: &Path,
+    tag: &str,
+    max_total_bytes: u64,
+) -> Result<usize, BytecodeError> {
     let mut laid = 0;
+    let mut room = max_total_bytes;
     let mut seen = 0;
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
@@ -67,41 +81,47 @@ pub fn lay_in(scratch: &Path, tree: &Path) -> Result<usize, BytecodeError> {
             let rel_entry = rel.join(&name);
             if kind.is_dir() {
                 pending.push(rel_entry);
-            } else if kind.is_file()
-                && belongs(tree, &rel_entry)
-                && copy_into(&scratch.join(&rel_entry), tree, &rel_entry)?
-            {
-                laid += 1;
+            } else if kind.is_file() {
+                let Some(source_len) = belongs(tree, &rel_entry, tag) else {
+                    continue;
+                };
+                let cap = SLACK_BYTES
+                    .saturating_add(source_len.saturating_mul(SIZE_FACTOR))
+                    .min(MAX_FILE_BYTES)
+                    .min(room);
+                if let Some(copied) = copy_into(&scratch.join(&rel_entry), tree, &rel_entry, cap)? {
+                    room -= copied;
+                    laid += 1;
+                }
             }
         }
     }
     Ok(laid)
 }
 
-/// Whether `rel` (relative, from the scratch directory) names bytecode for a module of the
-/// tree: `<dir>/__pycache__/<stem>.<tag>.pyc` where `<dir>` is a real directory of the tree
-/// and `<dir>/<stem>.py` a regular file in it.
-fn belongs(tree: &Path, rel: &Path) -> bool {
-    let Some(file) = rel.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let Some(cache) = rel.parent() else {
-        return false;
-    };
-    if cache.file_name().and_then(|n| n.to_str()) != Some("__pycache__") {
-        return false;
+/// The size of the source when `rel` (relative, from the scratch directory) names bytecode for
+/// a module of the tree: `<dir>/__pycache__/<stem>.<tag>.pyc` where `<dir>` is a real
+/// directory of the tree and `<dir>/<stem>.py` a regular file in it.
+fn belongs(tree: &Path, rel: &Path, tag: &str) -> Option<u64> {
+    let file = rel.file_name()?.to_str()?;
+    let cache = rel.parent()?;
+    if cache.file_name()?.to_str()? != "__pycache__" {
+        return None;
     }
-    let Some(dir) = cache.parent() else {
-        return false;
-    };
-    let Some(stem) = file.strip_suffix(".pyc").and_then(|f| f.split('.').next()) else {
-        return false;
-    };
-    if stem.is_empty() || !real_dir_chain(tree, dir) {
-        return false;
+    let dir = cache.parent()?;
+    let stem = file
+        .strip_suffix(".pyc")?
+        .strip_suffix(tag)?
+        .strip_suffix('.')?;
+    if stem.is_empty() || stem.contains('.') || !real_dir_chain(tree, dir) {
+        return None;
     }
     let source = tree.join(dir).join(format!("{stem}.py"));
-    source.symlink_metadata().is_ok_and(|m| m.is_file())
+    source
+        .symlink_metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Whether every component of `dir` under `tree` is a plain name and a real directory (no
@@ -120,17 +140,35 @@ fn real_dir_chain(tree: &Path, dir: &Path) -> bool {
     true
 }
 
-/// Copies one file into the tree; `false` when it was left out after all.
-fn copy_into(from: &Path, tree: &Path, rel: &Path) -> Result<bool, BytecodeError> {
+/// Copies one file of at most `cap` bytes into the tree; the bytes copied, or `None` when it
+/// was left out after all.
+fn copy_into(from: &Path, tree: &Path, rel: &Path, cap: u64) -> Result<Option<u64>, BytecodeError> {
     let read_err = |source| BytecodeError::Read {
         path: from.to_path_buf(),
         source,
     };
+    let mut source = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .map_err(read_err)?;
+    let meta = source.metadata().map_err(read_err)?;
+    if !meta.is_file() || meta.len() > cap {
+        return Ok(None);
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    (&mut source)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if data.len() as u64 > cap {
+        return Ok(None);
+    }
     let cache = tree.join(rel.parent().expect("checked by `belongs`"));
     match cache.symlink_metadata() {
         Ok(m) if m.is_dir() => {}
         // Something that is not a directory stands where the cache would go: leave it be.
-        Ok(_) => return Ok(false),
+        Ok(_) => return Ok(None),
         Err(_) => {
             fs::create_dir(&cache).map_err(|source| BytecodeError::Write {
                 path: cache.clone(),
@@ -144,20 +182,6 @@ fn copy_into(from: &Path, tree: &Path, rel: &Path) -> Result<bool, BytecodeError
             })?;
         }
     }
-    let mut source = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(from)
-        .map_err(read_err)?;
-    let meta = source.metadata().map_err(read_err)?;
-    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-        return Ok(false);
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    (&mut source)
-        .take(MAX_FILE_BYTES)
-        .read_to_end(&mut data)
-        .map_err(read_err)?;
     let target = tree.join(rel);
     let name = rel
         .file_name()
@@ -181,13 +205,15 @@ fn copy_into(from: &Path, tree: &Path, rel: &Path) -> Result<bool, BytecodeError
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    written.map(|()| true).map_err(write_err)
+    written.map(|()| Some(data.len() as u64)).map_err(write_err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    const TAG: &str = "cpython-311";
 
     fn tree_and_scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let base = tempfile::tempdir().unwrap();
@@ -217,7 +243,7 @@ mod tests {
             b"init",
         );
         put(&scratch, "pkg/sub/__pycache__/mod.cpython-311.pyc", b"mod");
-        assert_eq!(lay_in(&scratch, &tree).unwrap(), 3);
+        assert_eq!(lay_in(&scratch, &tree, TAG, u64::MAX).unwrap(), 3);
         assert_eq!(
             fs::read(tree.join("pkg/sub/__pycache__/mod.cpython-311.pyc")).unwrap(),
             b"mod"
@@ -245,6 +271,10 @@ mod tests {
         put(&scratch, "top.cpython-311.pyc", b"x");
         put(&scratch, "__pycache__/other.cpython-311.pyc", b"x");
         put(&scratch, "nodir/__pycache__/m.cpython-311.pyc", b"x");
+        // Another interpreter's tag, no tag, or extra parts between module and tag.
+        put(&scratch, "__pycache__/top.cpython-312.pyc", b"x");
+        put(&scratch, "__pycache__/top.pyc", b"x");
+        put(&scratch, "__pycache__/top.0.cpython-311.pyc", b"x");
         // Symlinks in the scratch directory, at a file and at a directory.
         let outside = base.path().join("outside.pyc");
         fs::write(&outside, b"secret").unwrap();
@@ -255,11 +285,31 @@ mod tests {
         )
         .unwrap();
         symlink(base.path(), scratch.join("loop")).unwrap();
-        assert_eq!(lay_in(&scratch, &tree).unwrap(), 0);
+        assert_eq!(lay_in(&scratch, &tree, TAG, u64::MAX).unwrap(), 0);
         assert_eq!(fs::read(tree.join("top.py")).unwrap(), b"x = 1\n");
         assert!(!tree.join("__pycache__").exists());
         assert!(!tree.join("pkg/__pycache__").exists());
         assert!(!tree.join("nodir").exists());
+    }
+
+    #[test]
+    fn oversized_bytecode_and_bytecode_past_the_total_are_left_out() {
+        let (_base, tree, scratch) = tree_and_scratch();
+        // top.py has 6 bytes: its bytecode may not be larger than the slack plus 8 × 6.
+        let big = vec![0u8; (SLACK_BYTES + 8 * 6 + 1) as usize];
+        put(&scratch, "__pycache__/top.cpython-311.pyc", &big);
+        put(
+            &scratch,
+            "pkg/sub/__pycache__/mod.cpython-311.pyc",
+            b"0123456789",
+        );
+        put(
+            &scratch,
+            "pkg/__pycache__/__init__.cpython-311.pyc",
+            b"0123456789",
+        );
+        assert_eq!(lay_in(&scratch, &tree, TAG, 15).unwrap(), 1);
+        assert!(!tree.join("__pycache__").exists());
     }
 
     #[test]
@@ -272,7 +322,7 @@ mod tests {
         symlink(&elsewhere, tree.join("pkg/__pycache__")).unwrap();
         put(&scratch, "linked/__pycache__/m.cpython-311.pyc", b"x");
         put(&scratch, "pkg/__pycache__/__init__.cpython-311.pyc", b"x");
-        assert_eq!(lay_in(&scratch, &tree).unwrap(), 0);
+        assert_eq!(lay_in(&scratch, &tree, TAG, u64::MAX).unwrap(), 0);
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1);
     }
 }

@@ -360,6 +360,9 @@ fn modules_are_compiled_at_deploy_so_calls_never_compile_them() {
         ("pkg/_inner.py", "X = 1\n"),
         ("bad.py", "def f(\n"),
         ("not-a-module.py", "X = 1\n"),
+        // Were the compiler to import the tenant's modules before the standard library's,
+        // this one would end it.
+        ("py_compile.py", "raise SystemExit(3)\n"),
     ]);
     let call_token = d.tenant("caro", &repo);
     let valid = json!({"magic": true, "flags": 0, "mtime": true, "size": true, "spec": true});
