@@ -55,7 +55,8 @@ struct Enabled {
     /// Mount templates (`falra_sandbox::mountns`) per tenant uid and set of read-only binds,
     /// made on the first child that needs one.
     templates: Mutex<HashMap<TemplateKey, Template>>,
-    /// When building a template last failed: children build their own root for a while.
+    /// When building a template last failed (children then build their own root for a while);
+    /// held while a template is built, so that one is built at a time.
     template_failed_at: Mutex<Option<std::time::Instant>>,
     /// Idle call cgroups per tenant uid, with the limits they carry, ready for the next call.
     idle_cgroups: Mutex<HashMap<u32, Vec<(CallCgroup, CgroupLimits)>>>,
@@ -423,24 +424,29 @@ impl Enabled {
         };
         // A path that is gone: no template (the child's own setup reports what is missing).
         let sources = source_identities(iso)?;
-        if let Some(t) = self
-            .templates
-            .lock()
-            .expect("template table poisoned")
-            .get(&key)
-            .filter(|t| t.sources == sources)
-        {
-            return Some(Arc::clone(&t.fd));
+        let built = || {
+            self.templates
+                .lock()
+                .expect("template table poisoned")
+                .get(&key)
+                .filter(|t| t.sources == sources)
+                .map(|t| Arc::clone(&t.fd))
+        };
+        if let Some(fd) = built() {
+            return Some(fd);
         }
+        // Templates are built one at a time, under this lock (the table's stays free for the
+        // lookups of other children); a child that waited for it finds the one just built.
         let mut failed_at = self
             .template_failed_at
             .lock()
             .expect("template table poisoned");
+        if let Some(fd) = built() {
+            return Some(fd);
+        }
         if failed_at.is_some_and(|at| at.elapsed() < TEMPLATE_RETRY) {
             return None;
         }
-        // Built under the failure lock only: two children racing for a new one each build one,
-        // and the later replaces the earlier.
         match mountns::new_template(iso) {
             Ok(fd) => {
                 *failed_at = None;
