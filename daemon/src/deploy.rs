@@ -15,7 +15,7 @@ use std::time::Duration;
 use falra_policies::{Network, Policy};
 use falra_sandbox::protocol::interpret;
 use falra_sandbox::setup::SetupLimits;
-use falra_sandbox::{Bind, Termination};
+use falra_sandbox::{Bind, Finished, Termination};
 use falra_tenants::{
     build_version, fetch, GitSource, ModuleName, TenantName, Upload, VersionId, VersionPlan,
 };
@@ -29,8 +29,8 @@ use crate::server::AppState;
 use crate::store::{NewVersion, TenantRow, UploadChange};
 use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
 
-/// How long listing a version's functions may take (it imports every module).
-const INTROSPECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long listing a version's functions (it imports every module) or compiling them may take.
+const RUNNER_MODE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where a compiling child writes its bytecode.
 const BYTECODE_DIR: &str = "/falra-bytecode";
 /// The largest function listing kept.
@@ -329,50 +329,34 @@ async fn compile_version(
         crate::call::new_call_id()
     ));
     let compiled = async {
-        let uid = tenant.uid32();
-        let prepare = || -> std::io::Result<()> {
-            std::fs::create_dir(&scratch)?;
-            // The compiler runs as the tenant: only the scratch directory is writable to it.
-            std::os::unix::fs::chown(&scratch, Some(uid), Some(uid))
-        };
-        prepare().map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
+        // The compiler runs as the tenant: only the scratch directory is writable to it.
+        tenant_owned_dir(&scratch, tenant.uid32())
+            .map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
         let isolated = state.sandbox.is_enabled();
         let out = if isolated {
             PathBuf::from(BYTECODE_DIR)
         } else {
             scratch.clone()
         };
-        let mut policy = policy.clone();
-        policy.network = Network::None;
-        let stage = ChildStage {
-            program: state.config.python.clone(),
-            args: None,
-            extra: vec![Bind {
-                source: scratch.clone(),
-                target: out.clone(),
-                writable: true,
-            }]
-            .into_iter()
-            .filter(|_| isolated)
-            .collect(),
-            env: Vec::new(),
-            setup: SetupLimits::default(),
+        let writable = Bind {
+            source: scratch.clone(),
+            target: out.clone(),
+            writable: true,
         };
-        let mut limits = call_limits(state, 0);
-        limits.wall = INTROSPECT_TIMEOUT;
         let request = json!({
             "protocol": 1, "call_id": "compile", "fn": "", "kwargs": {},
             "mode": "compile", "out": out,
-        })
-        .to_string()
-        .into_bytes();
-        let warm = prepare_stage(state, uid, mounts, &policy, stage)
-            .await
-            .map_err(|e| e.message.clone())?;
-        let finished = run_to_end(state, warm, request, limits, ())
-            .await
-            .map_err(|e| e.message.clone())?
-            .finished;
+        });
+        let finished = run_runner_mode(
+            state,
+            tenant.uid32(),
+            policy,
+            mounts,
+            isolated.then_some(writable),
+            &request,
+        )
+        .await
+        .map_err(|e| e.message.clone())?;
         if finished.termination != Termination::Exited(0) {
             return Err(format!(
                 "the compiler ended with {:?}",
@@ -413,30 +397,11 @@ async fn compile_version(
 /// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
 /// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
 async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMounts) -> Value {
-    // Importing at deploy time never needs the network, whatever calls may do.
-    let mut policy = policy.clone();
-    policy.network = Network::None;
-    let policy = &policy;
-    let stage = ChildStage {
-        program: state.config.python.clone(),
-        args: None,
-        extra: Vec::new(),
-        env: Vec::new(),
-        setup: SetupLimits::default(),
-    };
-    let mut limits = call_limits(state, 0);
-    limits.wall = INTROSPECT_TIMEOUT;
-    limits.stdout_bytes = INTROSPECT_MAX_BYTES;
-    let request =
-        br#"{"protocol": 1, "call_id": "introspect", "fn": "", "kwargs": {}, "mode": "introspect"}"#
-            .to_vec();
-    let outcome = async {
-        let warm = prepare_stage(state, uid, mounts, policy, stage).await?;
-        run_to_end(state, warm, request, limits, ()).await
-    }
-    .await;
-    let finished = match outcome {
-        Ok(ran) => ran.finished,
+    let request = json!({
+        "protocol": 1, "call_id": "introspect", "fn": "", "kwargs": {}, "mode": "introspect",
+    });
+    let finished = match run_runner_mode(state, uid, policy, mounts, None, &request).await {
+        Ok(finished) => finished,
         Err(e) => return json!({"modules": [], "error": e.message}),
     };
     match interpret(&finished, INTROSPECT_MAX_BYTES) {
@@ -452,6 +417,40 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
             ),
         }),
     }
+}
+
+/// Runs the runner in one of its deploy-time modes (`request["mode"]`) in a sandboxed child of
+/// the tenant, with `writable` bound for its output if it has any. Whatever calls may do, these
+/// never need the network.
+async fn run_runner_mode(
+    state: &AppState,
+    uid: u32,
+    policy: &Policy,
+    mounts: &CodeMounts,
+    writable: Option<Bind>,
+    request: &Value,
+) -> Result<Finished, ApiError> {
+    let mut policy = policy.clone();
+    policy.network = Network::None;
+    let stage = ChildStage {
+        program: state.config.python.clone(),
+        args: None,
+        extra: writable.into_iter().collect(),
+        env: Vec::new(),
+        setup: SetupLimits::default(),
+    };
+    let mut limits = call_limits(state, 0);
+    limits.wall = RUNNER_MODE_TIMEOUT;
+    limits.stdout_bytes = INTROSPECT_MAX_BYTES;
+    let warm = prepare_stage(state, uid, mounts, &policy, stage).await?;
+    let request = request.to_string().into_bytes();
+    Ok(run_to_end(state, warm, request, limits, ()).await?.finished)
+}
+
+/// Makes `dir` (a new directory) the tenant's, for a child of it to write its output into.
+fn tenant_owned_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
 }
 
 /// The listing as the runner writes it: `{"modules": [{"module": str, "functions"?: [..],
@@ -491,12 +490,9 @@ async fn ensure_venv(
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("venv"),
         crate::call::new_call_id()
     ));
-    let prepare = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&staging)?;
-        // The build runs as the tenant: only its output directory is writable to it.
-        std::os::unix::fs::chown(&staging, Some(tenant.uid32()), Some(tenant.uid32()))
-    };
-    prepare().map_err(|e| ApiError::internal("could not prepare the virtualenv directory", &e))?;
+    // The build runs as the tenant: only its output directory is writable to it.
+    tenant_owned_dir(&staging, tenant.uid32())
+        .map_err(|e| ApiError::internal("could not prepare the virtualenv directory", &e))?;
     let built = build_venv(state, tenant, policy, code, &staging).await;
     let finished = built.and_then(|()| {
         seal_venv(&staging)

@@ -322,7 +322,7 @@ impl SandboxSettings {
         let Some(e) = self.enabled.as_ref() else {
             return Ok(None);
         };
-        let mut held = Vec::new();
+        let mut hold = Vec::new();
         let network = match policy.network {
             Network::Host => NetworkMode::Host,
             Network::None => {
@@ -337,7 +337,7 @@ impl SandboxSettings {
                     }
                 };
                 let raw = fd.as_raw_fd();
-                held.push(fd);
+                hold.push(fd);
                 NetworkMode::Join(raw)
             }
         };
@@ -370,13 +370,10 @@ impl SandboxSettings {
         if isolation.binds.iter().all(|b| !b.writable) {
             if let Some(template) = e.template(uid, &isolation) {
                 isolation.mount_template = Some(template.as_raw_fd());
-                held.push(template);
+                hold.push(template);
             }
         }
-        Ok(Some(ChildIsolation {
-            isolation,
-            hold: held,
-        }))
+        Ok(Some(ChildIsolation { isolation, hold }))
     }
 
     /// Forgets the tenant's mount templates but those of version `active` (after a deploy or

@@ -354,17 +354,11 @@ pub fn template_plan(iso: &Isolation) -> Vec<Step> {
 fn call_mounts(iso: &Isolation, root: &Path, steps: &mut Vec<Step>) {
     let at = |inside: &str| cstr(&under(root, Path::new(inside)));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    let tmpfs = |target: CString, size: u64, flags| Step::Mount {
-        source: cs("tmpfs"),
-        target,
-        fstype: cs("tmpfs"),
-        flags,
-        data: cs(&format!("size={size},mode=1777")),
-    };
-    steps.push(tmpfs(at("tmp"), iso.tmp_bytes, nosuid_nodev));
+    steps.push(tmpfs(at("tmp"), iso.tmp_bytes, "1777", nosuid_nodev));
     steps.push(tmpfs(
         at("dev/shm"),
         iso.tmp_bytes,
+        "1777",
         nosuid_nodev | libc::MS_NOEXEC,
     ));
     steps.push(Step::Mount {
@@ -374,6 +368,17 @@ fn call_mounts(iso: &Isolation, root: &Path, steps: &mut Vec<Step>) {
         flags: nosuid_nodev | libc::MS_NOEXEC,
         data: cs(""),
     });
+}
+
+/// A tmpfs of `size` bytes at `target`, its root directory of `mode`.
+fn tmpfs(target: CString, size: u64, mode: &str, flags: libc::c_ulong) -> Step {
+    Step::Mount {
+        source: cs("tmpfs"),
+        target,
+        fstype: cs("tmpfs"),
+        flags,
+        data: cs(&format!("size={size},mode={mode}")),
+    }
 }
 
 /// Everything of the new root but what [`call_mounts`] adds, mounted at `root_mount_point`.
@@ -437,13 +442,6 @@ fn root_steps(iso: &Isolation, steps: &mut Vec<Step>) {
             Step::BindReadOnly { source, target }
         });
     }
-    let tmpfs = |target: CString, size: u64, mode: &str, flags| Step::Mount {
-        source: cs("tmpfs"),
-        target,
-        fstype: cs("tmpfs"),
-        flags,
-        data: cs(&format!("size={size},mode={mode}")),
-    };
     steps.push(tmpfs(
         at("dev"),
         64 << 10,

@@ -17,6 +17,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::function::is_real_dir;
+
 /// The largest bytecode file copied into a tree, whatever its source.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Bytecode for a source of `n` bytes is taken to be at most `SLACK_BYTES + SIZE_FACTOR * n`
@@ -133,7 +135,7 @@ fn real_dir_chain(tree: &Path, dir: &Path) -> bool {
             return false;
         };
         at.push(part);
-        if !at.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        if !is_real_dir(&at) {
             return false;
         }
     }

@@ -113,7 +113,8 @@ pub fn resolve_module(root: &Path, name: &FnName) -> Result<PathBuf, ResolveErro
     Err(not_found())
 }
 
-fn is_real_dir(p: &Path) -> bool {
+/// A directory itself, not a symlink to one.
+pub(crate) fn is_real_dir(p: &Path) -> bool {
     p.symlink_metadata().is_ok_and(|m| m.file_type().is_dir())
 }
 
