@@ -21,6 +21,7 @@ pub enum ErrorCode {
     NotDeployed,
     Conflict,
     PayloadTooLarge,
+    RequestTimeout,
     FunctionError,
     ResultNotSerializable,
     ResultTooLarge,
@@ -38,7 +39,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     #[cfg(test)]
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
@@ -50,6 +51,7 @@ impl ErrorCode {
         ErrorCode::NotDeployed,
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::FunctionError,
         ErrorCode::ResultNotSerializable,
         ErrorCode::ResultTooLarge,
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::NotDeployed | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::FunctionError
             | ErrorCode::ResultNotSerializable
             | ErrorCode::ResultTooLarge
@@ -105,6 +108,7 @@ impl ErrorCode {
             ErrorCode::NotDeployed => "not_deployed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::FunctionError => "function_error",
             ErrorCode::ResultNotSerializable => "result_not_serializable",
             ErrorCode::ResultTooLarge => "result_too_large",
@@ -246,6 +250,14 @@ impl From<crate::store::StoreError> for ApiError {
                 ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
             }
             crate::store::StoreError::InUse(what) => ApiError::new(ErrorCode::Conflict, what),
+            crate::store::StoreError::Busy(e) => {
+                tracing::warn!(error = %e, "store busy");
+                ApiError::new(
+                    ErrorCode::Overloaded,
+                    "the store is busy with other writes; try again shortly",
+                )
+                .with_retry_after(1)
+            }
             other => ApiError::internal("the store failed", &other),
         }
     }

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
-use crate::extract::{bearer, ApiQuery, LimitedBody};
+use crate::extract::{bearer, ApiQuery, BodyReader};
 use crate::metering::check_quota;
 use crate::plans::effective_policy;
 use crate::server::AppState;
@@ -129,7 +129,7 @@ pub async fn call(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<ApiQuery<CallQuery>, ApiError>,
-    body: Result<LimitedBody, ApiError>,
+    body: axum::body::Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let call_id = new_call_id();
@@ -172,6 +172,76 @@ pub async fn call(
     response
 }
 
+/// How much of a body is read, at most, to find its token before the token is checked.
+pub const TOKEN_PREFIX_BYTES: usize = 64 << 10;
+
+/// Reads and parses the body with its token checked first: a token in `Authorization` before
+/// any of the body is read, one in the body as soon as the prefix holding it has arrived (within
+/// [`TOKEN_PREFIX_BYTES`]). No anonymous client gets more than that prefix buffered. A body
+/// small enough to read whole is parsed before a missing token is reported, so a malformed call
+/// hears what is wrong with it.
+async fn authenticated_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(CallRequest, usize, crate::auth::Caller), ApiError> {
+    let mut reader = BodyReader::new(body, state);
+    let header = bearer(headers);
+    let mut checked: Option<(String, crate::auth::Caller)> = None;
+    if let Some(token) = header {
+        let caller = tenant_caller(state, Some(token), Scope::Call).await?;
+        checked = Some((token.to_owned(), caller));
+    } else {
+        let found = loop {
+            match crate::token_scan::scan(reader.kept()) {
+                crate::token_scan::Scan::Found(token) => break Some(token),
+                // No token yet, or none to find: a body that fits in the prefix is read whole
+                // (the parser then says what is wrong with it); a longer one is refused.
+                _ if !reader.is_complete() && reader.kept().len() < TOKEN_PREFIX_BYTES => {
+                    let want = reader.kept().len() + 1;
+                    reader.fill(want).await?;
+                }
+                _ => break None,
+            }
+        };
+        match found {
+            Some(token) => {
+                let caller = tenant_caller(state, Some(&token), Scope::Call).await?;
+                checked = Some((token, caller));
+            }
+            None if reader.is_complete() => {}
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "no token: send Authorization: Bearer <token>, or \"token\" within the \
+                         first {} KiB of the body",
+                        TOKEN_PREFIX_BYTES >> 10
+                    ),
+                ))
+            }
+        }
+    }
+    let body = reader.finish().await?;
+    let request = CallRequest::parse(&body)?;
+    let caller = match (checked, request.token.as_deref()) {
+        // The body's token decides; it was checked unless the header's was.
+        (Some((token, caller)), Some(in_body)) if token == in_body => caller,
+        (Some(_), Some(in_body)) if header.is_some() => {
+            tenant_caller(state, Some(in_body), Scope::Call).await?
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                ApiError::bad_request("the body names \"token\" more than once")
+                    .with_detail(json!({"field": "token"})),
+            )
+        }
+        (Some((_, caller)), None) => caller,
+        (None, presented) => tenant_caller(state, presented, Scope::Call).await?,
+    };
+    Ok((request, body.len(), caller))
+}
+
 /// Turns an admission refusal into its answer.
 fn refused(refusal: Refusal, policy: &Policy) -> ApiError {
     match refusal {
@@ -202,7 +272,7 @@ async fn run_call(
     state: &AppState,
     headers: &HeaderMap,
     query: Result<ApiQuery<CallQuery>, ApiError>,
-    body: Result<LimitedBody, ApiError>,
+    body: axum::body::Body,
     call_id: &str,
     metered: &mut Metered,
 ) -> Result<Response, ApiError> {
@@ -213,11 +283,8 @@ async fn run_call(
         )
         .with_retry_after(1));
     }
-    let LimitedBody(body) = body?;
     let ApiQuery(query) = query?;
-    let request = CallRequest::parse(&body)?;
-    let presented = request.token.as_deref().or_else(|| bearer(headers));
-    let caller = tenant_caller(state, presented, Scope::Call).await?;
+    let (request, body_len, caller) = authenticated_request(state, headers, body).await?;
     let span = tracing::Span::current();
     span.record("tenant", caller.tenant.as_str());
     span.record("fn", request.function.as_str());
@@ -225,7 +292,7 @@ async fn run_call(
     metered.tenant = Some(caller.tenant.as_str().to_owned());
     metered.token_id.clone_from(&caller.token_id);
     metered.function = request.function.as_str().to_owned();
-    metered.bytes_in = body.len();
+    metered.bytes_in = body_len;
 
     let tenant = state
         .store

@@ -169,6 +169,19 @@ pub struct ServeArgs {
     /// A directory where the `write_to_dir` step may write (each tenant under its own name).
     #[arg(long)]
     pub etl_output_dir: Option<PathBuf>,
+    /// Open client connections on this node, at most (kept below the descriptor limit, with a
+    /// reserve for children); one past it is closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open client connections from one address (an IPv6 client by its /64), at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_address: usize,
+    /// Seconds a client may take to send a request's head, or stay idle between requests.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -58,6 +58,60 @@ pub struct Deployed {
     pub functions: Value,
 }
 
+/// Deploys of each tenant that are running or waiting: one runs, at most one more waits, and a
+/// third is refused. A burst of syncs, uploads or pushes from one tenant can so never queue up
+/// work (and memory) without bound.
+#[derive(Debug, Default)]
+pub struct DeploySlots(std::sync::Mutex<std::collections::HashMap<TenantName, usize>>);
+
+/// The place of one deploy in its tenant's queue; given back when dropped.
+#[derive(Debug)]
+pub struct DeploySlot {
+    slots: std::sync::Arc<DeploySlots>,
+    tenant: TenantName,
+}
+
+/// How many deploys of one tenant may be running or waiting at once.
+const DEPLOYS_PER_TENANT: usize = 2;
+
+impl DeploySlots {
+    /// A place for a deploy of `tenant`, unless one is running and another already waits.
+    pub fn try_take(self: &std::sync::Arc<Self>, tenant: &TenantName) -> Option<DeploySlot> {
+        let mut slots = self.0.lock().expect("deploy slots poisoned");
+        let held = slots.entry(tenant.clone()).or_default();
+        if *held >= DEPLOYS_PER_TENANT {
+            return None;
+        }
+        *held += 1;
+        Some(DeploySlot {
+            slots: self.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for DeploySlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.0.lock().expect("deploy slots poisoned");
+        if let Some(n) = slots.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                slots.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// The answer to a deploy that found its tenant's queue full.
+pub fn queue_full(name: &TenantName) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("a deploy of {name} is running and another is waiting; try again when one ends"),
+    )
+    .with_detail(json!({"reason": "deploy_queued"}))
+    .with_retry_after(5)
+}
+
 /// Makes and activates the tenant's next version; a failure changes nothing. The work runs in a
 /// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
 /// loan, a half-built virtualenv or a tree written but not recorded).
@@ -66,10 +120,28 @@ pub async fn deploy(
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, ApiError> {
+    let slot = state
+        .deploy_slots
+        .try_take(name)
+        .ok_or_else(|| queue_full(name))?;
+    deploy_in(state, name, change, slot).await
+}
+
+/// [`deploy`] with its place in the tenant's queue already taken.
+pub async fn deploy_in(
+    state: &AppState,
+    name: &TenantName,
+    change: Change,
+    slot: DeploySlot,
+) -> Result<Deployed, ApiError> {
     let (task_state, task_name) = (state.clone(), name.clone());
-    tokio::spawn(async move { deploy_now(&task_state, &task_name, change).await })
-        .await
-        .map_err(|e| ApiError::internal("the deploy's task failed", &e))?
+    tokio::spawn(async move {
+        let deployed = deploy_now(&task_state, &task_name, change).await;
+        drop(slot);
+        deployed
+    })
+    .await
+    .map_err(|e| ApiError::internal("the deploy's task failed", &e))?
 }
 
 async fn deploy_now(
@@ -85,6 +157,8 @@ async fn deploy_now(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
     let policy = crate::plans::effective_policy(state, &tenant)?;
+    // Deploys run the tenant's code (imports, listings, builds): not for a tenant past its quota.
+    crate::metering::check_quota(state, name.as_str(), policy.cpu_seconds_per_month).await?;
     let mut uploads: Vec<Upload> = state
         .store
         .uploads_of(name.as_str())
@@ -235,6 +309,7 @@ async fn fetch_branch(
         url,
         branch: tenant.branch.clone(),
         credentials: crate::secrets::git_credentials(state, name).await?,
+        max_fetch_bytes: state.config.max_version_bytes,
     };
     let layout = state.layout.clone();
     let tenant_name = name.clone();
@@ -268,7 +343,7 @@ async fn finish_version(
     compile_version(state, name, tenant, policy, version, &mounts).await;
     let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
         Some(known) => known,
-        None => introspect(state, tenant.uid32(), policy, &mounts).await,
+        None => introspect(state, tenant, policy, &mounts).await,
     };
     if let Some(module) = uploaded {
         let entry = functions["modules"]
@@ -349,7 +424,7 @@ async fn compile_version(
         });
         let finished = run_runner_mode(
             state,
-            tenant.uid32(),
+            tenant,
             policy,
             mounts,
             isolated.then_some(writable),
@@ -396,11 +471,16 @@ async fn compile_version(
 /// Lists the version's modules and functions in a sandboxed child (the runner's introspection
 /// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
 /// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
-async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMounts) -> Value {
+async fn introspect(
+    state: &AppState,
+    tenant: &TenantRow,
+    policy: &Policy,
+    mounts: &CodeMounts,
+) -> Value {
     let request = json!({
         "protocol": 1, "call_id": "introspect", "fn": "", "kwargs": {}, "mode": "introspect",
     });
-    let finished = match run_runner_mode(state, uid, policy, mounts, None, &request).await {
+    let finished = match run_runner_mode(state, tenant, policy, mounts, None, &request).await {
         Ok(finished) => finished,
         Err(e) => return json!({"modules": [], "error": e.message}),
     };
@@ -424,7 +504,7 @@ async fn introspect(state: &AppState, uid: u32, policy: &Policy, mounts: &CodeMo
 /// never need the network.
 async fn run_runner_mode(
     state: &AppState,
-    uid: u32,
+    tenant: &TenantRow,
     policy: &Policy,
     mounts: &CodeMounts,
     writable: Option<Bind>,
@@ -440,11 +520,15 @@ async fn run_runner_mode(
         setup: SetupLimits::default(),
     };
     let mut limits = call_limits(state, 0);
-    limits.wall = RUNNER_MODE_TIMEOUT;
+    // The tenant's own time limit: importing its modules is its code running, as in a call.
+    limits.wall = Duration::from_millis(policy.timeout_ms.into()).min(RUNNER_MODE_TIMEOUT);
     limits.stdout_bytes = INTROSPECT_MAX_BYTES;
-    let warm = prepare_stage(state, uid, mounts, &policy, stage).await?;
+    let warm = prepare_stage(state, tenant.uid32(), mounts, &policy, stage).await?;
+    let mode = request["mode"].as_str().unwrap_or("runner");
     let request = request.to_string().into_bytes();
-    Ok(run_to_end(state, warm, request, limits, ()).await?.finished)
+    let ran = run_to_end(state, warm, request, limits, ()).await?;
+    crate::metering::record_deploy_child(state, &tenant.name, mode, &ran);
+    Ok(ran.finished)
 }
 
 /// Makes `dir` (a new directory) the tenant's, for a child of it to write its output into.
@@ -697,9 +781,9 @@ async fn build_venv(
     let mut limits = call_limits(state, 0);
     limits.wall = VENV_TIMEOUT;
     let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
-    let finished = run_to_end(state, warm, Vec::new(), limits, ())
-        .await?
-        .finished;
+    let ran = run_to_end(state, warm, Vec::new(), limits, ()).await?;
+    crate::metering::record_deploy_child(state, &tenant.name, "pip", &ran);
+    let finished = ran.finished;
     let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     let why = match finished.termination {
         Termination::Exited(0) => return Ok(()),
@@ -817,5 +901,23 @@ async fn collect_venvs(state: &AppState) {
                 tracing::warn!(venv = %path.display(), error = %e, "could not remove an unused virtualenv")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_deploy_runs_one_waits_and_a_third_is_refused() {
+        let slots = std::sync::Arc::new(super::DeploySlots::default());
+        let caro = falra_tenants::TenantName::parse("caro").unwrap();
+        let dana = falra_tenants::TenantName::parse("dana").unwrap();
+        let running = slots.try_take(&caro).unwrap();
+        let waiting = slots.try_take(&caro).unwrap();
+        assert!(slots.try_take(&caro).is_none());
+        assert!(slots.try_take(&dana).is_some());
+        drop(running);
+        let next = slots.try_take(&caro).unwrap();
+        drop((waiting, next));
+        assert!(slots.0.lock().unwrap().is_empty());
     }
 }

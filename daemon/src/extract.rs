@@ -10,45 +10,125 @@ use serde_json::json;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::server::AppState;
 
-/// The request body as bytes, refused with `payload_too_large` past the configured limit.
+/// A request body read in stages: under the size limit, within the body deadline, and only as
+/// far as the handler asks (so a handler can authenticate on a prefix before taking the rest).
+pub struct BodyReader {
+    body: axum::body::Body,
+    kept: Vec<u8>,
+    seen: usize,
+    ended: bool,
+    limit: usize,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+}
+
+impl BodyReader {
+    pub fn new(body: axum::body::Body, state: &AppState) -> BodyReader {
+        let timeout = state.config.body_timeout;
+        BodyReader {
+            body,
+            kept: Vec::new(),
+            seen: 0,
+            ended: false,
+            limit: state.config.max_body_bytes,
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// What has been read so far.
+    pub fn kept(&self) -> &[u8] {
+        &self.kept
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_complete(&self) -> bool {
+        self.ended || http_body::Body::is_end_stream(&self.body)
+    }
+
+    fn too_large(&self) -> ApiError {
+        let limit = self.limit;
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is over the limit of {limit} bytes"),
+        )
+        .with_detail(json!({"limit_bytes": limit}))
+    }
+
+    /// The next frame's data, or `None` at the end; under the deadline.
+    async fn next_data(&mut self) -> Result<Option<axum::body::Bytes>, ApiError> {
+        loop {
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame())
+                .await
+                .map_err(|_| {
+                    let secs = self.timeout.as_secs();
+                    ApiError::new(
+                        ErrorCode::RequestTimeout,
+                        format!("the request body did not arrive within {secs} s"),
+                    )
+                    .with_detail(json!({"body_timeout_secs": secs}))
+                })?;
+            let Some(frame) = frame else {
+                self.ended = true;
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Reads until at least `n` bytes are kept, or the body ended.
+    pub async fn fill(&mut self, n: usize) -> Result<(), ApiError> {
+        while !self.ended && self.kept.len() < n {
+            let Some(data) = self.next_data().await? else {
+                break;
+            };
+            self.seen = self.seen.saturating_add(data.len());
+            if self.seen > self.limit {
+                return Err(self.too_large());
+            }
+            self.kept.extend_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of the body. Past the limit, keeps reading (and dropping) a while longer
+    /// before answering, so that a client still sending gets to read the 413 instead of a
+    /// reset.
+    pub async fn finish(mut self) -> Result<axum::body::Bytes, ApiError> {
+        match self.fill(usize::MAX).await {
+            Ok(()) => Ok(self.kept.into()),
+            Err(e) if e.code == ErrorCode::PayloadTooLarge => {
+                let drain_cap = self.limit.saturating_mul(8).max(8 << 20);
+                while self.seen <= drain_cap {
+                    match self.next_data().await {
+                        Ok(Some(data)) => self.seen = self.seen.saturating_add(data.len()),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The request body as bytes, refused with `payload_too_large` past the configured limit and
+/// `request_timeout` past the body deadline.
 pub struct LimitedBody(pub axum::body::Bytes);
 
 impl FromRequest<AppState> for LimitedBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.config.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is over the limit of {limit} bytes"),
-            )
-            .with_detail(json!({"limit_bytes": limit}))
-        };
-        // Read up to the limit. Past it, keep reading (and dropping) a while longer before
-        // answering, so that a client still sending gets to read the 413 instead of a reset.
-        let drain_cap = limit.saturating_mul(8).max(8 << 20);
-        let mut body = req.into_body();
-        let mut kept = Vec::new();
-        let mut seen = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            seen = seen.saturating_add(data.len());
-            if seen <= limit {
-                kept.extend_from_slice(&data);
-            } else if seen > drain_cap {
-                break;
-            }
-        }
-        if seen > limit {
-            return Err(too_large());
-        }
-        Ok(LimitedBody(kept.into()))
+        BodyReader::new(req.into_body(), state)
+            .finish()
+            .await
+            .map(LimitedBody)
     }
 }
 

@@ -5,6 +5,11 @@
 //! tracked branch starts a sync in the background (the new version becomes active when it is
 //! ready, exactly as `POST /admin/v1/tenants/{name}/sync` would make it); pushes to other
 //! branches and other events are acknowledged and ignored.
+//!
+//! A delivery is taken once: a replay of the same `X-GitHub-Delivery` (GitHub's redelivery, or
+//! an attacker who captured a signed request) is acknowledged and starts nothing. Pushes are
+//! coalesced: while one push deploy runs and another waits, the waiting one will fetch the
+//! branch head as it is then, so a further push adds no work.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,9 +19,42 @@ use serde_json::{json, Value};
 
 use crate::admin::load_tenant;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::deploy::{deploy, Change};
+use crate::deploy::{deploy_in, Change};
 use crate::extract::{ApiPath, LimitedBody};
 use crate::server::AppState;
+
+/// How many recent deliveries are remembered (a replay older than that is a new deploy of the
+/// branch head, which changes nothing if the head did not move).
+const DELIVERIES_KEPT: usize = 4096;
+
+/// Recently taken push deliveries, per tenant, oldest dropped first.
+#[derive(Debug, Default)]
+pub struct RecentDeliveries(std::sync::Mutex<Seen>);
+
+/// A (tenant, delivery id) pair, in arrival order and as a set.
+type Seen = (
+    std::collections::VecDeque<(String, String)>,
+    std::collections::HashSet<(String, String)>,
+);
+
+impl RecentDeliveries {
+    /// Records `id` for `tenant`; false if it was already there.
+    pub fn first_time(&self, tenant: &str, id: &str) -> bool {
+        let key = (tenant.to_owned(), id.to_owned());
+        let mut seen = self.0.lock().expect("delivery table poisoned");
+        if seen.1.contains(&key) {
+            return false;
+        }
+        if seen.0.len() >= DELIVERIES_KEPT {
+            if let Some(old) = seen.0.pop_front() {
+                seen.1.remove(&old);
+            }
+        }
+        seen.0.push_back(key.clone());
+        seen.1.insert(key);
+        true
+    }
+}
 
 pub async fn github(
     State(state): State<AppState>,
@@ -69,9 +107,30 @@ pub async fn github(
             "this tenant has no repository to deploy from",
         ));
     }
+    if let Some(delivery) = header("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= 128)
+    {
+        if !state.deliveries.first_time(tenant_name.as_str(), delivery) {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({
+                    "ok": true, "event": "push", "deploying": false,
+                    "reason": "this delivery was already received",
+                })),
+            ));
+        }
+    }
+    let Some(slot) = state.deploy_slots.try_take(&tenant_name) else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "ok": true, "event": "push", "deploying": true, "coalesced": true,
+                "reason": "a deploy of this tenant is already waiting; it will take this push",
+            })),
+        ));
+    };
     let task_state = state.clone();
     tokio::spawn(async move {
-        match deploy(&task_state, &tenant_name, Change::Sync).await {
+        match deploy_in(&task_state, &tenant_name, Change::Sync, slot).await {
             Ok(d) => {
                 tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");
                 crate::audit::audit(
@@ -92,4 +151,21 @@ pub async fn github(
         StatusCode::ACCEPTED,
         Json(json!({"ok": true, "event": "push", "deploying": true})),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_delivery_is_taken_once_per_tenant_and_the_table_is_bounded() {
+        let seen = super::RecentDeliveries::default();
+        assert!(seen.first_time("caro", "d1"));
+        assert!(!seen.first_time("caro", "d1"));
+        assert!(seen.first_time("dana", "d1"));
+        for i in 0..super::DELIVERIES_KEPT {
+            assert!(seen.first_time("caro", &format!("x{i}")));
+        }
+        assert!(seen.0.lock().unwrap().0.len() <= super::DELIVERIES_KEPT);
+        // The oldest were forgotten.
+        assert!(seen.first_time("caro", "d1"));
+    }
 }

@@ -15,6 +15,7 @@ mod clock;
 mod demo;
 mod deploy;
 mod extract;
+mod front;
 mod hooks;
 mod isolation;
 mod metering;
@@ -25,6 +26,7 @@ mod secrets;
 mod server;
 mod store;
 mod tenant_api;
+mod token_scan;
 mod uploads;
 mod warm;
 
@@ -88,6 +90,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.python.display()
         );
     }
+    let descriptor_limit = front::raise_descriptor_limit();
     let store = open_store(&args.data_dir).await?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     // Nothing under the data directory is for anyone but the daemon.
@@ -122,6 +125,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         },
         auth_failures_per_minute: args.auth_failures_per_minute,
+        body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
         ..ServeConfig::new(data_dir.clone())
     };
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
@@ -156,7 +160,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  curl -s http://{addr}/v1/call -d '{body}'\n");
         println!("Stop with Ctrl-C.");
     }
-    server::serve(listener, state).await?;
+    let max_connections = front::effective_connection_cap(
+        args.max_connections,
+        descriptor_limit,
+        front::descriptor_reserve(args.max_children),
+    );
+    if max_connections < args.max_connections {
+        tracing::info!(
+            max_connections,
+            descriptor_limit,
+            "client connections capped to fit the descriptor limit"
+        );
+    }
+    let limits = front::FrontLimits {
+        max_connections,
+        max_connections_per_address: args.max_connections_per_address.max(1),
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
+    };
+    server::serve(listener, state, limits).await?;
     Ok(())
 }
 

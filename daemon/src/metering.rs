@@ -167,6 +167,40 @@ impl Quotas {
 }
 
 /// Refuses a call of a tenant that has used its monthly CPU quota.
+/// Whether a usage row is a deploy-time child's (see [`record_deploy_child`]).
+fn is_deploy_child(function: &str) -> bool {
+    function.starts_with("<deploy:")
+}
+
+/// Meters a deploy-time child of `tenant` (a listing, the compiler, a package build): its CPU
+/// counts against the tenant's quota like a call's, and it is recorded as a call of the
+/// pseudo-function `<deploy:{what}>` so usage reports show it.
+pub fn record_deploy_child(state: &AppState, tenant: &str, what: &str, ran: &crate::warm::Ran) {
+    let at = now_ms();
+    let cpu_ms = i64::try_from(ran.cpu_ms).unwrap_or(i64::MAX);
+    state.quotas.add(tenant, cpu_ms, at);
+    let outcome = match ran.finished.termination {
+        falra_sandbox::Termination::Exited(0) => "ok",
+        falra_sandbox::Termination::TimedOut => "timeout",
+        _ if ran.oom_killed => "memory_limit_exceeded",
+        _ => "process_exited",
+    };
+    state.meter.record(CallRecord {
+        call_id: crate::call::new_call_id(),
+        tenant: tenant.to_owned(),
+        token_id: String::new(),
+        function: format!("<deploy:{what}>"),
+        version: None,
+        outcome: outcome.to_owned(),
+        wall_ms: i64::try_from(ran.wall_ms).unwrap_or(i64::MAX),
+        cpu_ms,
+        peak_memory_bytes: i64::try_from(ran.peak_memory_bytes).unwrap_or(i64::MAX),
+        bytes_in: 0,
+        bytes_out: 0,
+        at,
+    });
+}
+
 pub async fn check_quota(
     state: &AppState,
     tenant: &str,
@@ -257,10 +291,22 @@ pub async fn usage(
         if fresh {
             tenants.push(
                 json!({"tenant": row.tenant, "calls": 0, "ok": 0, "errors": 0,
-                "wall_ms": 0, "cpu_ms": 0, "bytes_in": 0, "bytes_out": 0}),
+                "wall_ms": 0, "cpu_ms": 0, "deploy_cpu_ms": 0, "bytes_in": 0, "bytes_out": 0}),
             );
         }
         let t = tenants.last_mut().expect("pushed above");
+        if is_deploy_child(&row.function) {
+            // Deploy-time children are the tenant's code running, not calls: their CPU counts
+            // (and is shown apart), their runs do not.
+            for (key, add) in [
+                ("cpu_ms", row.cpu_ms),
+                ("deploy_cpu_ms", row.cpu_ms),
+                ("wall_ms", row.wall_ms),
+            ] {
+                t[key] = json!(t[key].as_i64().unwrap_or(0) + add);
+            }
+            continue;
+        }
         for (key, add) in [
             ("calls", row.calls),
             ("ok", row.ok),

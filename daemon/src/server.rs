@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub max_children: usize,
     /// Failed authentications per client address and minute before it is refused.
     pub auth_failures_per_minute: u32,
+    /// How long a client may take to send a request body.
+    pub body_timeout: std::time::Duration,
     /// Built-ins may reach loopback and private addresses (off: only public ones).
     pub egress_allow_private: bool,
     /// The largest archive a built-in downloads.
@@ -75,6 +77,7 @@ impl ServeConfig {
             stdlib: StdlibNames::default(),
             max_children: 64,
             auth_failures_per_minute: 120,
+            body_timeout: std::time::Duration::from_secs(30),
             egress_allow_private: false,
             etl_max_download_bytes: 4 << 30,
             etl_output_dir: None,
@@ -105,6 +108,10 @@ pub struct Inner {
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deploys running or waiting, per tenant.
+    pub deploy_slots: Arc<crate::deploy::DeploySlots>,
+    /// Push deliveries already taken (`X-GitHub-Delivery`), so a replay starts nothing.
+    pub deliveries: crate::hooks::RecentDeliveries,
     /// Calls in flight per (tenant, version): versions in use are never collected.
     versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
 }
@@ -164,6 +171,8 @@ impl AppState {
             store,
             config,
             sync_locks: Mutex::new(HashMap::new()),
+            deploy_slots: Arc::default(),
+            deliveries: crate::hooks::RecentDeliveries::default(),
             versions_in_use: Mutex::new(HashMap::new()),
         }))
     }
@@ -344,29 +353,34 @@ async fn request_span(req: Request, next: Next) -> Response {
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and latency matters: never let Nagle hold one back.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: crate::front::FrontLimits,
+) -> std::io::Result<()> {
     crate::warm::WarmPool::expire_idle(crate::warm::downgrade(&state));
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = state.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Requests still arriving on open connections are told, not started.
-            stopping.shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: finishing calls in flight");
-        })
-        .await;
+    let stop = async move {
+        shutdown_signal().await;
+        // Requests still arriving on open connections are told, not started.
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: finishing calls in flight");
+    };
+    crate::front::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        stop,
+        std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS),
+    )
+    .await;
     state.warm.drain(&state);
     state.meter.flush().await;
-    served
+    Ok(())
 }
+
+/// How long requests in flight at shutdown may take to finish.
+const SHUTDOWN_GRACE_SECS: u64 = 300;
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -42,11 +42,35 @@ pub enum StoreError {
     #[error("{0} already exists")]
     Conflict(String),
     #[error("store query failed")]
-    Query(#[from] sqlx::Error),
+    Query(#[source] sqlx::Error),
+    /// The database stayed locked by other writers past the busy timeout, or no connection
+    /// was free in time: a passing overload, answered `503` with a retry, never a `500`.
+    #[error("the store is busy")]
+    Busy(#[source] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]
     InUse(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        let busy = match &e {
+            sqlx::Error::PoolTimedOut => true,
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes (517 BUSY_SNAPSHOT,
+            // 261 BUSY_RECOVERY, 262 LOCKED_SHAREDCACHE…): the low byte is the primary code.
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+            _ => false,
+        };
+        if busy {
+            StoreError::Busy(e)
+        } else {
+            StoreError::Query(e)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -229,7 +253,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -240,6 +264,14 @@ impl Store {
         Ok(store)
     }
 
+    /// A transaction that takes the write lock at its start (`BEGIN IMMEDIATE`). A deferred
+    /// one that reads and then writes cannot wait for a concurrent writer: SQLite fails its
+    /// upgrade at once (`SQLITE_BUSY`, or `SQLITE_BUSY_SNAPSHOT` in WAL mode) whatever the busy
+    /// timeout. Taken up front, the lock is waited for under the busy timeout instead.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
@@ -248,7 +280,7 @@ impl Store {
         .await
         .map_err(|source| StoreError::Migrate { version: 0, source })?;
         for &(version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let applied: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(version)
@@ -332,7 +364,7 @@ impl Store {
     }
 
     pub async fn delete_tenant(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM tokens WHERE tenant = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -357,7 +389,7 @@ impl Store {
         version: &NewVersion<'_>,
         change: UploadChange<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         match change {
             UploadChange::None => {}
             UploadChange::Put {
@@ -479,7 +511,7 @@ impl Store {
 
     /// Removes a plan no tenant is on; `Conflict` if one is, `false` if there is none.
     pub async fn delete_plan(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE plan = $1")
             .bind(name)
             .fetch_one(&mut *tx)
@@ -499,7 +531,7 @@ impl Store {
 
     /// Records finished calls, all in one transaction.
     pub async fn insert_calls(&self, calls: &[CallRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for c in calls {
             sqlx::query(
                 "INSERT INTO calls (call_id, tenant, token_id, fn, version, outcome, wall_ms, cpu_ms, \

@@ -96,13 +96,16 @@ pub enum Hierarchy {
     /// One unified tree; `base` is the directory falra's cgroups go under.
     V2 { base: PathBuf },
     /// One tree per controller; each `base` is falra's directory in that controller's tree.
-    /// A separately mounted cpuacct hierarchy is not joined: one more migration per call for
-    /// a figure `wait4` gives as well. Where cpuacct is mounted with cpu, it is read.
+    /// `cpuacct` is where a call's CPU time is read: the cpu base where cpuacct is mounted with
+    /// cpu, else falra's directory in the separate cpuacct tree, which calls then join too.
+    /// `wait4` cannot stand in for it: a call stopped at its deadline or for an oversized
+    /// answer has its init killed before init reaps the program, and that CPU would go
+    /// unmetered.
     V1 {
         memory: PathBuf,
         pids: PathBuf,
         cpu: PathBuf,
-        cpuacct_with_cpu: bool,
+        cpuacct: Option<PathBuf>,
     },
 }
 
@@ -152,8 +155,12 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
         (Some((memory, _)), Some((pids, _)), Some((cpu, cpuacct_with_cpu))) => Ok(Hierarchy::V1 {
             memory,
             pids,
+            cpuacct: if cpuacct_with_cpu {
+                Some(cpu.clone())
+            } else {
+                v1("cpuacct").map(|(dir, _)| dir)
+            },
             cpu,
-            cpuacct_with_cpu,
         }),
         _ => Err(CgroupError::Unavailable(
             "neither cgroup v2 with memory, pids and cpu, nor v1 memory, pids and cpu hierarchies are mounted"
@@ -295,8 +302,17 @@ impl Hierarchy {
         match self {
             Hierarchy::V2 { base } => vec![base],
             Hierarchy::V1 {
-                memory, pids, cpu, ..
-            } => vec![memory, pids, cpu],
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => {
+                let mut bases = vec![memory.as_path(), pids, cpu];
+                if let Some(acct) = cpuacct.as_deref().filter(|a| a != cpu) {
+                    bases.push(acct);
+                }
+                bases
+            }
         }
     }
 
@@ -399,6 +415,9 @@ impl CallCgroup {
                 w.extend([
                     (m.join("memory.limit_in_bytes"), memory.clone()),
                     (m.join("memory.swappiness"), "0".into()),
+                    // v1 keeps socket buffers out of memory.limit_in_bytes: without this cap one
+                    // call could pin the host's TCP memory. (v2 charges them to memory.max.)
+                    (m.join("memory.kmem.tcp.limit_in_bytes"), memory.clone()),
                     (p.join("pids.max"), limits.pids.to_string()),
                     (c.join("cpu.cfs_period_us"), period.to_string()),
                     (c.join("cpu.cfs_quota_us"), quota.to_string()),
@@ -411,7 +430,10 @@ impl CallCgroup {
         };
         for (path, value) in writes {
             // swap files may be missing where the kernel has no swap accounting
-            let optional = path.ends_with("memory.swap.max") || path.ends_with("memory.swappiness");
+            // (and kmem accounting may be compiled out)
+            let optional = path.ends_with("memory.swap.max")
+                || path.ends_with("memory.swappiness")
+                || (path.ends_with("memory.kmem.tcp.limit_in_bytes") && !fs.exists(&path));
             match fs.write(&path, &value) {
                 Err(_) if optional => {}
                 Err(source) => {
@@ -433,17 +455,25 @@ impl CallCgroup {
         matches!(self.hierarchy, Hierarchy::V1 { .. })
     }
 
-    /// Starts a new call in a reused cgroup: its peak memory counts from now.
+    /// Starts a new call in a reused cgroup: its peak memory and its CPU time count from now.
     pub fn reset_peak(&self, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
-        if let Hierarchy::V1 { memory, .. } = &self.hierarchy {
-            let path = memory
+        if let Hierarchy::V1 {
+            memory, cpuacct, ..
+        } = &self.hierarchy
+        {
+            let mut counters = vec![memory
                 .join(&self.relative)
-                .join("memory.max_usage_in_bytes");
-            fs.write(&path, "0").map_err(|source| CgroupError::Io {
-                action: "reset",
-                path,
-                source,
-            })?;
+                .join("memory.max_usage_in_bytes")];
+            if let Some(acct) = cpuacct {
+                counters.push(acct.join(&self.relative).join("cpuacct.usage"));
+            }
+            for path in counters {
+                fs.write(&path, "0").map_err(|source| CgroupError::Io {
+                    action: "reset",
+                    path,
+                    source,
+                })?;
+            }
         }
         Ok(())
     }
@@ -492,15 +522,12 @@ impl CallCgroup {
                 }
             }
             Hierarchy::V1 {
-                memory,
-                cpu,
-                cpuacct_with_cpu,
-                ..
+                memory, cpuacct, ..
             } => {
                 let m = memory.join(&self.relative);
-                let cpu_ns = cpuacct_with_cpu
-                    .then(|| num(cpu.join(&self.relative).join("cpuacct.usage")))
-                    .flatten();
+                let cpu_ns = cpuacct
+                    .as_ref()
+                    .and_then(|acct| num(acct.join(&self.relative).join("cpuacct.usage")));
                 CgroupUsage {
                     cpu_ns,
                     peak_memory_bytes: num(m.join("memory.max_usage_in_bytes")),
@@ -669,7 +696,7 @@ mod tests {
                 memory: f.path("cg/memory/job/42/falra"),
                 pids: f.path("cg/pids/falra"),
                 cpu: f.path("cg/cpu,cpuacct/falra"),
-                cpuacct_with_cpu: true,
+                cpuacct: Some(f.path("cg/cpu,cpuacct/falra")),
             }
         );
     }
@@ -700,14 +727,20 @@ mod tests {
             f.read("cg/memory/falra/t7/c_2/memory.memsw.limit_in_bytes"),
             "134217728"
         );
+        assert_eq!(
+            f.read("cg/memory/falra/t7/c_2/memory.kmem.tcp.limit_in_bytes"),
+            "134217728",
+            "socket buffers are capped with the memory"
+        );
         assert_eq!(f.read("cg/pids/falra/t7/c_2/pids.max"), "32");
         assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_quota_us"), "50000");
         assert_eq!(f.read("cg/cpu/falra/t7/c_2/cpu.cfs_period_us"), "100000");
         assert_eq!(
             cg.procs_files().len(),
-            3,
-            "a separate cpuacct hierarchy is not joined"
+            4,
+            "a separate cpuacct hierarchy is joined, so CPU is metered however the call ends"
         );
+        assert!(f.path("cg/cpuacct/falra/t7/c_2").is_dir());
 
         f.write(
             "cg/memory/falra/t7/c_2/memory.max_usage_in_bytes",
@@ -717,13 +750,21 @@ mod tests {
             "cg/memory/falra/t7/c_2/memory.oom_control",
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         );
+        f.write("cg/cpuacct/falra/t7/c_2/cpuacct.usage", "1500000000\n");
         assert_eq!(
             cg.usage(&HostFs),
             CgroupUsage {
-                cpu_ns: None,
+                cpu_ns: Some(1_500_000_000),
                 peak_memory_bytes: Some(7_000_000),
                 oom_kills: 2
             }
+        );
+        // A reused cgroup counts the next call from zero.
+        cg.reset_peak(&HostFs).unwrap();
+        assert_eq!(f.read("cg/cpuacct/falra/t7/c_2/cpuacct.usage"), "0");
+        assert_eq!(
+            f.read("cg/memory/falra/t7/c_2/memory.max_usage_in_bytes"),
+            "0"
         );
     }
 

@@ -84,6 +84,9 @@ pub enum Step {
         uid: u32,
         gid: u32,
     },
+    /// A new cgroup namespace, rooted at the cgroups just joined: the call's `/proc/self/cgroup`
+    /// then reads `/`, naming neither the daemon's cgroup nor the call's.
+    NewCgroupNamespace,
     /// Not dumpable: no core files, and nothing in the call may read init's memory through
     /// `/proc` (init shares the daemon's address space), whatever `fs.suid_dumpable` says.
     NotDumpable,
@@ -101,6 +104,7 @@ impl Step {
         match self {
             Step::JoinCgroup(_) => "join cgroup",
             Step::NewSession => "new session",
+            Step::NewCgroupNamespace => "new cgroup namespace",
             Step::MountPrivate => "make mounts private",
             Step::Mount { .. } => "mount",
             Step::BindReadOnly { .. } => "bind read-only",
@@ -281,11 +285,12 @@ pub fn plan(
     limits: &SetupLimits,
     isolation: Option<&Isolation>,
     cwd: &Path,
-    seccomp: Option<&'static [SockFilter]>,
+    seccomp: Option<&'static [Vec<SockFilter>]>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(iso) = isolation {
         steps.extend(iso.cgroup_procs.iter().map(|p| Step::JoinCgroup(cstr(p))));
+        steps.push(Step::NewCgroupNamespace);
     }
     steps.push(Step::NewSession);
     if let Some(iso) = isolation {
@@ -333,7 +338,8 @@ pub fn plan(
             .map(|b| b.target.as_path());
         steps.push(Step::Landlock(crate::landlock::call_rules(writable)));
     }
-    if let Some(filter) = seccomp {
+    // The policy's filters, in order: the kernel runs them all on every later system call.
+    for filter in seccomp.into_iter().flatten() {
         steps.push(Step::Seccomp(filter));
     }
     steps
@@ -361,12 +367,14 @@ fn call_mounts(iso: &Isolation, root: &Path, steps: &mut Vec<Step>) {
         "1777",
         nosuid_nodev | libc::MS_NOEXEC,
     ));
+    // hidepid: the call's processes (its uid) see each other, not init (root), whose
+    // command line would be the daemon's (init shares the daemon's address space).
     steps.push(Step::Mount {
         source: cs("proc"),
         target: at("proc"),
         fstype: cs("proc"),
         flags: nosuid_nodev | libc::MS_NOEXEC,
-        data: cs(""),
+        data: cs("hidepid=2"),
     });
 }
 
@@ -485,6 +493,7 @@ fn mkdir_all(root: &Path, inside: &Path, steps: &mut Vec<Step>) {
 pub trait ChildSys {
     fn write_file(&mut self, path: &CStr, data: &[u8]) -> io::Result<()>;
     fn setsid(&mut self) -> io::Result<()>;
+    fn unshare_cgroup_namespace(&mut self) -> io::Result<()>;
     fn mount(
         &mut self,
         source: Option<&CStr>,
@@ -519,6 +528,7 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
         let r = match step {
             Step::JoinCgroup(procs) => sys.write_file(procs, b"0"),
             Step::NewSession => sys.setsid(),
+            Step::NewCgroupNamespace => sys.unshare_cgroup_namespace(),
             Step::MountPrivate => {
                 sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
             }
@@ -631,6 +641,11 @@ impl ChildSys for HostSys {
     fn setsid(&mut self) -> io::Result<()> {
         // SAFETY: setsid takes no arguments and only changes this process's session.
         check(unsafe { libc::setsid() })
+    }
+
+    fn unshare_cgroup_namespace(&mut self) -> io::Result<()> {
+        // SAFETY: unshare takes a flag word and changes only this process's namespaces.
+        check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
     }
 
     fn mount(
@@ -962,6 +977,9 @@ mod tests {
         fn setsid(&mut self) -> io::Result<()> {
             self.record("setsid".into())
         }
+        fn unshare_cgroup_namespace(&mut self) -> io::Result<()> {
+            self.record("unshare cgroup".into())
+        }
         fn mount(
             &mut self,
             source: Option<&CStr>,
@@ -1072,7 +1090,7 @@ mod tests {
             &SetupLimits::default(),
             Some(iso),
             Path::new("/code"),
-            Some(crate::seccomp::program()),
+            Some(crate::seccomp::programs()),
         );
         apply(&steps, &mut rec).unwrap();
         rec.0
@@ -1083,6 +1101,7 @@ mod tests {
         let calls = &recorded(&isolation());
         let order = [
             "write /cg/memory/falra/t1/c1/cgroup.procs 0",
+            "unshare cgroup",
             "setsid",
             "mount  / ",
             "mount falra-root /data/root tmpfs",
@@ -1179,9 +1198,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            calls[..3],
+            calls[..4],
             [
                 "write /cg/memory/falra/t1/c1/cgroup.procs 0",
+                "unshare cgroup",
                 "setsid",
                 "copy_mount_namespace 9"
             ]

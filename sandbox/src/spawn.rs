@@ -117,7 +117,7 @@ pub struct Prepared {
 /// Starts the child described by `spec` (its `stdin` is not used) up to the point where its
 /// program waits for its request: everything but the call itself, ahead of time.
 pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
-    let filter = spec.seccomp.then(crate::seccomp::program);
+    let filter = spec.seccomp.then(crate::seccomp::programs);
     let steps: Arc<[setup::Step]> = setup::plan(
         &spec.limits.setup,
         spec.isolation.as_ref(),
@@ -129,8 +129,8 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let mut keep_fd = None;
     let mut mount_template = -1;
     if let Some(iso) = &spec.isolation {
-        flags |=
-            libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+        // The cgroup namespace is made by a setup step, after the call's cgroups are joined.
+        flags |= libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         // With a template, init copies that namespace instead of the daemon's (a setup step).
         match iso.mount_template {
             Some(fd) => mount_template = fd,
@@ -521,6 +521,17 @@ impl Launch {
     fn run(self) -> io::Result<(libc::c_int, libc::rusage)> {
         let top = stack_top(&self.init_stack);
         let pid_slot = self.pid.as_ptr();
+        // Every signal blocked across the clone, as posix_spawn does: init starts with the
+        // daemon's handlers (a copy), and none of them may run in init before it has reset
+        // them. This thread only waits for init, so nothing is missed here meanwhile: the
+        // daemon's other threads take its signals.
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let mut before = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: both sets are written by the kernel/libc before they are read.
+        let blocked = unsafe {
+            libc::sigfillset(all.as_mut_ptr());
+            libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), before.as_mut_ptr()) == 0
+        };
         // SAFETY: init runs on `init_stack`, inside `self`, which outlives it: CLONE_VFORK keeps
         // this thread (and so `self`) in place until init has exited. init shares this address
         // space but writes only to its own stack; it reads `self` and makes only
@@ -535,10 +546,18 @@ impl Launch {
                 pid_slot,
             )
         };
-        if pid == -1 {
-            return Err(io::Error::last_os_error());
+        let cloned = if pid == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        };
+        if blocked {
+            // SAFETY: `before` was filled by the pthread_sigmask call above.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_SETMASK, before.as_ptr(), std::ptr::null_mut());
+            }
         }
-        wait4(pid)
+        wait4(cloned?)
     }
 }
 
@@ -567,6 +586,20 @@ extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
 #[allow(unsafe_code)]
 fn child_after_clone(launch: &Launch) -> ! {
     let fds = launch.fds;
+    // Signals arrive blocked (see `Launch::run`). Every handler copied from the daemon goes
+    // back to its default before anything could run one.
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask; rt_sigaction is
+        // async-signal-safe and fails harmlessly for numbers the kernel reserves.
+        unsafe {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &default, std::ptr::null_mut());
+        }
+    }
     let fail = |step: u32, errno: i32| -> ! {
         report(fds.report, step, errno);
         // SAFETY: leaving without running any destructor: the memory belongs to the daemon.
@@ -607,6 +640,14 @@ fn child_after_clone(launch: &Launch) -> ! {
     }
     if let Err((index, e)) = setup::apply(&launch.steps, &mut HostSys) {
         fail(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
+    }
+    // The program starts with no signal blocked (the mask survives exec). init itself, PID 1
+    // of the namespace with default dispositions, gets no signal from the call's processes.
+    // SAFETY: an empty set, filled by sigemptyset before use; sigprocmask is async-signal-safe.
+    unsafe {
+        let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
     }
     // SAFETY: the program runs on `program_stack`, which nothing else uses, until it has called
     // execve or _exit (CLONE_VFORK suspends init until then). `exec_program` only reads `exec`

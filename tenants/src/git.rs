@@ -7,7 +7,7 @@
 //! symlinks and submodules in the repository are skipped, so nothing in a checkout can point
 //! outside it. A failed sync leaves the active version untouched.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use git2::{Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, Tree};
@@ -20,6 +20,13 @@ use crate::upload::Upload;
 /// How many hex digits of the commit id name a version.
 const VERSION_ID_LEN: usize = 12;
 
+/// The most files and directories one version may hold.
+pub const MAX_ENTRIES: u64 = 20_000;
+
+/// What a directory costs of the version's byte budget: its inode and block on disk, whether
+/// or not anything is in it.
+const DIRECTORY_COST: u64 = 4096;
+
 /// Where a tenant's code comes from.
 #[derive(Debug, Clone)]
 pub struct GitSource {
@@ -27,6 +34,8 @@ pub struct GitSource {
     pub branch: String,
     /// User name and password (or access token) for an https remote, from a tenant secret.
     pub credentials: Option<Credentials>,
+    /// The most bytes a fetch may receive; past it the fetch is stopped.
+    pub max_fetch_bytes: u64,
 }
 
 /// Credentials for an https remote. Their `Debug` form hides the password.
@@ -97,6 +106,8 @@ pub enum SyncError {
     NoSubdir(String),
     #[error("the code is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("the code holds more than {0} files and directories")]
+    TooManyEntries(u64),
     #[error("upload {0} cannot be laid over the repository: a file is in the way of its path")]
     UploadConflict(String),
     #[error("could not read the repository")]
@@ -141,6 +152,9 @@ pub fn fetch(
                 Cred::userpass_plaintext(&c.username, &c.password)
             });
         }
+        // Bounded as it arrives: a remote that sends more than a version may hold is cut off.
+        let cap = source.max_fetch_bytes;
+        callbacks.transfer_progress(move |progress| progress.received_bytes() as u64 <= cap);
         let mut opts = FetchOptions::new();
         opts.download_tags(git2::AutotagOption::None)
             .remote_callbacks(callbacks);
@@ -180,7 +194,11 @@ pub fn build_version(
     let parent = layout.tenant_versions(tenant);
     std::fs::create_dir_all(&parent)?;
     let staging = parent.join(format!(".tmp-{}-{}", version, random_suffix()));
-    let mut budget = plan.max_bytes;
+    let mut budget = Budget {
+        bytes: plan.max_bytes,
+        entries: MAX_ENTRIES,
+        limit: plan.max_bytes,
+    };
     let written = write_plan(layout, tenant, plan, &staging, &mut budget)
         .and_then(|()| std::fs::rename(&staging, &target).map_err(SyncError::Io));
     if let Err(e) = written {
@@ -195,12 +213,34 @@ pub fn build_version(
     Ok(version)
 }
 
+/// What a version may still take: bytes (files by size, directories at [`DIRECTORY_COST`])
+/// and entries. Every charge is made before anything is read or written.
+struct Budget {
+    bytes: u64,
+    entries: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn charge(&mut self, bytes: u64) -> Result<(), SyncError> {
+        if self.entries == 0 {
+            return Err(SyncError::TooManyEntries(MAX_ENTRIES));
+        }
+        if bytes > self.bytes {
+            return Err(SyncError::TooLarge(self.limit));
+        }
+        self.entries -= 1;
+        self.bytes -= bytes;
+        Ok(())
+    }
+}
+
 fn write_plan(
     layout: &Layout,
     tenant: &TenantName,
     plan: &VersionPlan<'_>,
     staging: &Path,
-    budget: &mut u64,
+    budget: &mut Budget,
 ) -> Result<(), SyncError> {
     match plan.commit {
         Some(commit) => {
@@ -220,16 +260,15 @@ fn write_plan(
                     .into_tree()
                     .map_err(|_| SyncError::NoSubdir(subdir.to_owned()))?;
             }
-            write_tree(&repo, &tree, staging, budget, plan.max_bytes)?;
+            write_tree(&repo, &tree, staging, budget)?;
         }
-        None => std::fs::create_dir(staging)?,
+        None => {
+            budget.charge(DIRECTORY_COST)?;
+            std::fs::create_dir(staging)?
+        }
     }
     for upload in plan.uploads {
-        let size = upload.source.len() as u64;
-        if size > *budget {
-            return Err(SyncError::TooLarge(plan.max_bytes));
-        }
-        *budget -= size;
+        budget.charge(upload.source.len() as u64)?;
         let path = staging.join(upload.module.relative_path());
         let conflict = || SyncError::UploadConflict(upload.module.to_string());
         let dir = path.parent().expect("a module path has a parent");
@@ -243,14 +282,18 @@ fn write_plan(
     Ok(())
 }
 
+/// Writes `tree` at `dir`. A blob's size is read from its object header and charged before the
+/// blob is read, and its content is streamed to disk where the object database can stream it:
+/// a small push of a huge, well-compressed blob is refused without ever being inflated.
 fn write_tree(
     repo: &Repository,
     tree: &Tree<'_>,
     dir: &Path,
-    budget: &mut u64,
-    limit: u64,
+    budget: &mut Budget,
 ) -> Result<(), SyncError> {
+    budget.charge(DIRECTORY_COST)?;
     std::fs::create_dir(dir)?;
+    let odb = repo.odb()?;
     for entry in tree.iter() {
         let Some(name) = entry.name().filter(|n| is_safe_name(n)) else {
             continue;
@@ -259,7 +302,7 @@ fn write_tree(
         match entry.kind() {
             Some(ObjectType::Tree) => {
                 let sub = repo.find_tree(entry.id())?;
-                write_tree(repo, &sub, &path, budget, limit)?;
+                write_tree(repo, &sub, &path, budget)?;
             }
             Some(ObjectType::Blob) => {
                 let mode = entry.filemode();
@@ -267,14 +310,25 @@ fn write_tree(
                 if mode != 0o100644 && mode != 0o100755 && mode != 0o100664 {
                     continue;
                 }
-                let blob = repo.find_blob(entry.id())?;
-                let size = blob.content().len() as u64;
-                if size > *budget {
-                    return Err(SyncError::TooLarge(limit));
+                let (size, kind) = odb.read_header(entry.id())?;
+                if kind != ObjectType::Blob {
+                    continue;
                 }
-                *budget -= size;
+                budget.charge(size as u64)?;
                 let mut file = std::fs::File::create_new(&path)?;
-                file.write_all(blob.content())?;
+                match odb.reader(entry.id()) {
+                    Ok((mut reader, _, _)) => {
+                        let copied = io::copy(&mut (&mut reader).take(size as u64 + 1), &mut file)?;
+                        if copied != size as u64 {
+                            return Err(SyncError::Io(io::Error::other(
+                                "a blob's content does not match its header",
+                            )));
+                        }
+                    }
+                    // Packed objects cannot be streamed by libgit2: read whole, already
+                    // charged and so within the version's limit.
+                    Err(_) => file.write_all(repo.find_blob(entry.id())?.content())?,
+                }
             }
             _ => {}
         }
@@ -294,6 +348,23 @@ fn is_safe_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_charges_bytes_and_entries_before_anything_is_written() {
+        let mut b = Budget {
+            bytes: 10_000,
+            entries: 3,
+            limit: 10_000,
+        };
+        b.charge(DIRECTORY_COST).unwrap();
+        b.charge(DIRECTORY_COST).unwrap();
+        assert!(matches!(
+            b.charge(DIRECTORY_COST),
+            Err(SyncError::TooLarge(10_000))
+        ));
+        b.charge(1).unwrap();
+        assert!(matches!(b.charge(0), Err(SyncError::TooManyEntries(_))));
+    }
 
     fn upload(module: &str, source: &str) -> Upload {
         Upload {

@@ -90,6 +90,12 @@ impl Daemon {
 
     /// Starts `falra serve` with extra arguments, after `falra admin init`.
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_under(&[], extra)
+    }
+
+    /// Starts `falra serve` through a wrapper command that execs it (`prlimit --nofile=…`),
+    /// so the daemon keeps the wrapper's process id.
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let out = Command::new(falra_bin())
@@ -102,15 +108,19 @@ impl Daemon {
         let admin_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         assert!(admin_token.starts_with("flr_"), "{admin_token}");
 
-        let port = free_port();
+        // Port 0: the daemon picks a free port itself and logs it, so two tests can never race
+        // for the same port (and talk to each other's daemon).
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(falra_bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(falra_bin());
+                c
+            }
+            None => Command::new(falra_bin()),
+        };
+        let child = command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .env("FALRA_LOG", "info")
@@ -119,7 +129,7 @@ impl Daemon {
             .spawn()
             .expect("start falra serve");
         let mut daemon = Daemon {
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             admin_token,
             data_dir,
             child,
@@ -135,6 +145,15 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("falra serve exited early ({status}): {}", self.log());
             }
+            if self.url.is_empty() {
+                match self.listening_on() {
+                    Some(addr) => self.url = format!("http://{addr}"),
+                    None => {
+                        std::thread::sleep(Duration::from_millis(25));
+                        continue;
+                    }
+                }
+            }
             let up = ureq::get(&format!("{}/healthz", self.url))
                 .timeout(Duration::from_millis(500))
                 .call()
@@ -145,6 +164,16 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("falra serve did not become ready: {}", self.log());
+    }
+
+    /// The address the daemon's log says it listens on.
+    fn listening_on(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("falra listening"))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))?;
+        Some(addr.to_owned())
     }
 
     /// The daemon's log so far.
@@ -285,6 +314,20 @@ pub fn static_files(dir: &Path) -> Service {
             .arg(port.to_string())
             .arg("--directory")
             .arg(dir);
+        cmd
+    })
+}
+
+/// A git smart-HTTP server (`git http-backend`) serving the repositories under `root`, behind
+/// HTTP Basic authentication with `user` and `password`.
+pub fn git_http_server(root: &Path, user: &str, password: &str) -> Service {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/git_http_server.py");
+    Service::start(|port| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(root)
+            .arg(port.to_string())
+            .args([user, password]);
         cmd
     })
 }

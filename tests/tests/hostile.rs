@@ -162,7 +162,9 @@ def syscalls():
         "io_uring_enter": 426, "io_uring_register": 427, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "reboot": 169, "kexec_load": 246,
         "kexec_file_load": 320, "open_by_handle_at": 304, "swapon": 167, "chroot": 161,
-        "clone3": 435,
+        "clone3": 435, "io_setup": 206, "io_submit": 209, "io_pgetevents": 333,
+        "process_madvise": 440, "modify_ldt": 154, "personality": 135, "vmsplice": 278,
+        "mq_open": 240, "fanotify_init": 300, "unknown_future_call": 470,
     }
     out = {}
     for name, nr in nrs.items():
@@ -181,6 +183,87 @@ def syscalls():
             out["socket_" + name] = "SUCCEEDED"
         except OSError as e:
             out["socket_" + name] = e.errno
+    return out
+
+def stdlib_tour():
+    # What ordinary code does, all of which the allow-list must keep working.
+    import asyncio, concurrent.futures, hashlib, json, multiprocessing, select, sqlite3
+    import ssl, subprocess, tempfile, threading, zlib
+    out = {}
+    out["thread"] = []
+    t = threading.Thread(target=lambda: out["thread"].append(1)); t.start(); t.join()
+    out["subprocess"] = subprocess.run(["/usr/bin/python3", "-c", "print(6*7)"],
+                                       capture_output=True, text=True).stdout.strip()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        out["pool"] = pool.map(abs, [-1, -2, -3])
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        out["threads"] = sorted(ex.map(lambda x: x * x, range(4)))
+    a, b = socket.socketpair(); a.sendall(b"hi"); out["socketpair"] = b.recv(2).decode()
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+    c = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()
+    c.sendall(b"x"); out["select"] = len(select.select([conn], [], [], 5)[0])
+    out["tcp"] = conn.recv(1).decode()
+    async def main():
+        await asyncio.sleep(0.01)
+        return "async"
+    out["asyncio"] = asyncio.run(main())
+    with tempfile.TemporaryDirectory() as d:
+        db = sqlite3.connect(os.path.join(d, "x.db")); db.execute("create table t(x)")
+        db.execute("insert into t values (1)"); db.commit()
+        out["sqlite"] = db.execute("select x from t").fetchone()[0]
+    out["ssl"] = ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
+    out["hash"] = hashlib.sha256(zlib.compress(b"a" * 1000)).hexdigest()[:8]
+    out["cpus"] = os.cpu_count() > 0
+    out["ifaces"] = [name for _, name in socket.if_nameindex()]
+    time.sleep(0.01)
+    return out
+
+def pin_tcp_memory(cap_mb):
+    # Fill socket buffers nobody reads, on many loopback connections: kernel memory outside
+    # the process's own pages.
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(512)
+    queued, conns, cap = 0, [], cap_mb << 20
+    chunk = b"x" * (1 << 20)
+    while queued < cap and len(conns) < 400:
+        try:
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+            c.connect(srv.getsockname())
+            peer, _ = srv.accept()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        except OSError:
+            break  # out of descriptors: as much as this call can hold
+        conns.append((c, peer))
+        c.setblocking(False)
+        while queued < cap:
+            try:
+                n = c.send(chunk)
+            except (BlockingIOError, OSError):
+                break
+            if n == 0:
+                break
+            queued += n
+    return queued >> 20
+
+def daemon_traces():
+    out = {}
+    for path in ["/proc/1/cmdline", "/proc/1/environ", "/proc/1/mountinfo"]:
+        try:
+            with open(path, "rb") as f:
+                out[path] = f.read(300).decode("latin-1")
+        except OSError as e:
+            out[path] = "denied:%d" % e.errno
+    with open("/proc/self/cgroup") as f:
+        out["cgroup"] = f.read()
+    out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    # init has the daemon's handlers no more: a signal to it is dropped by the kernel.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        try:
+            os.kill(1, sig)
+        except OSError as e:
+            out["kill_errno"] = e.errno
+    time.sleep(0.2)
+    out["after_signals"] = "alive"
     return out
 
 def escalate():
@@ -606,6 +689,60 @@ fn dangerous_syscalls_and_sockets_are_denied() {
         };
         assert_eq!(result, &expected, "{name}: {r}");
     }
+    a.contained();
+}
+
+#[test]
+fn ordinary_standard_library_code_still_works_under_the_allow_list() {
+    let mut a = arena();
+    let r = a.ok("stdlib_tour", json!({}));
+    assert_eq!(r["thread"], json!([1]), "{r}");
+    assert_eq!(r["subprocess"], json!("42"), "{r}");
+    assert_eq!(r["pool"], json!([1, 2, 3]), "{r}");
+    assert_eq!(r["threads"], json!([0, 1, 4, 9]), "{r}");
+    assert_eq!(r["socketpair"], json!("hi"), "{r}");
+    assert_eq!(r["tcp"], json!("x"), "{r}");
+    assert_eq!(r["select"], json!(1), "{r}");
+    assert_eq!(r["asyncio"], json!("async"), "{r}");
+    assert_eq!(r["sqlite"], json!(1), "{r}");
+    assert_eq!(r["ssl"], json!(true), "{r}");
+    assert_eq!(r["cpus"], json!(true), "{r}");
+    assert_eq!(r["ifaces"], json!(["lo"]), "{r}");
+    a.contained();
+}
+
+#[test]
+fn socket_buffers_are_held_to_the_memory_limit() {
+    let mut a = arena();
+    // The arena's memory limit is 128 MB; unread socket buffers may not pin much more.
+    let pinned = a.ok("pin_tcp_memory", json!({"cap_mb": 512}));
+    let pinned = pinned.as_u64().unwrap();
+    assert!(
+        pinned < 200,
+        "{pinned} MB of TCP buffers pinned under a 128 MB limit"
+    );
+    a.contained();
+}
+
+#[test]
+fn the_call_learns_nothing_of_the_daemon_and_cannot_signal_its_init() {
+    let mut a = arena();
+    let r = a.ok("daemon_traces", json!({}));
+    let text = r.to_string();
+    assert!(!text.contains("--data-dir"), "{r}");
+    assert!(!text.contains("serve"), "{r}");
+    for path in ["/proc/1/cmdline", "/proc/1/environ", "/proc/1/mountinfo"] {
+        assert!(
+            r[path].as_str().unwrap().starts_with("denied:"),
+            "{path} readable: {r}"
+        );
+    }
+    // The cgroup namespace is rooted at the call's own cgroup.
+    for line in r["cgroup"].as_str().unwrap().lines() {
+        assert!(line.ends_with(":/"), "cgroup path shown: {line}");
+    }
+    assert!(!r["pids"].as_array().unwrap().contains(&json!(1)), "{r}");
+    assert_eq!(r["after_signals"], json!("alive"));
     a.contained();
 }
 

@@ -1,10 +1,9 @@
 //! Tenant secrets: sealed at rest, never returned, and used as the https credentials of a
 //! tenant's repository (served here by a real `git http-backend` behind Basic auth).
 
-use std::path::Path;
 use std::process::Command;
 
-use falra_tests::{falra_bin, files_under, Daemon, GitRepo, Service};
+use falra_tests::{falra_bin, files_under, Daemon, GitRepo};
 use serde_json::json;
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -106,23 +105,11 @@ fn secrets_are_sealed_listed_by_name_and_removed() {
     assert_eq!(listed.body["secrets"], json!([]));
 }
 
-fn git_server(root: &Path, user: &str, password: &str) -> Service {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/git_http_server.py");
-    Service::start(|port| {
-        let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(&script)
-            .arg(root)
-            .arg(port.to_string())
-            .args([user, password]);
-        cmd
-    })
-}
-
 #[test]
 fn git_credentials_come_from_the_tenants_secret_and_are_never_shown() {
     let repo = GitRepo::with_files(&[("m.py", "def f():\n    return 'over http'\n")]);
     let password = "pw-never-logged-42";
-    let server = git_server(repo.path(), "deployer", password);
+    let server = falra_tests::git_http_server(repo.path(), "deployer", password);
     let d = Daemon::start();
     let url = format!("http://127.0.0.1:{}/.git", server.port);
     let a = d.admin(

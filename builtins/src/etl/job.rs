@@ -74,6 +74,19 @@ pub enum JobError {
     Output(String),
 }
 
+/// What a failure of the output means. An S3 failure travels inside the writer thread's
+/// `io::Error` and keeps its own kind (a refused endpoint is `forbidden`); anything else is the
+/// output's failure.
+fn output_error(e: io::Error) -> JobError {
+    if e.get_ref().is_some_and(|inner| inner.is::<S3Error>()) {
+        if let Some(Ok(s3)) = e.into_inner().map(|inner| inner.downcast::<S3Error>()) {
+            return JobError::S3(*s3);
+        }
+        return JobError::Output("the S3 writer failed".into());
+    }
+    JobError::Output(e.to_string())
+}
+
 impl JobError {
     /// The answer's error code: the caller's mistakes are `bad_request`, an address the egress
     /// rule refuses is `forbidden`, the rest is the job's own failure.
@@ -553,7 +566,7 @@ fn member<S: Sink>(
     let plan = job.steps.compile(&header)?;
     let mut t = Transform::new(&plan, sink, prefix, job.chunk_rows);
     let mut rec = csv::ByteRecord::new();
-    let out_err = |e: io::Error| JobError::Output(e.to_string());
+    let out_err = output_error;
     while rdr.read_byte_record(&mut rec).map_err(csv_err)? {
         t.record(&rec).map_err(out_err)?;
     }
@@ -562,6 +575,19 @@ fn member<S: Sink>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_s3_endpoint_the_egress_rule_refuses_is_forbidden_through_the_writer() {
+        use super::S3Error;
+        use std::io;
+        let refused = io::Error::other(S3Error::Egress("egress to x is not allowed".into()));
+        let e = super::output_error(refused);
+        assert_eq!(e.code(), "forbidden", "{e}");
+        assert!(e.to_string().contains("not allowed"), "{e}");
+        let other = super::output_error(io::Error::other("disk full"));
+        assert_eq!(other.code(), "function_error");
+        assert_eq!(other.type_name(), "OutputError");
+    }
+
     use super::*;
 
     #[test]

@@ -36,7 +36,7 @@ impl S3Sink {
     }
 
     fn flush_part(&mut self) -> io::Result<()> {
-        let to_io = |e: s3::S3Error| io::Error::other(e.to_string());
+        let to_io = io::Error::other::<s3::S3Error>;
         if self.upload.is_none() {
             let id = self.client.create_multipart(&self.key).map_err(to_io)?;
             self.upload = Some((id, Vec::new()));
@@ -95,7 +95,7 @@ impl Sink for S3Sink {
     }
 
     fn finish(&mut self) -> io::Result<u64> {
-        let to_io = |e: s3::S3Error| io::Error::other(e.to_string());
+        let to_io = io::Error::other::<s3::S3Error>;
         match self.upload.take() {
             None => {
                 let body = std::mem::take(&mut self.buf);
