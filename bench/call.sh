@@ -8,6 +8,8 @@
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
 # Prints one table with ratios. Usage: bash bench/call.sh
 # Env: DUR=5 (seconds per wrk run) RUNS=2 CONCS="1 8" BASELINES=path/to/shared/bench/call
+#      BEFORE_BIN=path/to/an/earlier/falra adds that build, as shipped, interleaved with the
+#      others, and prints this build's cost as a ratio of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -27,13 +29,19 @@ echo "load at start: $(cat /proc/loadavg)" > "$RES/load.txt"
 # mode that happens to run first.
 declare -A URL BODY
 port=18790
-for mode in on on_cold off_cold; do
+MODES="on on_cold off_cold"
+[[ -n ${BEFORE_BIN:-} ]] && MODES="before $MODES"
+for mode in $MODES; do
   case $mode in
-    on) args=() ;;
+    on|before) args=() ;;
     on_cold) args=(--no-prewarm) ;;
     off_cold) args=(--sandbox off --no-prewarm) ;;
   esac
-  start_daemon "falra-$mode" "$port" "${args[@]}"
+  if [[ $mode == before ]]; then
+    DAEMON_BIN=$BEFORE_BIN start_daemon "falra-$mode" "$port" "${args[@]}"
+  else
+    start_daemon "falra-$mode" "$port" "${args[@]}"
+  fi
   token=$(add_tenant caro "$WORK/repo")
   URL[$mode]=$FALRA_URL
   BODY[$mode]="{\"token\": \"$token\", \"fn\": \"falra_test_add.add\", \"int_a\": 1, \"int_b\": 2}"
@@ -42,11 +50,11 @@ for mode in on on_cold off_cold; do
   port=$((port + 1))
 done
 for c in $CONCS; do
-  for mode in on on_cold off_cold; do
+  for mode in $MODES; do
     WRK_BODY=${BODY[$mode]} wrk -t1 -c"$c" -d2s -s bench/post.lua "${URL[$mode]}/v1/call" >/dev/null
   done
   for i in $(seq "$RUNS"); do
-    for mode in on on_cold off_cold; do
+    for mode in $MODES; do
       FALRA_URL=${URL[$mode]} bench_wrk "sandbox_$mode" "$c" "${DUR}s" "${BODY[$mode]}"
     done
   done
@@ -94,6 +102,9 @@ for c in sorted({c for (_, c) in rows}):
         parts.append(f"{rps/med(spawn,'rps'):.2f}x the naive fresh-child server's req/s at {p50/(med(spawn,'p50_us')/1e3):.2f}x its p50")
     if seed:
         parts.append(f"{rps/med(seed,'rps'):.3f}x the in-process seed server's req/s")
+    before = rows.get(("falra sandbox_before", c))
+    if before:
+        parts.append(f"against the earlier build: {rps/med(before,'rps'):.3f}x its req/s, {p50/(med(before,'p50_us')/1e3):.3f}x its p50")
     print("; ".join(parts))
 print(open(f"{res}/load.txt").read().strip())
 PY

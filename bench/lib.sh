@@ -22,12 +22,14 @@ make_repo() {
 }
 
 # start_daemon NAME PORT [serve args...]: a daemon with its own data dir; sets FALRA_URL and
-# FALRA_ADMIN_TOKEN for the tenant helpers below.
+# FALRA_ADMIN_TOKEN for the tenant helpers below. DAEMON_BIN runs another build of the daemon
+# (an earlier commit's, to compare in the same run); the client commands stay this build's.
 start_daemon() {
   local name=$1 port=$2; shift 2
+  local bin=${DAEMON_BIN:-$FALRA}
   export FALRA_ADMIN_TOKEN
-  FALRA_ADMIN_TOKEN=$("$FALRA" admin init --data-dir "$WORK/$name")
-  FALRA_LOG=warn "$FALRA" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" "$@" \
+  FALRA_ADMIN_TOKEN=$("$bin" admin init --data-dir "$WORK/$name")
+  FALRA_LOG=warn "$bin" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" "$@" \
     2> "$WORK/$name.log" &
   PIDS+=($!)
   export FALRA_URL=http://127.0.0.1:$port

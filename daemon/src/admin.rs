@@ -232,6 +232,7 @@ pub async fn delete_tenant(
     state.store.delete_tenant(name.as_str()).await?;
     state.warm.forget_uid(&state, row.uid32());
     state.sandbox.forget_tenant(row.uid32());
+    state.gateways.forget(row.uid32());
     let layout = state.layout.clone();
     let files = name.clone();
     tokio::task::spawn_blocking(move || layout.remove_tenant(&files))

@@ -173,6 +173,8 @@ pub async fn run<P: Send + 'static>(
             file_size_bytes: 64 << 30,
             ..SetupLimits::default()
         },
+        netns: None,
+        cwd: None,
     };
     let mounts = CodeMounts {
         code: state.config.runner_dir.clone(),

@@ -182,6 +182,13 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request's body.
     #[arg(long, default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// The package index virtualenv builds download wheels from, through the egress gateway
+    /// (`none`: only the --pip-find-links locations). Tenants cannot name another.
+    #[arg(long, env = "FALRA_PIP_INDEX_URL", default_value = crate::server::DEFAULT_PIP_INDEX)]
+    pub pip_index_url: String,
+    /// A page or directory URL of wheels builds may also use (pip's --find-links); repeatable.
+    #[arg(long)]
+    pub pip_find_links: Vec<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use falra_policies::{Network, Policy};
 use falra_sandbox::protocol::interpret;
 use falra_sandbox::setup::SetupLimits;
-use falra_sandbox::{Bind, Finished, Termination};
+use falra_sandbox::{netns, Bind, Finished, Termination};
 use falra_tenants::{
     build_version, fetch, GitSource, ModuleName, TenantName, Upload, VersionId, VersionPlan,
 };
@@ -35,7 +35,9 @@ const RUNNER_MODE_TIMEOUT: Duration = Duration::from_secs(60);
 const BYTECODE_DIR: &str = "/falra-bytecode";
 /// The largest function listing kept.
 const INTROSPECT_MAX_BYTES: usize = 4 << 20;
-/// How long a virtualenv build may take.
+/// Where a build's downloaded wheels are, inside its children.
+const WHEELS_DIR: &str = "/falra-wheels";
+/// How long each child of a virtualenv build may take.
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most a virtualenv may take on disk.
 const VENV_MAX_BYTES: u64 = 2 << 30;
@@ -518,6 +520,8 @@ async fn run_runner_mode(
         extra: writable.into_iter().collect(),
         env: Vec::new(),
         setup: SetupLimits::default(),
+        netns: None,
+        cwd: None,
     };
     let mut limits = call_limits(state, 0);
     // The tenant's own time limit: importing its modules is its code running, as in a call.
@@ -612,9 +616,9 @@ async fn ensure_venv(
 }
 
 /// `venvs/<hash>` for the version at `code`, if it has a `requirements.txt` (a regular file;
-/// a symlink is not followed). The hash covers the interpreter and the whole file; a file that
-/// refers to anything but package names and URLs (a local path, another requirements file)
-/// is also keyed by the version's own directory, so such a virtualenv is never shared.
+/// a symlink is not followed). The hash covers the interpreter, the operator's package index
+/// and the whole file, which names packages only (`falra_tenants::requirements`): two
+/// tenants with the same file get the same packages, so they share the virtualenv.
 pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
     let path = code.join("requirements.txt");
     if !path.symlink_metadata().ok()?.is_file() {
@@ -624,81 +628,26 @@ pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
     let mut h = Sha256::new();
     h.update(state.config.python_version.as_bytes());
     h.update(b"\n");
-    h.update(&text);
-    if !self_contained(&String::from_utf8_lossy(&text)) {
-        h.update(b"\nlocal to ");
-        h.update(code.as_os_str().as_encoded_bytes());
+    for source in state.config.pip_index_args() {
+        h.update(source.as_bytes());
+        h.update(b"\n");
     }
+    h.update(&text);
     let hash = hex::encode(h.finalize());
     Some(state.config.data_dir.join("venvs").join(&hash[..24]))
 }
 
-/// Refuses a URL whose host is, or resolves to, an address the built-ins' egress rule refuses
-/// (the same rule, `falra_builtins::etl::net`).
-fn check_public_url(url: &str) -> Result<(), String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    // `host:port`, `[v6]:port`, or a bare host (any port will do for the check).
-    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
-        !h.is_empty() && (h.ends_with(']') || !h.contains(':')) && p.parse::<u16>().is_ok()
-    });
-    let netloc = if has_port {
-        host.to_owned()
-    } else {
-        format!("{host}:443")
-    };
-    let egress = falra_builtins::etl::net::Egress {
-        allow_private: false,
-    };
-    ureq::Resolver::resolve(&egress, &netloc)
-        .map(|_| ())
-        .map_err(|e| format!("{url}: {e}"))
-}
-
-/// Whether a requirements file names only packages and remote indexes: no local paths, no
-/// other requirements or constraints files, nothing that could differ between two trees.
-fn self_contained(text: &str) -> bool {
-    text.lines()
-        .map(|l| l.split(" #").next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .all(|line| {
-            if let Some(option) = line.strip_prefix('-') {
-                let remote = line.contains("http://") || line.contains("https://");
-                let name = option.trim_start_matches('-');
-                name.starts_with("no-index")
-                    || name.starts_with("pre")
-                    || name.starts_with("prefer-binary")
-                    || name.starts_with("only-binary")
-                    || name.starts_with("no-binary")
-                    || name.starts_with("trusted-host")
-                    || ((name.starts_with("index-url")
-                        || name.starts_with("extra-index-url")
-                        || name.starts_with("find-links")
-                        || name.starts_with('i')
-                        || name.starts_with('f'))
-                        && remote)
-            } else {
-                !line.starts_with(['.', '/', '~'])
-                    && !line.contains("file:")
-                    && !line.contains("git+")
-                    && !line.contains('\\')
-            }
-        })
-}
-
-/// The URLs a requirements file points pip at, for the egress rule.
-fn requirement_urls(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .filter_map(|w| {
-            let start = w.find("http://").or_else(|| w.find("https://"))?;
-            Some(w[start..].to_owned())
-        })
-        .collect()
-}
-
-/// Runs `pip install --target` in a sandboxed child of the tenant: the version read-only at
-/// `/code`, the output directory writable at `/venv`, the host's network for this build only.
+/// Builds the virtualenv of `requirements.txt` into `out`, in two sandboxed children of the
+/// tenant, neither with the host's network and neither running anything the tenant controls:
+///
+/// 1. `pip download`, wheels only, in a network namespace of its own whose only way out is a
+///    build gateway (every connection checked by the node's address rule at connect time),
+///    from the operator's package index, into a scratch directory;
+/// 2. `pip install --no-index` from that directory, with no network at all, into `out`.
+///
+/// The file is checked line by line first (`falra_tenants::requirements`): package names,
+/// versions, markers and hashes only, so pip cannot be pointed at a path, a VCS, another
+/// index or an sdist. Both children run in an empty working directory.
 async fn build_venv(
     state: &AppState,
     tenant: &TenantRow,
@@ -706,66 +655,141 @@ async fn build_venv(
     code: &Path,
     out: &Path,
 ) -> Result<(), ApiError> {
-    let text = std::fs::read_to_string(code.join("requirements.txt")).unwrap_or_default();
-    if !state.config.egress_allow_private {
-        for url in requirement_urls(&text) {
-            check_public_url(&url).map_err(|why| {
-                ApiError::new(
-                    ErrorCode::SyncFailed,
-                    format!(
-                        "requirements.txt: {why} (falra serve --egress-allow-private allows it)"
-                    ),
-                )
-                .with_detail(json!({"url": url}))
-            })?;
-        }
-    }
-    let isolated = state.sandbox.is_enabled();
-    let (requirements, target) = if isolated {
-        (
-            PathBuf::from(crate::isolation::CODE_DIR).join("requirements.txt"),
-            PathBuf::from(VENV_DIR),
+    let text = std::fs::read_to_string(code.join("requirements.txt")).map_err(|e| {
+        ApiError::new(
+            ErrorCode::SyncFailed,
+            format!("requirements.txt could not be read as UTF-8 text: {e}"),
         )
-    } else {
-        (code.join("requirements.txt"), out.to_path_buf())
+    })?;
+    falra_tenants::requirements::check(&text).map_err(|e| {
+        ApiError::new(ErrorCode::SyncFailed, e.to_string())
+            .with_detail(json!({"line": e.line, "requirement": e.text}))
+    })?;
+    let wheels = out.with_extension("wheels");
+    tenant_owned_dir(&wheels, tenant.uid32())
+        .map_err(|e| ApiError::internal("could not prepare the build's download directory", &e))?;
+    let built = async {
+        pip_stage(
+            state,
+            tenant,
+            policy,
+            code,
+            out,
+            &wheels,
+            PipStage::Download,
+        )
+        .await?;
+        pip_stage(state, tenant, policy, code, out, &wheels, PipStage::Install).await
+    }
+    .await;
+    let doomed = wheels.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(doomed)).await;
+    built
+}
+
+/// One of the two children of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PipStage {
+    Download,
+    Install,
+}
+
+async fn pip_stage(
+    state: &AppState,
+    tenant: &TenantRow,
+    policy: &Policy,
+    code: &Path,
+    out: &Path,
+    wheels: &Path,
+    which: PipStage,
+) -> Result<(), ApiError> {
+    let isolated = state.sandbox.is_enabled();
+    let inside = |real: &Path, at: &str| {
+        if isolated {
+            PathBuf::from(at)
+        } else {
+            real.to_path_buf()
+        }
     };
+    let requirements = if isolated {
+        PathBuf::from(crate::isolation::CODE_DIR).join("requirements.txt")
+    } else {
+        code.join("requirements.txt")
+    };
+    let target = inside(out, VENV_DIR);
+    let wheel_dir = inside(wheels, WHEELS_DIR);
     let mut build_policy = policy.clone();
-    build_policy.network = Network::Host;
+    build_policy.network = Network::None;
     build_policy.memory_mb = build_policy.memory_mb.max(1024);
     build_policy.pids = build_policy.pids.max(256);
     build_policy.tmp_mb = build_policy.tmp_mb.max(1024);
     build_policy.cpu_percent = build_policy.cpu_percent.max(100);
-    let args = [
+    let mut args: Vec<std::ffi::OsString> = [
         "-I",
         "-m",
         "pip",
-        "install",
+        match which {
+            PipStage::Download => "download",
+            PipStage::Install => "install",
+        },
         "--quiet",
         "--no-input",
         "--disable-pip-version-check",
         "--no-cache-dir",
-        "--no-warn-script-location",
-        // Wheels only: installing a wheel runs none of its code, so nothing the tenant
-        // controls runs while the build has the network.
+        // Wheels only: installing a wheel runs none of its code.
         "--only-binary=:all:",
-        "--target",
     ]
     .into_iter()
     .map(std::ffi::OsString::from)
-    .chain([target.clone().into_os_string(), "-r".into()])
-    .chain([requirements.into_os_string()])
     .collect();
+    // The build's own network namespace: for the download, with the build gateway inside;
+    // for the install, with nothing at all.
+    let (netns, listener) = if isolated {
+        let gateway = (which == PipStage::Download).then_some(crate::gateway::GATEWAY_ADDR);
+        let (fd, listener) = netns::new_loopback_namespace_listening(gateway).map_err(|e| {
+            ApiError::internal("could not prepare the build's network namespace", &e)
+        })?;
+        (Some(std::sync::Arc::new(fd)), listener)
+    } else {
+        (None, None)
+    };
+    let _gate = listener.and_then(|l| crate::gateway::Gateways::serve_build(state, l));
+    match which {
+        PipStage::Download => {
+            if isolated {
+                args.extend(["--proxy".into(), crate::gateway::PROXY_URL.into()]);
+            }
+            args.extend(state.config.pip_index_args().into_iter().map(Into::into));
+            args.extend(["--dest".into(), wheel_dir.clone().into_os_string()]);
+        }
+        PipStage::Install => {
+            args.extend([
+                "--no-index".into(),
+                "--find-links".into(),
+                wheel_dir.clone().into_os_string(),
+                "--no-warn-script-location".into(),
+                "--target".into(),
+                target.clone().into_os_string(),
+            ]);
+        }
+    }
+    args.extend(["-r".into(), requirements.into_os_string()]);
+    let binds = vec![
+        Bind {
+            source: out.to_path_buf(),
+            target: target.clone(),
+            writable: which == PipStage::Install,
+        },
+        Bind {
+            source: wheels.to_path_buf(),
+            target: wheel_dir.clone(),
+            writable: which == PipStage::Download,
+        },
+    ];
     let stage = ChildStage {
         program: state.config.python.clone(),
         args: Some(args),
-        extra: vec![Bind {
-            source: out.to_path_buf(),
-            target: target.clone(),
-            writable: true,
-        }]
-        .into_iter()
-        .filter(|_| isolated)
-        .collect(),
+        extra: binds.into_iter().filter(|_| isolated).collect(),
         env: vec![("PIP_NO_CACHE_DIR".into(), "1".into())],
         // Wheels and compiled extensions can be large files; many files are open at once.
         setup: SetupLimits {
@@ -773,6 +797,8 @@ async fn build_venv(
             open_files: 1024,
             ..SetupLimits::default()
         },
+        netns,
+        cwd: Some(wheel_dir),
     };
     let mounts = CodeMounts {
         code: code.to_path_buf(),
@@ -782,7 +808,11 @@ async fn build_venv(
     limits.wall = VENV_TIMEOUT;
     let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
     let ran = run_to_end(state, warm, Vec::new(), limits, ()).await?;
-    crate::metering::record_deploy_child(state, &tenant.name, "pip", &ran);
+    let what = match which {
+        PipStage::Download => "pip-download",
+        PipStage::Install => "pip-install",
+    };
+    crate::metering::record_deploy_child(state, &tenant.name, what, &ran);
     let finished = ran.finished;
     let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     let why = match finished.termination {
@@ -794,11 +824,23 @@ async fn build_venv(
             VENV_TIMEOUT.as_secs()
         ),
     };
-    Err(ApiError::new(
-        ErrorCode::SyncFailed,
-        format!("installing requirements.txt failed: {why}: {output}"),
+    let refused = _gate.map(|g| g.refusals.list()).unwrap_or_default();
+    let output = if refused.is_empty() {
+        output
+    } else {
+        format!(
+            "{output}\n(the egress gateway refused: {})",
+            refused.join("; ")
+        )
+    };
+    let step = match which {
+        PipStage::Download => "downloading the wheels of requirements.txt failed (only wheels are installed, from the operator's package index)",
+        PipStage::Install => "installing requirements.txt failed",
+    };
+    Err(
+        ApiError::new(ErrorCode::SyncFailed, format!("{step}: {why}: {output}"))
+            .with_detail(json!({"pip": output})),
     )
-    .with_detail(json!({"pip": output})))
 }
 
 /// Makes a built virtualenv root's and read-only for everyone (it is bound read-only into

@@ -101,12 +101,20 @@ const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 pub struct ChildIsolation {
     isolation: Isolation,
     hold: Vec<Arc<OwnedFd>>,
+    /// The egress gateway's listener of a tenant network namespace made for this child.
+    new_gateway: Option<std::net::TcpListener>,
 }
 
 impl ChildIsolation {
     /// The isolation, and the descriptors it names (for `ChildSpec::hold`).
     pub fn into_parts(self) -> (Isolation, Vec<Arc<OwnedFd>>) {
         (self.isolation, self.hold)
+    }
+
+    /// The listener of the gateway of the tenant's network namespace, when this child's
+    /// preparation made that namespace: the caller serves it.
+    pub fn take_new_gateway(&mut self) -> Option<std::net::TcpListener> {
+        self.new_gateway.take()
     }
 }
 
@@ -309,7 +317,10 @@ impl SandboxSettings {
     }
 
     /// The isolation for one child of the tenant with `uid`, seeing its code as `mounts` says
-    /// and the runner installed in `runner_dir`, plus `extra` binds.
+    /// and the runner installed in `runner_dir`, plus `extra` binds. Its network namespace is
+    /// `netns` where given (a build's own), else the tenant's, made on first use with its
+    /// egress gateway's listener bound inside before any process lives there.
+    #[allow(clippy::too_many_arguments)]
     pub fn isolation(
         &self,
         uid: u32,
@@ -318,19 +329,30 @@ impl SandboxSettings {
         extra: Vec<Bind>,
         policy: &Policy,
         cgroup: Option<&CgroupLease>,
+        netns: Option<Arc<OwnedFd>>,
     ) -> Result<Option<ChildIsolation>, IsolationError> {
         let Some(e) = self.enabled.as_ref() else {
             return Ok(None);
         };
         let mut hold = Vec::new();
-        let network = match policy.network {
-            Network::Host => NetworkMode::Host,
-            Network::None => {
+        let mut new_gateway = None;
+        let network = match (&policy.network, netns) {
+            (_, Some(fd)) => {
+                let raw = fd.as_raw_fd();
+                hold.push(fd);
+                NetworkMode::Join(raw)
+            }
+            (Network::Host, None) => NetworkMode::Host,
+            (Network::None | Network::Allow(_), None) => {
                 let mut spaces = e.netns.lock().expect("netns table poisoned");
                 let fd = match spaces.get(&uid) {
                     Some(fd) => Arc::clone(fd),
                     None => {
-                        let fd = netns::new_loopback_namespace().map_err(IsolationError::Netns)?;
+                        let (fd, listener) = netns::new_loopback_namespace_listening(Some(
+                            crate::gateway::GATEWAY_ADDR,
+                        ))
+                        .map_err(IsolationError::Netns)?;
+                        new_gateway = listener;
                         let fd = Arc::new(fd);
                         spaces.insert(uid, Arc::clone(&fd));
                         fd
@@ -373,7 +395,11 @@ impl SandboxSettings {
                 hold.push(template);
             }
         }
-        Ok(Some(ChildIsolation { isolation, hold }))
+        Ok(Some(ChildIsolation {
+            isolation,
+            hold,
+            new_gateway,
+        }))
     }
 
     /// Forgets the tenant's mount templates but those of version `active` (after a deploy or

@@ -16,6 +16,7 @@ mod demo;
 mod deploy;
 mod extract;
 mod front;
+mod gateway;
 mod hooks;
 mod isolation;
 mod metering;
@@ -126,6 +127,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         auth_failures_per_minute: args.auth_failures_per_minute,
         body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
+        pip_index_url: args.pip_index_url,
+        pip_find_links: args.pip_find_links,
         ..ServeConfig::new(data_dir.clone())
     };
     let sandbox = if args.sandbox == cli::SandboxMode::Off {

@@ -60,6 +60,10 @@ pub struct ServeConfig {
     pub etl_max_download_bytes: u64,
     /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
     pub etl_output_dir: Option<PathBuf>,
+    /// The package index builds download wheels from (`none`: only `pip_find_links`).
+    pub pip_index_url: String,
+    /// More places builds may find wheels (pip's `--find-links`), set by the operator.
+    pub pip_find_links: Vec<String>,
 }
 
 impl ServeConfig {
@@ -81,8 +85,27 @@ impl ServeConfig {
             egress_allow_private: false,
             etl_max_download_bytes: 4 << 30,
             etl_output_dir: None,
+            pip_index_url: DEFAULT_PIP_INDEX.to_owned(),
+            pip_find_links: Vec::new(),
             data_dir,
         }
+    }
+}
+
+/// Where builds download wheels from unless the operator says otherwise.
+pub const DEFAULT_PIP_INDEX: &str = "https://pypi.org/simple";
+
+impl ServeConfig {
+    /// pip's arguments naming where wheels come from: the operator's, never the tenant's.
+    pub fn pip_index_args(&self) -> Vec<String> {
+        let mut args = match self.pip_index_url.as_str() {
+            "none" => vec!["--no-index".to_owned()],
+            url => vec!["--index-url".to_owned(), url.to_owned()],
+        };
+        for link in &self.pip_find_links {
+            args.extend(["--find-links".to_owned(), link.clone()]);
+        }
+        args
     }
 }
 
@@ -110,6 +133,8 @@ pub struct Inner {
     sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys running or waiting, per tenant.
     pub deploy_slots: Arc<crate::deploy::DeploySlots>,
+    /// The egress gateways of children's network namespaces.
+    pub gateways: crate::gateway::Gateways,
     /// Push deliveries already taken (`X-GitHub-Delivery`), so a replay starts nothing.
     pub deliveries: crate::hooks::RecentDeliveries,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -172,6 +197,7 @@ impl AppState {
             config,
             sync_locks: Mutex::new(HashMap::new()),
             deploy_slots: Arc::default(),
+            gateways: crate::gateway::Gateways::default(),
             deliveries: crate::hooks::RecentDeliveries::default(),
             versions_in_use: Mutex::new(HashMap::new()),
         }))

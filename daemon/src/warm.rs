@@ -216,6 +216,8 @@ pub async fn prepare_child(
         extra: Vec::new(),
         env: Vec::new(),
         setup: SetupLimits::default(),
+        netns: None,
+        cwd: None,
     };
     prepare_stage(state, uid, mounts, policy, stage).await
 }
@@ -230,6 +232,10 @@ pub struct ChildStage {
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The resource limits set before exec.
     pub setup: SetupLimits,
+    /// A network namespace of its own (a build's), instead of the tenant's.
+    pub netns: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Its working directory, as the child sees it (default: the code, `/code`).
+    pub cwd: Option<PathBuf>,
 }
 
 /// Sets up and starts `stage` for the tenant with `uid`, up to where it waits for its stdin.
@@ -245,6 +251,7 @@ pub async fn prepare_stage(
         .sandbox
         .acquire_cgroup(uid, policy)
         .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
+    let own_netns = stage.netns.is_some();
     let isolation = match state.sandbox.isolation(
         uid,
         mounts,
@@ -252,6 +259,7 @@ pub async fn prepare_stage(
         stage.extra,
         policy,
         cgroup.as_ref(),
+        stage.netns,
     ) {
         Ok(isolation) => isolation,
         Err(e) => {
@@ -262,6 +270,16 @@ pub async fn prepare_stage(
             ));
         }
     };
+    let mut isolation = isolation;
+    if let Some(iso) = isolation.as_mut() {
+        if !own_netns {
+            // The tenant's gateway decides by the policy its newest child was prepared with.
+            state.gateways.set_policy(uid, &policy.network);
+        }
+        if let Some(listener) = iso.take_new_gateway() {
+            state.gateways.serve_tenant(state, uid, listener);
+        }
+    }
     let (isolation, hold) = match isolation.map(ChildIsolation::into_parts) {
         Some((isolation, hold)) => (Some(isolation), hold),
         None => (None, Vec::new()),
@@ -270,7 +288,11 @@ pub async fn prepare_stage(
         Some(_) => (Path::new(CODE_DIR), Path::new(RUNNER_DIR)),
         None => (mounts.code.as_path(), config.runner_dir.as_path()),
     };
+    let cwd = stage.cwd.as_deref().unwrap_or(cwd);
     let mut env = child_env(mounts.venv_in_child(isolation.is_some()));
+    if isolation.is_some() && matches!(policy.network, falra_policies::Network::Allow(_)) {
+        env.extend(crate::gateway::proxy_env());
+    }
     env.extend(stage.env);
     let spec = ChildSpec {
         program: stage.program,

@@ -5,6 +5,7 @@
 //! the store; `daemon` persists what this crate produces and asks it for decisions.
 
 pub mod admission;
+pub mod egress;
 pub mod policy;
 pub mod secrets;
 pub mod token;

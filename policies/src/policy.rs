@@ -7,13 +7,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Whether a tenant's calls may reach the network beyond their own loopback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    None,
-    Host,
-}
+pub use crate::egress::Network;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -106,7 +100,7 @@ impl PolicyPatch {
         self.tmp_mb = l.tmp_mb.or(self.tmp_mb);
         self.max_concurrency = l.max_concurrency.or(self.max_concurrency);
         self.calls_per_minute = l.calls_per_minute.or(self.calls_per_minute);
-        self.network = l.network.or(self.network);
+        self.network = l.network.or(self.network.take());
         self.builtins = l.builtins.or(self.builtins);
         self.cpu_seconds_per_month = l.cpu_seconds_per_month.or(self.cpu_seconds_per_month);
         self.max_unzipped_mb = l.max_unzipped_mb.or(self.max_unzipped_mb);
@@ -198,7 +192,9 @@ impl Policy {
         self.tmp_mb = p.tmp_mb.unwrap_or(self.tmp_mb);
         self.max_concurrency = p.max_concurrency.unwrap_or(self.max_concurrency);
         self.calls_per_minute = p.calls_per_minute.unwrap_or(self.calls_per_minute);
-        self.network = p.network.unwrap_or(self.network);
+        if let Some(network) = p.network.clone() {
+            self.network = network;
+        }
         self.builtins = p.builtins.unwrap_or(self.builtins);
         if let Some(quota) = p.cpu_seconds_per_month {
             self.cpu_seconds_per_month = quota;

@@ -13,11 +13,22 @@ use crate::setup::{ChildSys, HostSys};
 
 /// A new network namespace with only loopback, brought up; the descriptor keeps it alive.
 pub fn new_loopback_namespace() -> io::Result<OwnedFd> {
+    new_loopback_namespace_listening(None).map(|(fd, _)| fd)
+}
+
+/// A new loopback-only network namespace and, if `listen` is given, a TCP listener bound to it
+/// inside the namespace, before any process can live there (so nothing else can hold the
+/// address first). The listener belongs to the namespace for as long as it is open, whatever
+/// thread accepts on it: this is how the daemon serves the namespace's egress gateway.
+pub fn new_loopback_namespace_listening(
+    listen: Option<std::net::SocketAddr>,
+) -> io::Result<(OwnedFd, Option<std::net::TcpListener>)> {
     // unshare() moves only the calling thread, so do it on a thread of its own that ends here.
-    std::thread::spawn(|| -> io::Result<OwnedFd> {
+    std::thread::spawn(move || {
         unshare_net()?;
         HostSys.loopback_up()?;
-        open_namespace(c"/proc/thread-self/ns/net")
+        let listener = listen.map(std::net::TcpListener::bind).transpose()?;
+        Ok((open_namespace(c"/proc/thread-self/ns/net")?, listener))
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?

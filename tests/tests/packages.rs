@@ -50,8 +50,18 @@ fn start_index() -> Index {
     }
 }
 
-fn requirements(port: u16, spec: &str) -> String {
-    format!("--no-index\n--find-links http://127.0.0.1:{port}/\n{spec}\n")
+fn requirements(spec: &str) -> String {
+    format!("{spec}\n")
+}
+
+/// The operator's flags that make `index` the only place builds find wheels.
+fn index_flags(index: &Index) -> [String; 4] {
+    [
+        "--pip-index-url".into(),
+        "none".into(),
+        "--pip-find-links".into(),
+        format!("http://127.0.0.1:{}/", index.service.port),
+    ]
 }
 
 const APP: &str = "import falrapkg\n\ndef run(s):\n    return falrapkg.shout(s)\n\n\
@@ -61,8 +71,11 @@ def vandalise():\n    import falrapkg as p, os\n    open(os.path.join(os.path.di
 fn requirements_build_a_virtualenv_for_their_tenant_only() {
     let index = start_index();
     // The package index is on loopback: the operator allows builds to reach it.
-    let d = Daemon::start_with(&["--egress-allow-private"]);
-    let req = requirements(index.service.port, "falrapkg==1.0");
+    let flags = index_flags(&index);
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.push("--egress-allow-private");
+    let d = Daemon::start_with(&args);
+    let req = requirements("falrapkg==1.0");
     let caro_repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let caro = d.tenant("caro", &caro_repo);
 
@@ -116,10 +129,7 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
 
     // A failed install fails the sync with pip's message and leaves the active version.
     let before = d.admin("GET", "/tenants/caro", None).body["active_version"].clone();
-    caro_repo.commit(&[(
-        "requirements.txt",
-        &requirements(index.service.port, "nosuchpkg==9.9"),
-    )]);
+    caro_repo.commit(&[("requirements.txt", &requirements("nosuchpkg==9.9"))]);
     let a = d.admin("POST", "/tenants/caro/sync", None);
     assert_eq!(a.status, 422, "{:?}", a.body);
     assert_eq!(a.body["error"]["code"], json!("sync_failed"));
@@ -132,9 +142,10 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
     let r = call(&caro, "app.run", json!({"s": "still"}));
     assert_eq!(r.body["result"], json!("STILL!"), "{:?}", r.body);
 
-    // Without the operator's permission a build may not reach a private address, and only
-    // wheels are installed (no package's own code runs while the build has the network).
-    let strict = Daemon::start();
+    // Without the operator's permission a build may not reach a private address: the
+    // gateway refuses it, and says so.
+    let strict_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let strict = Daemon::start_with(&strict_flags);
     let repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let a = strict.admin(
         "POST",
@@ -165,8 +176,11 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
 #[test]
 fn virtualenvs_no_kept_version_uses_are_removed() {
     let index = start_index();
-    let d = Daemon::start_with(&["--egress-allow-private", "--keep-versions", "1"]);
-    let req = requirements(index.service.port, "falrapkg==1.0");
+    let flags = index_flags(&index);
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["--egress-allow-private", "--keep-versions", "1"]);
+    let d = Daemon::start_with(&args);
+    let req = requirements("falrapkg==1.0");
     let repo = GitRepo::with_files(&[("requirements.txt", &req), ("app.py", APP)]);
     let token = d.tenant("caro", &repo);
     let venvs = || {

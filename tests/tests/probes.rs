@@ -705,3 +705,208 @@ fn a_tree_of_empty_directories_is_charged_and_capped() {
         .sum();
     assert!(left < 10, "{left} files left in {}", versions.display());
 }
+
+/// A tenant's code that fetches URLs through whatever its environment says.
+const FETCH: &str = r#"
+import os, socket, urllib.request, urllib.error
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return {"status": r.status, "body": r.read().decode()}
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "body": e.read().decode()}
+    except Exception as e:
+        return {"error": type(e).__name__ + ": " + str(e)}
+
+def direct(port):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(("127.0.0.1", port))
+        return "connected"
+    except OSError as e:
+        return "refused:%d" % e.errno
+
+def tunnel(host, port):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (host, port, host)).encode())
+    head = s.recv(4096).decode()
+    if not head.startswith("HTTP/1.1 200"):
+        return {"refused": head}
+    s.sendall(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return {"through": data.decode().split("\r\n\r\n", 1)[-1]}
+
+def proxy_env():
+    return {k: v for k, v in os.environ.items() if "proxy" in k.lower()}
+"#;
+
+/// An HTTP server on 127.0.0.1 that redirects `/away` to `target`.
+fn redirector(target: &str) -> falra_tests::Service {
+    let script = format!(
+        "import http.server, sys\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    \
+             def do_GET(self):\n        \
+                 self.send_response(302); self.send_header('Location', {target:?}); \
+                 self.send_header('Content-Length', '0'); self.end_headers()\n\
+         http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    );
+    falra_tests::Service::start(|port| {
+        let mut cmd = std::process::Command::new("/usr/bin/python3");
+        cmd.args(["-c", &script, &port.to_string()]);
+        cmd
+    })
+}
+
+#[test]
+fn tenant_code_reaches_only_its_allow_list_through_the_gateway() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("hello.txt"), "hello from outside").unwrap();
+    let server = falra_tests::static_files(files.path());
+    let port = server.port;
+    let away = redirector(&format!("http://127.0.0.2:{port}/hello.txt"));
+    // The test's servers are on loopback: the operator allows private addresses here.
+    let d = Daemon::start_with(&["--egress-allow-private"]);
+    let repo = GitRepo::with_files(&[("net.py", FETCH)]);
+    let token = d.tenant("caro", &repo);
+    let call = |f: &str, kwargs: serde_json::Value| {
+        let mut body = kwargs;
+        body["token"] = json!(token);
+        body["fn"] = json!(format!("net.{f}"));
+        let r = d.call(body);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["result"].clone()
+    };
+    let url = format!("http://127.0.0.1:{port}/hello.txt");
+
+    // "none": no proxy in the environment, nothing reachable, the gateway refuses too.
+    assert_eq!(call("proxy_env", json!({})), json!({}));
+    assert!(call("get", json!({"url": url}))["error"].is_string());
+    let t = call("tunnel", json!({"host": "127.0.0.1", "port": port}));
+    assert!(t["refused"].as_str().unwrap().contains("403"), "{t}");
+
+    set_policy(
+        &d,
+        json!({"network": {"allow": [format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", away.port)]}}),
+    );
+    assert_eq!(
+        call("proxy_env", json!({}))["HTTP_PROXY"],
+        json!("http://127.0.0.1:3128")
+    );
+    // Allowed: plain HTTP through the gateway, and a CONNECT tunnel.
+    let r = call("get", json!({"url": url}));
+    assert_eq!(r["status"], json!(200), "{r}");
+    assert_eq!(r["body"], json!("hello from outside"));
+    let t = call("tunnel", json!({"host": "127.0.0.1", "port": port}));
+    assert_eq!(t["through"], json!("hello from outside"), "{t}");
+    // The same server by another name or port is not on the list.
+    for other in [
+        format!("http://127.0.0.2:{port}/hello.txt"),
+        format!("http://localhost:{port}/hello.txt"),
+    ] {
+        let r = call("get", json!({"url": other}));
+        assert_eq!(r["status"], json!(403), "{other}: {r}");
+        assert!(r["body"].as_str().unwrap().contains("allow-list"), "{r}");
+    }
+    // A redirect is a new connection, decided anew.
+    let r = call(
+        "get",
+        json!({"url": format!("http://127.0.0.1:{}/away", away.port)}),
+    );
+    assert_eq!(r["status"], json!(403), "{r}");
+    // The call's own loopback has nothing of the host's.
+    assert!(call("direct", json!({"port": port}))
+        .as_str()
+        .unwrap()
+        .starts_with("refused"));
+    // A policy change applies to the next call.
+    set_policy(&d, json!({"network": "none"}));
+    assert!(call("get", json!({"url": url}))["error"].is_string());
+}
+
+#[test]
+fn an_allow_listed_name_that_resolves_to_a_private_address_is_refused() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("hello.txt"), "inside").unwrap();
+    let server = falra_tests::static_files(files.path());
+    // No --egress-allow-private: loopback is out of reach, whatever the list says.
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("net.py", FETCH)]);
+    let token = d.tenant("caro", &repo);
+    set_policy(
+        &d,
+        json!({"network": {"allow": [format!("localhost:{}", server.port), format!("127.0.0.1:{}", server.port)]}}),
+    );
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("http://{host}:{}/hello.txt", server.port);
+        let r = d.call(json!({"token": token, "fn": "net.get", "url": url}));
+        assert_eq!(r.body["result"]["status"], json!(403), "{:?}", r.body);
+        assert!(r.body["result"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"));
+    }
+    // Bad lists are refused whole, with the entry named.
+    let a = d.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"network": {"allow": ["*:443"]}})),
+    );
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("*:443"));
+}
+
+#[test]
+fn requirement_lines_that_would_run_or_fetch_what_the_tenant_says_are_refused() {
+    // A listener on host loopback that no build may ever reach.
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let bait_port = bait.local_addr().unwrap().port();
+    let d = Daemon::start_with(&["--egress-allow-private"]);
+    let backend = format!(
+        "import socket\ndef build_wheel(*a, **k):\n    socket.create_connection(('127.0.0.1', {bait_port}))\n"
+    );
+    let repo = GitRepo::with_files(&[
+        ("m.py", "def f():\n    return 1\n"),
+        (
+            "pkg/pyproject.toml",
+            "[build-system]\nrequires = []\nbuild-backend = 'evil'\nbackend-path = ['.']\n",
+        ),
+        ("pkg/evil.py", &backend),
+    ]);
+    d.tenant("caro", &repo);
+    for (requirements, line) in [
+        ("six\n./pkg\n".to_owned(), 2),
+        ("--no-binary :all:\nsix\n".to_owned(), 1),
+        (format!("HTTP://127.0.0.1:{bait_port}/x.tar.gz\n"), 1),
+        (format!("ht\\\ntp://127.0.0.1:{bait_port}/x.tar.gz\n"), 1),
+        (
+            format!("--find-links http://127.0.0.1:{bait_port}/\nsix\n"),
+            1,
+        ),
+        ("pkg @ file:///code/pkg\n".to_owned(), 1),
+    ] {
+        repo.commit(&[("requirements.txt", &requirements)]);
+        let a = d.admin("POST", "/tenants/caro/sync", None);
+        assert_eq!(a.status, 422, "{requirements:?}: {:?}", a.body);
+        assert_eq!(a.body["error"]["code"], json!("sync_failed"));
+        assert_eq!(
+            a.body["error"]["detail"]["line"],
+            json!(line),
+            "{:?}",
+            a.body
+        );
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("line {line}")), "{message}");
+    }
+    assert!(bait.accept().is_err(), "a build reached host loopback");
+}
