@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Falra needs on a Debian machine, skipping what is there:
 # git (the tests make real repositories), pkg-config and OpenSSL headers (git2's https),
+# libseccomp (the sandbox compiles its seccomp policy with it),
 # CPython 3 at /usr/bin/python3 (the interpreter calls run in) with pip (virtualenv builds from
 # a tenant's requirements.txt), and git's http-backend (the tests serve a repository over HTTP).
 set -euo pipefail
@@ -9,6 +10,7 @@ need=()
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 [[ -x /usr/bin/python3 ]] || need+=(python3)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)

@@ -42,6 +42,9 @@ pub struct BuiltinRequest {
     pub kwargs: Map<String, Value>,
     pub credentials: Option<Value>,
     pub allow_private: bool,
+    /// Networks the operator exempts from the egress rule (`a.b.c.d/n`).
+    #[serde(default)]
+    pub allow_nets: Vec<String>,
     pub max_download_bytes: u64,
     pub max_uncompressed_bytes: u64,
     pub out_root: Option<PathBuf>,
@@ -135,7 +138,14 @@ pub async fn run<P: Send + 'static>(
         function: function.as_str().to_owned(),
         kwargs: kwargs.clone(),
         credentials: creds,
-        allow_private: state.config.egress_allow_private,
+        allow_private: state.config.egress.allow_private,
+        allow_nets: state
+            .config
+            .egress
+            .allow_nets
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         max_download_bytes: state.config.etl_max_download_bytes,
         max_uncompressed_bytes: u64::from(policy.max_unzipped_mb) << 20,
         out_root: out_dir.as_ref().map(|d| {
@@ -295,6 +305,11 @@ fn run_job(req: BuiltinRequest) -> Value {
         credentials,
         egress: net::Egress {
             allow_private: req.allow_private,
+            allow_nets: req
+                .allow_nets
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
         },
         max_download_bytes: req.max_download_bytes,
         max_uncompressed_bytes: req.max_uncompressed_bytes,

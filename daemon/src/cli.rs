@@ -163,6 +163,11 @@ pub struct ServeArgs {
     /// endpoints); off by default so a tenant cannot aim them at internal services.
     #[arg(long)]
     pub egress_allow_private: bool,
+    /// A network (`address/prefix`) tenants' outbound connections may reach although it is not
+    /// public: an internal package index, a private S3 endpoint. Repeatable; narrower than
+    /// --egress-allow-private.
+    #[arg(long)]
+    pub egress_allow_net: Vec<falra_builtins::etl::net::IpNet>,
     /// The largest archive a built-in downloads, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub etl_max_download_bytes: u64,

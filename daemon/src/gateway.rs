@@ -308,11 +308,6 @@ fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, 
     Ok((host, port))
 }
 
-/// Whether the node's address rule lets `ip` be dialled.
-fn address_allowed(ip: IpAddr, allow_private: bool) -> bool {
-    allow_private || falra_builtins::etl::net::is_public(ip)
-}
-
 async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = tokio::time::timeout(STEP_TIMEOUT, read_head(&mut client, &mut buf))
@@ -333,7 +328,7 @@ async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(
             return refuse(&mut client, 403, &why).await;
         }
     }
-    let allow_private = state.config.egress_allow_private;
+    let rule = &state.config.egress;
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
         Err(_) => {
@@ -351,10 +346,7 @@ async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(
             }
         }
     };
-    if let Some(bad) = addrs
-        .iter()
-        .find(|a| !address_allowed(a.ip(), allow_private))
-    {
+    if let Some(bad) = addrs.iter().find(|a| !rule.permits(a.ip())) {
         let why = format!(
             "egress to {}:{} ({}) is not allowed: it is not a public address",
             target.host,
@@ -475,6 +467,12 @@ mod tests {
 
     #[test]
     fn the_address_rule_is_the_built_ins_rule() {
+        use falra_builtins::etl::net::Egress;
+        let strict = Egress::default();
+        let open = Egress {
+            allow_private: true,
+            ..Egress::default()
+        };
         for ip in [
             "127.0.0.1",
             "10.1.2.3",
@@ -483,9 +481,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "100.64.0.1",
         ] {
-            assert!(!address_allowed(ip.parse().unwrap(), false), "{ip}");
-            assert!(address_allowed(ip.parse().unwrap(), true), "{ip}");
+            assert!(!strict.permits(ip.parse().unwrap()), "{ip}");
+            assert!(open.permits(ip.parse().unwrap()), "{ip}");
         }
-        assert!(address_allowed("93.184.216.34".parse().unwrap(), false));
+        assert!(strict.permits("93.184.216.34".parse().unwrap()));
     }
 }

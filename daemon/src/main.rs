@@ -115,7 +115,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_log_bytes: args.max_log_bytes,
         keep_versions: args.keep_versions,
         max_children: args.max_children,
-        egress_allow_private: args.egress_allow_private,
+        egress: falra_builtins::etl::net::Egress {
+            allow_private: args.egress_allow_private,
+            allow_nets: args.egress_allow_net,
+        },
         etl_max_download_bytes: args.etl_max_download_bytes,
         etl_output_dir: match args.etl_output_dir {
             Some(dir) => {

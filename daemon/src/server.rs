@@ -54,8 +54,8 @@ pub struct ServeConfig {
     pub auth_failures_per_minute: u32,
     /// How long a client may take to send a request body.
     pub body_timeout: std::time::Duration,
-    /// Built-ins may reach loopback and private addresses (off: only public ones).
-    pub egress_allow_private: bool,
+    /// The address rule outbound connections of tenants pass (built-ins, the egress gateway).
+    pub egress: falra_builtins::etl::net::Egress,
     /// The largest archive a built-in downloads.
     pub etl_max_download_bytes: u64,
     /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
@@ -82,7 +82,7 @@ impl ServeConfig {
             max_children: 64,
             auth_failures_per_minute: 120,
             body_timeout: std::time::Duration::from_secs(30),
-            egress_allow_private: false,
+            egress: falra_builtins::etl::net::Egress::default(),
             etl_max_download_bytes: 4 << 30,
             etl_output_dir: None,
             pip_index_url: DEFAULT_PIP_INDEX.to_owned(),

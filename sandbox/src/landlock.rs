@@ -5,6 +5,14 @@
 //! executing anywhere under `/`, writing only under `/tmp` and `/dev/shm`, and reading and
 //! writing the device nodes of `/dev`. Should a mount ever be writable by mistake, the process
 //! still cannot write there. On a kernel without Landlock the step does nothing.
+//!
+//! Why not the `landlock` crate: the rules name paths that exist only inside the child's new
+//! root (its `/tmp`, its `/dev`), so the ruleset must be built in the child, after
+//! `pivot_root` and before `exec`, where only async-signal-safe calls are allowed (the child
+//! shares the daemon's address space, whose other threads may hold the allocator's locks). The
+//! crate allocates as it builds a ruleset; this module makes the four raw system calls with
+//! data prepared before the clone, and `tests/tests/hostile.rs` checks the result from inside a
+//! call (writes outside `/tmp` fail).
 
 use std::ffi::CString;
 

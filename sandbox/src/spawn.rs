@@ -178,9 +178,15 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let mut report =
         tokio::net::unix::pipe::Receiver::from_owned_fd(report_r).map_err(spawn_err)?;
     let mut record = [0u8; 8];
+    // init may be gone before its report is read (a program that failed to exec): then what
+    // it left in the pipe is still read, and its result is kept, not awaited twice.
+    let mut init_done = None;
     let reported = tokio::select! {
         r = report.read_exact(&mut record) => r.is_ok(),
-        _ = &mut init => false,
+        done = &mut init => {
+            init_done = Some(done);
+            report.read_exact(&mut record).await.is_ok()
+        }
     };
     let pid = pid_cell.load(Ordering::Acquire);
     let (step, errno) = decode_record(&record);
@@ -188,7 +194,10 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         if pid > 0 {
             kill_child(pid);
         }
-        let finished = init.await;
+        let finished = match init_done {
+            Some(done) => done,
+            None => init.await,
+        };
         let source = match finished {
             Ok(Err(e)) => e,
             _ => io::Error::from_raw_os_error(if reported { errno } else { libc::ECHILD }),

@@ -399,3 +399,32 @@ fn built_ins_need_the_policy_and_private_addresses_need_the_operator() {
     let r = d.call(json!({"token": token, "fn": "read_zip_csv_chunk.other"}));
     assert_eq!(code(&r), json!("fn_not_found"));
 }
+
+#[test]
+fn an_s3_endpoint_the_egress_rule_refuses_is_forbidden() {
+    let w = World::new();
+    let (url, _) = w.zip("t.zip", 100, &[]);
+    // The operator lets only 127.0.0.1 through: the download is allowed, an S3 endpoint on
+    // another loopback address is not, and that refusal answers 403 as documented.
+    let d = Daemon::start_with(&["--egress-allow-net", "127.0.0.1/32"]);
+    let token = tenant(&d);
+    let s3 = format!("http://127.0.0.2:{}/{BUCKET}", w.s3);
+    let r = d.call(seed_body(&token, &url, &s3));
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, json!("forbidden")),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{:?}",
+        r.body
+    );
+    // The same job to the allowed address runs.
+    let r = d.call(seed_body(&token, &url, &w.s3_url()));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}

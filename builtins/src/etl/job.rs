@@ -343,7 +343,9 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
             })?;
             let target = s3::Target::parse(s3_url, &creds)?;
             Out::S3(Box::new(S3Sink::new(s3::Client::new(
-                target, creds, env.egress,
+                target,
+                creds,
+                env.egress.clone(),
             ))))
         }
         Writer::Dir { directory } => {
@@ -367,7 +369,7 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
         Writer::S3 { directory, .. } | Writer::Dir { directory } => directory.clone(),
     };
 
-    let agent = net::agent(env.egress);
+    let agent = net::agent(env.egress.clone());
     let response = agent.get(&job.zip_url).call().map_err(|e| {
         if let Some(why) = net::denied(&e) {
             return JobError::Egress(why);

@@ -58,17 +58,88 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// The resolver ureq connects through: resolves, then applies the rule.
-#[derive(Debug, Clone, Copy)]
+/// An IP network (`10.1.0.0/16`, `127.0.0.1/32`, `fd00::/8`) the operator exempts from the
+/// rule (`falra serve --egress-allow-net`): narrower than lifting the rule altogether.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a network: write address/prefix"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|&p| p <= max)
+            .ok_or_else(|| format!("the prefix of {s:?} must be 0 to {max}"))?;
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl IpNet {
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (got, got_width)) = (bits(self.addr), bits(ip));
+        if width != got_width {
+            return false;
+        }
+        let prefix = u32::from(self.prefix);
+        if prefix == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - prefix);
+        (net & mask) == (got & mask)
+    }
+}
+
+/// The rule, as the operator set it; also the resolver ureq connects through: resolves, then
+/// applies the rule.
+#[derive(Debug, Clone, Default)]
 pub struct Egress {
+    /// Every address passes (`--egress-allow-private`).
     pub allow_private: bool,
+    /// These networks pass even where they are not public (`--egress-allow-net`).
+    pub allow_nets: Vec<IpNet>,
+}
+
+impl Egress {
+    /// Whether `ip` may be dialled.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow_private || is_public(ip) || self.allow_nets.iter().any(|n| n.contains(ip))
+    }
 }
 
 impl ureq::Resolver for Egress {
     fn resolve(&self, netloc: &str) -> io::Result<Vec<SocketAddr>> {
         let addrs: Vec<SocketAddr> = netloc.to_socket_addrs()?.collect();
-        if !self.allow_private {
-            if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+        {
+            if let Some(bad) = addrs.iter().find(|a| !self.permits(a.ip())) {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     format!(
@@ -118,6 +189,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn operator_networks_pass_and_nothing_else_does() {
+        let nets: Vec<IpNet> = ["127.0.0.1/32", "10.1.0.0/16", "fd00::/8"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let rule = Egress {
+            allow_private: false,
+            allow_nets: nets,
+        };
+        for ok in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "10.1.200.3",
+            "fd12::1",
+            "93.184.216.34",
+        ] {
+            assert!(rule.permits(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["127.0.0.2", "10.2.0.1", "169.254.169.254", "fe80::1", "::1"] {
+            assert!(!rule.permits(no.parse().unwrap()), "{no}");
+        }
+        for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "::/129"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        assert!("0.0.0.0/0"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
     fn only_public_addresses_pass() {
         for bad in [
             "127.0.0.1",
@@ -154,13 +256,12 @@ mod tests {
 
     #[test]
     fn the_resolver_refuses_names_of_private_addresses() {
-        let strict = Egress {
-            allow_private: false,
-        };
+        let strict = Egress::default();
         let e = ureq::Resolver::resolve(&strict, "127.0.0.1:80").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         let open = Egress {
             allow_private: true,
+            ..Egress::default()
         };
         assert!(ureq::Resolver::resolve(&open, "127.0.0.1:80").is_ok());
     }
