@@ -123,6 +123,12 @@ pub fn fetch(
     source: &GitSource,
 ) -> Result<String, SyncError> {
     let mirror = layout.mirror(tenant);
+    // Only the branch's head is ever needed: a mirror that grew past twice what one fetch may
+    // bring (old packs of many syncs) is dropped and fetched afresh, so it stays bounded.
+    if disk_usage(&mirror) > source.max_fetch_bytes.saturating_mul(2) {
+        tracing::info!(tenant = %tenant, "mirror over its bound; fetching it afresh");
+        std::fs::remove_dir_all(&mirror)?;
+    }
     let repo = match Repository::open_bare(&mirror) {
         Ok(repo) => repo,
         Err(_) => {
@@ -336,6 +342,25 @@ fn write_tree(
     Ok(())
 }
 
+/// Bytes of the regular files below `dir` (symlinks not followed; 0 if it is missing).
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let Ok(meta) = p.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                pending.push(e.path());
+            }
+        } else if meta.is_file() {
+            total = total.saturating_add(meta.len());
+        }
+    }
+    total
+}
+
 /// A tree entry name that is a plain file name: no separators, no `.`/`..`, not `.git`.
 fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
@@ -348,6 +373,17 @@ fn is_safe_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_usage_counts_files_below_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/x"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("a/b/y"), vec![0u8; 24]).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.path().join("a/link")).unwrap();
+        assert_eq!(disk_usage(dir.path()), 1024);
+    }
 
     #[test]
     fn the_budget_charges_bytes_and_entries_before_anything_is_written() {
