@@ -189,28 +189,40 @@ async fn authenticated_request(
     let header = bearer(headers);
     let mut checked: Option<(String, crate::auth::Caller)> = None;
     if let Some(token) = header {
-        let caller = tenant_caller(state, Some(token), Scope::Call).await?;
-        checked = Some((token.to_owned(), caller));
+        match tenant_caller(state, Some(token), Scope::Call).await {
+            Ok(caller) => checked = Some((token.to_owned(), caller)),
+            Err(e) => {
+                reader.discard_rest().await;
+                return Err(e);
+            }
+        }
     } else {
         let found = loop {
-            match crate::token_scan::scan(reader.kept()) {
+            let prefix = &reader.kept()[..reader.kept().len().min(TOKEN_PREFIX_BYTES)];
+            match crate::token_scan::scan(prefix) {
                 crate::token_scan::Scan::Found(token) => break Some(token),
                 // No token yet, or none to find: a body that fits in the prefix is read whole
-                // (the parser then says what is wrong with it); a longer one is refused.
+                // (the parser then says what is wrong with it); a longer one is refused. The
+                // prefix at least doubles between scans, so tiny frames cannot make the scans
+                // quadratic.
                 _ if !reader.is_complete() && reader.kept().len() < TOKEN_PREFIX_BYTES => {
-                    let want = reader.kept().len() + 1;
+                    let want = (reader.kept().len() * 2).clamp(4096, TOKEN_PREFIX_BYTES);
                     reader.fill(want).await?;
                 }
                 _ => break None,
             }
         };
         match found {
-            Some(token) => {
-                let caller = tenant_caller(state, Some(&token), Scope::Call).await?;
-                checked = Some((token, caller));
-            }
+            Some(token) => match tenant_caller(state, Some(&token), Scope::Call).await {
+                Ok(caller) => checked = Some((token, caller)),
+                Err(e) => {
+                    reader.discard_rest().await;
+                    return Err(e);
+                }
+            },
             None if reader.is_complete() => {}
             None => {
+                reader.discard_rest().await;
                 return Err(ApiError::new(
                     ErrorCode::Unauthorized,
                     format!(
@@ -218,7 +230,7 @@ async fn authenticated_request(
                          first {} KiB of the body",
                         TOKEN_PREFIX_BYTES >> 10
                     ),
-                ))
+                ));
             }
         }
     }

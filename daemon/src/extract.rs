@@ -96,6 +96,19 @@ impl BodyReader {
         Ok(())
     }
 
+    /// Reads and drops what is left of the body, up to the size limit and within the body
+    /// deadline, keeping none of it: a client refused before its body was read whole then gets
+    /// to read the answer instead of a reset.
+    pub async fn discard_rest(&mut self) {
+        self.kept = Vec::new();
+        while self.seen <= self.limit {
+            match self.next_data().await {
+                Ok(Some(data)) => self.seen = self.seen.saturating_add(data.len()),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
     /// Reads the rest of the body. Past the limit, keeps reading (and dropping) a while longer
     /// before answering, so that a client still sending gets to read the 413 instead of a
     /// reset.

@@ -189,8 +189,22 @@ fn spawn_accept(
     Some(task.abort_handle())
 }
 
+/// Connections one gateway relays at once; more wait in the listener's backlog.
+const MAX_RELAYS: usize = 64;
+/// The longest one relayed connection may last.
+const MAX_RELAY_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Accepts and relays. The relays belong to this task (a `JoinSet`): when the gateway is
+/// stopped (its tenant removed, its build over) every connection it relays ends with it.
 async fn accept_loop(state: Weak<Inner>, listener: TcpListener, rule: Rule) {
+    let mut relays = tokio::task::JoinSet::new();
     loop {
+        // Reap finished relays; at the cap, wait for one to end before accepting more.
+        while relays.try_join_next().is_some() {}
+        if relays.len() >= MAX_RELAYS {
+            relays.join_next().await;
+            continue;
+        }
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -200,8 +214,9 @@ async fn accept_loop(state: Weak<Inner>, listener: TcpListener, rule: Rule) {
         };
         let state = AppState::from_inner(inner);
         let rule = rule.clone();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            if let Err(refusal) = relay(&state, stream, &rule).await {
+        relays.spawn(tracing::Instrument::in_current_span(async move {
+            let relayed = tokio::time::timeout(MAX_RELAY_LIFETIME, relay(&state, stream, &rule));
+            if let Ok(Err(refusal)) = relayed.await {
                 if let Rule::Build(kept) = &rule {
                     kept.push(&refusal.0);
                 }
@@ -233,15 +248,25 @@ struct Refusal(String);
 struct Target {
     host: String,
     port: u16,
-    /// `None` for `CONNECT`; for plain HTTP, the head to send upstream (origin form).
-    forward: Option<Vec<u8>>,
+    /// `None` for `CONNECT`; for plain HTTP, the head to send upstream (origin form) and the
+    /// length of the one body that may follow it.
+    forward: Option<(Vec<u8>, u64)>,
 }
 
 /// Parses a request head: `CONNECT host:port HTTP/1.1`, or `METHOD http://host[:port]/path
 /// HTTP/1.x` with its headers (rewritten for the origin: no `Proxy-*`, `Connection: close`).
 fn parse_head(head: &[u8]) -> Result<Target, String> {
     let text = std::str::from_utf8(head).map_err(|_| "the request head is not text")?;
-    let mut lines = text.split("\r\n");
+    // Lines end in CRLF only; a bare CR or LF, or any other control character, is refused, so
+    // that what this parser sees is what the origin sees.
+    let body = text.strip_suffix("\r\n\r\n").unwrap_or(text);
+    if body
+        .split("\r\n")
+        .any(|l| l.chars().any(|c| c.is_control() && c != '\t'))
+    {
+        return Err("control characters in the request head".into());
+    }
+    let mut lines = body.split("\r\n");
     let request = lines.next().unwrap_or_default();
     let mut parts = request.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -269,21 +294,54 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
     let default_port = if method == "CONNECT" { None } else { Some(80) };
     let (host, port) = split_authority(authority, default_port)?;
     let host = normalize_host(host).ok_or_else(|| format!("{host:?} is not a host name"))?;
-    let forward = path.map(|path| {
-        let mut out = format!("{method} {path} {version}\r\n");
-        for line in lines.filter(|l| !l.is_empty()) {
-            let name = line.split(':').next().unwrap_or_default().trim();
-            if name.to_ascii_lowercase().starts_with("proxy-")
-                || name.eq_ignore_ascii_case("connection")
-            {
-                continue;
+    let forward = match path {
+        None => None,
+        Some(path) => {
+            let mut out = format!("{method} {path} {version}\r\n");
+            let mut length = 0u64;
+            for line in lines.filter(|l| !l.is_empty()) {
+                if line.starts_with([' ', '\t']) {
+                    return Err("folded header lines are not proxied".into());
+                }
+                let (name, value) = line
+                    .split_once(':')
+                    .ok_or("a header line without a colon")?;
+                let name = name.trim();
+                let lower = name.to_ascii_lowercase();
+                match lower.as_str() {
+                    "transfer-encoding" => {
+                        return Err("chunked request bodies are not proxied".into());
+                    }
+                    "content-length" => {
+                        length = value.trim().parse().map_err(|_| "a bad Content-Length")?;
+                        continue;
+                    }
+                    // The origin is told the host that was checked, whatever the client said.
+                    "host" | "connection" | "keep-alive" | "upgrade" | "te" | "trailer" => continue,
+                    _ if lower.starts_with("proxy-") => continue,
+                    _ => {}
+                }
+                out.push_str(line);
+                out.push_str("\r\n");
             }
-            out.push_str(line);
-            out.push_str("\r\n");
+            let host_header = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            let host_header = if port == 80 {
+                host_header
+            } else {
+                format!("{host_header}:{port}")
+            };
+            out.push_str(&format!("Host: {host_header}\r\n"));
+            if length > 0 {
+                out.push_str(&format!("Content-Length: {length}\r\n"));
+            }
+            out.push_str("Connection: close\r\n\r\n");
+            Some((out.into_bytes(), length))
         }
-        out.push_str("Connection: close\r\n\r\n");
-        out.into_bytes()
-    });
+    };
     Ok(Target {
         host,
         port,
@@ -346,12 +404,11 @@ async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(
             }
         }
     };
-    if let Some(bad) = addrs.iter().find(|a| !rule.permits(a.ip())) {
+    if addrs.iter().any(|a| !rule.permits(a.ip())) {
+        // (The address is not named: a call cannot resolve names itself, and learns none.)
         let why = format!(
-            "egress to {}:{} ({}) is not allowed: it is not a public address",
-            target.host,
-            target.port,
-            bad.ip()
+            "egress to {}:{} is not allowed: it is not a public address",
+            target.host, target.port
         );
         return refuse(&mut client, 403, &why).await;
     }
@@ -367,17 +424,32 @@ async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(
         return refuse(&mut client, 502, &why).await;
     };
     let early = &buf[head_end..];
-    let sent = match &target.forward {
-        None => client
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await
-            .and(Ok(())),
-        Some(head) => upstream.write_all(head).await,
-    };
-    if sent.is_err() || upstream.write_all(early).await.is_err() {
-        return Ok(());
+    match &target.forward {
+        None => {
+            let opened = client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await;
+            if opened.is_err() || upstream.write_all(early).await.is_err() {
+                return Ok(());
+            }
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        Some((head, length)) => {
+            // Exactly one request: its head, then at most its announced body; nothing the
+            // client sends after that reaches the origin.
+            let first = &early[..early.len().min(*length as usize)];
+            if upstream.write_all(head).await.is_err() || upstream.write_all(first).await.is_err() {
+                return Ok(());
+            }
+            let rest = length.saturating_sub(first.len() as u64);
+            let (mut client_r, mut client_w) = client.split();
+            let (mut upstream_r, mut upstream_w) = upstream.split();
+            let mut body = (&mut client_r).take(rest);
+            let up = tokio::io::copy(&mut body, &mut upstream_w);
+            let down = tokio::io::copy(&mut upstream_r, &mut client_w);
+            let _ = tokio::join!(up, down);
+        }
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     Ok(())
 }
 
@@ -432,12 +504,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!((t.host.as_str(), t.port), ("files.example.org", 80));
-        let head = String::from_utf8(t.forward.unwrap()).unwrap();
+        let (head, length) = t.forward.unwrap();
         assert_eq!(
-            head,
-            "GET /simple/six/?a=1 HTTP/1.1\r\nHost: files.example.org\r\nAccept: */*\r\n\
+            String::from_utf8(head).unwrap(),
+            "GET /simple/six/?a=1 HTTP/1.1\r\nAccept: */*\r\nHost: files.example.org\r\n\
              Connection: close\r\n\r\n"
         );
+        assert_eq!(length, 0);
+        // The Host the origin sees is the one checked, whatever the client wrote.
+        let t = parse_head(
+            b"POST http://api.example.com:8080/x HTTP/1.1\r\nHost: internal.example\r\n\
+              Content-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        let (head, length) = t.forward.unwrap();
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("Host: api.example.com:8080\r\n"), "{head}");
+        assert!(!head.contains("internal"), "{head}");
+        assert_eq!(length, 5);
         let t = parse_head(b"CONNECT [::1]:8443 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
         let t = parse_head(b"GET http://127.0.0.1:9000 HTTP/1.0\r\n\r\n").unwrap();
@@ -456,6 +540,10 @@ mod tests {
             b"CONNECT example.com:443 HTTP/2\r\n\r\n",
             b"CONNECT b\xc3\xbccher.de:443 HTTP/1.1\r\n\r\n",
             b"\xff\xfe\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\r\nX: a\nHost: b.example\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+            b"GET http://a.example/ HTTP/1.1\r\nContent-Length: x\r\n\r\n",
         ] {
             assert!(
                 parse_head(bad).is_err(),

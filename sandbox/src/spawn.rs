@@ -212,6 +212,11 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         };
         return Err(SandboxError::Setup { step: what, source });
     }
+    // A program that already ran to its end: its reaped status is handed on as it is, never
+    // awaited a second time.
+    if let Some(done) = init_done {
+        init = tokio::spawn(async move { done.map_err(io::Error::other)? });
+    }
     // Should this child be dropped before it is reaped, it dies.
     let guard = KillOnDrop(Some(pid));
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);

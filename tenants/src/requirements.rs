@@ -25,6 +25,29 @@ pub struct RequirementError {
 
 /// Checks every line of a requirements file; the first refused one is the error.
 pub fn check(text: &str) -> Result<(), RequirementError> {
+    // pip splits lines as Python's `splitlines` does (a lone `\r`, form feeds, U+2028…) and
+    // honours a `coding:` cookie: only printable ASCII, tabs and `\n` (or `\r\n`) are let
+    // through, so that this check and pip see the same lines.
+    let bytes = text.as_bytes();
+    for (at, &b) in bytes.iter().enumerate() {
+        let fine = matches!(b, 0x20..=0x7e | b'\t' | b'\n')
+            || (b == b'\r' && bytes.get(at + 1) == Some(&b'\n'));
+        if !fine {
+            let line = 1 + bytes[..at].iter().filter(|&&c| c == b'\n').count();
+            let text = text
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            return Err(RequirementError {
+                line,
+                text,
+                why: "only printable ASCII is allowed (no control characters, other line breaks or non-ASCII text)",
+            });
+        }
+    }
     for (i, raw) in text.lines().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let refuse = |why| RequirementError {
@@ -34,6 +57,11 @@ pub fn check(text: &str) -> Result<(), RequirementError> {
         };
         if line.ends_with('\\') {
             return Err(refuse("line continuations are not allowed"));
+        }
+        if i < 2 && line.trim_start().starts_with('#') && line.contains("coding") {
+            return Err(refuse(
+                "a coding declaration is not allowed: the file is read as ASCII",
+            ));
         }
         let code = strip_comment(line).trim();
         if code.is_empty() {
@@ -67,7 +95,19 @@ fn check_line(code: &str) -> Result<(), &'static str> {
     let name = code[..name_end].to_ascii_lowercase();
     // pip reads a "name" like these as a file beside it, and would install or build it.
     const ARCHIVES: &[&str] = &[
-        ".whl", ".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".egg",
+        ".whl",
+        ".zip",
+        ".tar",
+        ".tgz",
+        ".tar.gz",
+        ".tar.bz2",
+        ".tbz",
+        ".tar.xz",
+        ".txz",
+        ".tlz",
+        ".tar.lz",
+        ".tar.lzma",
+        ".egg",
     ];
     if ARCHIVES.iter().any(|ext| name.ends_with(ext)) {
         return Err("a requirement is a package name, not an archive file");
@@ -89,6 +129,9 @@ fn check_line(code: &str) -> Result<(), &'static str> {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, ""),
     };
+    if spec.split_whitespace().any(|word| word.starts_with('-')) {
+        return Err("the only option a requirement may carry is --hash=sha256:<hex>");
+    }
     for option in hashes.split_whitespace() {
         let hex = option
             .strip_prefix("--hash=sha256:")
@@ -240,6 +283,14 @@ typing_extensions; platform_machine == 'x86_64' and python_version < '3.12'
             ("pkg.whl\n", 1),
             ("six\nPkg-1.0.TAR.GZ\n", 2),
             ("six (>=1)\n", 1),
+            ("six # x\r--no-binary :all:\n", 1),
+            ("six\nnumpy\x0c-e .\n", 2),
+            ("six\u{2028}-e .\n", 1),
+            ("# -*- coding: utf-7 -*-\nsix\n", 1),
+            ("six\n# vim: coding=utf-7\n", 2),
+            ("six==1 -C k=v\n", 1),
+            ("six\tnumpy\x00\n", 1),
+            ("pkg.tar.lzma\n", 1),
         ] {
             let e = check(text).expect_err(text);
             assert_eq!(e.line, line, "{text:?}: {e}");
