@@ -790,7 +790,11 @@ async fn pip_stage(
         program: state.config.python.clone(),
         args: Some(args),
         extra: binds.into_iter().filter(|_| isolated).collect(),
-        env: vec![("PIP_NO_CACHE_DIR".into(), "1".into())],
+        // No configuration file of pip's is read (a planted pip.conf would choose the index).
+        env: vec![
+            ("PIP_NO_CACHE_DIR".into(), "1".into()),
+            ("PIP_CONFIG_FILE".into(), "/dev/null".into()),
+        ],
         // Wheels and compiled extensions can be large files; many files are open at once.
         setup: SetupLimits {
             file_size_bytes: 512 << 20,
