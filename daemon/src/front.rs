@@ -149,13 +149,14 @@ impl Drop for Slot {
 }
 
 /// Accepts and serves connections until `stop` resolves, then lets open ones finish their
-/// requests (up to `grace`).
+/// requests (up to `grace`). `refused` is told of each connection closed over a cap.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: FrontLimits,
     stop: impl std::future::Future<Output = ()>,
     grace: Duration,
+    refused: impl Fn(),
 ) {
     let caps = ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -179,6 +180,7 @@ pub async fn serve(
         let slot = match caps.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
+                refused();
                 // Bounded logging: at most ten lines a minute, whatever a client does.
                 if refusal_window.elapsed() > Duration::from_secs(60) {
                     refusal_window = tokio::time::Instant::now();

@@ -217,6 +217,10 @@ async fn accept_loop(state: Weak<Inner>, listener: TcpListener, rule: Rule) {
         relays.spawn(tracing::Instrument::in_current_span(async move {
             let relayed = tokio::time::timeout(MAX_RELAY_LIFETIME, relay(&state, stream, &rule));
             if let Ok(Err(refusal)) = relayed.await {
+                state
+                    .metrics
+                    .egress_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Rule::Build(kept) = &rule {
                     kept.push(&refusal.0);
                 }

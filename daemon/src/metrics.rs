@@ -34,6 +34,10 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     pub sandbox_failures: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Connections the egress gateways refused.
+    pub egress_refused: AtomicU64,
+    /// Client connections closed on arrival, over the node-wide or a per-address cap.
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -106,7 +110,7 @@ impl Metrics {
                 h.count, h.sum, h.count
             );
         }
-        let gauges: [(&str, &str, &str, u64); 6] = [
+        let gauges: [(&str, &str, &str, u64); 8] = [
             (
                 "falra_active_children",
                 "gauge",
@@ -130,6 +134,18 @@ impl Metrics {
                 "counter",
                 "Requests with a missing, unknown, expired or revoked token.",
                 self.auth_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_egress_refused_total",
+                "counter",
+                "Outbound connections the egress gateways refused.",
+                self.egress_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_connections_refused_total",
+                "counter",
+                "Client connections closed on arrival, over a connection cap.",
+                self.connections_refused.load(Ordering::Relaxed),
             ),
             (
                 "falra_metering_queue_depth",

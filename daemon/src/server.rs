@@ -398,6 +398,12 @@ pub async fn serve(
         limits,
         stop,
         std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS),
+        || {
+            state
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+        },
     )
     .await;
     state.warm.drain(&state);

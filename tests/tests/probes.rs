@@ -110,6 +110,21 @@ fn idle_connections_from_one_address_cannot_take_the_node_down() {
     );
     assert_eq!(healthz_from("127.0.0.1", &d), Ok(200));
     assert!(d.is_alive());
+    // The operator sees it.
+    let metrics = http("GET", &format!("{}/metrics", d.url), &[], None);
+    let refused = metrics
+        .body
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("falra_connections_refused_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        refused as usize >= idle.len() / 2,
+        "{refused} refusals counted for {} connections",
+        idle.len()
+    );
 }
 
 #[test]
@@ -828,6 +843,15 @@ fn tenant_code_reaches_only_its_allow_list_through_the_gateway() {
     // A policy change applies to the next call.
     set_policy(&d, json!({"network": "none"}));
     assert!(call("get", json!({"url": url}))["error"].is_string());
+    let metrics = http("GET", &format!("{}/metrics", d.url), &[], None);
+    assert!(
+        !metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("falra_egress_refused_total 0\n"),
+        "refusals are counted"
+    );
 }
 
 #[test]
