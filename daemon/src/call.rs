@@ -187,17 +187,9 @@ async fn authenticated_request(
 ) -> Result<(CallRequest, usize, crate::auth::Caller), ApiError> {
     let mut reader = BodyReader::new(body, state);
     let header = bearer(headers);
-    let mut checked: Option<(String, crate::auth::Caller)> = None;
-    if let Some(token) = header {
-        match tenant_caller(state, Some(token), Scope::Call).await {
-            Ok(caller) => checked = Some((token.to_owned(), caller)),
-            Err(e) => {
-                reader.discard_rest().await;
-                return Err(e);
-            }
-        }
-    } else {
-        let found = loop {
+    let presented = match header {
+        Some(token) => Some(token.to_owned()),
+        None => loop {
             let prefix = &reader.kept()[..reader.kept().len().min(TOKEN_PREFIX_BYTES)];
             match crate::token_scan::scan(prefix) {
                 crate::token_scan::Scan::Found(token) => break Some(token),
@@ -209,31 +201,28 @@ async fn authenticated_request(
                     let want = (reader.kept().len() * 2).clamp(4096, TOKEN_PREFIX_BYTES);
                     reader.fill(want).await?;
                 }
-                _ => break None,
-            }
-        };
-        match found {
-            Some(token) => match tenant_caller(state, Some(&token), Scope::Call).await {
-                Ok(caller) => checked = Some((token, caller)),
-                Err(e) => {
-                    reader.discard_rest().await;
-                    return Err(e);
+                _ if reader.is_complete() => break None,
+                _ => {
+                    let missing = ApiError::new(
+                        ErrorCode::Unauthorized,
+                        format!(
+                            "no token: send Authorization: Bearer <token>, or \"token\" within \
+                             the first {} KiB of the body",
+                            TOKEN_PREFIX_BYTES >> 10
+                        ),
+                    );
+                    return Err(reader.refuse(missing).await);
                 }
-            },
-            None if reader.is_complete() => {}
-            None => {
-                reader.discard_rest().await;
-                return Err(ApiError::new(
-                    ErrorCode::Unauthorized,
-                    format!(
-                        "no token: send Authorization: Bearer <token>, or \"token\" within the \
-                         first {} KiB of the body",
-                        TOKEN_PREFIX_BYTES >> 10
-                    ),
-                ));
             }
-        }
-    }
+        },
+    };
+    let checked = match presented {
+        Some(token) => match tenant_caller(state, Some(&token), Scope::Call).await {
+            Ok(caller) => Some((token, caller)),
+            Err(e) => return Err(reader.refuse(e).await),
+        },
+        None => None,
+    };
     let body = reader.finish().await?;
     let request = CallRequest::parse(&body)?;
     let caller = match (checked, request.token.as_deref()) {

@@ -96,17 +96,24 @@ impl BodyReader {
         Ok(())
     }
 
-    /// Reads and drops what is left of the body, up to the size limit and within the body
+    /// Reads and drops what is left of the body, up to `cap` bytes in all and within the body
     /// deadline, keeping none of it: a client refused before its body was read whole then gets
     /// to read the answer instead of a reset.
-    pub async fn discard_rest(&mut self) {
+    async fn drain(&mut self, cap: usize) {
         self.kept = Vec::new();
-        while self.seen <= self.limit {
+        while self.seen <= cap {
             match self.next_data().await {
                 Ok(Some(data)) => self.seen = self.seen.saturating_add(data.len()),
                 Ok(None) | Err(_) => break,
             }
         }
+    }
+
+    /// Answers `e` to a request refused before its body was read: drains the body up to the
+    /// size limit first.
+    pub async fn refuse(&mut self, e: ApiError) -> ApiError {
+        self.drain(self.limit).await;
+        e
     }
 
     /// Reads the rest of the body. Past the limit, keeps reading (and dropping) a while longer
@@ -116,13 +123,7 @@ impl BodyReader {
         match self.fill(usize::MAX).await {
             Ok(()) => Ok(self.kept.into()),
             Err(e) if e.code == ErrorCode::PayloadTooLarge => {
-                let drain_cap = self.limit.saturating_mul(8).max(8 << 20);
-                while self.seen <= drain_cap {
-                    match self.next_data().await {
-                        Ok(Some(data)) => self.seen = self.seen.saturating_add(data.len()),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                self.drain(self.limit.saturating_mul(8).max(8 << 20)).await;
                 Err(e)
             }
             Err(e) => Err(e),

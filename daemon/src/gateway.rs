@@ -113,7 +113,10 @@ impl Gateways {
             network: Network::None,
             task: None,
         });
-        gate.network = network.clone();
+        // Called for every prepared child: the common case changes nothing and clones nothing.
+        if gate.network != *network {
+            gate.network = network.clone();
+        }
     }
 
     fn network_of(&self, uid: u32) -> Network {

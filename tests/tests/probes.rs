@@ -60,14 +60,14 @@ fn closed(s: &TcpStream) -> bool {
     }
 }
 
-/// The daemon's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
+/// A memory figure of the daemon from `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+fn memory(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
+        .expect(field)
         * 1024
 }
 
@@ -178,7 +178,7 @@ fn send_tokenless_body(url: &str, source: &str, announced: usize, send: usize) -
 #[test]
 fn bodies_without_a_token_are_not_buffered() {
     let d = Daemon::start_with(&["--body-timeout-secs", "3"]);
-    let before = rss(d.pid());
+    let before = memory(d.pid(), "VmRSS");
     let started = Instant::now();
     let senders: Vec<_> = (0..200)
         .map(|i| {
@@ -188,7 +188,7 @@ fn bodies_without_a_token_are_not_buffered() {
         })
         .collect();
     let statuses: Vec<Option<u16>> = senders.into_iter().map(|h| h.join().unwrap()).collect();
-    let grew = rss(d.pid()).saturating_sub(before);
+    let grew = memory(d.pid(), "VmRSS").saturating_sub(before);
     assert!(
         grew < 64 << 20,
         "daemon memory grew by {} MB for token-less bodies",
@@ -458,6 +458,21 @@ fn one_tenant_cannot_queue_deploys_without_bound() {
     assert!(n <= done + 1, "{n} versions for {done} accepted uploads");
 }
 
+/// Syncs caro and asserts the deploy was refused with `422 sync_failed` saying `why`.
+fn assert_sync_refused(d: &Daemon, why: &str) -> falra_tests::Answer {
+    let a = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(
+        a.body["error"]["code"],
+        json!("sync_failed"),
+        "{:?}",
+        a.body
+    );
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message}");
+    a
+}
+
 const BURN: &str = "\
 import time
 
@@ -600,17 +615,6 @@ fn deploy_time_imports_are_limited_metered_and_refused_over_quota() {
     assert_eq!(a.status, 429, "{:?}", a.body);
 }
 
-/// The daemon's peak resident memory so far, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        * 1024
-}
-
 fn git_out(repo: &GitRepo, args: &[&str], stdin: Option<&str>) -> String {
     let mut child = std::process::Command::new("git")
         .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
@@ -662,18 +666,9 @@ fn a_huge_blob_is_refused_before_it_is_inflated() {
     repo.git(&["add", "big.bin"]);
     repo.git(&["commit", "-q", "-m", "big"]);
     std::fs::remove_file(&big).unwrap();
-    let before = peak_rss(d.pid());
-    let a = d.admin("POST", "/tenants/caro/sync", None);
-    assert_eq!(a.status, 422, "{:?}", a.body);
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("larger than the limit"),
-        "{:?}",
-        a.body
-    );
-    let grew = peak_rss(d.pid()).saturating_sub(before);
+    let before = memory(d.pid(), "VmHWM");
+    assert_sync_refused(&d, "larger than the limit");
+    let grew = memory(d.pid(), "VmHWM").saturating_sub(before);
     assert!(grew < 256 << 20, "peak memory grew by {} MB", grew >> 20);
     assert!(d.is_alive());
     // The version served is still the one before.
@@ -701,16 +696,7 @@ fn a_tree_of_empty_directories_is_charged_and_capped() {
         None,
     );
     repo.git(&["update-ref", "refs/heads/main", &commit]);
-    let a = d.admin("POST", "/tenants/caro/sync", None);
-    assert_eq!(a.status, 422, "{:?}", a.body);
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("files and directories"),
-        "{:?}",
-        a.body
-    );
+    assert_sync_refused(&d, "files and directories");
     // Nothing of the refused tree is left on disk.
     let versions = d.data_dir.join("versions/caro");
     let left: usize = std::fs::read_dir(&versions)
@@ -920,17 +906,12 @@ fn requirement_lines_that_would_run_or_fetch_what_the_tenant_says_are_refused() 
         ("pkg @ file:///code/pkg\n".to_owned(), 1),
     ] {
         repo.commit(&[("requirements.txt", &requirements)]);
-        let a = d.admin("POST", "/tenants/caro/sync", None);
-        assert_eq!(a.status, 422, "{requirements:?}: {:?}", a.body);
-        assert_eq!(a.body["error"]["code"], json!("sync_failed"));
+        let a = assert_sync_refused(&d, &format!("line {line}"));
         assert_eq!(
             a.body["error"]["detail"]["line"],
             json!(line),
-            "{:?}",
-            a.body
+            "{requirements:?}"
         );
-        let message = a.body["error"]["message"].as_str().unwrap();
-        assert!(message.contains(&format!("line {line}")), "{message}");
     }
     assert!(bait.accept().is_err(), "a build reached host loopback");
 }
