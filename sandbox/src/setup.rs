@@ -48,6 +48,16 @@ pub enum Step {
         source: CString,
         target: CString,
     },
+    /// Show the directory `source` at `target` read-only, nosuid, nodev, through an overlay
+    /// whose lower layers are named by descriptor (`/proc/self/fd/N`) with the empty directory
+    /// `empty` under it: unlike a bind, whose `/proc/self/mountinfo` line carries the source's
+    /// host path, the overlay's line names only descriptor numbers. Where the kernel or the
+    /// source's filesystem has no overlay (or `source` is a file), a read-only bind instead.
+    ReadOnlyView {
+        source: CString,
+        target: CString,
+        empty: CString,
+    },
     /// Bind `source` at `target` writable, nosuid, nodev (a build's output directory).
     BindWritable {
         source: CString,
@@ -108,6 +118,7 @@ impl Step {
             Step::MountPrivate => "make mounts private",
             Step::Mount { .. } => "mount",
             Step::BindReadOnly { .. } => "bind read-only",
+            Step::ReadOnlyView { .. } => "read-only view",
             Step::BindWritable { .. } => "bind writable",
             Step::BindDevice { .. } => "bind device",
             Step::Mkdir(..) => "mkdir",
@@ -447,7 +458,13 @@ fn root_steps(iso: &Isolation, steps: &mut Vec<Step>) {
         steps.push(if bind.writable {
             Step::BindWritable { source, target }
         } else {
-            Step::BindReadOnly { source, target }
+            // The new root's `proc` is still an empty directory here, and stays one below the
+            // `/proc` a call mounts on it: the overlay keeps its own reference to the layer.
+            Step::ReadOnlyView {
+                source,
+                target,
+                empty: at("proc"),
+            }
         });
     }
     steps.push(tmpfs(
@@ -503,6 +520,9 @@ pub trait ChildSys {
         data: Option<&CStr>,
     ) -> io::Result<()>;
     fn mkdir(&mut self, path: &CStr, mode: libc::mode_t) -> io::Result<()>;
+    /// Open a directory as an `O_PATH` descriptor (close-on-exec).
+    fn open_dir(&mut self, path: &CStr) -> io::Result<std::os::fd::RawFd>;
+    fn close(&mut self, fd: std::os::fd::RawFd);
     fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()>;
     fn pivot_root(&mut self, new_root: &CStr) -> io::Result<()>;
     fn loopback_up(&mut self) -> io::Result<()>;
@@ -539,16 +559,17 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
                 flags,
                 data,
             } => sys.mount(Some(source), target, Some(fstype), *flags, Some(data)),
-            Step::BindReadOnly { source, target } => sys
-                .mount(Some(source), target, None, bind_flags, None)
-                .and_then(|()| {
-                    let ro = libc::MS_BIND
-                        | libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV;
-                    sys.mount(None, target, None, ro, None)
-                }),
+            Step::BindReadOnly { source, target } => bind_read_only(sys, source, target),
+            Step::ReadOnlyView {
+                source,
+                target,
+                empty,
+            } => match read_only_view(sys, source, target, empty) {
+                Err(e) if VIEW_FALLBACK.contains(&e.raw_os_error().unwrap_or(0)) => {
+                    bind_read_only(sys, source, target)
+                }
+                other => other,
+            },
             Step::BindWritable { source, target } => sys
                 .mount(Some(source), target, None, bind_flags, None)
                 .and_then(|()| {
@@ -590,6 +611,87 @@ pub fn apply(steps: &[Step], sys: &mut impl ChildSys) -> Result<(), (usize, io::
         r.map_err(|e| (i, e))?;
     }
     Ok(())
+}
+
+fn bind_read_only(sys: &mut impl ChildSys, source: &CStr, target: &CStr) -> io::Result<()> {
+    sys.mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    sys.mount(None, target, None, ro, None)
+}
+
+/// Errors of [`read_only_view`] that mean "no overlay here", not "something is wrong": no
+/// overlayfs in the kernel, a source filesystem overlayfs cannot stack on, a file.
+const VIEW_FALLBACK: [i32; 3] = [libc::ENODEV, libc::EINVAL, libc::ENOTDIR];
+
+/// The overlay of [`Step::ReadOnlyView`]. Between `clone` and `exec` nothing may allocate, so
+/// the option string is written into a buffer on the stack.
+fn read_only_view(
+    sys: &mut impl ChildSys,
+    source: &CStr,
+    target: &CStr,
+    empty: &CStr,
+) -> io::Result<()> {
+    let lower = sys.open_dir(source)?;
+    let result = sys.open_dir(empty).and_then(|below| {
+        let mut buf = [0u8; 64];
+        let mut w = StackWriter {
+            buf: &mut buf,
+            len: 0,
+        };
+        w.push(b"lowerdir=/proc/self/fd/");
+        w.push_number(lower);
+        w.push(b":/proc/self/fd/");
+        w.push_number(below);
+        let data = w.as_cstr();
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        let r = sys.mount(Some(c"falra"), target, Some(c"overlay"), flags, Some(data));
+        sys.close(below);
+        r
+    });
+    sys.close(lower);
+    result
+}
+
+/// A NUL-terminated string built in a fixed buffer (the last byte always stays NUL).
+struct StackWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl StackWriter<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len + 1 < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn push_number(&mut self, n: i32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = n.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.buf[..=self.len]).expect("the buffer ends in NUL")
+    }
 }
 
 /// The real syscalls. Only async-signal-safe calls, as required between `clone` and `exec`.
@@ -675,6 +777,25 @@ impl ChildSys for HostSys {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             other => other,
         }
+    }
+
+    fn open_dir(&mut self, path: &CStr) -> io::Result<std::os::fd::RawFd> {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+
+    fn close(&mut self, fd: std::os::fd::RawFd) {
+        // SAFETY: `fd` came from `open_dir` and is closed exactly once.
+        unsafe { libc::close(fd) };
     }
 
     fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()> {
@@ -948,14 +1069,18 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Recorder(Vec<String>, Option<&'static str>);
+    /// Records every call; fails the first whose record starts with `.1`, with errno `.2`
+    /// (EPERM when 0).
+    struct Recorder(Vec<String>, Option<&'static str>, i32);
 
     impl Recorder {
         fn record(&mut self, call: String) -> io::Result<()> {
             let fail = self.1.is_some_and(|f| call.starts_with(f));
             self.0.push(call);
             if fail {
-                Err(io::Error::from_raw_os_error(libc::EPERM))
+                self.1 = None;
+                let errno = if self.2 == 0 { libc::EPERM } else { self.2 };
+                Err(io::Error::from_raw_os_error(errno))
             } else {
                 Ok(())
             }
@@ -986,19 +1111,30 @@ mod tests {
             target: &CStr,
             fstype: Option<&CStr>,
             flags: libc::c_ulong,
-            _data: Option<&CStr>,
+            data: Option<&CStr>,
         ) -> io::Result<()> {
             let ro = if flags & libc::MS_RDONLY != 0 {
                 " ro"
             } else {
                 ""
             };
+            let data = match data.map(s) {
+                Some(d) if fstype.is_some_and(|t| t == c"overlay") => format!(" {d}"),
+                _ => String::new(),
+            };
             self.record(format!(
-                "mount {} {} {}{ro}",
+                "mount {} {} {}{ro}{data}",
                 source.map(s).unwrap_or_default(),
                 s(target),
                 fstype.map(s).unwrap_or_default()
             ))
+        }
+        fn open_dir(&mut self, path: &CStr) -> io::Result<std::os::fd::RawFd> {
+            self.record(format!("open {}", s(path)))?;
+            Ok(40 + self.0.iter().filter(|c| c.starts_with("open ")).count() as i32)
+        }
+        fn close(&mut self, fd: std::os::fd::RawFd) {
+            self.0.push(format!("close {fd}"));
         }
         fn mkdir(&mut self, path: &CStr, _mode: libc::mode_t) -> io::Result<()> {
             self.record(format!("mkdir {}", s(path)))
@@ -1108,8 +1244,12 @@ mod tests {
             "mount /usr /data/root/usr ",
             "mount  /data/root/usr  ro",
             "symlink /data/root/lib -> usr/lib",
-            "mount /data/versions/t/abc /data/root/code ",
-            "mount  /data/root/code  ro",
+            "open /data/versions/t/abc",
+            "open /data/root/proc",
+            "mount falra /data/root/code overlay ro \
+             lowerdir=/proc/self/fd/41:/proc/self/fd/42",
+            "close 42",
+            "close 41",
             "mount /dev/null /data/root/dev/null",
             "mount tmpfs /data/root/tmp tmpfs",
             "mount tmpfs /data/root/dev/shm tmpfs",
@@ -1155,7 +1295,7 @@ mod tests {
             "mount  / ",
             "mount falra-root /data/root tmpfs",
             "mount  /data/root/usr  ro",
-            "mount  /data/root/code  ro",
+            "mount falra /data/root/code overlay ro",
             "mount /dev/null /data/root/dev/null",
         ] {
             assert!(template.iter().any(|c| c.starts_with(want)), "{want}");
@@ -1262,7 +1402,7 @@ mod tests {
 
     #[test]
     fn a_failing_step_stops_the_setup_and_names_itself() {
-        let mut rec = Recorder(Vec::new(), Some("pivot_root"));
+        let mut rec = Recorder(Vec::new(), Some("pivot_root"), 0);
         let steps = plan(
             &SetupLimits::default(),
             Some(&isolation()),
@@ -1273,5 +1413,63 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         assert!(matches!(steps[index], Step::PivotRoot(_)));
         assert_eq!(rec.0.last().unwrap(), "pivot_root /data/root");
+    }
+
+    #[test]
+    fn a_read_only_view_falls_back_to_a_bind_only_where_there_is_no_overlay() {
+        let steps = plan(
+            &SetupLimits::default(),
+            Some(&isolation()),
+            Path::new("/code"),
+            None,
+        );
+        // No overlayfs: the same directory, bound read-only, both descriptors closed.
+        let mut rec = Recorder(
+            Vec::new(),
+            Some("mount falra /data/root/code"),
+            libc::ENODEV,
+        );
+        apply(&steps, &mut rec).unwrap();
+        let at = position(&rec.0, "mount falra /data/root/code");
+        assert_eq!(
+            rec.0[at + 1..at + 5],
+            [
+                "close 42",
+                "close 41",
+                "mount /data/versions/t/abc /data/root/code ",
+                "mount  /data/root/code  ro",
+            ]
+        );
+        // Any other failure is the step's failure, not a silent bind.
+        let mut rec = Recorder(
+            Vec::new(),
+            Some("mount falra /data/root/code"),
+            libc::EACCES,
+        );
+        let (index, err) = apply(&steps, &mut rec).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        assert!(matches!(steps[index], Step::ReadOnlyView { .. }));
+        assert!(!rec
+            .0
+            .iter()
+            .any(|c| c == "mount /data/versions/t/abc /data/root/code "));
+        // A source that cannot be opened closes nothing it did not open.
+        let mut rec = Recorder(Vec::new(), Some("open /data/versions"), libc::ENOTDIR);
+        apply(&steps, &mut rec).unwrap();
+        let at = position(&rec.0, "open /data/versions");
+        assert_eq!(rec.0[at + 1], "mount /data/versions/t/abc /data/root/code ");
+    }
+
+    #[test]
+    fn the_stack_writer_writes_numbers_and_never_overflows() {
+        let mut buf = [0u8; 8];
+        let mut w = StackWriter {
+            buf: &mut buf,
+            len: 0,
+        };
+        w.push(b"fd=");
+        w.push_number(0);
+        w.push_number(1234567);
+        assert_eq!(w.as_cstr(), c"fd=0123");
     }
 }

@@ -255,6 +255,8 @@ def daemon_traces():
             out[path] = "denied:%d" % e.errno
     with open("/proc/self/cgroup") as f:
         out["cgroup"] = f.read()
+    with open("/proc/self/mountinfo") as f:
+        out["mountinfo"] = f.read()
     out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     # init has the daemon's handlers no more: a signal to it is dropped by the kernel.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
@@ -735,6 +737,24 @@ fn the_call_learns_nothing_of_the_daemon_and_cannot_signal_its_init() {
         assert!(
             r[path].as_str().unwrap().starts_with("denied:"),
             "{path} readable: {r}"
+        );
+    }
+    // The call's own mount table names no host path of the daemon's: not its data directory
+    // (where the code, the virtualenv and the runner live), not the mount point of its roots.
+    let mountinfo = r["mountinfo"].as_str().unwrap();
+    let data_dir = a.d.data_dir.canonicalize().unwrap();
+    for line in mountinfo.lines() {
+        assert!(
+            !line.contains(data_dir.to_str().unwrap()) && !line.contains("/tenants/"),
+            "host path in the call's mountinfo: {line}"
+        );
+    }
+    for point in ["/code", "/falra"] {
+        assert!(
+            mountinfo
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(point)),
+            "{point} not mounted: {mountinfo}"
         );
     }
     // The cgroup namespace is rooted at the call's own cgroup.
