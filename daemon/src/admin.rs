@@ -18,12 +18,10 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::plans::{check_plan, effective_policy};
 use crate::secrets::seal_webhook_secret;
 use crate::server::AppState;
-use crate::store::{TenantRow, TokenKind, TokenRow};
+use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind, TokenRow};
 
 const DEFAULT_BRANCH: &str = "main";
 const DEFAULT_PLAN: &str = "default";
-/// A tenant without overrides of its plan.
-pub const NO_OVERRIDES: &str = "{}";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,9 +85,9 @@ fn tenant_json(state: &AppState, t: &TenantRow) -> Value {
     let policy = effective_policy(state, t)
         .map(|p| serde_json::to_value(p).expect("a policy serialises"))
         .unwrap_or(Value::Null);
-    let overrides: Value = serde_json::from_str(&t.policy).unwrap_or(Value::Null);
+    let overrides = serde_json::to_value(&t.overrides).expect("overrides serialise");
     json!({
-        "name": t.name,
+        "name": t.name.as_str(),
         "repo": t.repo,
         "branch": t.branch,
         "subdir": t.subdir,
@@ -110,7 +108,7 @@ pub(crate) async fn load_tenant(
     let parsed = tenant_name(name)?;
     let row = state
         .store
-        .tenant(parsed.as_str())
+        .tenant(&parsed)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name:?}")))?;
     Ok((parsed, row))
@@ -127,10 +125,9 @@ pub async fn create_tenant(
     if let Some(s) = &body.subdir {
         check_subdir(s)?;
     }
-    let plan = body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
-    check_plan(&state, &plan)?;
-    let row = TenantRow {
-        name: name.as_str().to_owned(),
+    let plan = check_plan(&state, body.plan.as_deref().unwrap_or(DEFAULT_PLAN))?;
+    let row = NewTenantRow {
+        name: name.clone(),
         repo: body.repo.filter(|r| !r.is_empty()),
         branch,
         subdir: body.subdir.filter(|s| !s.is_empty()),
@@ -139,10 +136,7 @@ pub async fn create_tenant(
             .webhook_secret
             .filter(|s| !s.is_empty())
             .map(|s| seal_webhook_secret(&state, &name, &s)),
-        policy: NO_OVERRIDES.to_owned(),
-        active_version: None,
         created_at: now_ms(),
-        uid: 0,
     };
     let row = state.store.insert_tenant(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant created");
@@ -200,8 +194,7 @@ pub async fn update_tenant(
         row.repo = Some(repo).filter(|r| !r.is_empty());
     }
     if let Some(plan) = &changes.plan {
-        check_plan(&state, plan)?;
-        row.plan.clone_from(plan);
+        row.plan = check_plan(&state, plan)?;
     }
     if let Some(secret) = changes.webhook_secret {
         row.webhook_secret = Some(secret)
@@ -227,20 +220,19 @@ pub async fn delete_tenant(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, row) = load_tenant(&state, &name).await?;
-    let lock = state.sync_lock(&name);
-    let _guard = lock.lock().await;
-    state.store.delete_tenant(name.as_str()).await?;
-    state.warm.forget_uid(&state, row.uid32());
-    state.sandbox.forget_tenant(row.uid32());
-    state.gateways.forget(row.uid32());
+    let _lock = state.store.deploy_lock(&name).await;
+    state.store.delete_tenant(&name).await?;
+    state.warm.forget_uid(&state, row.uid.get());
+    state.sandbox.forget_tenant(row.uid.get());
+    state.gateways.forget(row.uid.get());
     let layout = state.layout.clone();
     let files = name.clone();
-    tokio::task::spawn_blocking(move || layout.remove_tenant(&files))
+    crate::task::spawn_blocking(move || layout.remove_tenant(&files))
         .await
         .map_err(|e| ApiError::internal("tenant removal task failed", &e))?
         .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
     state.admission.forget(&name);
-    state.quotas.forget(name.as_str());
+    state.quotas.forget(&name);
     state.metrics.forget(name.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant removed");
     audit(
@@ -293,13 +285,7 @@ pub async fn issue_token(
     })?;
     let now = now_ms();
     let expires_at = expiry(now, body.expires_in_days, body.expires_at.as_deref())?;
-    let (row, secret) = new_token(
-        Some(name.as_str()),
-        TokenKind::Tenant,
-        &scopes,
-        expires_at,
-        now,
-    );
+    let (row, secret) = new_token(Some(&name), TokenKind::Tenant, &scopes, expires_at, now);
     state.store.insert_token(&row).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, token = %row.id, "token issued");
     audit(
@@ -355,7 +341,7 @@ fn expiry(now: i64, days: Option<u32>, at: Option<&str>) -> Result<Option<i64>, 
 
 /// A new token and the row that stores it (hash only).
 pub fn new_token(
-    tenant: Option<&str>,
+    tenant: Option<&TenantName>,
     kind: TokenKind,
     scopes: &Scopes,
     expires_at: Option<i64>,
@@ -366,7 +352,7 @@ pub fn new_token(
     getrandom::getrandom(&mut id).expect("the operating system's random source failed");
     let row = TokenRow {
         id: format!("tok_{}", hex::encode(id)),
-        tenant: tenant.map(str::to_owned),
+        tenant: tenant.cloned(),
         kind,
         hash: secret.hash().as_str().to_owned(),
         prefix: secret.display_prefix(),
@@ -385,7 +371,7 @@ pub async fn list_tokens(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let tokens = state.store.tokens_of(name.as_str()).await?;
+    let tokens = state.store.tokens_of(&name).await?;
     let list: Vec<Value> = tokens
         .iter()
         .map(|t| {
@@ -441,19 +427,18 @@ pub async fn set_policy(
     };
     let patch: PolicyPatch = serde_json::from_value(Value::Object(body.clone()))
         .map_err(|e| ApiError::bad_request(format!("invalid policy: {e}")))?;
-    let mut overrides = crate::plans::overrides(&row)?;
+    let mut overrides = row.overrides.clone();
     overrides.merge(&patch);
     overrides.reset(&reset).map_err(|field| {
         ApiError::bad_request(format!("{field:?} is not a policy field"))
             .with_detail(json!({"field": "reset"}))
     })?;
     // Validated against the plan as a whole: a bad field changes nothing.
-    let mut policy: Policy = state.plans.get(&row.plan).unwrap_or_default();
+    let mut policy: Policy = state.plans.get(row.plan.as_str()).unwrap_or_default();
     policy.apply(&overrides).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
     })?;
-    let stored = serde_json::to_string(&overrides).expect("overrides serialise");
-    state.store.set_policy(name.as_str(), &stored).await?;
+    state.store.set_overrides(&name, &overrides).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "policy changed");
     audit(
         &state,
@@ -485,13 +470,9 @@ pub async fn rollback_tenant(
     let version = falra_tenants::VersionId::parse(&body.version).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
     })?;
-    let lock = state.sync_lock(&name);
-    let _guard = lock.lock().await;
+    let _lock = state.store.deploy_lock(&name).await;
     if !state.layout.version_dir(&name, &version).is_dir()
-        || !state
-            .store
-            .set_active_version(name.as_str(), version.as_str())
-            .await?
+        || !state.store.set_active_version(&name, &version).await?
     {
         return Err(
             ApiError::not_found(format!("tenant {name} has no version {version}"))
@@ -504,7 +485,7 @@ pub async fn rollback_tenant(
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
     state
         .warm
-        .forget_other_versions(&state, row.uid32(), version.as_str());
+        .forget_other_versions(&state, row.uid.get(), version.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     audit(
         &state,

@@ -258,6 +258,12 @@ impl From<crate::store::StoreError> for ApiError {
                 )
                 .with_retry_after(1)
             }
+            // The row's key and what is wrong with it are the operator's to fix: said, not
+            // hidden behind "internal error".
+            crate::store::StoreError::InvalidRow { .. } => {
+                tracing::error!(error = %e, "invalid stored row refused");
+                ApiError::new(ErrorCode::Internal, e.to_string())
+            }
             other => ApiError::internal("the store failed", &other),
         }
     }

@@ -64,7 +64,8 @@ pub async fn list_audit(
         None => 0,
     };
     let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 10_000));
-    let rows = state.store.audit(q.tenant.as_deref(), since, limit).await?;
+    let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
+    let rows = state.store.audit(tenant.as_ref(), since, limit).await?;
     let events: Vec<Value> = rows
         .into_iter()
         .map(|r| {

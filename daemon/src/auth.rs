@@ -105,7 +105,7 @@ async fn check_token(
     if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
         let store = state.store.clone();
         let id = row.id.clone();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             if let Err(e) = store.touch_token(&id, now).await {
                 tracing::warn!(error = %e, "could not record token use");
             }
@@ -140,11 +140,7 @@ pub async fn tenant_caller_any(
         )
         .with_detail(serde_json::json!({"required_scope": scope.as_str()})));
     }
-    let tenant = row
-        .tenant
-        .as_deref()
-        .and_then(|t| TenantName::parse(t).ok())
-        .ok_or_else(corrupt)?;
+    let tenant = row.tenant.ok_or_else(corrupt)?;
     Ok(Caller {
         token_id: row.id,
         tenant,

@@ -13,7 +13,7 @@ use falra_policies::{Policy, Scope};
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
 use falra_sandbox::{ChildFailure, ProtocolRequest};
 use falra_tenants::function::is_identifier;
-use falra_tenants::{resolve_module, FnName, VersionId};
+use falra_tenants::{resolve_module, FnName, TenantName, VersionId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -112,7 +112,7 @@ struct UsageJson {
 /// What metering learns of a call as it goes; recorded once it is answered.
 #[derive(Debug, Default)]
 struct Metered {
-    tenant: Option<String>,
+    tenant: Option<TenantName>,
     token_id: String,
     function: String,
     version: Option<String>,
@@ -146,7 +146,7 @@ pub async fn call(
             }
         };
     state.metrics.call(
-        metered.tenant.as_deref().unwrap_or("-"),
+        metered.tenant.as_ref().map_or("-", TenantName::as_str),
         outcome,
         started.elapsed().as_secs_f64(),
     );
@@ -290,18 +290,18 @@ async fn run_call(
     span.record("tenant", caller.tenant.as_str());
     span.record("fn", request.function.as_str());
     span.record("token_id", caller.token_id.as_str());
-    metered.tenant = Some(caller.tenant.as_str().to_owned());
+    metered.tenant = Some(caller.tenant.clone());
     metered.token_id.clone_from(&caller.token_id);
     metered.function = request.function.as_str().to_owned();
     metered.bytes_in = body_len;
 
     let tenant = state
         .store
-        .tenant(caller.tenant.as_str())
+        .tenant(&caller.tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
     let policy = effective_policy(state, &tenant)?;
-    check_quota(state, caller.tenant.as_str(), policy.cpu_seconds_per_month).await?;
+    check_quota(state, &caller.tenant, policy.cpu_seconds_per_month).await?;
     let permit = state
         .admission
         .admit(
@@ -322,8 +322,7 @@ async fn run_call(
         Some(t) => t.min(policy.timeout_ms),
         None => policy.timeout_ms,
     };
-    let uid = u32::try_from(tenant.uid)
-        .map_err(|e| ApiError::internal("the tenant's uid is out of range", &e))?;
+    let uid = tenant.uid.get();
     if falra_builtins::is_reserved_module(request.function.module()) {
         let outcome = crate::builtin::run(
             state,
@@ -364,12 +363,7 @@ async fn run_call(
             let id = VersionId::parse(pinned).map_err(|e| {
                 ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
             })?;
-            if state
-                .store
-                .version(caller.tenant.as_str(), pinned)
-                .await?
-                .is_none()
-            {
+            if state.store.version(&caller.tenant, &id).await?.is_none() {
                 return Err(ApiError::bad_request(format!(
                     "this tenant has no version {pinned:?}"
                 ))
@@ -377,16 +371,14 @@ async fn run_call(
             }
             id
         }
-        None => {
-            let active = tenant.active_version.as_deref().ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotDeployed,
-                    "this tenant has no deployed code yet: sync its repository first",
-                )
-            })?;
-            VersionId::parse(active).map_err(|e| ApiError::internal("corrupt version id", &e))?
-        }
+        None => tenant.active_version.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotDeployed,
+                "this tenant has no deployed code yet: sync its repository first",
+            )
+        })?,
     };
+    span.record("version", version.as_str());
     let fn_not_found = |message: String, detail: Value| {
         ApiError::new(ErrorCode::FnNotFound, message).with_detail(detail)
     };

@@ -13,7 +13,7 @@ use falra_tenants::TenantName;
 use crate::admin::new_token;
 use crate::clock::now_ms;
 use crate::server::AppState;
-use crate::store::{TenantRow, TokenKind};
+use crate::store::{NewTenant, PlanName, TokenKind};
 
 const DEMO_TENANT: &str = "demo";
 
@@ -34,24 +34,21 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
     let name = TenantName::parse(DEMO_TENANT).expect("a valid name");
     let source_dir = state.config.data_dir.join("demo-source");
     let dir = source_dir.clone();
-    tokio::task::spawn_blocking(move || commit_examples(&dir))
+    crate::task::spawn_blocking(move || commit_examples(&dir))
         .await?
         .context("could not prepare the demo repository")?;
     let url = format!("file://{}", std::fs::canonicalize(&source_dir)?.display());
-    if state.store.tenant(DEMO_TENANT).await?.is_none() {
+    if state.store.tenant(&name).await?.is_none() {
         state
             .store
-            .insert_tenant(&TenantRow {
-                name: DEMO_TENANT.into(),
+            .insert_tenant(&NewTenant {
+                name: name.clone(),
                 repo: Some(url.clone()),
                 branch: "main".into(),
                 subdir: None,
-                plan: "default".into(),
+                plan: PlanName::parse(crate::plans::DEFAULT_PLAN).expect("a valid plan name"),
                 webhook_secret: None,
-                policy: crate::admin::NO_OVERRIDES.to_owned(),
-                active_version: None,
                 created_at: now_ms(),
-                uid: 0,
             })
             .await?;
     }
@@ -59,13 +56,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
-    let (row, secret) = new_token(
-        Some(DEMO_TENANT),
-        TokenKind::Tenant,
-        &scopes,
-        None,
-        now_ms(),
-    );
+    let (row, secret) = new_token(Some(&name), TokenKind::Tenant, &scopes, None, now_ms());
     state.store.insert_token(&row).await?;
     Ok(secret.expose().to_owned())
 }

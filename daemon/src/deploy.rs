@@ -27,6 +27,7 @@ use crate::clock::now_ms;
 use crate::isolation::{CodeMounts, VENV_DIR};
 use crate::server::AppState;
 use crate::store::{NewVersion, TenantRow, UploadChange};
+use crate::task::step;
 use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
 
 /// How long listing a version's functions (it imports every module) or compiling them may take.
@@ -51,6 +52,17 @@ pub enum Change {
     Put(Upload),
     /// Remove one upload.
     Delete(ModuleName),
+}
+
+impl Change {
+    /// The change's kind, for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Change::Sync => "sync",
+            Change::Put(_) => "upload",
+            Change::Delete(_) => "delete_upload",
+        }
+    }
 }
 
 /// A deploy that landed.
@@ -137,7 +149,7 @@ pub async fn deploy_in(
     slot: DeploySlot,
 ) -> Result<Deployed, ApiError> {
     let (task_state, task_name) = (state.clone(), name.clone());
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         let deployed = deploy_now(&task_state, &task_name, change).await;
         drop(slot);
         deployed
@@ -146,24 +158,24 @@ pub async fn deploy_in(
     .map_err(|e| ApiError::internal("the deploy's task failed", &e))?
 }
 
+#[tracing::instrument(name = "deploy", skip_all, fields(tenant = %name, change = change.label()))]
 async fn deploy_now(
     state: &AppState,
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, ApiError> {
-    let lock = state.sync_lock(name);
-    let _guard = lock.lock().await;
+    let _lock = state.store.deploy_lock(name).await;
     let tenant = state
         .store
-        .tenant(name.as_str())
+        .tenant(name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
     let policy = crate::plans::effective_policy(state, &tenant)?;
     // Deploys run the tenant's code (imports, listings, builds): not for a tenant past its quota.
-    crate::metering::check_quota(state, name.as_str(), policy.cpu_seconds_per_month).await?;
+    crate::metering::check_quota(state, name, policy.cpu_seconds_per_month).await?;
     let mut uploads: Vec<Upload> = state
         .store
-        .uploads_of(name.as_str())
+        .uploads_of(name)
         .await?
         .into_iter()
         .map(|u| Upload {
@@ -175,7 +187,7 @@ async fn deploy_now(
     let known_commit = match &tenant.active_version {
         Some(active) => state
             .store
-            .version(name.as_str(), active)
+            .version(name, active)
             .await?
             .and_then(|v| v.git_commit),
         None => None,
@@ -183,7 +195,7 @@ async fn deploy_now(
     let fetch_needed = matches!(change, Change::Sync)
         || (tenant.repo.is_some() && known_commit.is_none() && tenant.active_version.is_some());
     let commit = if fetch_needed {
-        Some(fetch_branch(state, name, &tenant).await?)
+        Some(step("fetch", fetch_branch(state, name, &tenant)).await?)
     } else {
         known_commit
     };
@@ -213,19 +225,22 @@ async fn deploy_now(
     let layout = state.layout.clone();
     let tenant_name = name.clone();
     let plan_uploads = uploads.clone();
-    let version = tokio::task::spawn_blocking(move || {
-        let plan = VersionPlan {
-            commit: plan_commit.as_deref(),
-            subdir: subdir.as_deref(),
-            uploads: &plan_uploads,
-            max_bytes,
-        };
-        build_version(&layout, &tenant_name, &plan)
-    })
+    let version = step(
+        "tree",
+        crate::task::spawn_blocking(move || {
+            let plan = VersionPlan {
+                commit: plan_commit.as_deref(),
+                subdir: subdir.as_deref(),
+                uploads: &plan_uploads,
+                max_bytes,
+            };
+            build_version(&layout, &tenant_name, &plan)
+        }),
+    )
     .await
     .map_err(|e| ApiError::internal("version task failed", &e))?
     .map_err(|e| sync_failed(name, &e))?;
-    let known = state.store.version(name.as_str(), version.as_str()).await?;
+    let known = state.store.version(name, &version).await?;
     let fresh = known.is_none();
 
     let prepared = finish_version(
@@ -241,7 +256,7 @@ async fn deploy_now(
     let functions = match prepared {
         Ok(functions) => functions,
         Err(e) => {
-            if fresh && tenant.active_version.as_deref() != Some(version.as_str()) {
+            if fresh && tenant.active_version.as_ref() != Some(&version) {
                 let _ = state.layout.remove_version(name, &version);
             }
             return Err(e);
@@ -266,27 +281,27 @@ async fn deploy_now(
             module: module.as_str(),
         },
     };
-    state
-        .store
-        .activate_version(
-            name.as_str(),
-            &NewVersion {
-                id: version.as_str(),
-                source: label,
-                git_commit: commit.as_deref(),
-                functions: Some(&functions_text),
-                now,
-            },
-            stored_change,
-        )
-        .await?;
-    state
-        .layout
-        .activate(name, &version)
-        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
+    let record = NewVersion {
+        id: &version,
+        source: label,
+        git_commit: commit.as_deref(),
+        functions: Some(&functions_text),
+        now,
+    };
+    step("activate", async {
+        state
+            .store
+            .activate_version(name, &record, stored_change)
+            .await?;
+        state
+            .layout
+            .activate(name, &version)
+            .map_err(|e| ApiError::internal("could not switch the active version link", &e))
+    })
+    .await?;
     state
         .warm
-        .forget_other_versions(state, tenant.uid32(), version.as_str());
+        .forget_other_versions(state, tenant.uid.get(), version.as_str());
     collect_versions(state, name).await;
     tracing::info!(tenant = %name, version = %version, source = label, "version active");
     Ok(Deployed { version, functions })
@@ -315,7 +330,7 @@ async fn fetch_branch(
     };
     let layout = state.layout.clone();
     let tenant_name = name.clone();
-    tokio::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
+    crate::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
         .await
         .map_err(|e| ApiError::internal("fetch task failed", &e))?
         .map_err(|e| sync_failed(name, &e))
@@ -336,16 +351,20 @@ async fn finish_version(
         // Only the tenant's own gid may read its versions, should a mount ever leak.
         state
             .layout
-            .restrict_versions(name, tenant.uid32())
+            .restrict_versions(name, tenant.uid.get())
             .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
     }
     let code = state.layout.version_dir(name, version);
-    let venv = ensure_venv(state, tenant, policy, &code).await?;
+    let venv = step("venv", ensure_venv(state, tenant, policy, &code)).await?;
     let mounts = CodeMounts { code, venv };
-    compile_version(state, name, tenant, policy, version, &mounts).await;
+    step(
+        "compile",
+        compile_version(state, name, tenant, policy, version, &mounts),
+    )
+    .await;
     let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
         Some(known) => known,
-        None => introspect(state, tenant, policy, &mounts).await,
+        None => step("list", introspect(state, tenant, policy, &mounts)).await,
     };
     if let Some(module) = uploaded {
         let entry = functions["modules"]
@@ -395,7 +414,7 @@ async fn compile_version(
     if let Ok(entries) = std::fs::read_dir(&versions) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".pyc-") {
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(entry.path()))
+                let _ = crate::task::spawn_blocking(move || std::fs::remove_dir_all(entry.path()))
                     .await;
             }
         }
@@ -407,7 +426,7 @@ async fn compile_version(
     ));
     let compiled = async {
         // The compiler runs as the tenant: only the scratch directory is writable to it.
-        tenant_owned_dir(&scratch, tenant.uid32())
+        tenant_owned_dir(&scratch, tenant.uid.get())
             .map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
         let isolated = state.sandbox.is_enabled();
         let out = if isolated {
@@ -445,7 +464,7 @@ async fn compile_version(
             state.config.cache_tag.clone(),
             state.config.max_version_bytes,
         );
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking(move || {
             falra_tenants::bytecode::lay_in(&from, &tree, &tag, max_total)
         })
         .await
@@ -454,7 +473,7 @@ async fn compile_version(
     }
     .await;
     let doomed = scratch.clone();
-    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await {
+    match crate::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await {
         Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(tenant = %name, error = %e, "could not remove the bytecode scratch directory")
         }
@@ -527,7 +546,7 @@ async fn run_runner_mode(
     // The tenant's own time limit: importing its modules is its code running, as in a call.
     limits.wall = Duration::from_millis(policy.timeout_ms.into()).min(RUNNER_MODE_TIMEOUT);
     limits.stdout_bytes = INTROSPECT_MAX_BYTES;
-    let warm = prepare_stage(state, tenant.uid32(), mounts, &policy, stage).await?;
+    let warm = prepare_stage(state, tenant.uid.get(), mounts, &policy, stage).await?;
     let mode = request["mode"].as_str().unwrap_or("runner");
     let request = request.to_string().into_bytes();
     let ran = run_to_end(state, warm, request, limits, ()).await?;
@@ -579,7 +598,7 @@ async fn ensure_venv(
         crate::call::new_call_id()
     ));
     // The build runs as the tenant: only its output directory is writable to it.
-    tenant_owned_dir(&staging, tenant.uid32())
+    tenant_owned_dir(&staging, tenant.uid.get())
         .map_err(|e| ApiError::internal("could not prepare the virtualenv directory", &e))?;
     let built = build_venv(state, tenant, policy, code, &staging).await;
     let finished = built.and_then(|()| {
@@ -666,7 +685,7 @@ async fn build_venv(
             .with_detail(json!({"line": e.line, "requirement": e.text}))
     })?;
     let wheels = out.with_extension("wheels");
-    tenant_owned_dir(&wheels, tenant.uid32())
+    tenant_owned_dir(&wheels, tenant.uid.get())
         .map_err(|e| ApiError::internal("could not prepare the build's download directory", &e))?;
     let built = async {
         pip_stage(
@@ -683,7 +702,7 @@ async fn build_venv(
     }
     .await;
     let doomed = wheels.clone();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(doomed)).await;
+    let _ = crate::task::spawn_blocking(move || std::fs::remove_dir_all(doomed)).await;
     built
 }
 
@@ -810,7 +829,7 @@ async fn pip_stage(
     };
     let mut limits = call_limits(state, 0);
     limits.wall = VENV_TIMEOUT;
-    let warm = prepare_stage(state, tenant.uid32(), &mounts, &build_policy, stage).await?;
+    let warm = prepare_stage(state, tenant.uid.get(), &mounts, &build_policy, stage).await?;
     let ran = run_to_end(state, warm, Vec::new(), limits, ()).await?;
     let what = match which {
         PipStage::Download => "pip-download",
@@ -878,30 +897,28 @@ fn seal_venv(dir: &Path) -> std::io::Result<u64> {
 /// one that a call in flight or a prepared child uses: those go at a later deploy).
 pub async fn collect_versions(state: &AppState, name: &TenantName) {
     let (Ok(Some(tenant)), Ok(versions)) = (
-        state.store.tenant(name.as_str()).await,
-        state.store.versions_of(name.as_str()).await,
+        state.store.tenant(name).await,
+        state.store.versions_of(name).await,
     ) else {
         return;
     };
-    let uid = tenant.uid32();
+    let uid = tenant.uid.get();
     for old in versions.iter().skip(state.config.keep_versions) {
-        let Ok(id) = VersionId::parse(&old.id) else {
-            continue;
-        };
-        let busy = tenant.active_version.as_deref() == Some(old.id.as_str())
-            || state.version_in_use(name, &old.id)
-            || state.warm.holds_version(uid, &old.id);
+        let id = &old.id;
+        let busy = tenant.active_version.as_ref() == Some(id)
+            || state.version_in_use(name, id.as_str())
+            || state.warm.holds_version(uid, id.as_str());
         if busy {
             continue;
         }
-        if let Err(e) = state.store.delete_version(name.as_str(), &old.id).await {
-            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not forget an old version");
+        if let Err(e) = state.store.delete_version(name, id).await {
+            tracing::warn!(tenant = %name, version = %id, error = %e, "could not forget an old version");
             continue;
         }
-        if let Err(e) = state.layout.remove_version(name, &id) {
-            tracing::warn!(tenant = %name, version = %old.id, error = %e, "could not remove an old version");
+        if let Err(e) = state.layout.remove_version(name, id) {
+            tracing::warn!(tenant = %name, version = %id, error = %e, "could not remove an old version");
         } else {
-            tracing::info!(tenant = %name, version = %old.id, "old version removed");
+            tracing::info!(tenant = %name, version = %id, "old version removed");
         }
     }
     collect_venvs(state).await;
@@ -920,17 +937,11 @@ async fn collect_venvs(state: &AppState) {
     };
     let mut wanted = std::collections::HashSet::new();
     for tenant in &tenants {
-        let (Ok(name), Ok(versions)) = (
-            TenantName::parse(&tenant.name),
-            state.store.versions_of(&tenant.name).await,
-        ) else {
+        let Ok(versions) = state.store.versions_of(&tenant.name).await else {
             return;
         };
         for v in versions {
-            let Ok(id) = VersionId::parse(&v.id) else {
-                continue;
-            };
-            if let Some(venv) = venv_for(state, &state.layout.version_dir(&name, &id)) {
+            if let Some(venv) = venv_for(state, &state.layout.version_dir(&tenant.name, &v.id)) {
                 wanted.insert(venv);
             }
         }

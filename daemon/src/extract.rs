@@ -213,3 +213,16 @@ pub fn bearer(parts_headers: &axum::http::HeaderMap) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+/// A `?tenant=` query parameter, parsed: an invalid name is `400` naming the parameter.
+pub fn tenant_parameter(
+    value: Option<&str>,
+) -> Result<Option<falra_tenants::TenantName>, ApiError> {
+    value
+        .map(|v| {
+            falra_tenants::TenantName::parse(v).map_err(|e| {
+                ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "tenant"}))
+            })
+        })
+        .transpose()
+}

@@ -525,7 +525,7 @@ fn stale_pid(name: &str) -> Option<u32> {
 /// Removes a finished call's cgroup, retrying while the kernel finishes tearing down its
 /// processes. Runs off the request path.
 pub fn remove_cgroup_later(cgroup: CallCgroup) {
-    tokio::task::spawn_blocking(move || {
+    crate::task::spawn_blocking(move || {
         for attempt in 0..200u32 {
             match cgroup.remove(&HostFs) {
                 Ok(()) => return,

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use falra_tenants::TenantName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -55,7 +56,10 @@ impl Meter {
     pub fn start(store: Store) -> Meter {
         let (tx, rx) = mpsc::channel(QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_batches(store, rx, Arc::clone(&queued)));
+        tokio::spawn(tracing::Instrument::instrument(
+            write_batches(store, rx, Arc::clone(&queued)),
+            tracing::info_span!("meter"),
+        ));
         Meter {
             tx,
             queued,
@@ -125,11 +129,16 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Ar
 
 /// Each tenant's CPU milliseconds in the current month.
 #[derive(Debug, Default)]
-pub struct Quotas(Mutex<HashMap<String, (i64, i64)>>);
+pub struct Quotas(Mutex<HashMap<TenantName, (i64, i64)>>);
 
 impl Quotas {
     /// The tenant's CPU milliseconds this month.
-    pub async fn used_ms(&self, store: &Store, tenant: &str, now: i64) -> Result<i64, ApiError> {
+    pub async fn used_ms(
+        &self,
+        store: &Store,
+        tenant: &TenantName,
+        now: i64,
+    ) -> Result<i64, ApiError> {
         let (month, _) = month_bounds(now);
         let known = self
             .0
@@ -143,7 +152,7 @@ impl Quotas {
         }
         let used = store.cpu_ms_since(tenant, month).await?;
         let mut table = self.0.lock().expect("quota table poisoned");
-        let entry = table.entry(tenant.to_owned()).or_insert((month, used));
+        let entry = table.entry(tenant.clone()).or_insert((month, used));
         if entry.0 != month {
             *entry = (month, used);
         }
@@ -151,7 +160,7 @@ impl Quotas {
     }
 
     /// Adds a finished call's CPU time.
-    pub fn add(&self, tenant: &str, cpu_ms: i64, at: i64) {
+    pub fn add(&self, tenant: &TenantName, cpu_ms: i64, at: i64) {
         let (month, _) = month_bounds(at);
         let mut table = self.0.lock().expect("quota table poisoned");
         if let Some(entry) = table.get_mut(tenant) {
@@ -161,12 +170,11 @@ impl Quotas {
         }
     }
 
-    pub fn forget(&self, tenant: &str) {
+    pub fn forget(&self, tenant: &TenantName) {
         self.0.lock().expect("quota table poisoned").remove(tenant);
     }
 }
 
-/// Refuses a call of a tenant that has used its monthly CPU quota.
 /// Whether a usage row is a deploy-time child's (see [`record_deploy_child`]).
 fn is_deploy_child(function: &str) -> bool {
     function.starts_with("<deploy:")
@@ -175,7 +183,12 @@ fn is_deploy_child(function: &str) -> bool {
 /// Meters a deploy-time child of `tenant` (a listing, the compiler, a package build): its CPU
 /// counts against the tenant's quota like a call's, and it is recorded as a call of the
 /// pseudo-function `<deploy:{what}>` so usage reports show it.
-pub fn record_deploy_child(state: &AppState, tenant: &str, what: &str, ran: &crate::warm::Ran) {
+pub fn record_deploy_child(
+    state: &AppState,
+    tenant: &TenantName,
+    what: &str,
+    ran: &crate::warm::Ran,
+) {
     let at = now_ms();
     let cpu_ms = i64::try_from(ran.cpu_ms).unwrap_or(i64::MAX);
     state.quotas.add(tenant, cpu_ms, at);
@@ -187,7 +200,7 @@ pub fn record_deploy_child(state: &AppState, tenant: &str, what: &str, ran: &cra
     };
     state.meter.record(CallRecord {
         call_id: crate::call::new_call_id(),
-        tenant: tenant.to_owned(),
+        tenant: tenant.clone(),
         token_id: String::new(),
         function: format!("<deploy:{what}>"),
         version: None,
@@ -201,9 +214,10 @@ pub fn record_deploy_child(state: &AppState, tenant: &str, what: &str, ran: &cra
     });
 }
 
+/// Refuses a call of a tenant that has used its monthly CPU quota.
 pub async fn check_quota(
     state: &AppState,
-    tenant: &str,
+    tenant: &TenantName,
     quota_seconds: Option<u64>,
 ) -> Result<(), ApiError> {
     let Some(quota) = quota_seconds else {
@@ -277,7 +291,8 @@ pub async fn usage(
             .is_some_and(|a| a.contains("text/csv")),
     };
     state.meter.flush().await;
-    let rows = state.store.usage(q.tenant.as_deref(), from, to).await?;
+    let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
+    let rows = state.store.usage(tenant.as_ref(), from, to).await?;
     if csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

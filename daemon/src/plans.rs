@@ -19,7 +19,7 @@ use crate::auth::Operator;
 use crate::clock::now_ms;
 use crate::extract::{ApiJson, ApiPath};
 use crate::server::AppState;
-use crate::store::{Store, StoreError, TenantRow};
+use crate::store::{PlanName, Store, StoreError, TenantRow};
 
 /// The plan a tenant is on unless it says otherwise.
 pub const DEFAULT_PLAN: &str = "default";
@@ -36,15 +36,13 @@ impl PlanTable {
         let fresh = store.plans().await?.is_empty();
         for (name, policy) in builtin_plans() {
             if fresh || name == DEFAULT_PLAN {
-                let text = serde_json::to_string(&policy).expect("a policy serialises");
-                store.insert_plan_if_absent(name, &text, now).await?;
+                let name = PlanName::parse(name).expect("built-in plan names are valid");
+                store.insert_plan_if_absent(&name, &policy, now).await?;
             }
         }
         let mut plans = HashMap::new();
-        for (name, text) in store.plans().await? {
-            let policy = serde_json::from_str(&text)
-                .map_err(|_| StoreError::Corrupt(format!("plan {name:?} is not a policy")))?;
-            plans.insert(name, policy);
+        for (name, policy) in store.plans().await? {
+            plans.insert(name.as_str().to_owned(), policy);
         }
         Ok(PlanTable(RwLock::new(plans)))
     }
@@ -88,44 +86,26 @@ impl PlanTable {
     }
 }
 
-/// A tenant's stored overrides.
-pub fn overrides(tenant: &TenantRow) -> Result<PolicyPatch, ApiError> {
-    serde_json::from_str(&tenant.policy)
-        .map_err(|e| ApiError::internal("the tenant's stored policy is unreadable", &e))
-}
-
 /// The policy a tenant's calls run under now: its plan with its overrides.
 pub fn effective_policy(state: &AppState, tenant: &TenantRow) -> Result<Policy, ApiError> {
-    let plan = state.plans.get(&tenant.plan).unwrap_or_default();
-    Ok(Policy::effective(&plan, &overrides(tenant)?))
+    let plan = state.plans.get(tenant.plan.as_str()).unwrap_or_default();
+    Ok(Policy::effective(&plan, &tenant.overrides))
 }
 
-/// Checks that `name` is a plan a tenant may be put on.
-pub fn check_plan(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if state.plans.contains(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
+/// The plan named `name`, if a tenant may be put on it.
+pub fn check_plan(state: &AppState, name: &str) -> Result<PlanName, ApiError> {
+    match PlanName::parse(name) {
+        Ok(plan) if state.plans.contains(name) => Ok(plan),
+        _ => Err(ApiError::bad_request(format!(
             "there is no plan named {name:?} (see GET /admin/v1/plans)"
         ))
-        .with_detail(json!({"field": "plan"})))
+        .with_detail(json!({"field": "plan"}))),
     }
 }
 
-fn plan_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{name:?} is not a valid plan name: use 1 to 64 letters, digits, '_' or '-'"
-        ))
-        .with_detail(json!({"field": "name"})))
-    }
+fn plan_name(name: &str) -> Result<PlanName, ApiError> {
+    PlanName::parse(name)
+        .map_err(|e| ApiError::bad_request(e).with_detail(json!({"field": "name"})))
 }
 
 /// `GET /admin/v1/plans`.
@@ -146,13 +126,12 @@ pub async fn put_plan(
     ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<PolicyPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    plan_name(&name)?;
+    let plan = plan_name(&name)?;
     let mut policy = state.plans.get(&name).unwrap_or_default();
     policy.apply(&patch).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
     })?;
-    let text = serde_json::to_string(&policy).expect("a policy serialises");
-    state.store.put_plan(&name, &text, now_ms()).await?;
+    state.store.put_plan(&plan, &policy, now_ms()).await?;
     state.plans.set(&name, policy.clone());
     audit(
         &state,
@@ -177,7 +156,10 @@ pub async fn delete_plan(
             "the default plan cannot be removed: new tenants are put on it",
         ));
     }
-    if !state.store.delete_plan(&name).await? {
+    let Ok(plan) = PlanName::parse(&name) else {
+        return Err(ApiError::not_found(format!("no plan named {name:?}")));
+    };
+    if !state.store.delete_plan(&plan).await? {
         return Err(ApiError::not_found(format!("no plan named {name:?}")));
     }
     state.plans.remove(&name);

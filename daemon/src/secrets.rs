@@ -51,10 +51,7 @@ pub async fn put_secret(
     }
     let sealed = state.secret_key.seal(name.as_str(), &key, &plain);
     let now = now_ms();
-    state
-        .store
-        .put_secret(name.as_str(), &key, &sealed, now)
-        .await?;
+    state.store.put_secret(&name, &key, &sealed, now).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, secret = %key, "secret set");
     audit(
         &state,
@@ -75,7 +72,7 @@ pub async fn delete_secret(
     ApiPath((name, key)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    if !state.store.delete_secret(name.as_str(), &key).await? {
+    if !state.store.delete_secret(&name, &key).await? {
         return Err(ApiError::not_found(format!(
             "tenant {name} has no secret named {key:?}"
         )));
@@ -98,7 +95,7 @@ pub async fn list_secrets(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let names = state.store.secret_names(name.as_str()).await?;
+    let names = state.store.secret_names(&name).await?;
     let list: Vec<Value> = names
         .into_iter()
         .map(|(key, at)| json!({"key": key, "updated_at": format_ms(at)}))
@@ -112,7 +109,7 @@ pub async fn open_secret(
     tenant: &TenantName,
     key: &str,
 ) -> Result<Option<Value>, ApiError> {
-    let Some(sealed) = state.store.secret(tenant.as_str(), key).await? else {
+    let Some(sealed) = state.store.secret(tenant, key).await? else {
         return Ok(None);
     };
     let plain = state

@@ -130,7 +130,6 @@ pub struct Inner {
     shutting_down: AtomicBool,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
-    sync_locks: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys running or waiting, per tenant.
     pub deploy_slots: Arc<crate::deploy::DeploySlots>,
     /// The egress gateways of children's network namespaces.
@@ -195,7 +194,6 @@ impl AppState {
             layout: Layout::new(&config.data_dir),
             store,
             config,
-            sync_locks: Mutex::new(HashMap::new()),
             deploy_slots: Arc::default(),
             gateways: crate::gateway::Gateways::default(),
             deliveries: crate::hooks::RecentDeliveries::default(),
@@ -258,12 +256,6 @@ impl AppState {
             }
         };
         CodeMounts { code, venv }
-    }
-
-    /// The lock that serialises deploys of one tenant.
-    pub fn sync_lock(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.sync_locks.lock().expect("sync lock table poisoned");
-        locks.entry(tenant.clone()).or_default().clone()
     }
 }
 
@@ -363,6 +355,7 @@ async fn request_span(req: Request, next: Next) -> Response {
         call_id = tracing::field::Empty,
         tenant = tracing::field::Empty,
         fn = tracing::field::Empty,
+        version = tracing::field::Empty,
         token_id = tracing::field::Empty,
     );
     CLIENT

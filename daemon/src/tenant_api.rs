@@ -11,6 +11,7 @@ use crate::clock::format_ms;
 use crate::extract::{bearer, ApiQuery};
 use crate::server::AppState;
 use crate::store::TenantRow;
+use falra_tenants::VersionId;
 
 /// The caller (a `call` or `deploy` token) and its tenant.
 async fn reader(
@@ -20,7 +21,7 @@ async fn reader(
     let caller = tenant_caller_any(state, bearer(headers), &[Scope::Call, Scope::Deploy]).await?;
     let tenant = state
         .store
-        .tenant(caller.tenant.as_str())
+        .tenant(&caller.tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
     Ok((caller, tenant))
@@ -32,7 +33,7 @@ pub async fn list_versions(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let (caller, tenant) = reader(&state, &headers).await?;
-    let versions = state.store.versions_of(caller.tenant.as_str()).await?;
+    let versions = state.store.versions_of(&caller.tenant).await?;
     let list: Vec<Value> = versions
         .iter()
         .map(|v| {
@@ -40,7 +41,7 @@ pub async fn list_versions(
                 "id": v.id,
                 "source": v.source,
                 "created_at": format_ms(v.created_at),
-                "active": tenant.active_version.as_deref() == Some(v.id.as_str()),
+                "active": tenant.active_version.as_ref() == Some(&v.id),
             })
         })
         .collect();
@@ -64,9 +65,14 @@ pub async fn list_functions(
 ) -> Result<Json<Value>, ApiError> {
     let ApiQuery(query) = query?;
     let (caller, tenant) = reader(&state, &headers).await?;
-    let id = match query.version.or(tenant.active_version) {
-        Some(id) => id,
-        None => {
+    let no_version = |id: &str| {
+        ApiError::bad_request(format!("this tenant has no version {id:?}"))
+            .with_detail(json!({"parameter": "version"}))
+    };
+    let id = match (query.version, tenant.active_version) {
+        (Some(asked), _) => VersionId::parse(&asked).map_err(|_| no_version(&asked))?,
+        (None, Some(active)) => active,
+        (None, None) => {
             return Err(ApiError::new(
                 ErrorCode::NotDeployed,
                 "this tenant has no deployed code yet: sync its repository first",
@@ -75,12 +81,9 @@ pub async fn list_functions(
     };
     let version = state
         .store
-        .version(caller.tenant.as_str(), &id)
+        .version(&caller.tenant, &id)
         .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("this tenant has no version {id:?}"))
-                .with_detail(json!({"parameter": "version"}))
-        })?;
+        .ok_or_else(|| no_version(id.as_str()))?;
     let listing: Value = version
         .functions
         .as_deref()

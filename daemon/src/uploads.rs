@@ -75,7 +75,7 @@ async fn remove(
 }
 
 async fn list(state: &AppState, tenant: &TenantName) -> Result<Json<Value>, ApiError> {
-    let uploads = state.store.uploads_of(tenant.as_str()).await?;
+    let uploads = state.store.uploads_of(tenant).await?;
     let list: Vec<Value> = uploads
         .iter()
         .map(|u| {

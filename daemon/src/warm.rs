@@ -86,7 +86,7 @@ impl WarmPool {
             return;
         }
         let state = state.clone();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             let made = prepare_child(&state, key.uid, &mounts, &policy).await;
             state
                 .warm
@@ -151,27 +151,31 @@ impl WarmPool {
 
     /// Stops prepared children nobody took within [`IDLE`]; runs until the daemon is gone.
     pub fn expire_idle(state: Weak<Inner>) {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(IDLE / 4).await;
-                let Some(inner) = state.upgrade() else {
-                    return;
-                };
-                let state = AppState::from_inner(inner);
-                let stale: Vec<Warm> = {
-                    let mut ready = state.warm.ready.lock().expect("warm pool poisoned");
-                    let keys: Vec<WarmKey> = ready
-                        .iter()
-                        .filter(|(_, w)| w.made.elapsed() > IDLE || !w.prepared.is_alive())
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    keys.iter().filter_map(|k| ready.remove(k)).collect()
-                };
-                for warm in stale {
-                    discard(&state, warm);
+        let span = tracing::info_span!("warm_pool_expiry");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    tokio::time::sleep(IDLE / 4).await;
+                    let Some(inner) = state.upgrade() else {
+                        return;
+                    };
+                    let state = AppState::from_inner(inner);
+                    let stale: Vec<Warm> = {
+                        let mut ready = state.warm.ready.lock().expect("warm pool poisoned");
+                        let keys: Vec<WarmKey> = ready
+                            .iter()
+                            .filter(|(_, w)| w.made.elapsed() > IDLE || !w.prepared.is_alive())
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        keys.iter().filter_map(|k| ready.remove(k)).collect()
+                    };
+                    for warm in stale {
+                        discard(&state, warm);
+                    }
                 }
-            }
-        });
+            },
+            span,
+        ));
     }
 
     /// Stops every prepared child (at shutdown).
@@ -195,7 +199,7 @@ fn discard(state: &AppState, warm: Warm) {
         prepared, cgroup, ..
     } = warm;
     let state = state.clone();
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         prepared.kill_and_wait().await;
         state.sandbox.release_cgroup(cgroup);
     });
@@ -349,7 +353,7 @@ pub async fn run_to_end<K: Send + 'static>(
     keep: K,
 ) -> Result<Ran, ApiError> {
     let task_state = state.clone();
-    let run = tokio::spawn(async move {
+    let run = crate::task::spawn(async move {
         let _keep = keep;
         let Warm {
             prepared, cgroup, ..

@@ -11,7 +11,8 @@ pub enum NameError {
 }
 
 /// A tenant's name: `[a-z][a-z0-9_]{0,31}`, safe as a path component and in `git_<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct TenantName(String);
 
 impl TenantName {
@@ -39,7 +40,8 @@ impl fmt::Display for TenantName {
 }
 
 /// The id of an immutable code version: lowercase hex, safe as a path component.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct VersionId(String);
 
 impl VersionId {

@@ -447,3 +447,62 @@ fn old_versions_are_collected_but_never_while_a_call_uses_them() {
     );
     assert_eq!(a.status, 404, "{:?}", a.body);
 }
+
+/// Writes `sql` into the daemon's store behind its back, as a manual edit or an older build
+/// might have (SQLite in WAL mode takes a second writer).
+fn edit_store(d: &Daemon, sql: &str) {
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=10)\nc.execute(sys.argv[2])\nc.commit()\n";
+    let status = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(d.data_dir.join("falra.db"))
+        .arg(sql)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{sql}");
+}
+
+#[test]
+fn a_tenant_whose_stored_uid_is_missing_or_invalid_never_runs() {
+    let d = Daemon::start();
+    let repo =
+        GitRepo::with_files(&[("who.py", "import os\ndef uid():\n    return os.getuid()\n")]);
+    let token = d.tenant("caro", &repo);
+    let uid = d.admin("GET", "/tenants/caro", None).body["uid"].clone();
+    let call = || d.call(json!({"token": token, "fn": "who.uid"}));
+    assert_eq!(call().body["result"], uid);
+    for (bad, reason) in [
+        ("NULL", "no uid"),
+        ("0", "uid 0 is outside"),
+        ("4294967295", "uid 4294967295 is outside"),
+        ("-1", "uid -1 is outside"),
+    ] {
+        edit_store(
+            &d,
+            &format!("UPDATE tenants SET uid = {bad} WHERE name = 'caro'"),
+        );
+        // No call runs, as root or as anyone: the row is refused, and named.
+        let r = call();
+        assert_eq!(r.status, 500, "{bad}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], json!("internal"));
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"caro\"") && message.contains(reason),
+            "{bad}: {message}"
+        );
+        assert!(r.body.get("result").is_none());
+        // Operators see the same on the tenant itself; the daemon keeps serving.
+        let shown = d.admin("GET", "/tenants/caro", None);
+        assert_eq!(shown.status, 500);
+        assert!(shown.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(reason));
+        assert_eq!(d.admin("GET", "/plans", None).status, 200);
+    }
+    // Put right, it runs again as its own uid.
+    edit_store(
+        &d,
+        &format!("UPDATE tenants SET uid = {uid} WHERE name = 'caro'"),
+    );
+    assert_eq!(call().body["result"], uid);
+}

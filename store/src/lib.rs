@@ -1,0 +1,255 @@
+//! Falra's store: everything a node must remember, as typed models behind one facade.
+//!
+//! [`Store`] is the facade every caller holds; it dispatches to one backend per database
+//! (today [`sqlite::SqliteStore`], the embedded default), each with its own migrations. Rows
+//! are parsed into the models of [`models`] as they are read, so callers never re-check a
+//! name, a uid or a policy, and a row that cannot be parsed is refused with its key
+//! ([`StoreError::InvalidRow`]). Per-tenant serialisation of deploys is also the store's
+//! ([`Store::deploy_lock`]): in-process on the embedded backend, where one daemon owns the file.
+//!
+//! Architecture Invariant: nothing here knows HTTP, the sandbox or the runtime; the store is
+//! told what to keep and answers what it holds.
+
+mod error;
+mod locks;
+pub mod models;
+pub mod sqlite;
+
+use std::path::Path;
+
+use falra_policies::{Policy, PolicyPatch, Sealed};
+use falra_tenants::{TenantName, VersionId};
+
+pub use error::StoreError;
+pub use locks::DeployLock;
+pub use models::*;
+
+/// The store, whichever database is behind it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    locks: std::sync::Arc<locks::TenantLocks>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Calls `$method` on whichever backend the store has.
+macro_rules! backend {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded store at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
+            locks: Default::default(),
+        })
+    }
+
+    /// Waits for, then holds, the tenant's deploy lock: one deploy (sync, upload, rollback) of
+    /// a tenant at a time. Dropping the guard releases it.
+    pub async fn deploy_lock(&self, tenant: &TenantName) -> DeployLock {
+        self.locks.lock(tenant).await
+    }
+
+    /// Inserts a tenant with the next free uid, and returns it as stored.
+    pub async fn insert_tenant(&self, t: &NewTenant) -> Result<TenantRow, StoreError> {
+        backend!(self.insert_tenant(t))
+    }
+
+    /// Replaces a tenant's mutable fields (everything but name, uid and creation time).
+    pub async fn update_tenant(&self, t: &TenantRow) -> Result<bool, StoreError> {
+        backend!(self.update_tenant(t))
+    }
+
+    pub async fn tenant(&self, name: &TenantName) -> Result<Option<TenantRow>, StoreError> {
+        backend!(self.tenant(name))
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+        backend!(self.tenants())
+    }
+
+    /// Removes the tenant with its tokens and versions.
+    pub async fn delete_tenant(&self, name: &TenantName) -> Result<bool, StoreError> {
+        backend!(self.delete_tenant(name))
+    }
+
+    /// Records `version` (if new) and makes it the tenant's active one, applying the upload
+    /// change it was built with in the same transaction: either all of it lands or nothing.
+    pub async fn activate_version(
+        &self,
+        tenant: &TenantName,
+        version: &NewVersion<'_>,
+        change: UploadChange<'_>,
+    ) -> Result<(), StoreError> {
+        backend!(self.activate_version(tenant, version, change))
+    }
+
+    pub async fn version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        backend!(self.version(tenant, version))
+    }
+
+    /// The tenant's versions, newest first.
+    pub async fn versions_of(&self, tenant: &TenantName) -> Result<Vec<VersionRow>, StoreError> {
+        backend!(self.versions_of(tenant))
+    }
+
+    pub async fn delete_version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<(), StoreError> {
+        backend!(self.delete_version(tenant, version))
+    }
+
+    /// Makes an existing version the tenant's active one; false if there is no such version.
+    pub async fn set_active_version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<bool, StoreError> {
+        backend!(self.set_active_version(tenant, version))
+    }
+
+    /// Replaces the tenant's policy overrides; false if there is no such tenant.
+    pub async fn set_overrides(
+        &self,
+        tenant: &TenantName,
+        overrides: &PolicyPatch,
+    ) -> Result<bool, StoreError> {
+        backend!(self.set_overrides(tenant, overrides))
+    }
+
+    /// Inserts the plan unless one of that name exists.
+    pub async fn insert_plan_if_absent(
+        &self,
+        name: &PlanName,
+        policy: &Policy,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        backend!(self.insert_plan_if_absent(name, policy, now))
+    }
+
+    pub async fn put_plan(
+        &self,
+        name: &PlanName,
+        policy: &Policy,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        backend!(self.put_plan(name, policy, now))
+    }
+
+    /// Every plan, by name.
+    pub async fn plans(&self) -> Result<Vec<(PlanName, Policy)>, StoreError> {
+        backend!(self.plans())
+    }
+
+    /// Removes a plan no tenant is on; `InUse` if one is, `false` if there is none.
+    pub async fn delete_plan(&self, name: &PlanName) -> Result<bool, StoreError> {
+        backend!(self.delete_plan(name))
+    }
+
+    /// Records finished calls, all in one transaction.
+    pub async fn insert_calls(&self, calls: &[CallRecord]) -> Result<(), StoreError> {
+        backend!(self.insert_calls(calls))
+    }
+
+    /// Calls per tenant and function in `[from, to)`, optionally of one tenant.
+    pub async fn usage(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        backend!(self.usage(tenant, from, to))
+    }
+
+    /// The CPU milliseconds a tenant's calls used since `from`.
+    pub async fn cpu_ms_since(&self, tenant: &TenantName, from: i64) -> Result<i64, StoreError> {
+        backend!(self.cpu_ms_since(tenant, from))
+    }
+
+    pub async fn insert_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
+        backend!(self.insert_audit(a))
+    }
+
+    /// Audit events, newest first, optionally of one tenant and since a time.
+    pub async fn audit(
+        &self,
+        tenant: Option<&TenantName>,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        backend!(self.audit(tenant, since, limit))
+    }
+
+    /// Stores (or replaces) a sealed secret.
+    pub async fn put_secret(
+        &self,
+        tenant: &TenantName,
+        key: &str,
+        sealed: &Sealed,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        backend!(self.put_secret(tenant, key, sealed, now))
+    }
+
+    pub async fn secret(
+        &self,
+        tenant: &TenantName,
+        key: &str,
+    ) -> Result<Option<Sealed>, StoreError> {
+        backend!(self.secret(tenant, key))
+    }
+
+    /// The names of the tenant's secrets and when each was last set (never their values).
+    pub async fn secret_names(
+        &self,
+        tenant: &TenantName,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        backend!(self.secret_names(tenant))
+    }
+
+    pub async fn delete_secret(&self, tenant: &TenantName, key: &str) -> Result<bool, StoreError> {
+        backend!(self.delete_secret(tenant, key))
+    }
+
+    /// The tenant's uploads, by module name.
+    pub async fn uploads_of(&self, tenant: &TenantName) -> Result<Vec<UploadRow>, StoreError> {
+        backend!(self.uploads_of(tenant))
+    }
+
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        backend!(self.insert_token(t))
+    }
+
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        backend!(self.token_by_hash(hash))
+    }
+
+    pub async fn tokens_of(&self, tenant: &TenantName) -> Result<Vec<TokenRow>, StoreError> {
+        backend!(self.tokens_of(tenant))
+    }
+
+    /// Marks a token revoked; false if there is no such token.
+    pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        backend!(self.revoke_token(id, now))
+    }
+
+    pub async fn touch_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        backend!(self.touch_token(id, now))
+    }
+}

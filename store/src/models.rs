@@ -1,0 +1,275 @@
+//! What the store holds, as validated types: a row that cannot be made into one of these is an
+//! [`InvalidRow`](crate::StoreError::InvalidRow) naming the row, never a default.
+//!
+//! The types that matter for safety are the tenant's identity: [`TenantUid`] cannot hold 0, a
+//! system uid, or anything `setresuid` would read as "leave unchanged", so no code reading a
+//! tenant can run its calls as root by accident.
+
+use std::fmt;
+
+use falra_policies::PolicyPatch;
+use falra_tenants::{TenantName, VersionId};
+
+/// A tenant's own uid (and gid, the same number): the identity its calls and builds run as.
+///
+/// Always in [`TenantUid::FIRST`]`..=`[`TenantUid::LAST`]: never root, never a system or
+/// `nobody` uid, never `u32::MAX` (`-1`, which `setresuid` takes as "unchanged").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct TenantUid(u32);
+
+impl TenantUid {
+    /// The first uid given to a tenant; each new tenant gets the next free one.
+    pub const FIRST: u32 = 200_000;
+    /// The last: below `i32::MAX`, so the number also fits every signed uid field.
+    pub const LAST: u32 = 0x7fff_fffe;
+
+    pub fn new(uid: i64) -> Result<TenantUid, String> {
+        match u32::try_from(uid) {
+            Ok(u) if (Self::FIRST..=Self::LAST).contains(&u) => Ok(TenantUid(u)),
+            _ => Err(format!(
+                "uid {uid} is outside the tenant range {}..={}",
+                Self::FIRST,
+                Self::LAST
+            )),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for TenantUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A plan's name: 1 to 64 ASCII letters, digits, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PlanName(String);
+
+impl PlanName {
+    pub fn parse(name: &str) -> Result<PlanName, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(PlanName(name.to_owned()))
+        } else {
+            Err(format!(
+                "{name:?} is not a valid plan name: use 1 to 64 letters, digits, '_' or '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PlanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRow {
+    pub name: TenantName,
+    pub repo: Option<String>,
+    pub branch: String,
+    pub subdir: Option<String>,
+    pub plan: PlanName,
+    /// The push webhook's secret, sealed (`falra_policies::SecretKey`).
+    pub webhook_secret: Option<String>,
+    /// The tenant's own policy fields over its plan's.
+    pub overrides: PolicyPatch,
+    pub active_version: Option<VersionId>,
+    pub created_at: i64,
+    /// Allocated by [`crate::Store::insert_tenant`], never changed.
+    pub uid: TenantUid,
+}
+
+/// A tenant about to be created: everything but what the store allocates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTenant {
+    pub name: TenantName,
+    pub repo: Option<String>,
+    pub branch: String,
+    pub subdir: Option<String>,
+    pub plan: PlanName,
+    pub webhook_secret: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub id: VersionId,
+    /// What made it: `git`, `upload`, `rollback`…
+    pub source: String,
+    pub created_at: i64,
+    /// The commit the version was built from (none: uploads only).
+    pub git_commit: Option<String>,
+    /// The version's callable functions as JSON, found when it was made.
+    pub functions: Option<String>,
+}
+
+/// A version about to become active.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion<'a> {
+    pub id: &'a VersionId,
+    /// What made it: `git`, `upload`, `rollback`…
+    pub source: &'a str,
+    pub git_commit: Option<&'a str>,
+    pub functions: Option<&'a str>,
+    pub now: i64,
+}
+
+/// The change to the tenant's uploads a new version was built with.
+#[derive(Debug, Clone, Copy)]
+pub enum UploadChange<'a> {
+    None,
+    Put {
+        module: &'a str,
+        source: &'a str,
+        sha256: &'a str,
+        now: i64,
+    },
+    Delete {
+        module: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub module: String,
+    pub source: String,
+    pub sha256: String,
+    pub updated_at: i64,
+}
+
+/// One finished call (or deploy child), as metering records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub tenant: TenantName,
+    pub token_id: String,
+    pub function: String,
+    pub version: Option<String>,
+    /// `ok`, or the error code of the answer.
+    pub outcome: String,
+    pub wall_ms: i64,
+    pub cpu_ms: i64,
+    pub peak_memory_bytes: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub at: i64,
+}
+
+/// Calls of one tenant's function over a time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub function: String,
+    pub calls: i64,
+    pub ok: i64,
+    pub wall_ms: i64,
+    pub cpu_ms: i64,
+    pub max_peak_memory_bytes: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: String,
+    pub at: i64,
+    /// The token id that acted (an operator's or a tenant's), or `webhook`.
+    pub actor: String,
+    pub action: String,
+    pub tenant: Option<String>,
+    /// JSON.
+    pub detail: String,
+    /// The client's address.
+    pub remote: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Tenant,
+    Operator,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Tenant => "tenant",
+            TokenKind::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenKind> {
+        match s {
+            "tenant" => Some(TokenKind::Tenant),
+            "operator" => Some(TokenKind::Operator),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    /// The tenant of a tenant token; none for an operator's.
+    pub tenant: Option<TenantName>,
+    pub kind: TokenKind,
+    pub hash: String,
+    pub prefix: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_uid_is_never_root_a_system_uid_or_minus_one() {
+        for bad in [
+            0,
+            1,
+            65_534,
+            i64::from(TenantUid::FIRST) - 1,
+            -1,
+            i64::from(u32::MAX),
+            i64::from(TenantUid::LAST) + 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert!(TenantUid::new(bad).is_err(), "{bad}");
+        }
+        for good in [TenantUid::FIRST, 200_001, TenantUid::LAST] {
+            assert_eq!(TenantUid::new(i64::from(good)).unwrap().get(), good);
+        }
+    }
+
+    #[test]
+    fn plan_names() {
+        for ok in ["default", "pro-2", "A_b"] {
+            assert_eq!(PlanName::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "a b", "é", &"x".repeat(65)] {
+            assert!(PlanName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
