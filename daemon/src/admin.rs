@@ -222,7 +222,7 @@ pub async fn delete_tenant(
     let (name, row) = load_tenant(&state, &name).await?;
     let _lock = state.store.deploy_lock(&name).await;
     state.store.delete_tenant(&name).await?;
-    state.warm.forget_uid(&state, row.uid.get());
+    state.warm.forget_uid(row.uid.get());
     state.sandbox.forget_tenant(row.uid.get());
     state.gateways.forget(row.uid.get());
     let layout = state.layout.clone();

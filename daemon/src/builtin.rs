@@ -191,7 +191,7 @@ pub async fn run<P: Send + 'static>(
         venv: None,
     };
     let warm = prepare_stage(state, uid, &mounts, &child_policy, stage).await?;
-    let ran = run_to_end(state, warm, stdin, call_limits(state, timeout_ms), permit).await?;
+    let ran = run_to_end(warm, stdin, call_limits(state, timeout_ms), permit).await?;
     let finished = &ran.finished;
     let outcome = |result| BuiltinOutcome {
         result,

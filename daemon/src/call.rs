@@ -413,7 +413,6 @@ async fn run_call(
     };
     state.warm.replenish(state, key, mounts, policy.clone());
     let ran = run_to_end(
-        state,
         warm,
         stdin,
         call_limits(state, timeout_ms),

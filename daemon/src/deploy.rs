@@ -549,7 +549,7 @@ async fn run_runner_mode(
     let warm = prepare_stage(state, tenant.uid.get(), mounts, &policy, stage).await?;
     let mode = request["mode"].as_str().unwrap_or("runner");
     let request = request.to_string().into_bytes();
-    let ran = run_to_end(state, warm, request, limits, ()).await?;
+    let ran = run_to_end(warm, request, limits, ()).await?;
     crate::metering::record_deploy_child(state, &tenant.name, mode, &ran);
     Ok(ran.finished)
 }
@@ -830,7 +830,7 @@ async fn pip_stage(
     let mut limits = call_limits(state, 0);
     limits.wall = VENV_TIMEOUT;
     let warm = prepare_stage(state, tenant.uid.get(), &mounts, &build_policy, stage).await?;
-    let ran = run_to_end(state, warm, Vec::new(), limits, ()).await?;
+    let ran = run_to_end(warm, Vec::new(), limits, ()).await?;
     let what = match which {
         PipStage::Download => "pip-download",
         PipStage::Install => "pip-install",

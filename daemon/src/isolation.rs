@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use falra_policies::{Network, Policy};
-use falra_sandbox::cgroup::{self, CallCgroup, CgroupError, CgroupLimits, Hierarchy, HostFs};
+use falra_sandbox::cgroup::{self, CgroupError, CgroupLimits, Hierarchy, HostFs};
+
+pub use crate::cgroup_pool::CgroupLease;
+use crate::cgroup_pool::CgroupPool;
 use falra_sandbox::runner::RUNNER_DIR;
 use falra_sandbox::{mountns, netns, Bind, Isolation, NetworkMode, SystemEntry};
 
@@ -47,7 +49,8 @@ pub struct SandboxSettings {
 
 #[derive(Debug)]
 struct Enabled {
-    hierarchy: Hierarchy,
+    /// The call cgroups: lent to children, pooled per tenant where they can be reused.
+    cgroups: CgroupPool,
     system: Vec<SystemEntry>,
     root_mount_point: PathBuf,
     /// One prepared network namespace per tenant uid, made on its first call.
@@ -58,18 +61,6 @@ struct Enabled {
     /// When building a template last failed (children then build their own root for a while);
     /// held while a template is built, so that one is built at a time.
     template_failed_at: Mutex<Option<std::time::Instant>>,
-    /// Idle call cgroups per tenant uid, with the limits they carry, ready for the next call.
-    idle_cgroups: Mutex<HashMap<u32, Vec<(CallCgroup, CgroupLimits)>>>,
-    next_cgroup: AtomicU64,
-}
-
-impl Drop for Enabled {
-    fn drop(&mut self) {
-        let idle = std::mem::take(self.idle_cgroups.get_mut().expect("cgroup pool poisoned"));
-        for (cgroup, _) in idle.into_values().flatten() {
-            let _ = cgroup.remove(&HostFs);
-        }
-    }
 }
 
 /// What a mount template is built from besides the host's fixed system entries.
@@ -115,39 +106,6 @@ impl ChildIsolation {
     /// preparation made that namespace: the caller serves it.
     pub fn take_new_gateway(&mut self) -> Option<std::net::TcpListener> {
         self.new_gateway.take()
-    }
-}
-
-/// A call's cgroup, on loan from the pool for one call.
-#[derive(Debug)]
-pub struct CgroupLease {
-    uid: u32,
-    cgroup: CallCgroup,
-    limits: CgroupLimits,
-    oom_kills_before: u64,
-}
-
-/// What a call used, from its cgroup.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallUsage {
-    pub cpu_ns: Option<u64>,
-    pub peak_memory_bytes: Option<u64>,
-    pub oom_killed: bool,
-}
-
-impl CgroupLease {
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.cgroup.procs_files()
-    }
-
-    /// What the call used; read once its processes are gone.
-    pub fn usage(&self) -> CallUsage {
-        let u = self.cgroup.usage(&HostFs);
-        CallUsage {
-            cpu_ns: u.cpu_ns,
-            peak_memory_bytes: u.peak_memory_bytes,
-            oom_killed: u.oom_kills > self.oom_kills_before,
-        }
     }
 }
 
@@ -209,14 +167,12 @@ impl SandboxSettings {
         })?;
         Ok(SandboxSettings {
             enabled: Some(Enabled {
-                hierarchy,
+                cgroups: CgroupPool::new(hierarchy, Arc::new(HostFs)),
                 system: falra_sandbox::setup::host_system_entries(),
                 root_mount_point,
                 netns: Mutex::new(HashMap::new()),
                 templates: Mutex::new(HashMap::new()),
                 template_failed_at: Mutex::new(None),
-                idle_cgroups: Mutex::new(HashMap::new()),
-                next_cgroup: AtomicU64::new(0),
             }),
         })
     }
@@ -229,7 +185,7 @@ impl SandboxSettings {
     pub fn describe(&self) -> String {
         match &self.enabled {
             None => "off: calls run as plain child processes".to_owned(),
-            Some(e) => match &e.hierarchy {
+            Some(e) => match e.cgroups.hierarchy() {
                 Hierarchy::V2 { base } => format!("on, cgroup v2 at {}", base.display()),
                 Hierarchy::V1 { memory, .. } => {
                     format!("on, cgroup v1 (memory at {})", memory.display())
@@ -254,66 +210,7 @@ impl SandboxSettings {
             pids: policy.pids.saturating_add(1),
             cpu_percent: policy.cpu_percent,
         };
-        let idle = e
-            .idle_cgroups
-            .lock()
-            .expect("cgroup pool poisoned")
-            .get_mut(&uid)
-            .and_then(Vec::pop);
-        // An idle cgroup whose limits cannot be changed (memory still charged to it above a
-        // lowered limit, say tmpfs pages its last call left) is dropped for a new one.
-        let reused = idle.and_then(|(cgroup, old)| {
-            let ready = if old == limits {
-                Ok(())
-            } else {
-                cgroup.set_limits(&HostFs, limits)
-            };
-            match ready.and_then(|()| cgroup.reset_peak(&HostFs)) {
-                Ok(()) => Some(cgroup),
-                Err(err) => {
-                    tracing::debug!(error = %crate::api_error::ErrorChain(&err), "idle call cgroup not reusable");
-                    remove_cgroup_later(cgroup);
-                    None
-                }
-            }
-        });
-        let cgroup = match reused {
-            Some(cgroup) => cgroup,
-            None => {
-                let n = e.next_cgroup.fetch_add(1, Ordering::Relaxed);
-                // The daemon's pid keeps two daemons on one host (tests do that) apart.
-                let name = format!("c{}-{n}", std::process::id());
-                e.hierarchy
-                    .create_call(&HostFs, &format!("t{uid}"), &name, limits)?
-            }
-        };
-        let oom_kills_before = cgroup.usage(&HostFs).oom_kills;
-        Ok(Some(CgroupLease {
-            uid,
-            cgroup,
-            limits,
-            oom_kills_before,
-        }))
-    }
-
-    /// Takes a call's cgroup back once its processes are gone: kept for the tenant's next call
-    /// when it is empty and can be reused, removed otherwise.
-    pub fn release_cgroup(&self, lease: Option<CgroupLease>) {
-        let (Some(e), Some(lease)) = (&self.enabled, lease) else {
-            return;
-        };
-        let CgroupLease {
-            uid,
-            cgroup,
-            limits,
-            ..
-        } = lease;
-        if cgroup.reusable() && cgroup.is_empty(&HostFs) {
-            let mut idle = e.idle_cgroups.lock().expect("cgroup pool poisoned");
-            idle.entry(uid).or_default().push((cgroup, limits));
-        } else {
-            remove_cgroup_later(cgroup);
-        }
+        e.cgroups.acquire(uid, limits).map(Some)
     }
 
     /// The isolation for one child of the tenant with `uid`, seeing its code as `mounts` says
@@ -425,14 +322,7 @@ impl SandboxSettings {
                 .lock()
                 .expect("template table poisoned")
                 .retain(|k, _| k.uid != uid);
-            let idle = e
-                .idle_cgroups
-                .lock()
-                .expect("cgroup pool poisoned")
-                .remove(&uid);
-            for (cgroup, _) in idle.into_iter().flatten() {
-                remove_cgroup_later(cgroup);
-            }
+            e.cgroups.forget_tenant(uid);
         }
     }
 }
@@ -520,22 +410,6 @@ fn stale_pid(name: &str) -> Option<u32> {
     let (pid, n) = rest.split_once('-')?;
     n.parse::<u64>().ok()?;
     pid.parse().ok()
-}
-
-/// Removes a finished call's cgroup, retrying while the kernel finishes tearing down its
-/// processes. Runs off the request path.
-pub fn remove_cgroup_later(cgroup: CallCgroup) {
-    crate::task::spawn_blocking(move || {
-        for attempt in 0..200u32 {
-            match cgroup.remove(&HostFs) {
-                Ok(()) => return,
-                Err(e) if attempt == 199 => {
-                    tracing::warn!(error = %crate::api_error::ErrorChain(&e), "could not remove a call's cgroup")
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod builtin;
 mod call;
+mod cgroup_pool;
 mod cli;
 mod client;
 mod clock;

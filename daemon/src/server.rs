@@ -399,7 +399,7 @@ pub async fn serve(
         },
     )
     .await;
-    state.warm.drain(&state);
+    state.warm.drain();
     state.meter.flush().await;
     Ok(())
 }

@@ -103,7 +103,7 @@ impl WarmPool {
                         .expect("warm pool poisoned")
                         .insert(key, warm);
                     if let Some(old) = displaced {
-                        discard(&state, old);
+                        discard(old);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e.message, "could not prepare a child ahead"),
@@ -126,26 +126,26 @@ impl WarmPool {
     }
 
     /// Stops the prepared children of a removed tenant.
-    pub fn forget_uid(&self, state: &AppState, uid: u32) {
-        self.discard_where(state, |k| k.uid == uid);
+    pub fn forget_uid(&self, uid: u32) {
+        self.discard_where(|k| k.uid == uid);
     }
 
     /// Stops the tenant's prepared children (and forgets its mount templates) for versions
     /// other than `active` (after a deploy or a rollback they would only wait for calls pinned
     /// to an old version).
     pub fn forget_other_versions(&self, state: &AppState, uid: u32, active: &str) {
-        self.discard_where(state, |k| k.uid == uid && k.version != active);
+        self.discard_where(|k| k.uid == uid && k.version != active);
         state.sandbox.forget_templates_except(uid, active);
     }
 
-    fn discard_where(&self, state: &AppState, doomed: impl Fn(&WarmKey) -> bool) {
+    fn discard_where(&self, doomed: impl Fn(&WarmKey) -> bool) {
         let gone: Vec<Warm> = {
             let mut ready = self.ready.lock().expect("warm pool poisoned");
             let keys: Vec<WarmKey> = ready.keys().filter(|k| doomed(k)).cloned().collect();
             keys.iter().filter_map(|k| ready.remove(k)).collect()
         };
         for warm in gone {
-            discard(state, warm);
+            discard(warm);
         }
     }
 
@@ -170,7 +170,7 @@ impl WarmPool {
                         keys.iter().filter_map(|k| ready.remove(k)).collect()
                     };
                     for warm in stale {
-                        discard(&state, warm);
+                        discard(warm);
                     }
                 }
             },
@@ -179,7 +179,7 @@ impl WarmPool {
     }
 
     /// Stops every prepared child (at shutdown).
-    pub fn drain(&self, state: &AppState) {
+    pub fn drain(&self) {
         let all: Vec<Warm> = self
             .ready
             .lock()
@@ -188,20 +188,19 @@ impl WarmPool {
             .map(|(_, w)| w)
             .collect();
         for warm in all {
-            discard(state, warm);
+            discard(warm);
         }
     }
 }
 
 /// Stops a prepared child and gives its cgroup back once it is gone.
-fn discard(state: &AppState, warm: Warm) {
+fn discard(warm: Warm) {
     let Warm {
         prepared, cgroup, ..
     } = warm;
-    let state = state.clone();
     crate::task::spawn(async move {
         prepared.kill_and_wait().await;
-        state.sandbox.release_cgroup(cgroup);
+        drop(cgroup);
     });
 }
 
@@ -267,7 +266,7 @@ pub async fn prepare_stage(
     ) {
         Ok(isolation) => isolation,
         Err(e) => {
-            state.sandbox.release_cgroup(cgroup);
+            drop(cgroup);
             return Err(ApiError::internal(
                 "could not prepare the call's isolation",
                 &e,
@@ -319,7 +318,7 @@ pub async fn prepare_stage(
             made: Instant::now(),
         }),
         Err(e) => {
-            state.sandbox.release_cgroup(cgroup);
+            drop(cgroup);
             state
                 .metrics
                 .sandbox_failures
@@ -346,13 +345,11 @@ pub struct Ran {
 /// cgroup's return. `keep` (an admission permit, a version in use) is held until the child is
 /// gone.
 pub async fn run_to_end<K: Send + 'static>(
-    state: &AppState,
     warm: Warm,
     stdin: Vec<u8>,
     limits: Limits,
     keep: K,
 ) -> Result<Ran, ApiError> {
-    let task_state = state.clone();
     let run = crate::task::spawn(async move {
         let _keep = keep;
         let Warm {
@@ -360,7 +357,8 @@ pub async fn run_to_end<K: Send + 'static>(
         } = warm;
         let finished = prepared.run(stdin, &limits).await;
         let usage = cgroup.as_ref().map(CgroupLease::usage);
-        task_state.sandbox.release_cgroup(cgroup);
+        // Given back to the pool (its processes are gone).
+        drop(cgroup);
         (finished, usage)
     });
     let (finished, usage) = run
