@@ -146,32 +146,31 @@ impl CgroupPool {
         }
     }
 
-    /// Removes a cgroup now if it is empty, else once the kernel has torn its processes down
-    /// (retried off the caller's thread for up to a second).
+    /// Removes a cgroup, retrying for up to a second while the kernel tears its processes
+    /// down. On the daemon's runtime every attempt runs on the blocking pool (this is on every
+    /// call's way out, and an rmdir in cgroupfs may wait); without one (unit tests) the first
+    /// attempt is made at once and only the retries go to a thread.
     fn remove_later(&self, cgroup: CallCgroup) {
-        if cgroup.remove(self.0.fs.as_ref()).is_ok() {
+        let fs = Arc::clone(&self.0.fs);
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if !on_runtime && cgroup.remove(fs.as_ref()).is_ok() {
             return;
         }
-        let fs = Arc::clone(&self.0.fs);
         let retry = move || {
-            for attempt in 1..200u32 {
-                std::thread::sleep(Duration::from_millis(5));
+            for attempt in 0..200u32 {
                 match cgroup.remove(fs.as_ref()) {
                     Ok(()) => return,
                     Err(e) if attempt == 199 => {
                         tracing::warn!(error = %crate::api_error::ErrorChain(&e), "could not remove a call's cgroup")
                     }
-                    Err(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                crate::task::spawn_blocking(retry);
-            }
-            Err(_) => {
-                std::thread::spawn(retry);
-            }
+        if on_runtime {
+            crate::task::spawn_blocking(retry);
+        } else {
+            std::thread::spawn(retry);
         }
     }
 }

@@ -176,9 +176,11 @@ impl SqliteStore {
             match done {
                 Ok(_) => break,
                 Err(e) => {
-                    let name_taken = self.tenant(&t.name).await?.is_some();
+                    // Only a uid taken by a concurrent writer is worth another try.
+                    let unique =
+                        matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
                     attempts += 1;
-                    if name_taken || attempts >= 3 {
+                    if !unique || attempts >= 3 || self.tenant(&t.name).await?.is_some() {
                         return Err(conflict_or(e, format!("tenant {:?}", t.name.as_str())));
                     }
                 }
