@@ -189,7 +189,7 @@ pub struct ServeArgs {
     pub body_timeout_secs: u64,
     /// The package index virtualenv builds download wheels from, through the egress gateway
     /// (`none`: only the --pip-find-links locations). Tenants cannot name another.
-    #[arg(long, env = "FALRA_PIP_INDEX_URL", default_value = crate::server::DEFAULT_PIP_INDEX)]
+    #[arg(long, env = "FALRA_PIP_INDEX_URL", default_value = crate::config::DEFAULT_PIP_INDEX)]
     pub pip_index_url: String,
     /// A page or directory URL of wheels builds may also use (pip's --find-links); repeatable.
     #[arg(long)]

@@ -13,6 +13,7 @@ mod cgroup_pool;
 mod cli;
 mod client;
 mod clock;
+mod config;
 mod demo;
 mod deploy;
 mod extract;
@@ -107,35 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     builtin::install_binary(&installed.dir)
         .context("could not place the binary for built-in children")?;
     let secret_key = load_secret_key(&data_dir)?;
-    let config = ServeConfig {
-        python: args.python,
-        python_version: installed.python_version,
-        cache_tag: installed.cache_tag,
-        stdlib: falra_tenants::StdlibNames::from_lines(&installed.stdlib_names),
-        max_body_bytes: args.max_body_bytes,
-        max_result_bytes: args.max_result_bytes,
-        max_log_bytes: args.max_log_bytes,
-        keep_versions: args.keep_versions,
-        max_children: args.max_children,
-        egress: falra_builtins::etl::net::Egress {
-            allow_private: args.egress_allow_private,
-            allow_nets: args.egress_allow_net,
-        },
-        etl_max_download_bytes: args.etl_max_download_bytes,
-        etl_output_dir: match args.etl_output_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("could not create {}", dir.display()))?;
-                Some(std::fs::canonicalize(dir)?)
-            }
-            None => None,
-        },
-        auth_failures_per_minute: args.auth_failures_per_minute,
-        body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
-        pip_index_url: args.pip_index_url,
-        pip_find_links: args.pip_find_links,
-        ..ServeConfig::new(data_dir.clone())
-    };
+    let config = ServeConfig::from_args(&args, data_dir.clone(), installed)?;
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
         tracing::warn!(
             "the sandbox is off: calls run as plain child processes with the daemon's privileges"
@@ -168,12 +141,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  curl -s http://{addr}/v1/call -d '{body}'\n");
         println!("Stop with Ctrl-C.");
     }
+    let wanted = state.config.front;
     let max_connections = front::effective_connection_cap(
-        args.max_connections,
+        wanted.max_connections,
         descriptor_limit,
-        front::descriptor_reserve(args.max_children),
+        front::descriptor_reserve(state.config.max_children),
     );
-    if max_connections < args.max_connections {
+    if max_connections < wanted.max_connections {
         tracing::info!(
             max_connections,
             descriptor_limit,
@@ -182,8 +156,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let limits = front::FrontLimits {
         max_connections,
-        max_connections_per_address: args.max_connections_per_address.max(1),
-        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
+        ..wanted
     };
     server::serve(listener, state, limits).await?;
     Ok(())

@@ -13,7 +13,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use falra_policies::admission::{Admission, FailureLimiter};
 use falra_policies::SecretKey;
-use falra_tenants::{Layout, StdlibNames, TenantName};
+use falra_tenants::{Layout, TenantName};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
@@ -28,86 +28,7 @@ use crate::{
     admin, audit, call, hooks, metering, metrics, openapi, plans, secrets, tenant_api, uploads,
 };
 
-/// Settings of a running daemon.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    pub data_dir: PathBuf,
-    /// The interpreter every call runs (never a shell shim: it must run inside the sandbox).
-    pub python: PathBuf,
-    pub max_body_bytes: usize,
-    pub max_result_bytes: usize,
-    pub max_log_bytes: usize,
-    pub max_version_bytes: u64,
-    /// How many versions of a tenant are kept besides the active one.
-    pub keep_versions: usize,
-    /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
-    pub runner_dir: PathBuf,
-    /// The interpreter's version line: part of a virtualenv's identity.
-    pub python_version: String,
-    /// The interpreter's bytecode cache tag (`cpython-311`), which laid-in bytecode must carry.
-    pub cache_tag: String,
-    /// The interpreter's standard-library module names, which uploads may not shadow.
-    pub stdlib: StdlibNames,
-    /// Calls running at once on this node, at most (more are `503 overloaded`).
-    pub max_children: usize,
-    /// Failed authentications per client address and minute before it is refused.
-    pub auth_failures_per_minute: u32,
-    /// How long a client may take to send a request body.
-    pub body_timeout: std::time::Duration,
-    /// The address rule outbound connections of tenants pass (built-ins, the egress gateway).
-    pub egress: falra_builtins::etl::net::Egress,
-    /// The largest archive a built-in downloads.
-    pub etl_max_download_bytes: u64,
-    /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
-    pub etl_output_dir: Option<PathBuf>,
-    /// The package index builds download wheels from (`none`: only `pip_find_links`).
-    pub pip_index_url: String,
-    /// More places builds may find wheels (pip's `--find-links`), set by the operator.
-    pub pip_find_links: Vec<String>,
-}
-
-impl ServeConfig {
-    pub fn new(data_dir: PathBuf) -> ServeConfig {
-        ServeConfig {
-            python: PathBuf::from("/usr/bin/python3"),
-            max_body_bytes: 1 << 20,
-            max_result_bytes: 6 << 20,
-            max_log_bytes: 64 << 10,
-            max_version_bytes: 512 << 20,
-            keep_versions: 10,
-            runner_dir: data_dir.join("runtime"),
-            python_version: String::new(),
-            cache_tag: String::new(),
-            stdlib: StdlibNames::default(),
-            max_children: 64,
-            auth_failures_per_minute: 120,
-            body_timeout: std::time::Duration::from_secs(30),
-            egress: falra_builtins::etl::net::Egress::default(),
-            etl_max_download_bytes: 4 << 30,
-            etl_output_dir: None,
-            pip_index_url: DEFAULT_PIP_INDEX.to_owned(),
-            pip_find_links: Vec::new(),
-            data_dir,
-        }
-    }
-}
-
-/// Where builds download wheels from unless the operator says otherwise.
-pub const DEFAULT_PIP_INDEX: &str = "https://pypi.org/simple";
-
-impl ServeConfig {
-    /// pip's arguments naming where wheels come from: the operator's, never the tenant's.
-    pub fn pip_index_args(&self) -> Vec<String> {
-        let mut args = match self.pip_index_url.as_str() {
-            "none" => vec!["--no-index".to_owned()],
-            url => vec!["--index-url".to_owned(), url.to_owned()],
-        };
-        for link in &self.pip_find_links {
-            args.extend(["--find-links".to_owned(), link.clone()]);
-        }
-        args
-    }
-}
+pub use crate::config::ServeConfig;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

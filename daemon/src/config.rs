@@ -1,0 +1,205 @@
+//! The daemon's settings: the `serve` flags (where every default is written, once) parsed and
+//! checked into one [`ServeConfig`] at start-up, so that a bad value stops the daemon with a
+//! message naming the flag instead of being quietly replaced.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use falra_tenants::StdlibNames;
+
+use crate::cli::ServeArgs;
+use crate::front::FrontLimits;
+
+/// Where builds download wheels from unless the operator says otherwise.
+pub const DEFAULT_PIP_INDEX: &str = "https://pypi.org/simple";
+
+/// The largest version a tenant may have (its tree, and what a fetch may transfer for it).
+pub const MAX_VERSION_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} must be at least {min}")]
+    TooSmall { flag: &'static str, min: u64 },
+    #[error("could not prepare {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a running daemon.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// The interpreter every call runs (never a shell shim: it must run inside the sandbox).
+    pub python: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_result_bytes: usize,
+    pub max_log_bytes: usize,
+    pub max_version_bytes: u64,
+    /// How many versions of a tenant are kept besides the active one.
+    pub keep_versions: usize,
+    /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
+    pub runner_dir: PathBuf,
+    /// The interpreter's version line: part of a virtualenv's identity.
+    pub python_version: String,
+    /// The interpreter's bytecode cache tag (`cpython-311`), which laid-in bytecode must carry.
+    pub cache_tag: String,
+    /// The interpreter's standard-library module names, which uploads may not shadow.
+    pub stdlib: StdlibNames,
+    /// Calls running at once on this node, at most (more are `503 overloaded`).
+    pub max_children: usize,
+    /// Failed authentications per client address and minute before it is refused.
+    pub auth_failures_per_minute: u32,
+    /// How long a client may take to send a request body.
+    pub body_timeout: std::time::Duration,
+    /// The address rule outbound connections of tenants pass (built-ins, the egress gateway).
+    pub egress: falra_builtins::etl::net::Egress,
+    /// The largest archive a built-in downloads.
+    pub etl_max_download_bytes: u64,
+    /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
+    pub etl_output_dir: Option<PathBuf>,
+    /// The package index builds download wheels from (`none`: only `pip_find_links`).
+    pub pip_index_url: String,
+    /// More places builds may find wheels (pip's `--find-links`), set by the operator.
+    pub pip_find_links: Vec<String>,
+    /// The HTTP front's caps and deadlines (the connection cap before it is fitted to the
+    /// descriptor limit).
+    pub front: FrontLimits,
+}
+
+impl ServeConfig {
+    /// The settings `args` give, with the data directory (made and canonical) and what
+    /// installing the runner found out about the interpreter.
+    pub fn from_args(
+        args: &ServeArgs,
+        data_dir: PathBuf,
+        installed: falra_sandbox::runner::Installed,
+    ) -> Result<ServeConfig, ConfigError> {
+        let at_least = |flag: &'static str, value: u64, min: u64| {
+            if value < min {
+                Err(ConfigError::TooSmall { flag, min })
+            } else {
+                Ok(value)
+            }
+        };
+        at_least("max-children", args.max_children as u64, 1)?;
+        at_least("max-connections", args.max_connections as u64, 1)?;
+        at_least(
+            "max-connections-per-address",
+            args.max_connections_per_address as u64,
+            1,
+        )?;
+        at_least("max-body-bytes", args.max_body_bytes as u64, 1)?;
+        at_least("max-result-bytes", args.max_result_bytes as u64, 1)?;
+        let header_timeout = at_least("header-timeout-secs", args.header_timeout_secs, 1)?;
+        let body_timeout = at_least("body-timeout-secs", args.body_timeout_secs, 1)?;
+        let etl_output_dir = match &args.etl_output_dir {
+            Some(dir) => {
+                let made = std::fs::create_dir_all(dir).and_then(|()| std::fs::canonicalize(dir));
+                Some(made.map_err(|source| ConfigError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        Ok(ServeConfig {
+            python: args.python.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_result_bytes: args.max_result_bytes,
+            max_log_bytes: args.max_log_bytes,
+            max_version_bytes: MAX_VERSION_BYTES,
+            keep_versions: args.keep_versions,
+            runner_dir: installed.dir,
+            python_version: installed.python_version,
+            cache_tag: installed.cache_tag,
+            stdlib: StdlibNames::from_lines(&installed.stdlib_names),
+            max_children: args.max_children,
+            auth_failures_per_minute: args.auth_failures_per_minute,
+            body_timeout: Duration::from_secs(body_timeout),
+            egress: falra_builtins::etl::net::Egress {
+                allow_private: args.egress_allow_private,
+                allow_nets: args.egress_allow_net.clone(),
+            },
+            etl_max_download_bytes: args.etl_max_download_bytes,
+            etl_output_dir,
+            pip_index_url: args.pip_index_url.clone(),
+            pip_find_links: args.pip_find_links.clone(),
+            front: FrontLimits {
+                max_connections: args.max_connections,
+                max_connections_per_address: args.max_connections_per_address,
+                header_timeout: Duration::from_secs(header_timeout),
+            },
+            data_dir,
+        })
+    }
+    /// pip's arguments naming where wheels come from: the operator's, never the tenant's.
+    pub fn pip_index_args(&self) -> Vec<String> {
+        let mut args = match self.pip_index_url.as_str() {
+            "none" => vec!["--no-index".to_owned()],
+            url => vec!["--index-url".to_owned(), url.to_owned()],
+        };
+        for link in &self.pip_find_links {
+            args.extend(["--find-links".to_owned(), link.clone()]);
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn config(flags: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let argv = ["falra", "serve"].iter().chain(flags);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("serve parses as serve")
+        };
+        let installed = falra_sandbox::runner::Installed {
+            dir: "/data/runtime".into(),
+            python_version: "3.11.2".into(),
+            cache_tag: "cpython-311".into(),
+            stdlib_names: "os\nsys\n".into(),
+        };
+        ServeConfig::from_args(&args, "/data".into(), installed)
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_configs() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_children, 64);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.max_result_bytes, 6 << 20);
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.front.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.front.max_connections, 10_000);
+        assert_eq!(c.front.max_connections_per_address, 256);
+        assert_eq!(c.pip_index_url, DEFAULT_PIP_INDEX);
+        assert_eq!(c.runner_dir, PathBuf::from("/data/runtime"));
+        assert_eq!(c.max_version_bytes, MAX_VERSION_BYTES);
+    }
+
+    #[test]
+    fn a_value_that_would_disable_a_limit_stops_the_daemon_naming_the_flag() {
+        for flag in [
+            "--max-children",
+            "--max-connections",
+            "--max-connections-per-address",
+            "--header-timeout-secs",
+            "--body-timeout-secs",
+            "--max-body-bytes",
+        ] {
+            let err = config(&[flag, "0"]).unwrap_err().to_string();
+            assert_eq!(err, format!("{flag} must be at least 1"));
+        }
+        assert_eq!(
+            config(&["--body-timeout-secs", "2"]).unwrap().body_timeout,
+            Duration::from_secs(2)
+        );
+    }
+}
