@@ -25,6 +25,8 @@ mod metering;
 mod metrics;
 mod openapi;
 mod plans;
+#[cfg(test)]
+mod router_tests;
 mod secrets;
 mod server;
 use falra_store as store;
