@@ -82,9 +82,7 @@ fn check_subdir(subdir: &str) -> Result<(), ApiError> {
 }
 
 fn tenant_json(state: &AppState, t: &TenantRow) -> Value {
-    let policy = effective_policy(state, t)
-        .map(|p| serde_json::to_value(p).expect("a policy serialises"))
-        .unwrap_or(Value::Null);
+    let policy = serde_json::to_value(effective_policy(state, t)).expect("a policy serialises");
     let overrides = serde_json::to_value(&t.overrides).expect("overrides serialise");
     json!({
         "name": t.name.as_str(),

@@ -269,6 +269,121 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+// Domain errors become answers here, and only here.
+
+impl From<crate::metering::QuotaError> for ApiError {
+    fn from(e: crate::metering::QuotaError) -> ApiError {
+        use crate::metering::QuotaError;
+        match e {
+            QuotaError::Exceeded {
+                quota_seconds,
+                used_ms,
+                renews_at,
+                wait_seconds,
+            } => ApiError::new(ErrorCode::QuotaExceeded, e.to_string())
+                .with_detail(serde_json::json!({
+                    "cpu_seconds_per_month": quota_seconds,
+                    "used_cpu_ms": used_ms,
+                    "renews_at": crate::clock::format_ms(renews_at),
+                }))
+                .with_retry_after(wait_seconds),
+            QuotaError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::deploy::DeployError> for ApiError {
+    fn from(e: crate::deploy::DeployError) -> ApiError {
+        use crate::deploy::DeployError;
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            DeployError::Queued(_) => ApiError::new(ErrorCode::Conflict, message)
+                .with_detail(json!({"reason": "deploy_queued"}))
+                .with_retry_after(5),
+            DeployError::NoTenant(_) => ApiError::not_found(message),
+            DeployError::NoRepository(_) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "repo"}))
+            }
+            DeployError::NoUpload { module, .. } => {
+                ApiError::not_found(message).with_detail(json!({"module": module.as_str()}))
+            }
+            DeployError::BadUpload { module, line, .. } => ApiError::bad_request(message)
+                .with_detail(json!({"module": module.as_str(), "line": line})),
+            DeployError::Failed { detail, .. } => {
+                let e = ApiError::new(ErrorCode::SyncFailed, message);
+                match detail {
+                    Some(d) => e.with_detail(d),
+                    None => e,
+                }
+            }
+            DeployError::Quota(e) => e.into(),
+            DeployError::Credentials(e) => e.into(),
+            DeployError::Store(e) => e.into(),
+            DeployError::Run(e) => e.into(),
+            DeployError::Node { context, source } => ApiError::internal(context, &*source),
+        }
+    }
+}
+
+impl From<crate::builtin::BuiltinError> for ApiError {
+    fn from(e: crate::builtin::BuiltinError) -> ApiError {
+        use crate::builtin::BuiltinError;
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            BuiltinError::NoSuchBuiltin(f) => ApiError::new(ErrorCode::FnNotFound, message)
+                .with_detail(json!({"module": f.module(), "function": f.function()})),
+            BuiltinError::NotAllowed(_) => ApiError::new(ErrorCode::Forbidden, message)
+                .with_detail(json!({"policy": "builtins"})),
+            BuiltinError::BadRequest { detail, .. } => {
+                ApiError::bad_request(message).with_detail(detail)
+            }
+            BuiltinError::Forbidden { detail, .. } => {
+                ApiError::new(ErrorCode::Forbidden, message).with_detail(detail)
+            }
+            BuiltinError::OutOfMemory(_) => ApiError::new(ErrorCode::MemoryLimitExceeded, message),
+            BuiltinError::TimedOut(timeout_ms) => ApiError::new(ErrorCode::Timeout, message)
+                .with_detail(json!({"timeout_ms": timeout_ms})),
+            BuiltinError::Failed {
+                type_name,
+                message: what,
+                detail,
+            } => ApiError::new(ErrorCode::FunctionError, message).with_detail(json!({
+                "type": type_name, "message": what, "traceback": "", "where": detail
+            })),
+            BuiltinError::NoAnswer { exit_code, signal } => {
+                ApiError::new(ErrorCode::ProcessExited, message)
+                    .with_detail(json!({"exit_code": exit_code, "signal": signal}))
+            }
+            BuiltinError::Secret(e) => e.into(),
+            BuiltinError::Run(e) => e.into(),
+            BuiltinError::OutputDir(source) => {
+                ApiError::internal("could not prepare the output directory", &source)
+            }
+        }
+    }
+}
+
+impl From<crate::secrets::SecretUseError> for ApiError {
+    fn from(e: crate::secrets::SecretUseError) -> ApiError {
+        use crate::secrets::SecretUseError;
+        match e {
+            SecretUseError::Store(e) => e.into(),
+            SecretUseError::BadGitSecret => ApiError::bad_request(e.to_string())
+                .with_detail(serde_json::json!({"field": "value"})),
+            other => ApiError::internal(&other.to_string(), &other),
+        }
+    }
+}
+
+impl From<crate::warm::RunError> for ApiError {
+    fn from(e: crate::warm::RunError) -> ApiError {
+        // The node's own failure: logged with its causes, answered without them.
+        ApiError::internal(&e.to_string(), &e)
+    }
+}
+
 /// Displays an error with its whole `source()` chain: `outer: inner: root`.
 pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
@@ -303,6 +418,80 @@ mod tests {
                 assert_eq!(code, ErrorCode::Internal);
             }
         }
+    }
+
+    #[test]
+    fn deploy_errors_have_their_codes_and_details() {
+        use crate::deploy::DeployError;
+        let caro = falra_tenants::TenantName::parse("caro").unwrap();
+        let module = falra_tenants::ModuleName::from_stored("helpers");
+        let cases: Vec<(DeployError, ErrorCode, Option<Value>)> = vec![
+            (
+                DeployError::Queued(caro.clone()),
+                ErrorCode::Conflict,
+                Some(json!({"reason": "deploy_queued"})),
+            ),
+            (
+                DeployError::NoTenant(caro.clone()),
+                ErrorCode::NotFound,
+                None,
+            ),
+            (
+                DeployError::NoRepository(caro.clone()),
+                ErrorCode::BadRequest,
+                Some(json!({"field": "repo"})),
+            ),
+            (
+                DeployError::NoUpload {
+                    tenant: caro.clone(),
+                    module: module.clone(),
+                },
+                ErrorCode::NotFound,
+                Some(json!({"module": "helpers"})),
+            ),
+            (
+                DeployError::BadUpload {
+                    message: "helpers does not compile".into(),
+                    module,
+                    line: Some(3),
+                },
+                ErrorCode::BadRequest,
+                Some(json!({"module": "helpers", "line": 3})),
+            ),
+            (
+                DeployError::Failed {
+                    message: "pip failed".into(),
+                    detail: Some(json!({"pip": "no wheel"})),
+                },
+                ErrorCode::SyncFailed,
+                Some(json!({"pip": "no wheel"})),
+            ),
+            (
+                DeployError::Node {
+                    context: "could not seal the virtualenv",
+                    source: Box::new(std::io::Error::other("disk full")),
+                },
+                ErrorCode::Internal,
+                None,
+            ),
+        ];
+        for (error, code, detail) in cases {
+            let text = error.to_string();
+            let answer = ApiError::from(error);
+            assert_eq!(answer.code, code, "{text}");
+            assert_eq!(answer.detail, detail, "{text}");
+        }
+        // The node's failures are answered without their causes.
+        let node = ApiError::from(DeployError::Node {
+            context: "could not seal the virtualenv",
+            source: Box::new(std::io::Error::other("disk full")),
+        });
+        assert_eq!(
+            node.message,
+            "internal error: could not seal the virtualenv"
+        );
+        let queued = ApiError::from(DeployError::Queued(caro));
+        assert_eq!(queued.retry_after, Some(5));
     }
 
     #[test]

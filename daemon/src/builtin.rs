@@ -15,7 +15,6 @@ use falra_tenants::{FnName, TenantName};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::api_error::{ApiError, ErrorCode};
 use crate::isolation::CodeMounts;
 use crate::server::AppState;
 use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
@@ -50,20 +49,59 @@ pub struct BuiltinRequest {
     pub out_root: Option<PathBuf>,
 }
 
-/// The built-in's result, or the answer for its failure.
+/// Why a built-in was refused, or how it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuiltinError {
+    #[error("there is no built-in named {0}")]
+    NoSuchBuiltin(FnName),
+    #[error("this tenant's policy does not allow built-ins such as {0}")]
+    NotAllowed(FnName),
+    /// The job's arguments (or the secret it names) are refused; `detail` says where.
+    #[error("{message}")]
+    BadRequest { message: String, detail: Value },
+    /// What the job reached refused it (an S3 server's 403, the egress rule).
+    #[error("{message}")]
+    Forbidden { message: String, detail: Value },
+    #[error("the built-in ran out of its memory limit of {0} MB and was stopped")]
+    OutOfMemory(u32),
+    #[error("the built-in ran over its limit of {0} ms and was stopped")]
+    TimedOut(u32),
+    /// The job failed on its input (a malformed archive, a missing column…).
+    #[error("{type_name}: {message}")]
+    Failed {
+        type_name: String,
+        message: String,
+        detail: Value,
+    },
+    #[error("the built-in ended without an answer")]
+    NoAnswer {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretUseError),
+    #[error(transparent)]
+    Run(#[from] crate::warm::RunError),
+    #[error("could not prepare the output directory")]
+    OutputDir(#[source] std::io::Error),
+}
+
+/// The built-in's result, or how it failed.
 pub struct BuiltinOutcome {
-    pub result: Result<Value, ApiError>,
+    pub result: Result<Value, BuiltinError>,
     pub wall_ms: u64,
     pub cpu_ms: u64,
     pub peak_memory_bytes: u64,
 }
 
-fn credentials(value: Value, key: &str) -> Result<Value, ApiError> {
+fn credentials(value: Value, key: &str) -> Result<Value, BuiltinError> {
     let bad = || {
-        ApiError::bad_request(format!(
+        BuiltinError::BadRequest {
+        message: format!(
             "secret {key:?} must be {{\"access_key_id\", \"secret_access_key\", \"region\"?, \"endpoint\"?}}"
-        ))
-        .with_detail(json!({"field": "s3_key"}))
+        ),
+        detail: json!({"field": "s3_key"}),
+    }
     };
     let obj = value.as_object().ok_or_else(bad)?;
     let text = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
@@ -91,33 +129,27 @@ pub async fn run<P: Send + 'static>(
     kwargs: &Map<String, Value>,
     timeout_ms: u32,
     permit: P,
-) -> Result<BuiltinOutcome, ApiError> {
+) -> Result<BuiltinOutcome, BuiltinError> {
     if !falra_builtins::FUNCTIONS.contains(&function.as_str()) {
-        return Err(ApiError::new(
-            ErrorCode::FnNotFound,
-            format!("there is no built-in named {function}"),
-        )
-        .with_detail(json!({"module": function.module(), "function": function.function()})));
+        return Err(BuiltinError::NoSuchBuiltin(function.clone()));
     }
     if !policy.builtins {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!("this tenant's policy does not allow built-ins such as {function}"),
-        )
-        .with_detail(json!({"policy": "builtins"})));
+        return Err(BuiltinError::NotAllowed(function.clone()));
     }
-    let job = Job::parse(&Value::Object(kwargs.clone()))
-        .map_err(|e| ApiError::bad_request(e.to_string()).with_detail(e.detail()))?;
+    let job = Job::parse(&Value::Object(kwargs.clone())).map_err(|e| BuiltinError::BadRequest {
+        message: e.to_string(),
+        detail: e.detail(),
+    })?;
     let creds = match job.steps.writer() {
         Writer::S3 { s3_key, .. } => {
             let value = crate::secrets::open_secret(state, tenant, s3_key)
                 .await?
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
+                .ok_or_else(|| BuiltinError::BadRequest {
+                    message: format!(
                         "s3_key: this tenant has no secret named {s3_key:?} (an operator sets it \
                          with PUT /admin/v1/tenants/{tenant}/secrets/{s3_key})"
-                    ))
-                    .with_detail(json!({"field": "s3_key"}))
+                    ),
+                    detail: json!({"field": "s3_key"}),
                 })?;
             Some(credentials(value, s3_key)?)
         }
@@ -128,7 +160,7 @@ pub async fn run<P: Send + 'static>(
             let dir = root.join(tenant.as_str());
             std::fs::create_dir_all(&dir)
                 .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(uid)))
-                .map_err(|e| ApiError::internal("could not prepare the output directory", &e))?;
+                .map_err(BuiltinError::OutputDir)?;
             Some(dir)
         }
         _ => None,
@@ -200,20 +232,10 @@ pub async fn run<P: Send + 'static>(
         peak_memory_bytes: ran.peak_memory_bytes,
     };
     if ran.oom_killed {
-        return Ok(outcome(Err(ApiError::new(
-            ErrorCode::MemoryLimitExceeded,
-            format!(
-                "the built-in ran out of its memory limit of {} MB and was stopped",
-                policy.memory_mb
-            ),
-        ))));
+        return Ok(outcome(Err(BuiltinError::OutOfMemory(policy.memory_mb))));
     }
     if finished.termination == Termination::TimedOut {
-        return Ok(outcome(Err(ApiError::new(
-            ErrorCode::Timeout,
-            format!("the built-in ran over its limit of {timeout_ms} ms and was stopped"),
-        )
-        .with_detail(json!({"timeout_ms": timeout_ms})))));
+        return Ok(outcome(Err(BuiltinError::TimedOut(timeout_ms))));
     }
     let line: Option<Value> = finished
         .stdout
@@ -229,17 +251,13 @@ pub async fn run<P: Send + 'static>(
                 .to_owned();
             let detail = e.get("detail").cloned().unwrap_or(json!({}));
             Err(match e["code"].as_str() {
-                Some("bad_request") => ApiError::bad_request(message).with_detail(detail),
-                Some("forbidden") => {
-                    ApiError::new(ErrorCode::Forbidden, message).with_detail(detail)
-                }
-                _ => {
-                    let type_name = e["type"].as_str().unwrap_or("JobError");
-                    ApiError::new(ErrorCode::FunctionError, format!("{type_name}: {message}"))
-                        .with_detail(json!({
-                            "type": type_name, "message": message, "traceback": "", "where": detail
-                        }))
-                }
+                Some("bad_request") => BuiltinError::BadRequest { message, detail },
+                Some("forbidden") => BuiltinError::Forbidden { message, detail },
+                _ => BuiltinError::Failed {
+                    type_name: e["type"].as_str().unwrap_or("JobError").to_owned(),
+                    message,
+                    detail,
+                },
             })
         }
         _ => {
@@ -250,11 +268,7 @@ pub async fn run<P: Send + 'static>(
                 Termination::TimedOut => (None, None),
             };
             tracing::warn!(exit_code, signal, stderr = %stderr.chars().take(500).collect::<String>(), "built-in ended without an answer");
-            Err(ApiError::new(
-                ErrorCode::ProcessExited,
-                "the built-in ended without an answer",
-            )
-            .with_detail(json!({"exit_code": exit_code, "signal": signal})))
+            Err(BuiltinError::NoAnswer { exit_code, signal })
         }
     };
     Ok(outcome(result))

@@ -300,7 +300,7 @@ async fn run_call(
         .tenant(&caller.tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
-    let policy = effective_policy(state, &tenant)?;
+    let policy = effective_policy(state, &tenant);
     check_quota(state, &caller.tenant, policy.cpu_seconds_per_month).await?;
     let permit = state
         .admission

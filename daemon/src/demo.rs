@@ -54,7 +54,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
     }
     crate::deploy::deploy(state, &name, crate::deploy::Change::Sync)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        .context("could not deploy the demo tenant")?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
     let (row, secret) = new_token(Some(&name), TokenKind::Tenant, &scopes, None, now_ms());
     state.store.insert_token(&row).await?;

@@ -22,7 +22,7 @@ use falra_tenants::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api_error::{ApiError, ErrorChain, ErrorCode};
+use crate::api_error::ErrorChain;
 use crate::clock::now_ms;
 use crate::isolation::{CodeMounts, VENV_DIR};
 use crate::server::AppState;
@@ -42,6 +42,71 @@ const WHEELS_DIR: &str = "/falra-wheels";
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most a virtualenv may take on disk.
 const VENV_MAX_BYTES: u64 = 2 << 30;
+
+/// Why a deploy changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// One deploy of the tenant runs and another waits already.
+    #[error("a deploy of {0} is running and another is waiting; try again when one ends")]
+    Queued(TenantName),
+    #[error("no tenant named {0}")]
+    NoTenant(TenantName),
+    #[error("tenant {0} has no repository to sync")]
+    NoRepository(TenantName),
+    #[error("tenant {tenant} has no upload named {module}")]
+    NoUpload {
+        tenant: TenantName,
+        module: ModuleName,
+    },
+    /// The uploaded module is refused for what it holds (it does not compile).
+    #[error("{message}")]
+    BadUpload {
+        message: String,
+        module: ModuleName,
+        line: Option<u64>,
+    },
+    /// The version could not be made from what the tenant gave: its repository, its
+    /// requirements, its packages. `detail` says where, when it is known.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        detail: Option<Value>,
+    },
+    #[error(transparent)]
+    Quota(#[from] crate::metering::QuotaError),
+    #[error(transparent)]
+    Credentials(#[from] crate::secrets::SecretUseError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Run(#[from] crate::warm::RunError),
+    /// The node's own failure: a file it could not write, a task that died.
+    #[error("{context}")]
+    Node {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl DeployError {
+    fn failed(message: impl Into<String>) -> DeployError {
+        DeployError::Failed {
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+/// The node's failure at `context`, for `map_err`.
+fn node<E: std::error::Error + Send + Sync + 'static>(
+    context: &'static str,
+) -> impl FnOnce(E) -> DeployError {
+    move |e| DeployError::Node {
+        context,
+        source: Box::new(e),
+    }
+}
 
 /// What a deploy changes.
 #[derive(Debug)]
@@ -116,16 +181,6 @@ impl Drop for DeploySlot {
     }
 }
 
-/// The answer to a deploy that found its tenant's queue full.
-pub fn queue_full(name: &TenantName) -> ApiError {
-    ApiError::new(
-        ErrorCode::Conflict,
-        format!("a deploy of {name} is running and another is waiting; try again when one ends"),
-    )
-    .with_detail(json!({"reason": "deploy_queued"}))
-    .with_retry_after(5)
-}
-
 /// Makes and activates the tenant's next version; a failure changes nothing. The work runs in a
 /// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
 /// loan, a half-built virtualenv or a tree written but not recorded).
@@ -133,11 +188,11 @@ pub async fn deploy(
     state: &AppState,
     name: &TenantName,
     change: Change,
-) -> Result<Deployed, ApiError> {
+) -> Result<Deployed, DeployError> {
     let slot = state
         .deploy_slots
         .try_take(name)
-        .ok_or_else(|| queue_full(name))?;
+        .ok_or_else(|| DeployError::Queued(name.clone()))?;
     deploy_in(state, name, change, slot).await
 }
 
@@ -147,7 +202,7 @@ pub async fn deploy_in(
     name: &TenantName,
     change: Change,
     slot: DeploySlot,
-) -> Result<Deployed, ApiError> {
+) -> Result<Deployed, DeployError> {
     let (task_state, task_name) = (state.clone(), name.clone());
     crate::task::spawn(async move {
         let deployed = deploy_now(&task_state, &task_name, change).await;
@@ -155,7 +210,7 @@ pub async fn deploy_in(
         deployed
     })
     .await
-    .map_err(|e| ApiError::internal("the deploy's task failed", &e))?
+    .map_err(node("the deploy's task failed"))?
 }
 
 #[tracing::instrument(name = "deploy", skip_all, fields(tenant = %name, change = change.label()))]
@@ -163,14 +218,14 @@ async fn deploy_now(
     state: &AppState,
     name: &TenantName,
     change: Change,
-) -> Result<Deployed, ApiError> {
+) -> Result<Deployed, DeployError> {
     let _lock = state.store.deploy_lock(name).await;
     let tenant = state
         .store
         .tenant(name)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
-    let policy = crate::plans::effective_policy(state, &tenant)?;
+        .ok_or_else(|| DeployError::NoTenant(name.clone()))?;
+    let policy = crate::plans::effective_policy(state, &tenant);
     // Deploys run the tenant's code (imports, listings, builds): not for a tenant past its quota.
     crate::metering::check_quota(state, name, policy.cpu_seconds_per_month).await?;
     let mut uploads: Vec<Upload> = state
@@ -210,10 +265,10 @@ async fn deploy_now(
             let before = uploads.len();
             uploads.retain(|u| &u.module != module);
             if uploads.len() == before {
-                return Err(ApiError::not_found(format!(
-                    "tenant {name} has no upload named {module}"
-                ))
-                .with_detail(json!({"module": module.as_str()})));
+                return Err(DeployError::NoUpload {
+                    tenant: name.clone(),
+                    module: module.clone(),
+                });
             }
             ("upload", None)
         }
@@ -238,7 +293,7 @@ async fn deploy_now(
         }),
     )
     .await
-    .map_err(|e| ApiError::internal("version task failed", &e))?
+    .map_err(node("version task failed"))?
     .map_err(|e| sync_failed(name, &e))?;
     let known = state.store.version(name, &version).await?;
     let fresh = known.is_none();
@@ -296,7 +351,7 @@ async fn deploy_now(
         state
             .layout
             .activate(name, &version)
-            .map_err(|e| ApiError::internal("could not switch the active version link", &e))
+            .map_err(node("could not switch the active version link"))
     })
     .await?;
     state
@@ -307,21 +362,21 @@ async fn deploy_now(
     Ok(Deployed { version, functions })
 }
 
-fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> ApiError {
+fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> DeployError {
     let message = ErrorChain(e).to_string();
     tracing::warn!(tenant = %name, error = %message, "deploy failed");
-    ApiError::new(ErrorCode::SyncFailed, message)
+    DeployError::failed(message)
 }
 
 async fn fetch_branch(
     state: &AppState,
     name: &TenantName,
     tenant: &TenantRow,
-) -> Result<String, ApiError> {
-    let url = tenant.repo.clone().ok_or_else(|| {
-        ApiError::bad_request(format!("tenant {name} has no repository to sync"))
-            .with_detail(json!({"field": "repo"}))
-    })?;
+) -> Result<String, DeployError> {
+    let url = tenant
+        .repo
+        .clone()
+        .ok_or_else(|| DeployError::NoRepository(name.clone()))?;
     let source = GitSource {
         url,
         branch: tenant.branch.clone(),
@@ -332,7 +387,7 @@ async fn fetch_branch(
     let tenant_name = name.clone();
     crate::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
         .await
-        .map_err(|e| ApiError::internal("fetch task failed", &e))?
+        .map_err(node("fetch task failed"))?
         .map_err(|e| sync_failed(name, &e))
 }
 
@@ -346,13 +401,13 @@ async fn finish_version(
     version: &VersionId,
     uploaded: Option<&ModuleName>,
     known_functions: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, DeployError> {
     if state.sandbox.is_enabled() {
         // Only the tenant's own gid may read its versions, should a mount ever leak.
         state
             .layout
             .restrict_versions(name, tenant.uid.get())
-            .map_err(|e| ApiError::internal("could not set the version tree's owner", &e))?;
+            .map_err(node("could not set the version tree's owner"))?;
     }
     let code = state.layout.version_dir(name, version);
     let venv = step("venv", ensure_venv(state, tenant, policy, &code)).await?;
@@ -375,21 +430,23 @@ async fn finish_version(
             let why = functions["error"]
                 .as_str()
                 .unwrap_or("the module was not listed");
-            return Err(ApiError::new(
-                ErrorCode::SyncFailed,
-                format!("{module} could not be checked: {why}"),
-            )
-            .with_detail(json!({"module": module.as_str()})));
+            return Err(DeployError::Failed {
+                message: format!("{module} could not be checked: {why}"),
+                detail: Some(json!({"module": module.as_str()})),
+            });
         };
         if let Some(error) = Some(&entry["error"]).filter(|e| e["stage"] == "compile") {
             let line = error["line"].as_u64();
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            return Err(ApiError::bad_request(format!(
-                "{module} does not compile: {}: {}{at}",
-                error["type"].as_str().unwrap_or("SyntaxError"),
-                error["message"].as_str().unwrap_or("invalid source"),
-            ))
-            .with_detail(json!({"module": module.as_str(), "line": line})));
+            return Err(DeployError::BadUpload {
+                message: format!(
+                    "{module} does not compile: {}: {}{at}",
+                    error["type"].as_str().unwrap_or("SyntaxError"),
+                    error["message"].as_str().unwrap_or("invalid source"),
+                ),
+                module: module.clone(),
+                line,
+            });
         }
     }
     Ok(functions)
@@ -452,7 +509,7 @@ async fn compile_version(
             &request,
         )
         .await
-        .map_err(|e| e.message.clone())?;
+        .map_err(|e| ErrorChain(&e).to_string())?;
         if finished.termination != Termination::Exited(0) {
             return Err(format!(
                 "the compiler ended with {:?}",
@@ -503,7 +560,7 @@ async fn introspect(
     });
     let finished = match run_runner_mode(state, tenant, policy, mounts, None, &request).await {
         Ok(finished) => finished,
-        Err(e) => return json!({"modules": [], "error": e.message}),
+        Err(e) => return json!({"modules": [], "error": e.to_string()}),
     };
     match interpret(&finished, INTROSPECT_MAX_BYTES) {
         Ok(raw) => serde_json::from_str::<Value>(raw.get())
@@ -530,7 +587,7 @@ async fn run_runner_mode(
     mounts: &CodeMounts,
     writable: Option<Bind>,
     request: &Value,
-) -> Result<Finished, ApiError> {
+) -> Result<Finished, crate::warm::RunError> {
     let mut policy = policy.clone();
     policy.network = Network::None;
     let stage = ChildStage {
@@ -584,7 +641,7 @@ async fn ensure_venv(
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
-) -> Result<Option<PathBuf>, ApiError> {
+) -> Result<Option<PathBuf>, DeployError> {
     let Some(dir) = venv_for(state, code) else {
         return Ok(None);
     };
@@ -599,19 +656,16 @@ async fn ensure_venv(
     ));
     // The build runs as the tenant: only its output directory is writable to it.
     tenant_owned_dir(&staging, tenant.uid.get())
-        .map_err(|e| ApiError::internal("could not prepare the virtualenv directory", &e))?;
+        .map_err(node("could not prepare the virtualenv directory"))?;
     let built = build_venv(state, tenant, policy, code, &staging).await;
     let finished = built.and_then(|()| {
         seal_venv(&staging)
-            .map_err(|e| ApiError::internal("could not seal the virtualenv", &e))
+            .map_err(node("could not seal the virtualenv"))
             .and_then(|size| {
                 if size > VENV_MAX_BYTES {
-                    Err(ApiError::new(
-                        ErrorCode::SyncFailed,
-                        format!(
-                            "the virtualenv takes {size} bytes, over the limit of {VENV_MAX_BYTES}"
-                        ),
-                    ))
+                    Err(DeployError::failed(format!(
+                        "the virtualenv takes {size} bytes, over the limit of {VENV_MAX_BYTES}"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -624,10 +678,7 @@ async fn ensure_venv(
     if let Err(e) = std::fs::rename(&staging, &dir) {
         let _ = std::fs::remove_dir_all(&staging);
         if !dir.is_dir() {
-            return Err(ApiError::internal(
-                "could not move the virtualenv in place",
-                &e,
-            ));
+            return Err(node("could not move the virtualenv in place")(e));
         }
     }
     tracing::info!(tenant = %tenant.name, venv = %dir.display(), "virtualenv built");
@@ -673,20 +724,19 @@ async fn build_venv(
     policy: &Policy,
     code: &Path,
     out: &Path,
-) -> Result<(), ApiError> {
+) -> Result<(), DeployError> {
     let text = std::fs::read_to_string(code.join("requirements.txt")).map_err(|e| {
-        ApiError::new(
-            ErrorCode::SyncFailed,
-            format!("requirements.txt could not be read as UTF-8 text: {e}"),
-        )
+        DeployError::failed(format!(
+            "requirements.txt could not be read as UTF-8 text: {e}"
+        ))
     })?;
-    falra_tenants::requirements::check(&text).map_err(|e| {
-        ApiError::new(ErrorCode::SyncFailed, e.to_string())
-            .with_detail(json!({"line": e.line, "requirement": e.text}))
+    falra_tenants::requirements::check(&text).map_err(|e| DeployError::Failed {
+        message: e.to_string(),
+        detail: Some(json!({"line": e.line, "requirement": e.text})),
     })?;
     let wheels = out.with_extension("wheels");
     tenant_owned_dir(&wheels, tenant.uid.get())
-        .map_err(|e| ApiError::internal("could not prepare the build's download directory", &e))?;
+        .map_err(node("could not prepare the build's download directory"))?;
     let built = async {
         pip_stage(
             state,
@@ -721,7 +771,7 @@ async fn pip_stage(
     out: &Path,
     wheels: &Path,
     which: PipStage,
-) -> Result<(), ApiError> {
+) -> Result<(), DeployError> {
     let isolated = state.sandbox.is_enabled();
     let inside = |real: &Path, at: &str| {
         if isolated {
@@ -765,9 +815,8 @@ async fn pip_stage(
     // for the install, with nothing at all.
     let (netns, listener) = if isolated {
         let gateway = (which == PipStage::Download).then_some(crate::gateway::GATEWAY_ADDR);
-        let (fd, listener) = netns::new_loopback_namespace_listening(gateway).map_err(|e| {
-            ApiError::internal("could not prepare the build's network namespace", &e)
-        })?;
+        let (fd, listener) = netns::new_loopback_namespace_listening(gateway)
+            .map_err(node("could not prepare the build's network namespace"))?;
         (Some(std::sync::Arc::new(fd)), listener)
     } else {
         (None, None)
@@ -860,10 +909,10 @@ async fn pip_stage(
         PipStage::Download => "downloading the wheels of requirements.txt failed (only wheels are installed, from the operator's package index)",
         PipStage::Install => "installing requirements.txt failed",
     };
-    Err(
-        ApiError::new(ErrorCode::SyncFailed, format!("{step}: {why}: {output}"))
-            .with_detail(json!({"pip": output})),
-    )
+    Err(DeployError::Failed {
+        message: format!("{step}: {why}: {output}"),
+        detail: Some(json!({"pip": output})),
+    })
 }
 
 /// Makes a built virtualenv root's and read-only for everyone (it is bound read-only into

@@ -143,7 +143,7 @@ pub async fn github(
                 .await;
             }
             Err(e) => {
-                tracing::warn!(tenant = %tenant_name, error = %e.message, "push deploy failed")
+                tracing::warn!(tenant = %tenant_name, error = %crate::api_error::ErrorChain(&e), "push deploy failed")
             }
         }
     });

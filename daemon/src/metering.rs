@@ -20,12 +20,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::ApiError;
 use crate::auth::Operator;
 use crate::clock::{format_ms, month_bounds, now_ms, parse_time};
 use crate::extract::ApiQuery;
 use crate::server::AppState;
-use crate::store::{CallRecord, Store, UsageRow};
+use crate::store::{CallRecord, Store, StoreError, UsageRow};
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 100_000;
@@ -138,7 +138,7 @@ impl Quotas {
         store: &Store,
         tenant: &TenantName,
         now: i64,
-    ) -> Result<i64, ApiError> {
+    ) -> Result<i64, StoreError> {
         let (month, _) = month_bounds(now);
         let known = self
             .0
@@ -214,12 +214,30 @@ pub fn record_deploy_child(
     });
 }
 
+/// A tenant past its monthly CPU quota, or the usage it is measured by out of reach.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error(
+        "this tenant has used its {quota_seconds} CPU seconds for this month; the quota renews at {}",
+        format_ms(*renews_at)
+    )]
+    Exceeded {
+        quota_seconds: u64,
+        used_ms: i64,
+        renews_at: i64,
+        /// Seconds until it renews.
+        wait_seconds: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Refuses a call of a tenant that has used its monthly CPU quota.
 pub async fn check_quota(
     state: &AppState,
     tenant: &TenantName,
     quota_seconds: Option<u64>,
-) -> Result<(), ApiError> {
+) -> Result<(), QuotaError> {
     let Some(quota) = quota_seconds else {
         return Ok(());
     };
@@ -230,20 +248,12 @@ pub async fn check_quota(
         return Ok(());
     }
     let (_, next_month) = month_bounds(now);
-    let wait = u64::try_from((next_month - now) / 1000).unwrap_or(1);
-    Err(ApiError::new(
-        ErrorCode::QuotaExceeded,
-        format!(
-            "this tenant has used its {quota} CPU seconds for this month; the quota renews at {}",
-            format_ms(next_month)
-        ),
-    )
-    .with_detail(json!({
-        "cpu_seconds_per_month": quota,
-        "used_cpu_ms": used,
-        "renews_at": format_ms(next_month),
-    }))
-    .with_retry_after(wait))
+    Err(QuotaError::Exceeded {
+        quota_seconds: quota,
+        used_ms: used,
+        renews_at: next_month,
+        wait_seconds: u64::try_from((next_month - now) / 1000).unwrap_or(1),
+    })
 }
 
 #[derive(Debug, Deserialize)]

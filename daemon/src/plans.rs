@@ -87,9 +87,9 @@ impl PlanTable {
 }
 
 /// The policy a tenant's calls run under now: its plan with its overrides.
-pub fn effective_policy(state: &AppState, tenant: &TenantRow) -> Result<Policy, ApiError> {
+pub fn effective_policy(state: &AppState, tenant: &TenantRow) -> Policy {
     let plan = state.plans.get(tenant.plan.as_str()).unwrap_or_default();
-    Ok(Policy::effective(&plan, &tenant.overrides))
+    Policy::effective(&plan, &tenant.overrides)
 }
 
 /// The plan named `name`, if a tenant may be put on it.

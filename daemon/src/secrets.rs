@@ -103,21 +103,34 @@ pub async fn list_secrets(
     Ok(Json(json!({"secrets": list})))
 }
 
+/// Why a stored secret could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretUseError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Sealed under another key, or for another row: the node's fault, not the tenant's.
+    #[error("a stored secret could not be opened")]
+    Unsealed(#[source] falra_policies::SecretError),
+    #[error("a stored secret is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("secret \"git\" must be an access token (a string) or {{\"username\", \"password\"}}")]
+    BadGitSecret,
+}
+
 /// The tenant's secret `key`, opened; `None` if it has none.
 pub async fn open_secret(
     state: &AppState,
     tenant: &TenantName,
     key: &str,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Value>, SecretUseError> {
     let Some(sealed) = state.store.secret(tenant, key).await? else {
         return Ok(None);
     };
     let plain = state
         .secret_key
         .open(tenant.as_str(), key, &sealed)
-        .map_err(|e| ApiError::internal("a stored secret could not be opened", &e))?;
-    let value = serde_json::from_slice(&plain)
-        .map_err(|e| ApiError::internal("a stored secret is not JSON", &e))?;
+        .map_err(SecretUseError::Unsealed)?;
+    let value = serde_json::from_slice(&plain).map_err(SecretUseError::NotJson)?;
     Ok(Some(value))
 }
 
@@ -164,20 +177,15 @@ pub fn open_webhook_secret(
 pub async fn git_credentials(
     state: &AppState,
     tenant: &TenantName,
-) -> Result<Option<Credentials>, ApiError> {
+) -> Result<Option<Credentials>, SecretUseError> {
     match open_secret(state, tenant, GIT_SECRET).await? {
         Some(value) => git_credentials_from(&value).map(Some),
         None => Ok(None),
     }
 }
 
-fn git_credentials_from(value: &Value) -> Result<Credentials, ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            "secret \"git\" must be an access token (a string) or {\"username\", \"password\"}",
-        )
-        .with_detail(json!({"field": "value"}))
-    };
+fn git_credentials_from(value: &Value) -> Result<Credentials, SecretUseError> {
+    let bad = || SecretUseError::BadGitSecret;
     match value {
         Value::String(token) if !token.is_empty() => Ok(Credentials {
             username: "x-access-token".to_owned(),

@@ -21,7 +21,6 @@ use falra_sandbox::runner::{child_env, interpreter_args, RUNNER_DIR};
 use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{ChildSpec, Finished, Limits, Prepared};
 
-use crate::api_error::ApiError;
 use crate::isolation::{CgroupLease, ChildIsolation, CodeMounts, CODE_DIR};
 use crate::server::{AppState, Inner};
 
@@ -106,7 +105,9 @@ impl WarmPool {
                         discard(old);
                     }
                 }
-                Err(e) => tracing::debug!(error = %e.message, "could not prepare a child ahead"),
+                Err(e) => {
+                    tracing::debug!(error = %crate::api_error::ErrorChain(&e), "could not prepare a child ahead")
+                }
             }
         });
     }
@@ -204,6 +205,23 @@ fn discard(warm: Warm) {
     });
 }
 
+/// Why a child could not be started or run to its end: always the node's fault (a cgroup, a
+/// namespace, a process the kernel would not give), never the tenant's code, whose failures are
+/// in the child's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not prepare the child's cgroup")]
+    Cgroup(#[source] falra_sandbox::cgroup::CgroupError),
+    #[error("could not prepare the child's isolation")]
+    Isolation(#[source] crate::isolation::IsolationError),
+    #[error("could not start the child process")]
+    Start(#[source] falra_sandbox::SandboxError),
+    #[error("could not run the child process")]
+    Run(#[source] falra_sandbox::SandboxError),
+    #[error("a child's task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Sets up and starts a child for a call of the tenant with `uid` on the version at `root`,
 /// up to the point where it waits for its request.
 pub async fn prepare_child(
@@ -211,7 +229,7 @@ pub async fn prepare_child(
     uid: u32,
     mounts: &CodeMounts,
     policy: &Policy,
-) -> Result<Warm, ApiError> {
+) -> Result<Warm, RunError> {
     let config = &state.config;
     let stage = ChildStage {
         program: config.python.clone(),
@@ -248,32 +266,26 @@ pub async fn prepare_stage(
     mounts: &CodeMounts,
     policy: &Policy,
     stage: ChildStage,
-) -> Result<Warm, ApiError> {
+) -> Result<Warm, RunError> {
     let config = &state.config;
+    // On every early return below, the lease gives the cgroup back as it drops.
     let cgroup = state
         .sandbox
         .acquire_cgroup(uid, policy)
-        .map_err(|e| ApiError::internal("could not prepare the call's cgroup", &e))?;
+        .map_err(RunError::Cgroup)?;
     let own_netns = stage.netns.is_some();
-    let isolation = match state.sandbox.isolation(
-        uid,
-        mounts,
-        &config.runner_dir,
-        stage.extra,
-        policy,
-        cgroup.as_ref(),
-        stage.netns,
-    ) {
-        Ok(isolation) => isolation,
-        Err(e) => {
-            drop(cgroup);
-            return Err(ApiError::internal(
-                "could not prepare the call's isolation",
-                &e,
-            ));
-        }
-    };
-    let mut isolation = isolation;
+    let mut isolation = state
+        .sandbox
+        .isolation(
+            uid,
+            mounts,
+            &config.runner_dir,
+            stage.extra,
+            policy,
+            cgroup.as_ref(),
+            stage.netns,
+        )
+        .map_err(RunError::Isolation)?;
     if let Some(iso) = isolation.as_mut() {
         if !own_netns {
             // The tenant's gateway decides by the policy its newest child was prepared with.
@@ -318,12 +330,11 @@ pub async fn prepare_stage(
             made: Instant::now(),
         }),
         Err(e) => {
-            drop(cgroup);
             state
                 .metrics
                 .sandbox_failures
                 .fetch_add(1, Ordering::Relaxed);
-            Err(ApiError::internal("could not start the child process", &e))
+            Err(RunError::Start(e))
         }
     }
 }
@@ -349,7 +360,7 @@ pub async fn run_to_end<K: Send + 'static>(
     stdin: Vec<u8>,
     limits: Limits,
     keep: K,
-) -> Result<Ran, ApiError> {
+) -> Result<Ran, RunError> {
     let run = crate::task::spawn(async move {
         let _keep = keep;
         let Warm {
@@ -361,11 +372,8 @@ pub async fn run_to_end<K: Send + 'static>(
         drop(cgroup);
         (finished, usage)
     });
-    let (finished, usage) = run
-        .await
-        .map_err(|e| ApiError::internal("a child's task failed", &e))?;
-    let finished =
-        finished.map_err(|e| ApiError::internal("could not run the child process", &e))?;
+    let (finished, usage) = run.await.map_err(RunError::Task)?;
+    let finished = finished.map_err(RunError::Run)?;
     Ok(Ran {
         wall_ms: finished.usage.wall_ms,
         cpu_ms: usage
