@@ -220,12 +220,10 @@ pub async fn delete_tenant(
     let (name, row) = load_tenant(&state, &name).await?;
     let _lock = state.store.deploy_lock(&name).await;
     state.store.delete_tenant(&name).await?;
-    state.warm.forget_uid(row.uid.get());
-    state.sandbox.forget_tenant(row.uid.get());
-    state.gateways.forget(row.uid.get());
+    state.runtime.forget_tenant(row.uid.get());
     let layout = state.layout.clone();
     let files = name.clone();
-    crate::task::spawn_blocking(move || layout.remove_tenant(&files))
+    falra_runtime::task::spawn_blocking(move || layout.remove_tenant(&files))
         .await
         .map_err(|e| ApiError::internal("tenant removal task failed", &e))?
         .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
@@ -482,8 +480,8 @@ pub async fn rollback_tenant(
         .activate(&name, &version)
         .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
     state
-        .warm
-        .forget_other_versions(&state, row.uid.get(), version.as_str());
+        .runtime
+        .forget_other_versions(row.uid.get(), version.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     audit(
         &state,

@@ -377,27 +377,14 @@ impl From<crate::secrets::SecretUseError> for ApiError {
     }
 }
 
-impl From<crate::warm::RunError> for ApiError {
-    fn from(e: crate::warm::RunError) -> ApiError {
+impl From<falra_runtime::RunError> for ApiError {
+    fn from(e: falra_runtime::RunError) -> ApiError {
         // The node's own failure: logged with its causes, answered without them.
         ApiError::internal(&e.to_string(), &e)
     }
 }
 
-/// Displays an error with its whole `source()` chain: `outer: inner: root`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
+pub use falra_runtime::ErrorChain;
 
 #[cfg(test)]
 mod tests {

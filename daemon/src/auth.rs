@@ -105,7 +105,7 @@ async fn check_token(
     if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
         let store = state.store.clone();
         let id = row.id.clone();
-        crate::task::spawn(async move {
+        falra_runtime::task::spawn(async move {
             if let Err(e) = store.touch_token(&id, now).await {
                 tracing::warn!(error = %e, "could not record token use");
             }

@@ -15,9 +15,9 @@ use falra_tenants::{FnName, TenantName};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::isolation::CodeMounts;
 use crate::server::AppState;
-use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
+use falra_runtime::isolation::CodeMounts;
+use falra_runtime::ChildStage;
 
 /// Where the `falra` binary is copied for children (inside the runner's directory, which
 /// children see at `/falra`).
@@ -81,7 +81,7 @@ pub enum BuiltinError {
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretUseError),
     #[error(transparent)]
-    Run(#[from] crate::warm::RunError),
+    Run(#[from] falra_runtime::RunError),
     #[error("could not prepare the output directory")]
     OutputDir(#[source] std::io::Error),
 }
@@ -165,7 +165,7 @@ pub async fn run<P: Send + 'static>(
         }
         _ => None,
     };
-    let isolated = state.sandbox.is_enabled();
+    let isolated = state.runtime.sandbox.is_enabled();
     let request = BuiltinRequest {
         function: function.as_str().to_owned(),
         kwargs: kwargs.clone(),
@@ -222,8 +222,13 @@ pub async fn run<P: Send + 'static>(
         code: state.config.runner_dir.clone(),
         venv: None,
     };
-    let warm = prepare_stage(state, uid, &mounts, &child_policy, stage).await?;
-    let ran = run_to_end(warm, stdin, call_limits(state, timeout_ms), permit).await?;
+    let child = state
+        .runtime
+        .prepare(uid, &mounts, &child_policy, stage)
+        .await?;
+    let ran = child
+        .run_to_end(stdin, state.runtime.limits(timeout_ms), permit)
+        .await?;
     let finished = &ran.finished;
     let outcome = |result| BuiltinOutcome {
         result,

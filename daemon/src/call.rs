@@ -25,7 +25,7 @@ use crate::metering::check_quota;
 use crate::plans::effective_policy;
 use crate::server::AppState;
 use crate::store::CallRecord;
-use crate::warm::{call_limits, prepare_child, run_to_end, WarmKey};
+use falra_runtime::{CallChild, ChildKey};
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -401,24 +401,23 @@ async fn run_call(
     .encode();
     let config = &state.config;
     metered.version = Some(version.as_str().to_owned());
-    let key = WarmKey {
+    let key = ChildKey {
         uid,
         version: version.as_str().to_owned(),
         policy: serde_json::to_string(&policy).expect("a policy serialises"),
     };
     let in_use = state.use_version(&caller.tenant, version.as_str());
-    let warm = match state.warm.take(&key) {
-        Some(warm) => warm,
-        None => prepare_child(state, uid, &mounts, &policy).await?,
-    };
-    state.warm.replenish(state, key, mounts, policy.clone());
-    let ran = run_to_end(
-        warm,
-        stdin,
-        call_limits(state, timeout_ms),
-        (in_use, permit),
-    )
-    .await?;
+    let child = state
+        .runtime
+        .start_call(CallChild {
+            key,
+            mounts,
+            policy: policy.clone(),
+        })
+        .await?;
+    let ran = child
+        .run_to_end(stdin, state.runtime.limits(timeout_ms), (in_use, permit))
+        .await?;
     let finished = &ran.finished;
     let logs = logs_text(&finished.stderr, finished.stderr_dropped);
     let usage = UsageJson {

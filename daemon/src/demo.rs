@@ -34,7 +34,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
     let name = TenantName::parse(DEMO_TENANT).expect("a valid name");
     let source_dir = state.config.data_dir.join("demo-source");
     let dir = source_dir.clone();
-    crate::task::spawn_blocking(move || commit_examples(&dir))
+    falra_runtime::task::spawn_blocking(move || commit_examples(&dir))
         .await?
         .context("could not prepare the demo repository")?;
     let url = format!("file://{}", std::fs::canonicalize(&source_dir)?.display());

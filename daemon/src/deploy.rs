@@ -24,11 +24,11 @@ use sha2::{Digest, Sha256};
 
 use crate::api_error::ErrorChain;
 use crate::clock::now_ms;
-use crate::isolation::{CodeMounts, VENV_DIR};
 use crate::server::AppState;
 use crate::store::{NewVersion, TenantRow, UploadChange};
-use crate::task::step;
-use crate::warm::{call_limits, prepare_stage, run_to_end, ChildStage};
+use falra_runtime::isolation::{CodeMounts, VENV_DIR};
+use falra_runtime::task::step;
+use falra_runtime::ChildStage;
 
 /// How long listing a version's functions (it imports every module) or compiling them may take.
 const RUNNER_MODE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,7 +79,7 @@ pub enum DeployError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Run(#[from] crate::warm::RunError),
+    Run(#[from] falra_runtime::RunError),
     /// The node's own failure: a file it could not write, a task that died.
     #[error("{context}")]
     Node {
@@ -204,7 +204,7 @@ pub async fn deploy_in(
     slot: DeploySlot,
 ) -> Result<Deployed, DeployError> {
     let (task_state, task_name) = (state.clone(), name.clone());
-    crate::task::spawn(async move {
+    falra_runtime::task::spawn(async move {
         let deployed = deploy_now(&task_state, &task_name, change).await;
         drop(slot);
         deployed
@@ -282,7 +282,7 @@ async fn deploy_now(
     let plan_uploads = uploads.clone();
     let version = step(
         "tree",
-        crate::task::spawn_blocking(move || {
+        falra_runtime::task::spawn_blocking(move || {
             let plan = VersionPlan {
                 commit: plan_commit.as_deref(),
                 subdir: subdir.as_deref(),
@@ -355,8 +355,8 @@ async fn deploy_now(
     })
     .await?;
     state
-        .warm
-        .forget_other_versions(state, tenant.uid.get(), version.as_str());
+        .runtime
+        .forget_other_versions(tenant.uid.get(), version.as_str());
     collect_versions(state, name).await;
     tracing::info!(tenant = %name, version = %version, source = label, "version active");
     Ok(Deployed { version, functions })
@@ -385,7 +385,7 @@ async fn fetch_branch(
     };
     let layout = state.layout.clone();
     let tenant_name = name.clone();
-    crate::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
+    falra_runtime::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
         .await
         .map_err(node("fetch task failed"))?
         .map_err(|e| sync_failed(name, &e))
@@ -402,7 +402,7 @@ async fn finish_version(
     uploaded: Option<&ModuleName>,
     known_functions: Option<String>,
 ) -> Result<Value, DeployError> {
-    if state.sandbox.is_enabled() {
+    if state.runtime.sandbox.is_enabled() {
         // Only the tenant's own gid may read its versions, should a mount ever leak.
         state
             .layout
@@ -471,8 +471,10 @@ async fn compile_version(
     if let Ok(entries) = std::fs::read_dir(&versions) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".pyc-") {
-                let _ = crate::task::spawn_blocking(move || std::fs::remove_dir_all(entry.path()))
-                    .await;
+                let _ = falra_runtime::task::spawn_blocking(move || {
+                    std::fs::remove_dir_all(entry.path())
+                })
+                .await;
             }
         }
     }
@@ -485,7 +487,7 @@ async fn compile_version(
         // The compiler runs as the tenant: only the scratch directory is writable to it.
         tenant_owned_dir(&scratch, tenant.uid.get())
             .map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
-        let isolated = state.sandbox.is_enabled();
+        let isolated = state.runtime.sandbox.is_enabled();
         let out = if isolated {
             PathBuf::from(BYTECODE_DIR)
         } else {
@@ -521,7 +523,7 @@ async fn compile_version(
             state.config.cache_tag.clone(),
             state.config.max_version_bytes,
         );
-        crate::task::spawn_blocking(move || {
+        falra_runtime::task::spawn_blocking(move || {
             falra_tenants::bytecode::lay_in(&from, &tree, &tag, max_total)
         })
         .await
@@ -530,7 +532,7 @@ async fn compile_version(
     }
     .await;
     let doomed = scratch.clone();
-    match crate::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await {
+    match falra_runtime::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await {
         Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(tenant = %name, error = %e, "could not remove the bytecode scratch directory")
         }
@@ -587,7 +589,7 @@ async fn run_runner_mode(
     mounts: &CodeMounts,
     writable: Option<Bind>,
     request: &Value,
-) -> Result<Finished, crate::warm::RunError> {
+) -> Result<Finished, falra_runtime::RunError> {
     let mut policy = policy.clone();
     policy.network = Network::None;
     let stage = ChildStage {
@@ -599,14 +601,17 @@ async fn run_runner_mode(
         netns: None,
         cwd: None,
     };
-    let mut limits = call_limits(state, 0);
+    let mut limits = state.runtime.limits(0);
     // The tenant's own time limit: importing its modules is its code running, as in a call.
     limits.wall = Duration::from_millis(policy.timeout_ms.into()).min(RUNNER_MODE_TIMEOUT);
     limits.stdout_bytes = INTROSPECT_MAX_BYTES;
-    let warm = prepare_stage(state, tenant.uid.get(), mounts, &policy, stage).await?;
+    let child = state
+        .runtime
+        .prepare(tenant.uid.get(), mounts, &policy, stage)
+        .await?;
     let mode = request["mode"].as_str().unwrap_or("runner");
     let request = request.to_string().into_bytes();
-    let ran = run_to_end(warm, request, limits, ()).await?;
+    let ran = child.run_to_end(request, limits, ()).await?;
     crate::metering::record_deploy_child(state, &tenant.name, mode, &ran);
     Ok(ran.finished)
 }
@@ -752,7 +757,7 @@ async fn build_venv(
     }
     .await;
     let doomed = wheels.clone();
-    let _ = crate::task::spawn_blocking(move || std::fs::remove_dir_all(doomed)).await;
+    let _ = falra_runtime::task::spawn_blocking(move || std::fs::remove_dir_all(doomed)).await;
     built
 }
 
@@ -772,7 +777,7 @@ async fn pip_stage(
     wheels: &Path,
     which: PipStage,
 ) -> Result<(), DeployError> {
-    let isolated = state.sandbox.is_enabled();
+    let isolated = state.runtime.sandbox.is_enabled();
     let inside = |real: &Path, at: &str| {
         if isolated {
             PathBuf::from(at)
@@ -781,7 +786,7 @@ async fn pip_stage(
         }
     };
     let requirements = if isolated {
-        PathBuf::from(crate::isolation::CODE_DIR).join("requirements.txt")
+        PathBuf::from(falra_runtime::isolation::CODE_DIR).join("requirements.txt")
     } else {
         code.join("requirements.txt")
     };
@@ -814,18 +819,19 @@ async fn pip_stage(
     // The build's own network namespace: for the download, with the build gateway inside;
     // for the install, with nothing at all.
     let (netns, listener) = if isolated {
-        let gateway = (which == PipStage::Download).then_some(crate::gateway::GATEWAY_ADDR);
+        let gateway = (which == PipStage::Download).then_some(falra_runtime::gateway::GATEWAY_ADDR);
         let (fd, listener) = netns::new_loopback_namespace_listening(gateway)
             .map_err(node("could not prepare the build's network namespace"))?;
         (Some(std::sync::Arc::new(fd)), listener)
     } else {
         (None, None)
     };
-    let _gate = listener.and_then(|l| crate::gateway::Gateways::serve_build(state, l));
+    let _gate =
+        listener.and_then(|l| falra_runtime::gateway::Gateways::serve_build(&state.runtime, l));
     match which {
         PipStage::Download => {
             if isolated {
-                args.extend(["--proxy".into(), crate::gateway::PROXY_URL.into()]);
+                args.extend(["--proxy".into(), falra_runtime::gateway::PROXY_URL.into()]);
             }
             args.extend(state.config.pip_index_args().into_iter().map(Into::into));
             args.extend(["--dest".into(), wheel_dir.clone().into_os_string()]);
@@ -876,10 +882,13 @@ async fn pip_stage(
         code: code.to_path_buf(),
         venv: None,
     };
-    let mut limits = call_limits(state, 0);
+    let mut limits = state.runtime.limits(0);
     limits.wall = VENV_TIMEOUT;
-    let warm = prepare_stage(state, tenant.uid.get(), &mounts, &build_policy, stage).await?;
-    let ran = run_to_end(warm, Vec::new(), limits, ()).await?;
+    let child = state
+        .runtime
+        .prepare(tenant.uid.get(), &mounts, &build_policy, stage)
+        .await?;
+    let ran = child.run_to_end(Vec::new(), limits, ()).await?;
     let what = match which {
         PipStage::Download => "pip-download",
         PipStage::Install => "pip-install",
@@ -956,7 +965,7 @@ pub async fn collect_versions(state: &AppState, name: &TenantName) {
         let id = &old.id;
         let busy = tenant.active_version.as_ref() == Some(id)
             || state.version_in_use(name, id.as_str())
-            || state.warm.holds_version(uid, id.as_str());
+            || state.runtime.holds_version(uid, id.as_str());
         if busy {
             continue;
         }

@@ -129,7 +129,7 @@ pub async fn github(
         ));
     };
     let task_state = state.clone();
-    crate::task::spawn(async move {
+    falra_runtime::task::spawn(async move {
         match deploy_in(&task_state, &tenant_name, Change::Sync, slot).await {
             Ok(d) => {
                 tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");

@@ -9,7 +9,6 @@ mod audit;
 mod auth;
 mod builtin;
 mod call;
-mod cgroup_pool;
 mod cli;
 mod client;
 mod clock;
@@ -18,9 +17,7 @@ mod demo;
 mod deploy;
 mod extract;
 mod front;
-mod gateway;
 mod hooks;
-mod isolation;
 mod metering;
 mod metrics;
 mod openapi;
@@ -30,20 +27,18 @@ mod router_tests;
 mod secrets;
 mod server;
 use falra_store as store;
-mod task;
 mod tenant_api;
 mod token_scan;
 mod uploads;
-mod warm;
 
 use anyhow::Context;
 use clap::Parser;
 use falra_policies::Scopes;
 
 use crate::cli::{AdminCommand, Cli, Command, ServeArgs};
-use crate::isolation::SandboxSettings;
 use crate::server::{AppState, ServeConfig};
 use crate::store::{Store, TokenKind};
+use falra_runtime::SandboxSettings;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -187,7 +187,7 @@ pub fn record_deploy_child(
     state: &AppState,
     tenant: &TenantName,
     what: &str,
-    ran: &crate::warm::Ran,
+    ran: &falra_runtime::Ran,
 ) {
     let at = now_ms();
     let cpu_ms = i64::try_from(ran.cpu_ms).unwrap_or(i64::MAX);

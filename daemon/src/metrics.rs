@@ -32,10 +32,7 @@ struct Histogram {
 pub struct Metrics {
     calls: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
-    pub sandbox_failures: AtomicU64,
     pub auth_failures: AtomicU64,
-    /// Connections the egress gateways refused.
-    pub egress_refused: AtomicU64,
     /// Client connections closed on arrival, over the node-wide or a per-address cap.
     pub connections_refused: AtomicU64,
 }
@@ -121,13 +118,17 @@ impl Metrics {
                 "falra_prepared_children",
                 "gauge",
                 "Children started ahead of their calls, waiting.",
-                state.warm.ready_count() as u64,
+                state.runtime.ready_count() as u64,
             ),
             (
                 "falra_sandbox_failures_total",
                 "counter",
                 "Children that could not be set up or started.",
-                self.sandbox_failures.load(Ordering::Relaxed),
+                state
+                    .runtime
+                    .counters
+                    .sandbox_failures
+                    .load(Ordering::Relaxed),
             ),
             (
                 "falra_auth_failures_total",
@@ -139,7 +140,11 @@ impl Metrics {
                 "falra_egress_refused_total",
                 "counter",
                 "Outbound connections the egress gateways refused.",
-                self.egress_refused.load(Ordering::Relaxed),
+                state
+                    .runtime
+                    .counters
+                    .egress_refused
+                    .load(Ordering::Relaxed),
             ),
             (
                 "falra_connections_refused_total",

@@ -10,9 +10,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use crate::cli::{Cli, Command};
-use crate::isolation::SandboxSettings;
 use crate::server::{router, AppState, ServeConfig};
 use crate::store::{Store, TokenKind};
+use falra_runtime::SandboxSettings;
 
 struct Node {
     _dir: tempfile::TempDir,

@@ -18,15 +18,15 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::isolation::{CodeMounts, SandboxSettings};
 use crate::metering::{Meter, Quotas};
 use crate::metrics::Metrics;
 use crate::plans::PlanTable;
 use crate::store::Store;
-use crate::warm::WarmPool;
 use crate::{
     admin, audit, call, hooks, metering, metrics, openapi, plans, secrets, tenant_api, uploads,
 };
+use falra_runtime::prestart::{Fresh, PrestartPool};
+use falra_runtime::{CodeMounts, Runtime, RuntimeConfig, SandboxSettings, Starter};
 
 pub use crate::config::ServeConfig;
 
@@ -35,8 +35,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
-    pub sandbox: SandboxSettings,
-    pub warm: WarmPool,
+    /// Starts, supervises and pools this node's children.
+    pub runtime: Runtime,
     pub layout: Layout,
     pub config: ServeConfig,
     /// Seals and opens tenant secrets.
@@ -53,8 +53,6 @@ pub struct Inner {
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Deploys running or waiting, per tenant.
     pub deploy_slots: Arc<crate::deploy::DeploySlots>,
-    /// The egress gateways of children's network namespaces.
-    pub gateways: crate::gateway::Gateways,
     /// Push deliveries already taken (`X-GitHub-Delivery`), so a replay starts nothing.
     pub deliveries: crate::hooks::RecentDeliveries,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -100,6 +98,22 @@ impl AppState {
         plans: PlanTable,
         prewarm: bool,
     ) -> AppState {
+        let starter: Box<dyn Starter> = if prewarm {
+            Box::new(PrestartPool::default())
+        } else {
+            Box::new(Fresh)
+        };
+        let runtime = Runtime::new(
+            RuntimeConfig {
+                python: config.python.clone(),
+                runner_dir: config.runner_dir.clone(),
+                max_result_bytes: config.max_result_bytes,
+                max_log_bytes: config.max_log_bytes,
+                egress: config.egress.clone(),
+            },
+            sandbox,
+            starter,
+        );
         AppState(Arc::new(Inner {
             secret_key,
             plans,
@@ -110,24 +124,14 @@ impl AppState {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             venvs: Mutex::new(HashMap::new()),
-            sandbox,
-            warm: WarmPool::new(prewarm),
+            runtime,
             layout: Layout::new(&config.data_dir),
             store,
             config,
             deploy_slots: Arc::default(),
-            gateways: crate::gateway::Gateways::default(),
             deliveries: crate::hooks::RecentDeliveries::default(),
             versions_in_use: Mutex::new(HashMap::new()),
         }))
-    }
-
-    pub fn from_inner(inner: Arc<Inner>) -> AppState {
-        AppState(inner)
-    }
-
-    pub fn inner(&self) -> &Arc<Inner> {
-        &self.0
     }
 
     /// Marks `version` of `tenant` as in use until the returned guard is dropped.
@@ -298,7 +302,7 @@ pub async fn serve(
     state: AppState,
     limits: crate::front::FrontLimits,
 ) -> std::io::Result<()> {
-    crate::warm::WarmPool::expire_idle(crate::warm::downgrade(&state));
+    state.runtime.start_upkeep();
     let stopping = state.clone();
     let stop = async move {
         shutdown_signal().await;
@@ -320,7 +324,7 @@ pub async fn serve(
         },
     )
     .await;
-    state.warm.drain();
+    state.runtime.drain();
     state.meter.flush().await;
     Ok(())
 }

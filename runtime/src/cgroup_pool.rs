@@ -91,7 +91,7 @@ impl CgroupPool {
             match ready.and_then(|()| cgroup.reset_peak(fs)) {
                 Ok(()) => Some(cgroup),
                 Err(err) => {
-                    tracing::debug!(error = %crate::api_error::ErrorChain(&err), "idle call cgroup not reusable");
+                    tracing::debug!(error = %crate::ErrorChain(&err), "idle call cgroup not reusable");
                     self.remove_later(cgroup);
                     None
                 }
@@ -161,7 +161,7 @@ impl CgroupPool {
                 match cgroup.remove(fs.as_ref()) {
                     Ok(()) => return,
                     Err(e) if attempt == 199 => {
-                        tracing::warn!(error = %crate::api_error::ErrorChain(&e), "could not remove a call's cgroup")
+                        tracing::warn!(error = %crate::ErrorChain(&e), "could not remove a call's cgroup")
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }

@@ -29,7 +29,7 @@ use falra_policies::Network;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::server::{AppState, Inner};
+use crate::{Inner, Runtime};
 
 /// Where the gateway listens inside a child's network namespace.
 pub const GATEWAY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3128);
@@ -129,7 +129,7 @@ impl Gateways {
     }
 
     /// Serves the gateway of the tenant's namespace on `listener` (made with the namespace).
-    pub fn serve_tenant(&self, state: &AppState, uid: u32, listener: std::net::TcpListener) {
+    pub fn serve_tenant(&self, state: &Runtime, uid: u32, listener: std::net::TcpListener) {
         let Some(task) = spawn_accept(state, listener, Rule::Tenant(uid)) else {
             return;
         };
@@ -144,7 +144,7 @@ impl Gateways {
     }
 
     /// Serves a build's gateway on `listener` until the returned guard is dropped.
-    pub fn serve_build(state: &AppState, listener: std::net::TcpListener) -> Option<BuildGate> {
+    pub fn serve_build(state: &Runtime, listener: std::net::TcpListener) -> Option<BuildGate> {
         let refusals = Refusals::default();
         spawn_accept(state, listener, Rule::Build(refusals.clone()))
             .map(|task| BuildGate { task, refusals })
@@ -166,7 +166,7 @@ impl Gateways {
 }
 
 fn spawn_accept(
-    state: &AppState,
+    state: &Runtime,
     listener: std::net::TcpListener,
     rule: Rule,
 ) -> Option<tokio::task::AbortHandle> {
@@ -180,7 +180,7 @@ fn spawn_accept(
             return None;
         }
     };
-    let weak = crate::warm::downgrade(state);
+    let weak = state.downgrade();
     let span = match &rule {
         Rule::Tenant(uid) => tracing::info_span!("gateway", uid),
         Rule::Build(_) => tracing::info_span!("gateway", build = true),
@@ -212,16 +212,15 @@ async fn accept_loop(state: Weak<Inner>, listener: TcpListener, rule: Rule) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Some(inner) = state.upgrade() else {
+        let Some(state) = Runtime::upgrade(&state) else {
             return;
         };
-        let state = AppState::from_inner(inner);
         let rule = rule.clone();
         relays.spawn(tracing::Instrument::in_current_span(async move {
             let relayed = tokio::time::timeout(MAX_RELAY_LIFETIME, relay(&state, stream, &rule));
             if let Ok(Err(refusal)) = relayed.await {
                 state
-                    .metrics
+                    .counters
                     .egress_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Rule::Build(kept) = &rule {
@@ -237,7 +236,9 @@ async fn accept_loop(state: Weak<Inner>, listener: TcpListener, rule: Rule) {
 fn note_refusal(refusal: &Refusal) {
     static WINDOW: AtomicU64 = AtomicU64::new(0);
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let minute = crate::clock::now_ms() as u64 / 60_000;
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60);
     if WINDOW.swap(minute, Ordering::Relaxed) != minute {
         COUNT.store(0, Ordering::Relaxed);
     }
@@ -373,7 +374,7 @@ fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, 
     Ok((host, port))
 }
 
-async fn relay(state: &AppState, mut client: TcpStream, rule: &Rule) -> Result<(), Refusal> {
+async fn relay(state: &Runtime, mut client: TcpStream, rule: &Rule) -> Result<(), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = tokio::time::timeout(STEP_TIMEOUT, read_head(&mut client, &mut buf))
         .await

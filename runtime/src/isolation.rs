@@ -150,7 +150,7 @@ impl SandboxSettings {
                 ),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %crate::api_error::ErrorChain(&e), "could not set favordynmods; calls may wait on cgroup moves")
+                    tracing::warn!(error = %crate::ErrorChain(&e), "could not set favordynmods; calls may wait on cgroup moves")
                 }
             }
         }
@@ -379,7 +379,7 @@ impl Enabled {
             Err(err) => {
                 if failed_at.replace(std::time::Instant::now()).is_none() {
                     tracing::warn!(
-                        error = %crate::api_error::ErrorChain(&err),
+                        error = %crate::ErrorChain(&err),
                         "could not build a mount template; children build their own root for a minute"
                     );
                 }
