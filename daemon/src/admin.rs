@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 use crate::api_error::ApiError;
 use crate::audit::audit;
 use crate::auth::Operator;
-use crate::clock::{format_ms, now_ms, parse_rfc3339};
-use crate::deploy::{deploy, Change};
 use crate::extract::{ApiJson, ApiPath};
 use crate::plans::{check_plan, effective_policy};
-use crate::secrets::seal_webhook_secret;
 use crate::server::AppState;
 use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind, TokenRow};
+use falra_core::clock::{format_ms, now_ms, parse_rfc3339};
+use falra_core::deploy::{deploy, Change};
+use falra_core::secrets::seal_webhook_secret;
 
 const DEFAULT_BRANCH: &str = "main";
 const DEFAULT_PLAN: &str = "default";
@@ -229,7 +229,7 @@ pub async fn delete_tenant(
         .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
     state.admission.forget(&name);
     state.quotas.forget(&name);
-    state.metrics.forget(name.as_str());
+    state.http().metrics.forget(name.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant removed");
     audit(
         &state,

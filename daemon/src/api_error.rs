@@ -2,127 +2,39 @@
 //!
 //! Every failure a client can see is an [`ApiError`] with a stable [`ErrorCode`]; the answer is
 //! always `{"ok": false, "error": {"code", "message", "detail"?}, "call_id"?}`. The table in
-//! [`ErrorCode::status`] is exhaustive: adding a code without a status does not compile.
+//! [`status`] is exhaustive: adding a code without a status does not compile.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    Unauthorized,
-    TokenExpired,
-    TokenRevoked,
-    Forbidden,
-    NotFound,
-    FnNotFound,
-    MethodNotAllowed,
-    NotDeployed,
-    Conflict,
-    PayloadTooLarge,
-    RequestTimeout,
-    FunctionError,
-    ResultNotSerializable,
-    ResultTooLarge,
-    MemoryLimitExceeded,
-    ProcessExited,
-    SyncFailed,
-    RateLimited,
-    ConcurrencyLimited,
-    QuotaExceeded,
-    Overloaded,
-    ShuttingDown,
-    Timeout,
-    Internal,
-}
+pub use falra_core::ErrorCode;
 
-impl ErrorCode {
-    #[cfg(test)]
-    pub const ALL: [ErrorCode; 25] = [
-        ErrorCode::BadRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::TokenExpired,
-        ErrorCode::TokenRevoked,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::FnNotFound,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::NotDeployed,
-        ErrorCode::Conflict,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::RequestTimeout,
-        ErrorCode::FunctionError,
-        ErrorCode::ResultNotSerializable,
-        ErrorCode::ResultTooLarge,
-        ErrorCode::MemoryLimitExceeded,
-        ErrorCode::ProcessExited,
-        ErrorCode::SyncFailed,
-        ErrorCode::RateLimited,
-        ErrorCode::ConcurrencyLimited,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::Overloaded,
-        ErrorCode::ShuttingDown,
-        ErrorCode::Timeout,
-        ErrorCode::Internal,
-    ];
-
-    /// The HTTP status of each code: the table of DESIGN.md, plus the operator API's own codes.
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => {
-                StatusCode::UNAUTHORIZED
-            }
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound | ErrorCode::FnNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::NotDeployed | ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::FunctionError
-            | ErrorCode::ResultNotSerializable
-            | ErrorCode::ResultTooLarge
-            | ErrorCode::MemoryLimitExceeded
-            | ErrorCode::ProcessExited
-            | ErrorCode::SyncFailed => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited | ErrorCode::QuotaExceeded => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+/// The HTTP status of each code: the table of DESIGN.md, plus the operator API's own codes.
+pub fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => {
+            StatusCode::UNAUTHORIZED
         }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::TokenRevoked => "token_revoked",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::FnNotFound => "fn_not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::NotDeployed => "not_deployed",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::FunctionError => "function_error",
-            ErrorCode::ResultNotSerializable => "result_not_serializable",
-            ErrorCode::ResultTooLarge => "result_too_large",
-            ErrorCode::MemoryLimitExceeded => "memory_limit_exceeded",
-            ErrorCode::ProcessExited => "process_exited",
-            ErrorCode::SyncFailed => "sync_failed",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::ConcurrencyLimited => "concurrency_limited",
-            ErrorCode::QuotaExceeded => "quota_exceeded",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::ShuttingDown => "shutting_down",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::Internal => "internal",
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound | ErrorCode::FnNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotDeployed | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::FunctionError
+        | ErrorCode::ResultNotSerializable
+        | ErrorCode::ResultTooLarge
+        | ErrorCode::MemoryLimitExceeded
+        | ErrorCode::ProcessExited
+        | ErrorCode::SyncFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited | ErrorCode::QuotaExceeded => {
+            StatusCode::TOO_MANY_REQUESTS
         }
+        ErrorCode::Overloaded | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -225,7 +137,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status = status(self.code);
         let mut response = (status, axum::Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(
@@ -271,9 +183,9 @@ impl From<crate::store::StoreError> for ApiError {
 
 // Domain errors become answers here, and only here.
 
-impl From<crate::metering::QuotaError> for ApiError {
-    fn from(e: crate::metering::QuotaError) -> ApiError {
-        use crate::metering::QuotaError;
+impl From<falra_core::metering::QuotaError> for ApiError {
+    fn from(e: falra_core::metering::QuotaError) -> ApiError {
+        use falra_core::metering::QuotaError;
         match e {
             QuotaError::Exceeded {
                 quota_seconds,
@@ -284,7 +196,7 @@ impl From<crate::metering::QuotaError> for ApiError {
                 .with_detail(serde_json::json!({
                     "cpu_seconds_per_month": quota_seconds,
                     "used_cpu_ms": used_ms,
-                    "renews_at": crate::clock::format_ms(renews_at),
+                    "renews_at": falra_core::clock::format_ms(renews_at),
                 }))
                 .with_retry_after(wait_seconds),
             QuotaError::Store(e) => e.into(),
@@ -292,9 +204,9 @@ impl From<crate::metering::QuotaError> for ApiError {
     }
 }
 
-impl From<crate::deploy::DeployError> for ApiError {
-    fn from(e: crate::deploy::DeployError) -> ApiError {
-        use crate::deploy::DeployError;
+impl From<falra_core::deploy::DeployError> for ApiError {
+    fn from(e: falra_core::deploy::DeployError) -> ApiError {
+        use falra_core::deploy::DeployError;
         use serde_json::json;
         let message = e.to_string();
         match e {
@@ -326,9 +238,9 @@ impl From<crate::deploy::DeployError> for ApiError {
     }
 }
 
-impl From<crate::builtin::BuiltinError> for ApiError {
-    fn from(e: crate::builtin::BuiltinError) -> ApiError {
-        use crate::builtin::BuiltinError;
+impl From<falra_core::builtin::BuiltinError> for ApiError {
+    fn from(e: falra_core::builtin::BuiltinError) -> ApiError {
+        use falra_core::builtin::BuiltinError;
         use serde_json::json;
         let message = e.to_string();
         match e {
@@ -365,9 +277,9 @@ impl From<crate::builtin::BuiltinError> for ApiError {
     }
 }
 
-impl From<crate::secrets::SecretUseError> for ApiError {
-    fn from(e: crate::secrets::SecretUseError) -> ApiError {
-        use crate::secrets::SecretUseError;
+impl From<falra_core::secrets::SecretUseError> for ApiError {
+    fn from(e: falra_core::secrets::SecretUseError) -> ApiError {
+        use falra_core::secrets::SecretUseError;
         match e {
             SecretUseError::Store(e) => e.into(),
             SecretUseError::BadGitSecret => ApiError::bad_request(e.to_string())
@@ -384,6 +296,174 @@ impl From<falra_runtime::RunError> for ApiError {
     }
 }
 
+impl From<falra_core::auth::AuthError> for ApiError {
+    fn from(e: falra_core::auth::AuthError) -> ApiError {
+        use falra_core::auth::AuthError;
+        let message = e.to_string();
+        match e {
+            AuthError::NoToken | AuthError::Unknown => {
+                ApiError::new(ErrorCode::Unauthorized, message)
+            }
+            AuthError::Revoked => ApiError::new(ErrorCode::TokenRevoked, message),
+            AuthError::Expired(_) => ApiError::new(ErrorCode::TokenExpired, message),
+            AuthError::WrongKind(_) => ApiError::new(ErrorCode::Forbidden, message),
+            AuthError::MissingScope(scope) => ApiError::new(ErrorCode::Forbidden, message)
+                .with_detail(serde_json::json!({"required_scope": scope.as_str()})),
+            AuthError::Corrupt => ApiError::new(ErrorCode::Internal, message),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<falra_core::plans::PlanError> for ApiError {
+    fn from(e: falra_core::plans::PlanError) -> ApiError {
+        use falra_core::plans::PlanError;
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            PlanError::NoSuchPlan(_) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "plan"}))
+            }
+            PlanError::BadName(_) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "name"}))
+            }
+            PlanError::BadPolicy(e) => {
+                ApiError::bad_request(message).with_detail(json!({"field": e.field()}))
+            }
+            PlanError::DefaultPlan => ApiError::new(ErrorCode::Conflict, message),
+            PlanError::NotFound(_) => ApiError::not_found(message),
+            PlanError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<falra_core::secrets::SecretSetError> for ApiError {
+    fn from(e: falra_core::secrets::SecretSetError) -> ApiError {
+        use falra_core::secrets::SecretSetError;
+        use serde_json::json;
+        match e {
+            SecretSetError::BadKey(message) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "key"}))
+            }
+            SecretSetError::TooLarge => {
+                ApiError::bad_request(e.to_string()).with_detail(json!({"field": "value"}))
+            }
+            SecretSetError::Invalid(e) => e.into(),
+            SecretSetError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<falra_core::calls::CallError> for ApiError {
+    fn from(e: falra_core::calls::CallError) -> ApiError {
+        use falra_core::calls::CallError;
+        use falra_policies::admission::Refusal;
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            CallError::ShuttingDown => {
+                ApiError::new(ErrorCode::ShuttingDown, message).with_retry_after(1)
+            }
+            CallError::UnknownTenant => ApiError::new(ErrorCode::Unauthorized, message),
+            CallError::Quota(e) => e.into(),
+            CallError::Refused {
+                refusal,
+                calls_per_minute,
+            } => match refusal {
+                Refusal::RateLimited { retry_after } => ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this tenant may make {calls_per_minute} calls per minute; try again shortly"
+                    ),
+                )
+                .with_detail(json!({"calls_per_minute": calls_per_minute}))
+                .with_retry_after(retry_after.as_secs() + 1),
+                Refusal::ConcurrencyLimited { limit } => ApiError::new(
+                    ErrorCode::ConcurrencyLimited,
+                    format!("this tenant already runs {limit} calls at once, its limit"),
+                )
+                .with_detail(json!({"max_concurrency": limit}))
+                .with_retry_after(1),
+                Refusal::Overloaded { limit } => ApiError::new(
+                    ErrorCode::Overloaded,
+                    format!("this node runs {limit} calls at once, its limit; try again shortly"),
+                )
+                .with_retry_after(1),
+            },
+            CallError::NoSuchVersion(_) => {
+                ApiError::bad_request(message).with_detail(json!({"parameter": "version"}))
+            }
+            CallError::NotDeployed => ApiError::new(ErrorCode::NotDeployed, message),
+            CallError::FnNotFound { module, .. } => {
+                ApiError::new(ErrorCode::FnNotFound, message).with_detail(json!({"module": module}))
+            }
+            CallError::Builtin(e) => e.into(),
+            CallError::Encode(source) => ApiError::internal(&message, &source),
+            CallError::Run(e) => e.into(),
+            CallError::Failed(failed) => failure_error(*failed),
+            CallError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The answer to a function's failure, with its logs.
+fn failure_error(failed: falra_core::calls::Failed) -> ApiError {
+    use falra_sandbox::ChildFailure;
+    use serde_json::json;
+    let falra_core::calls::Failed {
+        failure,
+        logs,
+        memory_mb,
+        timeout_ms,
+        result_cap,
+    } = failed;
+    let code = falra_core::calls::failure_code(&failure);
+    let mut e = match failure {
+        ChildFailure::FunctionError {
+            type_name,
+            message,
+            traceback,
+        } => ApiError::new(code, format!("{type_name}: {message}")).with_detail(json!({
+            "type": type_name, "message": message, "traceback": traceback
+        })),
+        ChildFailure::FnNotFound { message, detail }
+        | ChildFailure::ResultNotSerializable { message, detail } => {
+            ApiError::new(code, message).with_detail(detail)
+        }
+        ChildFailure::ResultTooLarge { .. } => ApiError::new(
+            code,
+            format!("the answer is larger than the limit of {result_cap} bytes"),
+        )
+        .with_detail(json!({"limit_bytes": result_cap})),
+        ChildFailure::ProcessExited {
+            exit_code,
+            signal,
+            reason,
+        } => {
+            let how = match (exit_code, signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), _) => format!("exit code {code}"),
+                _ => "unknown status".to_owned(),
+            };
+            ApiError::new(code, format!("{reason} ({how})")).with_detail(json!({
+                "exit_code": exit_code, "signal": signal, "reason": reason
+            }))
+        }
+        ChildFailure::MemoryLimitExceeded => ApiError::new(
+            code,
+            format!("the call ran out of its memory limit of {memory_mb} MB and was stopped"),
+        )
+        .with_detail(json!({"memory_mb": memory_mb})),
+        ChildFailure::Timeout => ApiError::new(
+            code,
+            format!("the call ran over its limit of {timeout_ms} ms and was stopped"),
+        )
+        .with_detail(json!({"timeout_ms": timeout_ms})),
+    };
+    e.logs = Some(logs);
+    e
+}
+
 pub use falra_runtime::ErrorChain;
 
 #[cfg(test)]
@@ -397,11 +477,11 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
-        assert_eq!(ErrorCode::Timeout.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(ErrorCode::NotDeployed.status(), StatusCode::CONFLICT);
+        assert_eq!(status(ErrorCode::Timeout), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(status(ErrorCode::NotDeployed), StatusCode::CONFLICT);
         // Only `internal` is a 5xx that blames falra itself.
         for code in ErrorCode::ALL {
-            if code.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            if status(code) == StatusCode::INTERNAL_SERVER_ERROR {
                 assert_eq!(code, ErrorCode::Internal);
             }
         }
@@ -409,7 +489,7 @@ mod tests {
 
     #[test]
     fn deploy_errors_have_their_codes_and_details() {
-        use crate::deploy::DeployError;
+        use falra_core::deploy::DeployError;
         let caro = falra_tenants::TenantName::parse("caro").unwrap();
         let module = falra_tenants::ModuleName::from_stored("helpers");
         let cases: Vec<(DeployError, ErrorCode, Option<Value>)> = vec![

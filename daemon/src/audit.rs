@@ -1,9 +1,7 @@
-//! The audit log: every operator action and every deploy, with who, what, when and from where.
+//! `GET /admin/v1/audit`: the audit log over HTTP.
 //!
-//! Handlers call [`audit`] after an action succeeded; the row names the acting token (an
-//! operator's, a tenant's deploy token, or `webhook`), the action (`tenant.create`,
-//! `token.issue`, `deploy.upload`, …), the tenant, a JSON detail that never holds a secret, and
-//! the client's address. `GET /admin/v1/audit` reads it back, newest first.
+//! Rows are written by `falra_core::audit::audit`; `GET /admin/v1/audit` reads them back,
+//! newest first.
 
 use axum::extract::State;
 use axum::Json;
@@ -12,34 +10,10 @@ use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::Operator;
-use crate::clock::{format_ms, now_ms, parse_rfc3339};
 use crate::extract::ApiQuery;
-use crate::server::{client_addr, AppState};
-use crate::store::AuditRow;
-
-/// Records one action. A store failure is logged, not returned: the action already happened.
-pub async fn audit(
-    state: &AppState,
-    actor: &str,
-    action: &str,
-    tenant: Option<&str>,
-    detail: Value,
-) {
-    let mut id = [0u8; 8];
-    getrandom::getrandom(&mut id).expect("the operating system's random source failed");
-    let row = AuditRow {
-        id: format!("ev_{}", hex::encode(id)),
-        at: now_ms(),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        tenant: tenant.map(str::to_owned),
-        detail: detail.to_string(),
-        remote: client_addr().map(|a| a.to_string()),
-    };
-    if let Err(e) = state.store.insert_audit(&row).await {
-        tracing::error!(error = %crate::api_error::ErrorChain(&e), action, "could not write the audit log");
-    }
-}
+use crate::server::AppState;
+pub use falra_core::audit::audit;
+use falra_core::clock::{format_ms, parse_rfc3339};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,19 +1,19 @@
 //! `POST /v1/call`: one function call, from request bytes to answer.
 //!
 //! The body is parsed once, at the boundary, into a [`CallRequest`] (validated `fn`, the
-//! token, the keyword arguments with comment keys dropped). Then: authenticate, resolve the
-//! tenant's version once (a deploy during the call does not disturb it), resolve the module in
-//! that version's tree, run the child in the sandbox, and turn what it left into the answer.
+//! token, the keyword arguments with comment keys dropped) and the query into
+//! `CallOptions`; the token is checked before more than a prefix of the body is read. Then
+//! `falra_core::calls::run` runs the call, and its answer or error becomes the response.
+
+use std::num::NonZeroU32;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
-use falra_policies::{Policy, Scope};
-use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
-use falra_sandbox::{ChildFailure, ProtocolRequest};
+use falra_core::calls::{self, CallOptions, Metered, Usage};
+use falra_policies::Scope;
 use falra_tenants::function::is_identifier;
-use falra_tenants::{resolve_module, FnName, TenantName, VersionId};
+use falra_tenants::{FnName, TenantName, VersionId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -21,11 +21,7 @@ use serde_json::{json, Map, Value};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::tenant_caller;
 use crate::extract::{bearer, ApiQuery, BodyReader};
-use crate::metering::check_quota;
-use crate::plans::effective_policy;
 use crate::server::AppState;
-use crate::store::CallRecord;
-use falra_runtime::{CallChild, ChildKey};
 
 /// Key prefixes that mark a comment in the call body; such keys are dropped.
 const COMMENT_PREFIXES: &[&str] = &["//", "_comment", "註解"];
@@ -92,35 +88,37 @@ pub struct CallQuery {
     timeout_ms: Option<u32>,
 }
 
+impl CallQuery {
+    /// The call's options, validated.
+    fn options(self) -> Result<CallOptions, ApiError> {
+        let version = match self.version.as_deref() {
+            Some(pinned) => Some(VersionId::parse(pinned).map_err(|e| {
+                ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
+            })?),
+            None => None,
+        };
+        let timeout_ms = match self.timeout_ms {
+            Some(t) => Some(NonZeroU32::new(t).ok_or_else(|| {
+                ApiError::bad_request("timeout_ms must be at least 1")
+                    .with_detail(json!({"parameter": "timeout_ms"}))
+            })?),
+            None => None,
+        };
+        Ok(CallOptions {
+            version,
+            timeout_ms,
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct CallOk<'a> {
     ok: bool,
     result: &'a RawValue,
     call_id: &'a str,
     version: &'a str,
-    logs: String,
-    usage: UsageJson,
-}
-
-#[derive(Serialize)]
-struct UsageJson {
-    wall_ms: u64,
-    cpu_ms: u64,
-    peak_memory_bytes: u64,
-}
-
-/// What metering learns of a call as it goes; recorded once it is answered.
-#[derive(Debug, Default)]
-struct Metered {
-    tenant: Option<TenantName>,
-    token_id: String,
-    function: String,
-    version: Option<String>,
-    wall_ms: u64,
-    cpu_ms: u64,
-    peak_memory_bytes: u64,
-    bytes_in: usize,
-    bytes_out: usize,
+    logs: &'a str,
+    usage: Usage,
 }
 
 /// The handler: every failure carries the call id; every call that reached a tenant is
@@ -132,7 +130,7 @@ pub async fn call(
     body: axum::body::Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let call_id = new_call_id();
+    let call_id = calls::new_call_id();
     tracing::Span::current().record("call_id", call_id.as_str());
     let mut metered = Metered::default();
     let (response, outcome) =
@@ -145,30 +143,12 @@ pub async fn call(
                 (e.into_response(), code)
             }
         };
-    state.metrics.call(
+    state.http().metrics.call(
         metered.tenant.as_ref().map_or("-", TenantName::as_str),
         outcome,
         started.elapsed().as_secs_f64(),
     );
-    if let Some(tenant) = metered.tenant {
-        let at = crate::clock::now_ms();
-        let cpu_ms = i64::try_from(metered.cpu_ms).unwrap_or(i64::MAX);
-        state.quotas.add(&tenant, cpu_ms, at);
-        state.meter.record(CallRecord {
-            call_id,
-            tenant,
-            token_id: metered.token_id,
-            function: metered.function,
-            version: metered.version,
-            outcome: outcome.to_owned(),
-            wall_ms: i64::try_from(metered.wall_ms).unwrap_or(i64::MAX),
-            cpu_ms,
-            peak_memory_bytes: i64::try_from(metered.peak_memory_bytes).unwrap_or(i64::MAX),
-            bytes_in: i64::try_from(metered.bytes_in).unwrap_or(i64::MAX),
-            bytes_out: i64::try_from(metered.bytes_out).unwrap_or(i64::MAX),
-            at,
-        });
-    }
+    calls::record(&state, call_id, metered, outcome);
     response
 }
 
@@ -243,32 +223,6 @@ async fn authenticated_request(
     Ok((request, body.len(), caller))
 }
 
-/// Turns an admission refusal into its answer.
-fn refused(refusal: Refusal, policy: &Policy) -> ApiError {
-    match refusal {
-        Refusal::RateLimited { retry_after } => ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this tenant may make {} calls per minute; try again shortly",
-                policy.calls_per_minute
-            ),
-        )
-        .with_detail(json!({"calls_per_minute": policy.calls_per_minute}))
-        .with_retry_after(retry_after.as_secs() + 1),
-        Refusal::ConcurrencyLimited { limit } => ApiError::new(
-            ErrorCode::ConcurrencyLimited,
-            format!("this tenant already runs {limit} calls at once, its limit"),
-        )
-        .with_detail(json!({"max_concurrency": limit}))
-        .with_retry_after(1),
-        Refusal::Overloaded { limit } => ApiError::new(
-            ErrorCode::Overloaded,
-            format!("this node runs {limit} calls at once, its limit; try again shortly"),
-        )
-        .with_retry_after(1),
-    }
-}
-
 async fn run_call(
     state: &AppState,
     headers: &HeaderMap,
@@ -277,14 +231,9 @@ async fn run_call(
     call_id: &str,
     metered: &mut Metered,
 ) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::new(
-            ErrorCode::ShuttingDown,
-            "this node is shutting down and takes no new calls",
-        )
-        .with_retry_after(1));
-    }
+    calls::accepting(state)?;
     let ApiQuery(query) = query?;
+    let options = query.options()?;
     let (request, body_len, caller) = authenticated_request(state, headers, body).await?;
     let span = tracing::Span::current();
     span.record("tenant", caller.tenant.as_str());
@@ -294,254 +243,26 @@ async fn run_call(
     metered.token_id.clone_from(&caller.token_id);
     metered.function = request.function.as_str().to_owned();
     metered.bytes_in = body_len;
-
-    let tenant = state
-        .store
-        .tenant(&caller.tenant)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
-    let policy = effective_policy(state, &tenant);
-    check_quota(state, &caller.tenant, policy.cpu_seconds_per_month).await?;
-    let permit = state
-        .admission
-        .admit(
-            &caller.tenant,
-            AdmissionLimits {
-                calls_per_minute: policy.calls_per_minute,
-                max_concurrency: policy.max_concurrency,
-            },
-            std::time::Instant::now(),
-        )
-        .map_err(|r| refused(r, &policy))?;
-
-    let timeout_ms = match query.timeout_ms {
-        Some(0) => {
-            return Err(ApiError::bad_request("timeout_ms must be at least 1")
-                .with_detail(json!({"parameter": "timeout_ms"})))
-        }
-        Some(t) => t.min(policy.timeout_ms),
-        None => policy.timeout_ms,
-    };
-    let uid = tenant.uid.get();
-    if falra_builtins::is_reserved_module(request.function.module()) {
-        let outcome = crate::builtin::run(
-            state,
-            &caller.tenant,
-            uid,
-            &policy,
-            &request.function,
-            &request.kwargs,
-            timeout_ms,
-            permit,
-        )
-        .await;
-        let outcome = outcome?;
-        metered.wall_ms = outcome.wall_ms;
-        metered.cpu_ms = outcome.cpu_ms;
-        metered.peak_memory_bytes = outcome.peak_memory_bytes;
-        let result = serde_json::value::to_raw_value(&outcome.result?)
-            .map_err(|e| ApiError::internal("could not encode the built-in's result", &e))?;
-        let body = CallOk {
-            ok: true,
-            result: &result,
-            call_id,
-            version: "builtin",
-            logs: String::new(),
-            usage: UsageJson {
-                wall_ms: outcome.wall_ms,
-                cpu_ms: outcome.cpu_ms,
-                peak_memory_bytes: outcome.peak_memory_bytes,
-            },
-        };
-        let response = json_response(&body);
-        metered.bytes_out = response_len(&response);
-        return Ok(response);
-    }
-
-    let version = match query.version.as_deref() {
-        Some(pinned) => {
-            let id = VersionId::parse(pinned).map_err(|e| {
-                ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
-            })?;
-            if state.store.version(&caller.tenant, &id).await?.is_none() {
-                return Err(ApiError::bad_request(format!(
-                    "this tenant has no version {pinned:?}"
-                ))
-                .with_detail(json!({"parameter": "version"})));
-            }
-            id
-        }
-        None => tenant.active_version.clone().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotDeployed,
-                "this tenant has no deployed code yet: sync its repository first",
-            )
-        })?,
-    };
-    span.record("version", version.as_str());
-    let fn_not_found = |message: String, detail: Value| {
-        ApiError::new(ErrorCode::FnNotFound, message).with_detail(detail)
-    };
-    let root = state.layout.version_dir(&caller.tenant, &version);
-    let mounts = state.code_mounts(root);
-    resolve_module(&mounts.code, &request.function)
-        .or_else(|e| match &mounts.venv {
-            // A module of the tenant's own packages; the runner checks where it was found.
-            Some(venv) => resolve_module(venv, &request.function),
-            None => Err(e),
-        })
-        .map_err(|e| fn_not_found(e.to_string(), json!({"module": request.function.module()})))?;
-
-    let stdin = ProtocolRequest {
-        protocol: PROTOCOL_VERSION,
+    let answer = calls::run(
+        state,
+        &caller,
+        &request.function,
+        &request.kwargs,
+        options,
         call_id,
-        function: request.function.as_str(),
-        kwargs: &request.kwargs,
-    }
-    .encode();
-    let config = &state.config;
-    metered.version = Some(version.as_str().to_owned());
-    let key = ChildKey {
-        uid,
-        version: version.as_str().to_owned(),
-        policy: serde_json::to_string(&policy).expect("a policy serialises"),
-    };
-    let in_use = state.use_version(&caller.tenant, version.as_str());
-    let child = state
-        .runtime
-        .start_call(CallChild {
-            key,
-            mounts,
-            policy: policy.clone(),
-        })
-        .await?;
-    let ran = child
-        .run_to_end(stdin, state.runtime.limits(timeout_ms), (in_use, permit))
-        .await?;
-    let finished = &ran.finished;
-    let logs = logs_text(&finished.stderr, finished.stderr_dropped);
-    let usage = UsageJson {
-        wall_ms: ran.wall_ms,
-        cpu_ms: ran.cpu_ms,
-        peak_memory_bytes: ran.peak_memory_bytes,
-    };
-    metered.wall_ms = usage.wall_ms;
-    metered.cpu_ms = usage.cpu_ms;
-    metered.peak_memory_bytes = usage.peak_memory_bytes;
-    let oom_killed = ran.oom_killed;
-    let answer = interpret(finished, config.max_result_bytes);
-    // Killed in its memory limit: whatever else the child left, that is the answer.
-    let answer = match answer {
-        Err(ChildFailure::ProcessExited { .. }) | Err(ChildFailure::FunctionError { .. })
-            if oom_killed =>
-        {
-            Err(ChildFailure::MemoryLimitExceeded)
-        }
-        other => other,
-    };
-    tracing::info!(
-        wall_ms = usage.wall_ms,
-        outcome = match &answer {
-            Ok(_) => "ok",
-            Err(f) => failure_code(f).as_str(),
-        },
-        "call finished"
-    );
-    match answer {
-        Ok(result) => {
-            let body = CallOk {
-                ok: true,
-                result: &result,
-                call_id,
-                version: version.as_str(),
-                logs,
-                usage,
-            };
-            let response = json_response(&body);
-            metered.bytes_out = response_len(&response);
-            Ok(response)
-        }
-        Err(failure) => {
-            let mut e = failure_error(failure, &policy, timeout_ms, config.max_result_bytes);
-            e.logs = Some(logs);
-            Err(e)
-        }
-    }
-}
-
-pub fn failure_code(f: &ChildFailure) -> ErrorCode {
-    match f {
-        ChildFailure::FunctionError { .. } => ErrorCode::FunctionError,
-        ChildFailure::FnNotFound { .. } => ErrorCode::FnNotFound,
-        ChildFailure::ResultNotSerializable { .. } => ErrorCode::ResultNotSerializable,
-        ChildFailure::ResultTooLarge { .. } => ErrorCode::ResultTooLarge,
-        ChildFailure::ProcessExited { .. } => ErrorCode::ProcessExited,
-        ChildFailure::MemoryLimitExceeded => ErrorCode::MemoryLimitExceeded,
-        ChildFailure::Timeout => ErrorCode::Timeout,
-    }
-}
-
-fn failure_error(
-    failure: ChildFailure,
-    policy: &Policy,
-    timeout_ms: u32,
-    result_cap: usize,
-) -> ApiError {
-    let memory_mb = policy.memory_mb;
-    let code = failure_code(&failure);
-    match failure {
-        ChildFailure::FunctionError {
-            type_name,
-            message,
-            traceback,
-        } => ApiError::new(code, format!("{type_name}: {message}")).with_detail(json!({
-            "type": type_name, "message": message, "traceback": traceback
-        })),
-        ChildFailure::FnNotFound { message, detail }
-        | ChildFailure::ResultNotSerializable { message, detail } => {
-            ApiError::new(code, message).with_detail(detail)
-        }
-        ChildFailure::ResultTooLarge { .. } => ApiError::new(
-            code,
-            format!("the answer is larger than the limit of {result_cap} bytes"),
-        )
-        .with_detail(json!({"limit_bytes": result_cap})),
-        ChildFailure::ProcessExited {
-            exit_code,
-            signal,
-            reason,
-        } => {
-            let how = match (exit_code, signal) {
-                (_, Some(sig)) => format!("killed by signal {sig}"),
-                (Some(code), _) => format!("exit code {code}"),
-                _ => "unknown status".to_owned(),
-            };
-            ApiError::new(code, format!("{reason} ({how})")).with_detail(json!({
-                "exit_code": exit_code, "signal": signal, "reason": reason
-            }))
-        }
-        ChildFailure::MemoryLimitExceeded => ApiError::new(
-            code,
-            format!("the call ran out of its memory limit of {memory_mb} MB and was stopped"),
-        )
-        .with_detail(json!({"memory_mb": memory_mb})),
-        ChildFailure::Timeout => ApiError::new(
-            code,
-            format!("the call ran over its limit of {timeout_ms} ms and was stopped"),
-        )
-        .with_detail(json!({"timeout_ms": timeout_ms})),
-    }
-}
-
-/// What the function printed, marked when it was cut at the cap.
-fn logs_text(kept: &[u8], dropped: u64) -> String {
-    let mut logs = String::from_utf8_lossy(kept).into_owned();
-    if dropped > 0 {
-        logs.push_str(&format!(
-            "\n[falra: logs cut here, {dropped} more bytes not kept]"
-        ));
-    }
-    logs
+        metered,
+    )
+    .await?;
+    let response = json_response(&CallOk {
+        ok: true,
+        result: &answer.result,
+        call_id,
+        version: &answer.version,
+        logs: &answer.logs,
+        usage: answer.usage,
+    });
+    metered.bytes_out = response_len(&response);
+    Ok(response)
 }
 
 fn response_len(response: &Response) -> usize {
@@ -563,13 +284,6 @@ fn json_response(body: &impl Serialize) -> Response {
             .into_response(),
         Err(e) => ApiError::internal("could not encode the answer", &e).into_response(),
     }
-}
-
-/// A call id: `c_` and 16 random hex digits.
-pub fn new_call_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
-    format!("c_{}", hex::encode(b))
 }
 
 #[cfg(test)]
@@ -620,11 +334,5 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadRequest, "{body}");
             assert_eq!(e.detail, field, "{body}");
         }
-    }
-
-    #[test]
-    fn cut_logs_are_marked() {
-        assert_eq!(logs_text(b"hi", 0), "hi");
-        assert!(logs_text(b"hi", 5).ends_with("5 more bytes not kept]"));
     }
 }

@@ -13,8 +13,8 @@ use crate::front::FrontLimits;
 /// Where builds download wheels from unless the operator says otherwise.
 pub const DEFAULT_PIP_INDEX: &str = "https://pypi.org/simple";
 
-/// The largest version a tenant may have (its tree, and what a fetch may transfer for it).
-pub const MAX_VERSION_BYTES: u64 = 512 << 20;
+pub use falra_core::config::MAX_VERSION_BYTES;
+use falra_core::ServiceConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,45 +28,26 @@ pub enum ConfigError {
     },
 }
 
-/// Settings of a running daemon.
+/// Settings of a running daemon: the services' own, and the HTTP edge's.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub data_dir: PathBuf,
-    /// The interpreter every call runs (never a shell shim: it must run inside the sandbox).
-    pub python: PathBuf,
+    /// What the services below HTTP run by.
+    pub service: ServiceConfig,
     pub max_body_bytes: usize,
-    pub max_result_bytes: usize,
-    pub max_log_bytes: usize,
-    pub max_version_bytes: u64,
-    /// How many versions of a tenant are kept besides the active one.
-    pub keep_versions: usize,
-    /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
-    pub runner_dir: PathBuf,
-    /// The interpreter's version line: part of a virtualenv's identity.
-    pub python_version: String,
-    /// The interpreter's bytecode cache tag (`cpython-311`), which laid-in bytecode must carry.
-    pub cache_tag: String,
-    /// The interpreter's standard-library module names, which uploads may not shadow.
-    pub stdlib: StdlibNames,
-    /// Calls running at once on this node, at most (more are `503 overloaded`).
-    pub max_children: usize,
     /// Failed authentications per client address and minute before it is refused.
     pub auth_failures_per_minute: u32,
     /// How long a client may take to send a request body.
     pub body_timeout: std::time::Duration,
-    /// The address rule outbound connections of tenants pass (built-ins, the egress gateway).
-    pub egress: falra_builtins::etl::net::Egress,
-    /// The largest archive a built-in downloads.
-    pub etl_max_download_bytes: u64,
-    /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
-    pub etl_output_dir: Option<PathBuf>,
-    /// The package index builds download wheels from (`none`: only `pip_find_links`).
-    pub pip_index_url: String,
-    /// More places builds may find wheels (pip's `--find-links`), set by the operator.
-    pub pip_find_links: Vec<String>,
     /// The HTTP front's caps and deadlines (the connection cap before it is fitted to the
     /// descriptor limit).
     pub front: FrontLimits,
+}
+
+impl std::ops::Deref for ServeConfig {
+    type Target = ServiceConfig;
+    fn deref(&self) -> &ServiceConfig {
+        &self.service
+    }
 }
 
 impl ServeConfig {
@@ -106,45 +87,36 @@ impl ServeConfig {
             None => None,
         };
         Ok(ServeConfig {
-            python: args.python.clone(),
+            service: ServiceConfig {
+                python: args.python.clone(),
+                max_result_bytes: args.max_result_bytes,
+                max_log_bytes: args.max_log_bytes,
+                max_version_bytes: MAX_VERSION_BYTES,
+                keep_versions: args.keep_versions,
+                runner_dir: installed.dir,
+                python_version: installed.python_version,
+                cache_tag: installed.cache_tag,
+                stdlib: StdlibNames::from_lines(&installed.stdlib_names),
+                max_children: args.max_children,
+                egress: falra_builtins::etl::net::Egress {
+                    allow_private: args.egress_allow_private,
+                    allow_nets: args.egress_allow_net.clone(),
+                },
+                etl_max_download_bytes: args.etl_max_download_bytes,
+                etl_output_dir,
+                pip_index_url: args.pip_index_url.clone(),
+                pip_find_links: args.pip_find_links.clone(),
+                data_dir,
+            },
             max_body_bytes: args.max_body_bytes,
-            max_result_bytes: args.max_result_bytes,
-            max_log_bytes: args.max_log_bytes,
-            max_version_bytes: MAX_VERSION_BYTES,
-            keep_versions: args.keep_versions,
-            runner_dir: installed.dir,
-            python_version: installed.python_version,
-            cache_tag: installed.cache_tag,
-            stdlib: StdlibNames::from_lines(&installed.stdlib_names),
-            max_children: args.max_children,
             auth_failures_per_minute: args.auth_failures_per_minute,
             body_timeout: Duration::from_secs(body_timeout),
-            egress: falra_builtins::etl::net::Egress {
-                allow_private: args.egress_allow_private,
-                allow_nets: args.egress_allow_net.clone(),
-            },
-            etl_max_download_bytes: args.etl_max_download_bytes,
-            etl_output_dir,
-            pip_index_url: args.pip_index_url.clone(),
-            pip_find_links: args.pip_find_links.clone(),
             front: FrontLimits {
                 max_connections: args.max_connections,
                 max_connections_per_address: args.max_connections_per_address,
                 header_timeout: Duration::from_secs(header_timeout),
             },
-            data_dir,
         })
-    }
-    /// pip's arguments naming where wheels come from: the operator's, never the tenant's.
-    pub fn pip_index_args(&self) -> Vec<String> {
-        let mut args = match self.pip_index_url.as_str() {
-            "none" => vec!["--no-index".to_owned()],
-            url => vec!["--index-url".to_owned(), url.to_owned()],
-        };
-        for link in &self.pip_find_links {
-            args.extend(["--find-links".to_owned(), link.clone()]);
-        }
-        args
     }
 }
 

@@ -11,9 +11,9 @@ use falra_policies::Scopes;
 use falra_tenants::TenantName;
 
 use crate::admin::new_token;
-use crate::clock::now_ms;
 use crate::server::AppState;
 use crate::store::{NewTenant, PlanName, TokenKind};
+use falra_core::clock::now_ms;
 
 const DEMO_TENANT: &str = "demo";
 
@@ -52,7 +52,7 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
             })
             .await?;
     }
-    crate::deploy::deploy(state, &name, crate::deploy::Change::Sync)
+    falra_core::deploy::deploy(state, &name, falra_core::deploy::Change::Sync)
         .await
         .context("could not deploy the demo tenant")?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");

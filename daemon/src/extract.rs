@@ -24,13 +24,13 @@ pub struct BodyReader {
 
 impl BodyReader {
     pub fn new(body: axum::body::Body, state: &AppState) -> BodyReader {
-        let timeout = state.config.body_timeout;
+        let timeout = state.http().config.body_timeout;
         BodyReader {
             body,
             kept: Vec::new(),
             seen: 0,
             ended: false,
-            limit: state.config.max_body_bytes,
+            limit: state.http().config.max_body_bytes,
             deadline: tokio::time::Instant::now() + timeout,
             timeout,
         }

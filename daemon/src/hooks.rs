@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 
 use crate::admin::load_tenant;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::deploy::{deploy_in, Change};
 use crate::extract::{ApiPath, LimitedBody};
 use crate::server::AppState;
+use falra_core::deploy::{deploy_in, Change};
 
 /// How many recent deliveries are remembered (a replay older than that is a new deploy of the
 /// branch head, which changes nothing if the head did not move).
@@ -70,7 +70,7 @@ pub async fn github(
             "push webhooks are not enabled for this tenant (it has no webhook_secret)",
         ));
     };
-    let secret = crate::secrets::open_webhook_secret(&state, &tenant_name, stored)?;
+    let secret = falra_core::secrets::open_webhook_secret(&state, &tenant_name, stored)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if !verify_github_signature(&secret, &body, header("x-hub-signature-256")) {
         return Err(ApiError::new(
@@ -109,7 +109,11 @@ pub async fn github(
     }
     if let Some(delivery) = header("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= 128)
     {
-        if !state.deliveries.first_time(tenant_name.as_str(), delivery) {
+        if !state
+            .http()
+            .deliveries
+            .first_time(tenant_name.as_str(), delivery)
+        {
             return Ok((
                 StatusCode::OK,
                 Json(json!({

@@ -7,14 +7,11 @@ mod admin;
 mod api_error;
 mod audit;
 mod auth;
-mod builtin;
 mod call;
 mod cli;
 mod client;
-mod clock;
 mod config;
 mod demo;
-mod deploy;
 mod extract;
 mod front;
 mod hooks;
@@ -56,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
-        Command::Builtin => Ok(builtin::child_main()?),
+        Command::Builtin => Ok(falra_core::builtin::child_main()?),
     }
 }
 
@@ -102,7 +99,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .with_context(|| format!("could not restrict {}", data_dir.display()))?;
     let installed = falra_sandbox::runner::install(&args.python, &data_dir.join("runtime"))
         .context("could not prepare the Python runner")?;
-    builtin::install_binary(&installed.dir)
+    falra_core::builtin::install_binary(&installed.dir)
         .context("could not place the binary for built-in children")?;
     let secret_key = load_secret_key(&data_dir)?;
     let config = ServeConfig::from_args(&args, data_dir.clone(), installed)?;
@@ -120,7 +117,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot isolate calls on this host")?
     };
     tracing::info!(sandbox = %sandbox.describe(), "sandbox");
-    let plans = plans::PlanTable::load(&store).await?;
+    let plans = falra_core::plans::PlanTable::load(&store).await?;
     let state = AppState::new(store, config, sandbox, secret_key, plans, !args.no_prewarm);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -138,7 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  curl -s http://{addr}/v1/call -d '{body}'\n");
         println!("Stop with Ctrl-C.");
     }
-    let wanted = state.config.front;
+    let wanted = state.http().config.front;
     let max_connections = front::effective_connection_cap(
         wanted.max_connections,
         descriptor_limit,
@@ -174,7 +171,13 @@ async fn admin_init(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let store = open_store(data_dir).await?;
     load_secret_key(data_dir)?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
-    let (row, secret) = admin::new_token(None, TokenKind::Operator, &scopes, None, clock::now_ms());
+    let (row, secret) = admin::new_token(
+        None,
+        TokenKind::Operator,
+        &scopes,
+        None,
+        falra_core::clock::now_ms(),
+    );
     store.insert_token(&row).await?;
     println!("{}", secret.expose());
     Ok(())

@@ -35,7 +35,7 @@ async fn node() -> Node {
         stdlib_names: "os\nsys\n".into(),
     };
     let config = ServeConfig::from_args(&args, dir.path().to_path_buf(), installed).unwrap();
-    let plans = crate::plans::PlanTable::load(&store).await.unwrap();
+    let plans = falra_core::plans::PlanTable::load(&store).await.unwrap();
     let key = SecretKey::from_hex(&"11".repeat(32)).unwrap();
     let scopes = Scopes::parse(["call"]).unwrap();
     let (row, secret) = crate::admin::new_token(
@@ -43,7 +43,7 @@ async fn node() -> Node {
         TokenKind::Operator,
         &scopes,
         None,
-        crate::clock::now_ms(),
+        falra_core::clock::now_ms(),
     );
     store.insert_token(&row).await.unwrap();
     let state = AppState::new(

@@ -1,90 +1,54 @@
 //! The HTTP server: shared state, the route table, and serving until shutdown.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use falra_policies::admission::{Admission, FailureLimiter};
+use falra_core::plans::PlanTable;
+use falra_core::Core;
+use falra_policies::admission::FailureLimiter;
 use falra_policies::SecretKey;
-use falra_tenants::{Layout, TenantName};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::metering::{Meter, Quotas};
 use crate::metrics::Metrics;
-use crate::plans::PlanTable;
 use crate::store::Store;
 use crate::{
     admin, audit, call, hooks, metering, metrics, openapi, plans, secrets, tenant_api, uploads,
 };
 use falra_runtime::prestart::{Fresh, PrestartPool};
-use falra_runtime::{CodeMounts, Runtime, RuntimeConfig, SandboxSettings, Starter};
+use falra_runtime::{Runtime, SandboxSettings, Starter};
 
 pub use crate::config::ServeConfig;
 
+/// What the HTTP layer holds: the node's services, and what only the network edge needs.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState {
+    core: Core,
+    http: Arc<Http>,
+}
 
-pub struct Inner {
-    pub store: Store,
-    /// Starts, supervises and pools this node's children.
-    pub runtime: Runtime,
-    pub layout: Layout,
+/// The HTTP layer's own state.
+pub struct Http {
     pub config: ServeConfig,
-    /// Seals and opens tenant secrets.
-    pub secret_key: SecretKey,
-    pub plans: PlanTable,
-    pub admission: Arc<Admission<TenantName>>,
     pub auth_failures: FailureLimiter<IpAddr>,
-    pub quotas: Quotas,
-    pub meter: Meter,
     pub metrics: Metrics,
-    /// Set when the daemon stops taking calls.
-    shutting_down: AtomicBool,
-    /// Each version's virtualenv (if any), found once per version.
-    venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
-    /// Deploys running or waiting, per tenant.
-    pub deploy_slots: Arc<crate::deploy::DeploySlots>,
     /// Push deliveries already taken (`X-GitHub-Delivery`), so a replay starts nothing.
     pub deliveries: crate::hooks::RecentDeliveries,
-    /// Calls in flight per (tenant, version): versions in use are never collected.
-    versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
 }
 
-/// Marks a version as in use by one call for as long as it lives.
-pub struct VersionInUse {
-    state: AppState,
-    key: (TenantName, String),
-}
-
-impl Drop for VersionInUse {
-    fn drop(&mut self) {
-        let mut uses = self
-            .state
-            .versions_in_use
-            .lock()
-            .expect("version table poisoned");
-        if let Some(n) = uses.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                uses.remove(&self.key);
-            }
-        }
-    }
-}
-
+/// Handlers reach the services as if they were the state's own fields (`state.store`), and
+/// pass `&state` wherever a service takes `&Core`.
 impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
@@ -103,84 +67,22 @@ impl AppState {
         } else {
             Box::new(Fresh)
         };
-        let runtime = Runtime::new(
-            RuntimeConfig {
-                python: config.python.clone(),
-                runner_dir: config.runner_dir.clone(),
-                max_result_bytes: config.max_result_bytes,
-                max_log_bytes: config.max_log_bytes,
-                egress: config.egress.clone(),
-            },
-            sandbox,
-            starter,
-        );
-        AppState(Arc::new(Inner {
-            secret_key,
-            plans,
-            admission: Admission::new(config.max_children),
-            auth_failures: FailureLimiter::new(config.auth_failures_per_minute),
-            quotas: Quotas::default(),
-            meter: Meter::start(store.clone()),
-            metrics: Metrics::default(),
-            shutting_down: AtomicBool::new(false),
-            venvs: Mutex::new(HashMap::new()),
-            runtime,
-            layout: Layout::new(&config.data_dir),
-            store,
-            config,
-            deploy_slots: Arc::default(),
-            deliveries: crate::hooks::RecentDeliveries::default(),
-            versions_in_use: Mutex::new(HashMap::new()),
-        }))
-    }
-
-    /// Marks `version` of `tenant` as in use until the returned guard is dropped.
-    pub fn use_version(&self, tenant: &TenantName, version: &str) -> VersionInUse {
-        let key = (tenant.clone(), version.to_owned());
-        *self
-            .versions_in_use
-            .lock()
-            .expect("version table poisoned")
-            .entry(key.clone())
-            .or_default() += 1;
-        VersionInUse {
-            state: self.clone(),
-            key,
+        let runtime = Runtime::new(config.service.runtime(), sandbox, starter);
+        let core = Core::new(store, config.service.clone(), runtime, secret_key, plans);
+        AppState {
+            core,
+            http: Arc::new(Http {
+                auth_failures: FailureLimiter::new(config.auth_failures_per_minute),
+                metrics: Metrics::default(),
+                deliveries: crate::hooks::RecentDeliveries::default(),
+                config,
+            }),
         }
     }
 
-    pub fn version_in_use(&self, tenant: &TenantName, version: &str) -> bool {
-        self.versions_in_use
-            .lock()
-            .expect("version table poisoned")
-            .contains_key(&(tenant.clone(), version.to_owned()))
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    /// What a call of the version at `code` sees: the tree and its virtualenv, if any.
-    pub fn code_mounts(&self, code: PathBuf) -> CodeMounts {
-        let known = self
-            .venvs
-            .lock()
-            .expect("venv table poisoned")
-            .get(&code)
-            .cloned();
-        let venv = match known {
-            Some(venv) => venv,
-            None => {
-                let venv = crate::deploy::venv_for(self, &code).filter(|v| v.is_dir());
-                let mut table = self.venvs.lock().expect("venv table poisoned");
-                if table.len() > 10_000 {
-                    table.clear();
-                }
-                table.insert(code.clone(), venv.clone());
-                venv
-            }
-        };
-        CodeMounts { code, venv }
+    /// The HTTP layer's own state.
+    pub fn http(&self) -> &Http {
+        &self.http
     }
 }
 
@@ -256,14 +158,9 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-tokio::task_local! {
-    /// The client's address, for the request being handled.
-    static CLIENT: Option<SocketAddr>;
-}
-
 /// The address of the client whose request is being handled, if known.
 pub fn client_addr() -> Option<IpAddr> {
-    CLIENT.try_with(|c| c.map(|a| a.ip())).ok().flatten()
+    falra_core::audit::origin()
 }
 
 /// One span per request, with the fields later stages fill in (call id, tenant, fn), and the
@@ -272,7 +169,7 @@ async fn request_span(req: Request, next: Next) -> Response {
     let client = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+        .map(|c| c.0.ip());
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -283,17 +180,16 @@ async fn request_span(req: Request, next: Next) -> Response {
         version = tracing::field::Empty,
         token_id = tracing::field::Empty,
     );
-    CLIENT
-        .scope(
-            client,
-            async move {
-                let response = next.run(req).await;
-                tracing::debug!(status = response.status().as_u16(), "answered");
-                response
-            }
-            .instrument(span),
-        )
-        .await
+    falra_core::audit::with_origin(
+        client,
+        async move {
+            let response = next.run(req).await;
+            tracing::debug!(status = response.status().as_u16(), "answered");
+            response
+        }
+        .instrument(span),
+    )
+    .await
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
@@ -307,7 +203,7 @@ pub async fn serve(
     let stop = async move {
         shutdown_signal().await;
         // Requests still arriving on open connections are told, not started.
-        stopping.shutting_down.store(true, Ordering::Relaxed);
+        stopping.stop_taking_calls();
         tracing::info!("shutting down: finishing calls in flight");
     };
     crate::front::serve(
@@ -318,6 +214,7 @@ pub async fn serve(
         std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS),
         || {
             state
+                .http
                 .metrics
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::{tenant_caller_any, Caller};
-use crate::clock::format_ms;
 use crate::extract::{bearer, ApiQuery};
 use crate::server::AppState;
 use crate::store::TenantRow;
+use falra_core::clock::format_ms;
 use falra_tenants::VersionId;
 
 /// The caller (a `call` or `deploy` token) and its tenant.

@@ -18,10 +18,10 @@ use serde_json::{json, Value};
 use crate::admin::load_tenant;
 use crate::api_error::ApiError;
 use crate::auth::{tenant_caller, Operator};
-use crate::clock::format_ms;
-use crate::deploy::{deploy, Change, Deployed};
 use crate::extract::{bearer, ApiPath, LimitedBody};
 use crate::server::AppState;
+use falra_core::clock::format_ms;
+use falra_core::deploy::{deploy, Change, Deployed};
 
 fn module_name(state: &AppState, name: &str) -> Result<ModuleName, ApiError> {
     ModuleName::parse(

@@ -22,13 +22,13 @@ use falra_tenants::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api_error::ErrorChain;
 use crate::clock::now_ms;
-use crate::server::AppState;
-use crate::store::{NewVersion, TenantRow, UploadChange};
+use crate::Core;
 use falra_runtime::isolation::{CodeMounts, VENV_DIR};
 use falra_runtime::task::step;
 use falra_runtime::ChildStage;
+use falra_runtime::ErrorChain;
+use falra_store::{NewVersion, TenantRow, UploadChange};
 
 /// How long listing a version's functions (it imports every module) or compiling them may take.
 const RUNNER_MODE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,7 +77,7 @@ pub enum DeployError {
     #[error(transparent)]
     Credentials(#[from] crate::secrets::SecretUseError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] falra_store::StoreError),
     #[error(transparent)]
     Run(#[from] falra_runtime::RunError),
     /// The node's own failure: a file it could not write, a task that died.
@@ -185,7 +185,7 @@ impl Drop for DeploySlot {
 /// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
 /// loan, a half-built virtualenv or a tree written but not recorded).
 pub async fn deploy(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, DeployError> {
@@ -198,7 +198,7 @@ pub async fn deploy(
 
 /// [`deploy`] with its place in the tenant's queue already taken.
 pub async fn deploy_in(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     change: Change,
     slot: DeploySlot,
@@ -215,7 +215,7 @@ pub async fn deploy_in(
 
 #[tracing::instrument(name = "deploy", skip_all, fields(tenant = %name, change = change.label()))]
 async fn deploy_now(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, DeployError> {
@@ -369,7 +369,7 @@ fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> Depl
 }
 
 async fn fetch_branch(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     tenant: &TenantRow,
 ) -> Result<String, DeployError> {
@@ -394,7 +394,7 @@ async fn fetch_branch(
 /// Everything a new version needs before it may become active: its owner, its virtualenv,
 /// its function listing (reused when the version was made before). Returns the listing.
 async fn finish_version(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     tenant: &TenantRow,
     policy: &Policy,
@@ -459,7 +459,7 @@ async fn finish_version(
 /// in. Nothing here can fail a deploy: a version without bytecode works, its calls only start
 /// slower.
 async fn compile_version(
-    state: &AppState,
+    state: &Core,
     name: &TenantName,
     tenant: &TenantRow,
     policy: &Policy,
@@ -481,7 +481,7 @@ async fn compile_version(
     let scratch = versions.join(format!(
         ".pyc-{}-{}",
         version.as_str(),
-        crate::call::new_call_id()
+        crate::calls::new_call_id()
     ));
     let compiled = async {
         // The compiler runs as the tenant: only the scratch directory is writable to it.
@@ -552,7 +552,7 @@ async fn compile_version(
 /// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
 /// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
 async fn introspect(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     mounts: &CodeMounts,
@@ -573,7 +573,7 @@ async fn introspect(
             "modules": [],
             "error": format!(
                 "listing the functions failed: {}",
-                crate::call::failure_code(&failure).as_str()
+                crate::calls::failure_code(&failure).as_str()
             ),
         }),
     }
@@ -583,7 +583,7 @@ async fn introspect(
 /// the tenant, with `writable` bound for its output if it has any. Whatever calls may do, these
 /// never need the network.
 async fn run_runner_mode(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     mounts: &CodeMounts,
@@ -642,7 +642,7 @@ fn listing_is_well_formed(v: &Value) -> bool {
 /// Virtualenvs are shared by every version (of any tenant) with the same requirements and
 /// interpreter: `venvs/<hash>/`.
 async fn ensure_venv(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
@@ -657,7 +657,7 @@ async fn ensure_venv(
     let staging = venvs.join(format!(
         ".tmp-{}-{}",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("venv"),
-        crate::call::new_call_id()
+        crate::calls::new_call_id()
     ));
     // The build runs as the tenant: only its output directory is writable to it.
     tenant_owned_dir(&staging, tenant.uid.get())
@@ -694,7 +694,7 @@ async fn ensure_venv(
 /// a symlink is not followed). The hash covers the interpreter, the operator's package index
 /// and the whole file, which names packages only (`falra_tenants::requirements`): two
 /// tenants with the same file get the same packages, so they share the virtualenv.
-pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
+pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
     let path = code.join("requirements.txt");
     if !path.symlink_metadata().ok()?.is_file() {
         return None;
@@ -724,7 +724,7 @@ pub fn venv_for(state: &AppState, code: &Path) -> Option<PathBuf> {
 /// versions, markers and hashes only, so pip cannot be pointed at a path, a VCS, another
 /// index or an sdist. Both children run in an empty working directory.
 async fn build_venv(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
@@ -769,7 +769,7 @@ enum PipStage {
 }
 
 async fn pip_stage(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
@@ -953,7 +953,7 @@ fn seal_venv(dir: &Path) -> std::io::Result<u64> {
 
 /// Removes the tenant's versions beyond the newest `keep_versions` (never the active one, nor
 /// one that a call in flight or a prepared child uses: those go at a later deploy).
-pub async fn collect_versions(state: &AppState, name: &TenantName) {
+pub async fn collect_versions(state: &Core, name: &TenantName) {
     let (Ok(Some(tenant)), Ok(versions)) = (
         state.store.tenant(name).await,
         state.store.versions_of(name).await,
@@ -985,7 +985,7 @@ pub async fn collect_versions(state: &AppState, name: &TenantName) {
 /// Removes the virtualenvs no remaining version of any tenant asks for. Runs under the
 /// deploying tenant's lock; a build of another tenant in progress writes under a `.tmp-` name,
 /// which is never touched here, and a version in use keeps its virtualenv referenced.
-async fn collect_venvs(state: &AppState) {
+async fn collect_venvs(state: &Core) {
     let dir = state.config.data_dir.join("venvs");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;

@@ -15,7 +15,7 @@ use falra_tenants::{FnName, TenantName};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::server::AppState;
+use crate::Core;
 use falra_runtime::isolation::CodeMounts;
 use falra_runtime::ChildStage;
 
@@ -121,7 +121,7 @@ fn credentials(value: Value, key: &str) -> Result<Value, BuiltinError> {
 /// hangs up first.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<P: Send + 'static>(
-    state: &AppState,
+    state: &Core,
     tenant: &TenantName,
     uid: u32,
     policy: &Policy,

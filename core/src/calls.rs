@@ -1,0 +1,363 @@
+//! One function call: from a checked caller and validated arguments to the function's answer.
+//!
+//! The steps, in order: the tenant and its effective policy, the monthly quota, admission
+//! (calls per minute, concurrency, the node's cap), the deadline, then either a built-in job
+//! or the tenant's own function: resolve the version once (a deploy during the call does not
+//! disturb it), resolve the module in that version's tree, start a child through the runtime's
+//! starter, deliver the request, and read what the child left. What metering needs is filled
+//! in as the call goes ([`Metered`]) and recorded once it is answered ([`record`]).
+
+use std::num::NonZeroU32;
+
+use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
+use falra_runtime::{CallChild, ChildKey};
+use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
+use falra_sandbox::{ChildFailure, ProtocolRequest};
+use falra_store::{CallRecord, StoreError};
+use falra_tenants::{resolve_module, FnName, TenantName, VersionId};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::auth::Caller;
+use crate::builtin::BuiltinError;
+use crate::metering::{check_quota, QuotaError};
+use crate::plans::effective_policy;
+use crate::{Core, ErrorCode};
+
+/// How a call may differ from its tenant's defaults, validated at the boundary.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// A version to run instead of the active one.
+    pub version: Option<VersionId>,
+    /// A shorter deadline than the policy's (a longer one is cut to the policy's).
+    pub timeout_ms: Option<NonZeroU32>,
+}
+
+/// What metering learns of a call as it goes; recorded once it is answered.
+#[derive(Debug, Default)]
+pub struct Metered {
+    pub tenant: Option<TenantName>,
+    pub token_id: String,
+    pub function: String,
+    pub version: Option<String>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+/// What a call used, as its answer reports it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
+/// A call's successful answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub result: Box<RawValue>,
+    /// The version that ran (`builtin` for a built-in job).
+    pub version: String,
+    /// What the function printed.
+    pub logs: String,
+    pub usage: Usage,
+}
+
+/// Why a call has no answer from its function.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("this node is shutting down and takes no new calls")]
+    ShuttingDown,
+    /// The token's tenant is gone.
+    #[error("unknown token")]
+    UnknownTenant,
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    #[error("the call was not admitted")]
+    Refused {
+        refusal: Refusal,
+        calls_per_minute: u32,
+    },
+    #[error("this tenant has no version {0:?}")]
+    NoSuchVersion(String),
+    #[error("this tenant has no deployed code yet: sync its repository first")]
+    NotDeployed,
+    #[error("{message}")]
+    FnNotFound { message: String, module: String },
+    #[error(transparent)]
+    Builtin(#[from] BuiltinError),
+    #[error("could not encode the built-in's result")]
+    Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Run(#[from] falra_runtime::RunError),
+    /// The function ran and failed (raised, ran out of time or memory, exited, answered
+    /// something that is not an answer).
+    #[error("the function failed")]
+    Failed(Box<Failed>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A function's failure, with what the answer reports beside it.
+#[derive(Debug)]
+pub struct Failed {
+    pub failure: ChildFailure,
+    pub logs: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u32,
+    pub result_cap: usize,
+}
+
+/// Refuses new calls while the node is shutting down.
+pub fn accepting(state: &Core) -> Result<(), CallError> {
+    if state.is_shutting_down() {
+        return Err(CallError::ShuttingDown);
+    }
+    Ok(())
+}
+
+/// Runs `function` of the caller's tenant with `kwargs`. `metered` is filled in as far as the
+/// call got, whatever its outcome.
+pub async fn run(
+    state: &Core,
+    caller: &Caller,
+    function: &FnName,
+    kwargs: &Map<String, Value>,
+    options: CallOptions,
+    call_id: &str,
+    metered: &mut Metered,
+) -> Result<Answer, CallError> {
+    let tenant = state
+        .store
+        .tenant(&caller.tenant)
+        .await?
+        .ok_or(CallError::UnknownTenant)?;
+    let policy = effective_policy(state, &tenant);
+    check_quota(state, &caller.tenant, policy.cpu_seconds_per_month).await?;
+    let permit = state
+        .admission
+        .admit(
+            &caller.tenant,
+            AdmissionLimits {
+                calls_per_minute: policy.calls_per_minute,
+                max_concurrency: policy.max_concurrency,
+            },
+            std::time::Instant::now(),
+        )
+        .map_err(|refusal| CallError::Refused {
+            refusal,
+            calls_per_minute: policy.calls_per_minute,
+        })?;
+
+    let timeout_ms = match options.timeout_ms {
+        Some(t) => t.get().min(policy.timeout_ms),
+        None => policy.timeout_ms,
+    };
+    let uid = tenant.uid.get();
+    if falra_builtins::is_reserved_module(function.module()) {
+        let outcome = crate::builtin::run(
+            state,
+            &caller.tenant,
+            uid,
+            &policy,
+            function,
+            kwargs,
+            timeout_ms,
+            permit,
+        )
+        .await?;
+        metered.wall_ms = outcome.wall_ms;
+        metered.cpu_ms = outcome.cpu_ms;
+        metered.peak_memory_bytes = outcome.peak_memory_bytes;
+        let result =
+            serde_json::value::to_raw_value(&outcome.result?).map_err(CallError::Encode)?;
+        return Ok(Answer {
+            result,
+            version: "builtin".to_owned(),
+            logs: String::new(),
+            usage: Usage {
+                wall_ms: outcome.wall_ms,
+                cpu_ms: outcome.cpu_ms,
+                peak_memory_bytes: outcome.peak_memory_bytes,
+            },
+        });
+    }
+
+    let version = match options.version {
+        Some(pinned) => {
+            if state
+                .store
+                .version(&caller.tenant, &pinned)
+                .await?
+                .is_none()
+            {
+                return Err(CallError::NoSuchVersion(pinned.as_str().to_owned()));
+            }
+            pinned
+        }
+        None => tenant
+            .active_version
+            .clone()
+            .ok_or(CallError::NotDeployed)?,
+    };
+    tracing::Span::current().record("version", version.as_str());
+    let root = state.layout.version_dir(&caller.tenant, &version);
+    let mounts = state.code_mounts(root);
+    resolve_module(&mounts.code, function)
+        .or_else(|e| match &mounts.venv {
+            // A module of the tenant's own packages; the runner checks where it was found.
+            Some(venv) => resolve_module(venv, function),
+            None => Err(e),
+        })
+        .map_err(|e| CallError::FnNotFound {
+            message: e.to_string(),
+            module: function.module().to_owned(),
+        })?;
+
+    let stdin = ProtocolRequest {
+        protocol: PROTOCOL_VERSION,
+        call_id,
+        function: function.as_str(),
+        kwargs,
+    }
+    .encode();
+    metered.version = Some(version.as_str().to_owned());
+    let key = ChildKey {
+        uid,
+        version: version.as_str().to_owned(),
+        policy: serde_json::to_string(&policy).expect("a policy serialises"),
+    };
+    let in_use = state.use_version(&caller.tenant, version.as_str());
+    let child = state
+        .runtime
+        .start_call(CallChild {
+            key,
+            mounts,
+            policy: policy.clone(),
+        })
+        .await?;
+    let ran = child
+        .run_to_end(stdin, state.runtime.limits(timeout_ms), (in_use, permit))
+        .await?;
+    let finished = &ran.finished;
+    let logs = logs_text(&finished.stderr, finished.stderr_dropped);
+    let usage = Usage {
+        wall_ms: ran.wall_ms,
+        cpu_ms: ran.cpu_ms,
+        peak_memory_bytes: ran.peak_memory_bytes,
+    };
+    metered.wall_ms = usage.wall_ms;
+    metered.cpu_ms = usage.cpu_ms;
+    metered.peak_memory_bytes = usage.peak_memory_bytes;
+    let result_cap = state.config.max_result_bytes;
+    let answer = interpret(finished, result_cap);
+    // Killed in its memory limit: whatever else the child left, that is the answer.
+    let answer = match answer {
+        Err(ChildFailure::ProcessExited { .. }) | Err(ChildFailure::FunctionError { .. })
+            if ran.oom_killed =>
+        {
+            Err(ChildFailure::MemoryLimitExceeded)
+        }
+        other => other,
+    };
+    tracing::info!(
+        wall_ms = usage.wall_ms,
+        outcome = match &answer {
+            Ok(_) => "ok",
+            Err(f) => failure_code(f).as_str(),
+        },
+        "call finished"
+    );
+    match answer {
+        Ok(result) => Ok(Answer {
+            result,
+            version: version.as_str().to_owned(),
+            logs,
+            usage,
+        }),
+        Err(failure) => Err(CallError::Failed(Box::new(Failed {
+            failure,
+            logs,
+            memory_mb: policy.memory_mb,
+            timeout_ms,
+            result_cap,
+        }))),
+    }
+}
+
+/// Records an answered call of an identified tenant: its CPU time against the quota, its
+/// record for metering. `outcome` is `ok` or the answer's error code.
+pub fn record(state: &Core, call_id: String, metered: Metered, outcome: &str) {
+    let Some(tenant) = metered.tenant else {
+        return;
+    };
+    let at = crate::clock::now_ms();
+    let cpu_ms = i64::try_from(metered.cpu_ms).unwrap_or(i64::MAX);
+    state.quotas.add(&tenant, cpu_ms, at);
+    state.meter.record(CallRecord {
+        call_id,
+        tenant,
+        token_id: metered.token_id,
+        function: metered.function,
+        version: metered.version,
+        outcome: outcome.to_owned(),
+        wall_ms: i64::try_from(metered.wall_ms).unwrap_or(i64::MAX),
+        cpu_ms,
+        peak_memory_bytes: i64::try_from(metered.peak_memory_bytes).unwrap_or(i64::MAX),
+        bytes_in: i64::try_from(metered.bytes_in).unwrap_or(i64::MAX),
+        bytes_out: i64::try_from(metered.bytes_out).unwrap_or(i64::MAX),
+        at,
+    });
+}
+
+/// The error code of a function's failure.
+pub fn failure_code(f: &ChildFailure) -> ErrorCode {
+    match f {
+        ChildFailure::FunctionError { .. } => ErrorCode::FunctionError,
+        ChildFailure::FnNotFound { .. } => ErrorCode::FnNotFound,
+        ChildFailure::ResultNotSerializable { .. } => ErrorCode::ResultNotSerializable,
+        ChildFailure::ResultTooLarge { .. } => ErrorCode::ResultTooLarge,
+        ChildFailure::ProcessExited { .. } => ErrorCode::ProcessExited,
+        ChildFailure::MemoryLimitExceeded => ErrorCode::MemoryLimitExceeded,
+        ChildFailure::Timeout => ErrorCode::Timeout,
+    }
+}
+
+/// What the function printed, marked when it was cut at the cap.
+fn logs_text(kept: &[u8], dropped: u64) -> String {
+    let mut logs = String::from_utf8_lossy(kept).into_owned();
+    if dropped > 0 {
+        logs.push_str(&format!(
+            "\n[falra: logs cut here, {dropped} more bytes not kept]"
+        ));
+    }
+    logs
+}
+
+/// A call id: `c_` and 16 random hex digits.
+pub fn new_call_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
+    format!("c_{}", hex::encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_logs_are_marked() {
+        assert_eq!(logs_text(b"hi", 0), "hi");
+        assert!(logs_text(b"hi", 5).ends_with("5 more bytes not kept]"));
+    }
+
+    #[test]
+    fn call_ids_are_distinct_and_shaped() {
+        let (a, b) = (new_call_id(), new_call_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with("c_") && a.len() == 18, "{a}");
+    }
+}

@@ -1,0 +1,67 @@
+//! The settings the services run by. The daemon's `serve` flags are parsed and checked once,
+//! at the edge; this is the part of them below HTTP.
+
+use std::path::PathBuf;
+
+use falra_tenants::StdlibNames;
+
+/// The largest version a tenant may have (its tree, and what a fetch may transfer for it).
+pub const MAX_VERSION_BYTES: u64 = 512 << 20;
+
+/// What the services need to know of the node's settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    /// The interpreter every call runs (never a shell shim: it must run inside the sandbox).
+    pub python: PathBuf,
+    pub max_result_bytes: usize,
+    pub max_log_bytes: usize,
+    pub max_version_bytes: u64,
+    /// How many versions of a tenant are kept besides the active one.
+    pub keep_versions: usize,
+    /// Where the compiled runner was installed (`falra_sandbox::runner::install`).
+    pub runner_dir: PathBuf,
+    /// The interpreter's version line: part of a virtualenv's identity.
+    pub python_version: String,
+    /// The interpreter's bytecode cache tag (`cpython-311`), which laid-in bytecode must carry.
+    pub cache_tag: String,
+    /// The interpreter's standard-library module names, which uploads may not shadow.
+    pub stdlib: StdlibNames,
+    /// Calls running at once on this node, at most (more are refused as overloaded).
+    pub max_children: usize,
+    /// The address rule outbound connections of tenants pass (built-ins, the egress gateway).
+    pub egress: falra_builtins::etl::net::Egress,
+    /// The largest archive a built-in downloads.
+    pub etl_max_download_bytes: u64,
+    /// Where `write_to_dir` writes (`<dir>/<tenant>/…`); none: that writer is refused.
+    pub etl_output_dir: Option<PathBuf>,
+    /// The package index builds download wheels from (`none`: only `pip_find_links`).
+    pub pip_index_url: String,
+    /// More places builds may find wheels (pip's `--find-links`), set by the operator.
+    pub pip_find_links: Vec<String>,
+}
+
+impl ServiceConfig {
+    /// pip's arguments naming where wheels come from: the operator's, never the tenant's.
+    pub fn pip_index_args(&self) -> Vec<String> {
+        let mut args = match self.pip_index_url.as_str() {
+            "none" => vec!["--no-index".to_owned()],
+            url => vec!["--index-url".to_owned(), url.to_owned()],
+        };
+        for link in &self.pip_find_links {
+            args.extend(["--find-links".to_owned(), link.clone()]);
+        }
+        args
+    }
+
+    /// What the node runtime needs of these settings.
+    pub fn runtime(&self) -> falra_runtime::RuntimeConfig {
+        falra_runtime::RuntimeConfig {
+            python: self.python.clone(),
+            runner_dir: self.runner_dir.clone(),
+            max_result_bytes: self.max_result_bytes,
+            max_log_bytes: self.max_log_bytes,
+            egress: self.egress.clone(),
+        }
+    }
+}

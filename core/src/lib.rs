@@ -1,0 +1,183 @@
+//! The services: what Falra does, with no HTTP in it.
+//!
+//! A call ([`calls`]), a deploy ([`deploy`]), a built-in job ([`builtin`]), the plans and a
+//! tenant's effective policy ([`plans`]), metering and the monthly quota ([`metering`]),
+//! tenant secrets ([`secrets`]), the audit log ([`audit`]) and token checks ([`auth`]). Each
+//! takes the node's services ([`Core`]) and validated values, and returns its own error enum;
+//! what a client is told of an error is decided above, in the HTTP layer, in one table. The
+//! same services serve a request, a push webhook's background deploy, and (next) a jobs worker
+//! with no request behind it.
+//!
+//! Architecture invariant: nothing here imports axum, hyper or the daemon's HTTP types, and no
+//! service returns or builds an HTTP status. The store is reached only through
+//! `falra_store::Store`, children only through `falra_runtime::Runtime`.
+
+pub mod audit;
+pub mod auth;
+pub mod builtin;
+pub mod calls;
+pub mod clock;
+pub mod config;
+pub mod deploy;
+pub mod error_code;
+pub mod metering;
+pub mod plans;
+pub mod secrets;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use falra_policies::admission::Admission;
+use falra_policies::SecretKey;
+use falra_runtime::{CodeMounts, Runtime};
+use falra_store::Store;
+use falra_tenants::{Layout, TenantName};
+
+pub use config::ServiceConfig;
+pub use error_code::ErrorCode;
+
+/// The node's services: cheap to clone, shared by every request and background task.
+#[derive(Clone)]
+pub struct Core(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    /// Starts, supervises and pools this node's children.
+    pub runtime: Runtime,
+    pub layout: Layout,
+    pub config: ServiceConfig,
+    /// Seals and opens tenant secrets.
+    pub secret_key: SecretKey,
+    pub plans: plans::PlanTable,
+    pub admission: Arc<Admission<TenantName>>,
+    pub quotas: metering::Quotas,
+    pub meter: metering::Meter,
+    /// Deploys running or waiting, per tenant.
+    pub deploy_slots: Arc<deploy::DeploySlots>,
+    /// Set when the node stops taking calls.
+    shutting_down: AtomicBool,
+    /// Each version's virtualenv (if any), found once per version.
+    venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
+    /// Calls in flight per (tenant, version): versions in use are never collected.
+    versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("runtime", &self.0.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Core {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Marks a version as in use by one call for as long as it lives.
+pub struct VersionInUse {
+    core: Core,
+    key: (TenantName, String),
+}
+
+impl Drop for VersionInUse {
+    fn drop(&mut self) {
+        let mut uses = self
+            .core
+            .versions_in_use
+            .lock()
+            .expect("version table poisoned");
+        if let Some(n) = uses.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                uses.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Core {
+    /// The node's services; starts the metering writer (so it needs a tokio runtime).
+    pub fn new(
+        store: Store,
+        config: ServiceConfig,
+        runtime: Runtime,
+        secret_key: SecretKey,
+        plans: plans::PlanTable,
+    ) -> Core {
+        Core(Arc::new(Inner {
+            secret_key,
+            plans,
+            admission: Admission::new(config.max_children),
+            quotas: metering::Quotas::default(),
+            meter: metering::Meter::start(store.clone()),
+            shutting_down: AtomicBool::new(false),
+            venvs: Mutex::new(HashMap::new()),
+            runtime,
+            layout: Layout::new(&config.data_dir),
+            store,
+            config,
+            deploy_slots: Arc::default(),
+            versions_in_use: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Marks `version` of `tenant` as in use until the returned guard is dropped.
+    pub fn use_version(&self, tenant: &TenantName, version: &str) -> VersionInUse {
+        let key = (tenant.clone(), version.to_owned());
+        *self
+            .versions_in_use
+            .lock()
+            .expect("version table poisoned")
+            .entry(key.clone())
+            .or_default() += 1;
+        VersionInUse {
+            core: self.clone(),
+            key,
+        }
+    }
+
+    pub fn version_in_use(&self, tenant: &TenantName, version: &str) -> bool {
+        self.versions_in_use
+            .lock()
+            .expect("version table poisoned")
+            .contains_key(&(tenant.clone(), version.to_owned()))
+    }
+
+    /// From now on, calls are refused as `shutting_down`.
+    pub fn stop_taking_calls(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// What a call of the version at `code` sees: the tree and its virtualenv, if any.
+    pub fn code_mounts(&self, code: PathBuf) -> CodeMounts {
+        let known = self
+            .venvs
+            .lock()
+            .expect("venv table poisoned")
+            .get(&code)
+            .cloned();
+        let venv = match known {
+            Some(venv) => venv,
+            None => {
+                let venv = deploy::venv_for(self, &code).filter(|v| v.is_dir());
+                let mut table = self.venvs.lock().expect("venv table poisoned");
+                if table.len() > 10_000 {
+                    table.clear();
+                }
+                table.insert(code.clone(), venv.clone());
+                venv
+            }
+        };
+        CodeMounts { code, venv }
+    }
+}
