@@ -452,6 +452,21 @@ async fn finish_version(
     Ok(functions)
 }
 
+/// Why a version's modules were not compiled ahead (logged; the deploy goes on).
+#[derive(Debug, thiserror::Error)]
+enum CompileError {
+    #[error("could not prepare the scratch directory")]
+    Scratch(#[source] std::io::Error),
+    #[error("could not run the compiler")]
+    Run(#[source] falra_runtime::RunError),
+    #[error("the compiler ended with {0:?}")]
+    Ended(Termination),
+    #[error("the compiler's task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("could not lay the bytecode in")]
+    LayIn(#[source] falra_tenants::bytecode::BytecodeError),
+}
+
 /// Compiles the version's modules in a sandboxed child and lays the bytecode into its tree
 /// (`falra_tenants::bytecode`), so that no call compiles them again: the tree is read-only to
 /// calls, which could never cache it themselves. The child runs no tenant code (the runner's
@@ -485,8 +500,7 @@ async fn compile_version(
     ));
     let compiled = async {
         // The compiler runs as the tenant: only the scratch directory is writable to it.
-        tenant_owned_dir(&scratch, tenant.uid.get())
-            .map_err(|e| format!("could not prepare the scratch directory: {e}"))?;
+        tenant_owned_dir(&scratch, tenant.uid.get()).map_err(CompileError::Scratch)?;
         let isolated = state.runtime.sandbox.is_enabled();
         let out = if isolated {
             PathBuf::from(BYTECODE_DIR)
@@ -511,12 +525,9 @@ async fn compile_version(
             &request,
         )
         .await
-        .map_err(|e| ErrorChain(&e).to_string())?;
+        .map_err(CompileError::Run)?;
         if finished.termination != Termination::Exited(0) {
-            return Err(format!(
-                "the compiler ended with {:?}",
-                finished.termination
-            ));
+            return Err(CompileError::Ended(finished.termination));
         }
         let (from, tree) = (scratch.clone(), mounts.code.clone());
         let (tag, max_total) = (
@@ -527,8 +538,8 @@ async fn compile_version(
             falra_tenants::bytecode::lay_in(&from, &tree, &tag, max_total)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| ErrorChain(&e).to_string())
+        .map_err(CompileError::Task)?
+        .map_err(CompileError::LayIn)
     }
     .await;
     let doomed = scratch.clone();
@@ -543,7 +554,7 @@ async fn compile_version(
             tracing::debug!(tenant = %name, version = %version, modules = n, "bytecode laid in")
         }
         Err(e) => {
-            tracing::warn!(tenant = %name, version = %version, error = %e, "the version's modules were not compiled ahead")
+            tracing::warn!(tenant = %name, version = %version, error = %ErrorChain(&e), "the version's modules were not compiled ahead")
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A call ([`calls`]), a deploy ([`deploy`]), a built-in job ([`builtin`]), the plans and a
 //! tenant's effective policy ([`plans`]), metering and the monthly quota ([`metering`]),
-//! tenant secrets ([`secrets`]), the audit log ([`audit`]) and token checks ([`auth`]). Each
+//! tenant secrets ([`secrets`]), a tenant's lifecycle ([`tenants`]), the audit log ([`audit`])
+//! and token checks ([`auth`]). Each
 //! takes the node's services ([`Core`]) and validated values, and returns its own error enum;
 //! what a client is told of an error is decided above, in the HTTP layer, in one table. The
 //! same services serve a request, a push webhook's background deploy, and (next) a jobs worker
@@ -23,6 +24,7 @@ pub mod error_code;
 pub mod metering;
 pub mod plans;
 pub mod secrets;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use falra_policies::{Policy, PolicyPatch, Scopes, TokenSecret};
+use falra_core::tenants::{self, new_token};
+use falra_policies::{PolicyPatch, Scopes};
 use falra_tenants::TenantName;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,13 +16,13 @@ use crate::auth::Operator;
 use crate::extract::{ApiJson, ApiPath};
 use crate::plans::{check_plan, effective_policy};
 use crate::server::AppState;
-use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind, TokenRow};
+use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind};
 use falra_core::clock::{format_ms, now_ms, parse_rfc3339};
 use falra_core::deploy::{deploy, Change};
 use falra_core::secrets::seal_webhook_secret;
 
 const DEFAULT_BRANCH: &str = "main";
-const DEFAULT_PLAN: &str = "default";
+use falra_core::plans::DEFAULT_PLAN;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,17 +219,7 @@ pub async fn delete_tenant(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, row) = load_tenant(&state, &name).await?;
-    let _lock = state.store.deploy_lock(&name).await;
-    state.store.delete_tenant(&name).await?;
-    state.runtime.forget_tenant(row.uid.get());
-    let layout = state.layout.clone();
-    let files = name.clone();
-    falra_runtime::task::spawn_blocking(move || layout.remove_tenant(&files))
-        .await
-        .map_err(|e| ApiError::internal("tenant removal task failed", &e))?
-        .map_err(|e| ApiError::internal("could not remove the tenant's files", &e))?;
-    state.admission.forget(&name);
-    state.quotas.forget(&name);
+    tenants::remove(&state, &row).await?;
     state.http().metrics.forget(name.as_str());
     tracing::info!(operator = %op.token_id, tenant = %name, "tenant removed");
     audit(
@@ -335,32 +326,6 @@ fn expiry(now: i64, days: Option<u32>, at: Option<&str>) -> Result<Option<i64>, 
     }
 }
 
-/// A new token and the row that stores it (hash only).
-pub fn new_token(
-    tenant: Option<&TenantName>,
-    kind: TokenKind,
-    scopes: &Scopes,
-    expires_at: Option<i64>,
-    now: i64,
-) -> (TokenRow, TokenSecret) {
-    let secret = TokenSecret::generate();
-    let mut id = [0u8; 8];
-    getrandom::getrandom(&mut id).expect("the operating system's random source failed");
-    let row = TokenRow {
-        id: format!("tok_{}", hex::encode(id)),
-        tenant: tenant.cloned(),
-        kind,
-        hash: secret.hash().as_str().to_owned(),
-        prefix: secret.display_prefix(),
-        scopes: scopes.to_stored(),
-        expires_at,
-        revoked_at: None,
-        created_at: now,
-        last_used_at: None,
-    };
-    (row, secret)
-}
-
 pub async fn list_tokens(
     _op: Operator,
     State(state): State<AppState>,
@@ -423,18 +388,7 @@ pub async fn set_policy(
     };
     let patch: PolicyPatch = serde_json::from_value(Value::Object(body.clone()))
         .map_err(|e| ApiError::bad_request(format!("invalid policy: {e}")))?;
-    let mut overrides = row.overrides.clone();
-    overrides.merge(&patch);
-    overrides.reset(&reset).map_err(|field| {
-        ApiError::bad_request(format!("{field:?} is not a policy field"))
-            .with_detail(json!({"field": "reset"}))
-    })?;
-    // Validated against the plan as a whole: a bad field changes nothing.
-    let mut policy: Policy = state.plans.get(row.plan.as_str()).unwrap_or_default();
-    policy.apply(&overrides).map_err(|e| {
-        ApiError::bad_request(e.to_string()).with_detail(json!({"field": e.field()}))
-    })?;
-    state.store.set_overrides(&name, &overrides).await?;
+    let policy = tenants::set_overrides(&state, &row, &patch, &reset).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, "policy changed");
     audit(
         &state,
@@ -466,22 +420,7 @@ pub async fn rollback_tenant(
     let version = falra_tenants::VersionId::parse(&body.version).map_err(|e| {
         ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
     })?;
-    let _lock = state.store.deploy_lock(&name).await;
-    if !state.layout.version_dir(&name, &version).is_dir()
-        || !state.store.set_active_version(&name, &version).await?
-    {
-        return Err(
-            ApiError::not_found(format!("tenant {name} has no version {version}"))
-                .with_detail(json!({"version": version.as_str()})),
-        );
-    }
-    state
-        .layout
-        .activate(&name, &version)
-        .map_err(|e| ApiError::internal("could not switch the active version link", &e))?;
-    state
-        .runtime
-        .forget_other_versions(row.uid.get(), version.as_str());
+    tenants::rollback(&state, &row, &version).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     audit(
         &state,

@@ -354,6 +354,27 @@ impl From<falra_core::secrets::SecretSetError> for ApiError {
     }
 }
 
+impl From<falra_core::tenants::TenantError> for ApiError {
+    fn from(e: falra_core::tenants::TenantError) -> ApiError {
+        use falra_core::tenants::TenantError;
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            TenantError::NoSuchVersion { version, .. } => {
+                ApiError::not_found(message).with_detail(json!({"version": version.as_str()}))
+            }
+            TenantError::UnknownField(_) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "reset"}))
+            }
+            TenantError::BadPolicy(e) => {
+                ApiError::bad_request(message).with_detail(json!({"field": e.field()}))
+            }
+            TenantError::Node { context, source } => ApiError::internal(context, &*source),
+            TenantError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<falra_core::calls::CallError> for ApiError {
     fn from(e: falra_core::calls::CallError) -> ApiError {
         use falra_core::calls::CallError;

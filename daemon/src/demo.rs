@@ -10,10 +10,10 @@ use anyhow::Context;
 use falra_policies::Scopes;
 use falra_tenants::TenantName;
 
-use crate::admin::new_token;
 use crate::server::AppState;
 use crate::store::{NewTenant, PlanName, TokenKind};
 use falra_core::clock::now_ms;
+use falra_core::tenants::new_token;
 
 const DEMO_TENANT: &str = "demo";
 

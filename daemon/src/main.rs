@@ -171,7 +171,7 @@ async fn admin_init(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let store = open_store(data_dir).await?;
     load_secret_key(data_dir)?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
-    let (row, secret) = admin::new_token(
+    let (row, secret) = falra_core::tenants::new_token(
         None,
         TokenKind::Operator,
         &scopes,

@@ -38,7 +38,7 @@ async fn node() -> Node {
     let plans = falra_core::plans::PlanTable::load(&store).await.unwrap();
     let key = SecretKey::from_hex(&"11".repeat(32)).unwrap();
     let scopes = Scopes::parse(["call"]).unwrap();
-    let (row, secret) = crate::admin::new_token(
+    let (row, secret) = falra_core::tenants::new_token(
         None,
         TokenKind::Operator,
         &scopes,

@@ -261,10 +261,43 @@ struct Target {
     forward: Option<(Vec<u8>, u64)>,
 }
 
+/// Why a request head to the gateway is refused before any target is checked.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum BadHead {
+    #[error("the request head is not text")]
+    NotText,
+    #[error("control characters in the request head")]
+    ControlCharacters,
+    #[error("malformed request line")]
+    RequestLine,
+    #[error("only HTTP/1 is proxied")]
+    NotHttp1,
+    #[error("a proxied request must name an http:// URL, or CONNECT for https")]
+    NotHttpUrl,
+    #[error("credentials in the target are not proxied")]
+    Credentials,
+    #[error("{0:?} is not a host name")]
+    NotAHost(String),
+    #[error("folded header lines are not proxied")]
+    Folded,
+    #[error("a header line without a colon")]
+    NoColon,
+    #[error("chunked request bodies are not proxied")]
+    Chunked,
+    #[error("a bad Content-Length")]
+    ContentLength,
+    #[error("unclosed [ in the host")]
+    UnclosedBracket,
+    #[error("bad port")]
+    Port,
+    #[error("CONNECT needs host:port")]
+    NoPort,
+}
+
 /// Parses a request head: `CONNECT host:port HTTP/1.1`, or `METHOD http://host[:port]/path
 /// HTTP/1.x` with its headers (rewritten for the origin: no `Proxy-*`, `Connection: close`).
-fn parse_head(head: &[u8]) -> Result<Target, String> {
-    let text = std::str::from_utf8(head).map_err(|_| "the request head is not text")?;
+fn parse_head(head: &[u8]) -> Result<Target, BadHead> {
+    let text = std::str::from_utf8(head).map_err(|_| BadHead::NotText)?;
     // Lines end in CRLF only; a bare CR or LF, or any other control character, is refused, so
     // that what this parser sees is what the origin sees.
     let body = text.strip_suffix("\r\n\r\n").unwrap_or(text);
@@ -272,7 +305,7 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
         .split("\r\n")
         .any(|l| l.chars().any(|c| c.is_control() && c != '\t'))
     {
-        return Err("control characters in the request head".into());
+        return Err(BadHead::ControlCharacters);
     }
     let mut lines = body.split("\r\n");
     let request = lines.next().unwrap_or_default();
@@ -280,28 +313,26 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err("malformed request line".into());
+        return Err(BadHead::RequestLine);
     };
     if !version.starts_with("HTTP/1.") {
-        return Err("only HTTP/1 is proxied".into());
+        return Err(BadHead::NotHttp1);
     }
     let (authority, path) = if method == "CONNECT" {
         (target, None)
     } else {
-        let rest = target
-            .strip_prefix("http://")
-            .ok_or("a proxied request must name an http:// URL, or CONNECT for https")?;
+        let rest = target.strip_prefix("http://").ok_or(BadHead::NotHttpUrl)?;
         match rest.find(['/', '?']) {
             Some(at) => (&rest[..at], Some(&rest[at..])),
             None => (rest, Some("/")),
         }
     };
     if authority.contains('@') {
-        return Err("credentials in the target are not proxied".into());
+        return Err(BadHead::Credentials);
     }
     let default_port = if method == "CONNECT" { None } else { Some(80) };
     let (host, port) = split_authority(authority, default_port)?;
-    let host = normalize_host(host).ok_or_else(|| format!("{host:?} is not a host name"))?;
+    let host = normalize_host(host).ok_or_else(|| BadHead::NotAHost(host.to_owned()))?;
     let forward = match path {
         None => None,
         Some(path) => {
@@ -309,19 +340,17 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
             let mut length = 0u64;
             for line in lines.filter(|l| !l.is_empty()) {
                 if line.starts_with([' ', '\t']) {
-                    return Err("folded header lines are not proxied".into());
+                    return Err(BadHead::Folded);
                 }
-                let (name, value) = line
-                    .split_once(':')
-                    .ok_or("a header line without a colon")?;
+                let (name, value) = line.split_once(':').ok_or(BadHead::NoColon)?;
                 let name = name.trim();
                 let lower = name.to_ascii_lowercase();
                 match lower.as_str() {
                     "transfer-encoding" => {
-                        return Err("chunked request bodies are not proxied".into());
+                        return Err(BadHead::Chunked);
                     }
                     "content-length" => {
-                        length = value.trim().parse().map_err(|_| "a bad Content-Length")?;
+                        length = value.trim().parse().map_err(|_| BadHead::ContentLength)?;
                         continue;
                     }
                     // The origin is told the host that was checked, whatever the client said.
@@ -357,9 +386,9 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
     })
 }
 
-fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, u16), String> {
+fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, u16), BadHead> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("unclosed [ in the host")?;
+        let (host, after) = rest.split_once(']').ok_or(BadHead::UnclosedBracket)?;
         (host, after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -368,8 +397,12 @@ fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, 
         }
     };
     let port = match port {
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or("bad port")?,
-        None => default_port.ok_or("CONNECT needs host:port")?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or(BadHead::Port)?,
+        None => default_port.ok_or(BadHead::NoPort)?,
     };
     Ok((host, port))
 }
@@ -382,7 +415,7 @@ async fn relay(state: &Runtime, mut client: TcpStream, rule: &Rule) -> Result<()
         .map_err(|e| Refusal(format!("reading the request head: {e}")))?;
     let target = match parse_head(&buf[..head_end]) {
         Ok(t) => t,
-        Err(why) => return refuse(&mut client, 400, &why).await,
+        Err(why) => return refuse(&mut client, 400, &why.to_string()).await,
     };
     if let Rule::Tenant(uid) = *rule {
         let network = state.gateways.network_of(uid);
