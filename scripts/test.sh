@@ -15,6 +15,9 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
+echo "== layers"
+bash scripts/check-layers.sh
+
 echo "== build"
 cargo build --release -p falra
 
