@@ -583,6 +583,177 @@ mod tests {
     }
 
     #[test]
+    fn call_auth_and_plan_errors_have_their_codes_details_and_retry_hints() {
+        use falra_core::auth::AuthError;
+        use falra_core::calls::{CallError, Failed};
+        use falra_core::plans::PlanError;
+        use falra_policies::admission::Refusal;
+        use falra_sandbox::ChildFailure;
+        use std::time::Duration;
+
+        let refused = |refusal| CallError::Refused {
+            refusal,
+            calls_per_minute: 60,
+        };
+        let cases: Vec<(ApiError, ErrorCode, Option<Value>, Option<u64>)> = vec![
+            (
+                CallError::ShuttingDown.into(),
+                ErrorCode::ShuttingDown,
+                None,
+                Some(1),
+            ),
+            (
+                CallError::UnknownTenant.into(),
+                ErrorCode::Unauthorized,
+                None,
+                None,
+            ),
+            (
+                refused(Refusal::RateLimited {
+                    retry_after: Duration::from_secs(4),
+                })
+                .into(),
+                ErrorCode::RateLimited,
+                Some(json!({"calls_per_minute": 60})),
+                Some(5),
+            ),
+            (
+                refused(Refusal::ConcurrencyLimited { limit: 3 }).into(),
+                ErrorCode::ConcurrencyLimited,
+                Some(json!({"max_concurrency": 3})),
+                Some(1),
+            ),
+            (
+                refused(Refusal::Overloaded { limit: 64 }).into(),
+                ErrorCode::Overloaded,
+                None,
+                Some(1),
+            ),
+            (
+                CallError::NoSuchVersion("abc".into()).into(),
+                ErrorCode::BadRequest,
+                Some(json!({"parameter": "version"})),
+                None,
+            ),
+            (
+                CallError::NotDeployed.into(),
+                ErrorCode::NotDeployed,
+                None,
+                None,
+            ),
+            (
+                CallError::FnNotFound {
+                    message: "no module m".into(),
+                    module: "m".into(),
+                }
+                .into(),
+                ErrorCode::FnNotFound,
+                Some(json!({"module": "m"})),
+                None,
+            ),
+            (
+                CallError::Failed(Box::new(Failed {
+                    failure: ChildFailure::Timeout,
+                    logs: "tick".into(),
+                    memory_mb: 256,
+                    timeout_ms: 500,
+                    result_cap: 1,
+                }))
+                .into(),
+                ErrorCode::Timeout,
+                Some(json!({"timeout_ms": 500})),
+                None,
+            ),
+            (
+                CallError::Failed(Box::new(Failed {
+                    failure: ChildFailure::MemoryLimitExceeded,
+                    logs: String::new(),
+                    memory_mb: 256,
+                    timeout_ms: 500,
+                    result_cap: 1,
+                }))
+                .into(),
+                ErrorCode::MemoryLimitExceeded,
+                Some(json!({"memory_mb": 256})),
+                None,
+            ),
+            (
+                AuthError::NoToken.into(),
+                ErrorCode::Unauthorized,
+                None,
+                None,
+            ),
+            (
+                AuthError::Unknown.into(),
+                ErrorCode::Unauthorized,
+                None,
+                None,
+            ),
+            (
+                AuthError::Revoked.into(),
+                ErrorCode::TokenRevoked,
+                None,
+                None,
+            ),
+            (
+                AuthError::Expired(0).into(),
+                ErrorCode::TokenExpired,
+                None,
+                None,
+            ),
+            (
+                AuthError::WrongKind(crate::store::TokenKind::Operator).into(),
+                ErrorCode::Forbidden,
+                None,
+                None,
+            ),
+            (
+                AuthError::MissingScope(falra_policies::Scope::Deploy).into(),
+                ErrorCode::Forbidden,
+                Some(json!({"required_scope": "deploy"})),
+                None,
+            ),
+            (AuthError::Corrupt.into(), ErrorCode::Internal, None, None),
+            (
+                PlanError::NoSuchPlan("gold".into()).into(),
+                ErrorCode::BadRequest,
+                Some(json!({"field": "plan"})),
+                None,
+            ),
+            (
+                PlanError::DefaultPlan.into(),
+                ErrorCode::Conflict,
+                None,
+                None,
+            ),
+            (
+                PlanError::NotFound("gold".into()).into(),
+                ErrorCode::NotFound,
+                None,
+                None,
+            ),
+        ];
+        for (answer, code, detail, retry_after) in cases {
+            assert_eq!(answer.code, code, "{}", answer.message);
+            assert_eq!(answer.detail, detail, "{}", answer.message);
+            assert_eq!(answer.retry_after, retry_after, "{}", answer.message);
+        }
+        // A function's failure carries its logs beside the error.
+        let failed = ApiError::from(CallError::Failed(Box::new(Failed {
+            failure: ChildFailure::Timeout,
+            logs: "tick".into(),
+            memory_mb: 256,
+            timeout_ms: 500,
+            result_cap: 1,
+        })));
+        assert_eq!(failed.logs.as_deref(), Some("tick"));
+        assert_eq!(
+            ApiError::from(AuthError::Expired(0)).message,
+            "this token expired at 1970-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn body_has_the_documented_shape() {
         let mut e = ApiError::bad_request("fn missing").with_detail(json!({"field": "fn"}));
         e.call_id = Some("c_1".into());

@@ -1,7 +1,10 @@
-//! `falra`: the daemon and its command line.
+//! `falra`: the daemon's HTTP layer and its command line.
 //!
-//! Only this crate knows HTTP, the store and the command line; it wires `tenants` (code),
-//! `policies` (who may do what), `sandbox` (running one child) and `builtins` together.
+//! The top layer: only this crate knows HTTP and the command line. It parses the flags into one
+//! config, opens the store, detects the sandbox, builds the node runtime and the core services
+//! (`falra-core`) on them, and serves the router; every handler parses its input at the edge,
+//! calls a service and turns the service's error into an `ApiError` in one place
+//! (`api_error.rs`).
 
 mod admin;
 mod api_error;
