@@ -1,0 +1,463 @@
+//! Making a tenant's next version and activating it: a git sync, an upload and an upload's
+//! removal all come through [`deploy`], one at a time per tenant.
+//!
+//! The order is what keeps a failed deploy from changing anything: fetch (a sync) → write the
+//! version tree (commit + uploads) → build its virtualenv if it has a `requirements.txt` (in a
+//! sandboxed child, with network) → compile its modules into the tree (in a sandboxed child,
+//! which runs no tenant code) → list its functions (in a sandboxed child, never in the
+//! daemon) → record the version, the upload change and the activation in one store
+//! transaction → swap `github/git_<tenant>`. Until the transaction, nothing a call reads has
+//! changed; a new version tree that fails a later step is removed again.
+//!
+//! This module holds the order; the steps that run children are beside it: the virtualenv
+//! ([`venv`]), the compile and the listing ([`runner_modes`]), and the collection of what no
+//! version uses any more ([`collect`]).
+
+use falra_policies::Policy;
+use falra_tenants::{
+    build_version, fetch, GitSource, ModuleName, TenantName, Upload, VersionId, VersionPlan,
+};
+use serde_json::{json, Value};
+
+use crate::clock::now_ms;
+use crate::Core;
+use falra_runtime::isolation::CodeMounts;
+use falra_runtime::task::step;
+use falra_runtime::ErrorChain;
+use falra_store::{NewVersion, TenantRow, UploadChange};
+
+mod collect;
+mod runner_modes;
+mod venv;
+
+pub use collect::collect_versions;
+use runner_modes::{compile_version, introspect};
+use venv::ensure_venv;
+pub use venv::venv_for;
+
+/// Why a deploy changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// One deploy of the tenant runs and another waits already.
+    #[error("a deploy of {0} is running and another is waiting; try again when one ends")]
+    Queued(TenantName),
+    #[error("no tenant named {0}")]
+    NoTenant(TenantName),
+    #[error("tenant {0} has no repository to sync")]
+    NoRepository(TenantName),
+    #[error("tenant {tenant} has no upload named {module}")]
+    NoUpload {
+        tenant: TenantName,
+        module: ModuleName,
+    },
+    /// The uploaded module is refused for what it holds (it does not compile).
+    #[error("{message}")]
+    BadUpload {
+        message: String,
+        module: ModuleName,
+        line: Option<u64>,
+    },
+    /// The version could not be made from what the tenant gave: its repository, its
+    /// requirements, its packages. `detail` says where, when it is known.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        detail: Option<Value>,
+    },
+    #[error(transparent)]
+    Quota(#[from] crate::metering::QuotaError),
+    #[error(transparent)]
+    Credentials(#[from] crate::secrets::SecretUseError),
+    #[error(transparent)]
+    Store(#[from] falra_store::StoreError),
+    #[error(transparent)]
+    Run(#[from] falra_runtime::RunError),
+    /// The node's own failure: a file it could not write, a task that died.
+    #[error("{context}")]
+    Node {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl DeployError {
+    fn failed(message: impl Into<String>) -> DeployError {
+        DeployError::Failed {
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+/// The node's failure at `context`, for `map_err`.
+pub(super) fn node<E: std::error::Error + Send + Sync + 'static>(
+    context: &'static str,
+) -> impl FnOnce(E) -> DeployError {
+    move |e| DeployError::Node {
+        context,
+        source: Box::new(e),
+    }
+}
+
+/// What a deploy changes.
+#[derive(Debug)]
+pub enum Change {
+    /// Fetch the tenant's branch and build on its head.
+    Sync,
+    /// Add or replace one upload (already parsed; compiled in the sandbox here).
+    Put(Upload),
+    /// Remove one upload.
+    Delete(ModuleName),
+}
+
+impl Change {
+    /// The change's kind, for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Change::Sync => "sync",
+            Change::Put(_) => "upload",
+            Change::Delete(_) => "delete_upload",
+        }
+    }
+}
+
+/// A deploy that landed.
+#[derive(Debug)]
+pub struct Deployed {
+    pub version: VersionId,
+    pub functions: Value,
+}
+
+/// Deploys of each tenant that are running or waiting: one runs, at most one more waits, and a
+/// third is refused. A burst of syncs, uploads or pushes from one tenant can so never queue up
+/// work (and memory) without bound.
+#[derive(Debug, Default)]
+pub struct DeploySlots(std::sync::Mutex<std::collections::HashMap<TenantName, usize>>);
+
+/// The place of one deploy in its tenant's queue; given back when dropped.
+#[derive(Debug)]
+pub struct DeploySlot {
+    slots: std::sync::Arc<DeploySlots>,
+    tenant: TenantName,
+}
+
+/// How many deploys of one tenant may be running or waiting at once.
+const DEPLOYS_PER_TENANT: usize = 2;
+
+impl DeploySlots {
+    /// A place for a deploy of `tenant`, unless one is running and another already waits.
+    pub fn try_take(self: &std::sync::Arc<Self>, tenant: &TenantName) -> Option<DeploySlot> {
+        let mut slots = self.0.lock().expect("deploy slots poisoned");
+        let held = slots.entry(tenant.clone()).or_default();
+        if *held >= DEPLOYS_PER_TENANT {
+            return None;
+        }
+        *held += 1;
+        Some(DeploySlot {
+            slots: self.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for DeploySlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.0.lock().expect("deploy slots poisoned");
+        if let Some(n) = slots.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                slots.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Makes and activates the tenant's next version; a failure changes nothing. The work runs in a
+/// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
+/// loan, a half-built virtualenv or a tree written but not recorded).
+pub async fn deploy(
+    state: &Core,
+    name: &TenantName,
+    change: Change,
+) -> Result<Deployed, DeployError> {
+    let slot = state
+        .deploy_slots
+        .try_take(name)
+        .ok_or_else(|| DeployError::Queued(name.clone()))?;
+    deploy_in(state, name, change, slot).await
+}
+
+/// [`deploy`] with its place in the tenant's queue already taken.
+pub async fn deploy_in(
+    state: &Core,
+    name: &TenantName,
+    change: Change,
+    slot: DeploySlot,
+) -> Result<Deployed, DeployError> {
+    let (task_state, task_name) = (state.clone(), name.clone());
+    falra_runtime::task::spawn(async move {
+        let deployed = deploy_now(&task_state, &task_name, change).await;
+        drop(slot);
+        deployed
+    })
+    .await
+    .map_err(node("the deploy's task failed"))?
+}
+
+#[tracing::instrument(name = "deploy", skip_all, fields(tenant = %name, change = change.label()))]
+async fn deploy_now(
+    state: &Core,
+    name: &TenantName,
+    change: Change,
+) -> Result<Deployed, DeployError> {
+    let _lock = state.store.deploy_lock(name).await;
+    let tenant = state
+        .store
+        .tenant(name)
+        .await?
+        .ok_or_else(|| DeployError::NoTenant(name.clone()))?;
+    let policy = crate::plans::effective_policy(state, &tenant);
+    // Deploys run the tenant's code (imports, listings, builds): not for a tenant past its quota.
+    crate::metering::check_quota(state, name, policy.cpu_seconds_per_month).await?;
+    let mut uploads: Vec<Upload> = state
+        .store
+        .uploads_of(name)
+        .await?
+        .into_iter()
+        .map(|u| Upload {
+            module: ModuleName::from_stored(&u.module),
+            source: u.source,
+        })
+        .collect();
+
+    let known_commit = match &tenant.active_version {
+        Some(active) => state
+            .store
+            .version(name, active)
+            .await?
+            .and_then(|v| v.git_commit),
+        None => None,
+    };
+    let fetch_needed = matches!(change, Change::Sync)
+        || (tenant.repo.is_some() && known_commit.is_none() && tenant.active_version.is_some());
+    let commit = if fetch_needed {
+        Some(step("fetch", fetch_branch(state, name, &tenant)).await?)
+    } else {
+        known_commit
+    };
+    let (label, upload_change) = match &change {
+        Change::Sync => ("git", None),
+        Change::Put(upload) => {
+            uploads.retain(|u| u.module != upload.module);
+            uploads.push(upload.clone());
+            ("upload", Some(upload.module.clone()))
+        }
+        Change::Delete(module) => {
+            let before = uploads.len();
+            uploads.retain(|u| &u.module != module);
+            if uploads.len() == before {
+                return Err(DeployError::NoUpload {
+                    tenant: name.clone(),
+                    module: module.clone(),
+                });
+            }
+            ("upload", None)
+        }
+    };
+
+    let plan_commit = commit.clone();
+    let subdir = tenant.subdir.clone();
+    let max_bytes = state.config.max_version_bytes;
+    let layout = state.layout.clone();
+    let tenant_name = name.clone();
+    let plan_uploads = uploads.clone();
+    let version = step(
+        "tree",
+        falra_runtime::task::spawn_blocking(move || {
+            let plan = VersionPlan {
+                commit: plan_commit.as_deref(),
+                subdir: subdir.as_deref(),
+                uploads: &plan_uploads,
+                max_bytes,
+            };
+            build_version(&layout, &tenant_name, &plan)
+        }),
+    )
+    .await
+    .map_err(node("version task failed"))?
+    .map_err(|e| sync_failed(name, &e))?;
+    let known = state.store.version(name, &version).await?;
+    let fresh = known.is_none();
+
+    let prepared = finish_version(
+        state,
+        name,
+        &tenant,
+        &policy,
+        &version,
+        upload_change.as_ref(),
+        known.and_then(|v| v.functions),
+    )
+    .await;
+    let functions = match prepared {
+        Ok(functions) => functions,
+        Err(e) => {
+            if fresh && tenant.active_version.as_ref() != Some(&version) {
+                let _ = state.layout.remove_version(name, &version);
+            }
+            return Err(e);
+        }
+    };
+
+    let functions_text = functions.to_string();
+    let now = now_ms();
+    let sha = match &change {
+        Change::Put(u) => u.sha256(),
+        _ => String::new(),
+    };
+    let stored_change = match &change {
+        Change::Sync => UploadChange::None,
+        Change::Put(u) => UploadChange::Put {
+            module: u.module.as_str(),
+            source: &u.source,
+            sha256: &sha,
+            now,
+        },
+        Change::Delete(module) => UploadChange::Delete {
+            module: module.as_str(),
+        },
+    };
+    let record = NewVersion {
+        id: &version,
+        source: label,
+        git_commit: commit.as_deref(),
+        functions: Some(&functions_text),
+        now,
+    };
+    step("activate", async {
+        state
+            .store
+            .activate_version(name, &record, stored_change)
+            .await?;
+        state
+            .layout
+            .activate(name, &version)
+            .map_err(node("could not switch the active version link"))
+    })
+    .await?;
+    state
+        .runtime
+        .forget_other_versions(tenant.uid.get(), version.as_str());
+    collect_versions(state, name).await;
+    tracing::info!(tenant = %name, version = %version, source = label, "version active");
+    Ok(Deployed { version, functions })
+}
+
+fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> DeployError {
+    let message = ErrorChain(e).to_string();
+    tracing::warn!(tenant = %name, error = %message, "deploy failed");
+    DeployError::failed(message)
+}
+
+async fn fetch_branch(
+    state: &Core,
+    name: &TenantName,
+    tenant: &TenantRow,
+) -> Result<String, DeployError> {
+    let url = tenant
+        .repo
+        .clone()
+        .ok_or_else(|| DeployError::NoRepository(name.clone()))?;
+    let source = GitSource {
+        url,
+        branch: tenant.branch.clone(),
+        credentials: crate::secrets::git_credentials(state, name).await?,
+        max_fetch_bytes: state.config.max_version_bytes,
+    };
+    let layout = state.layout.clone();
+    let tenant_name = name.clone();
+    falra_runtime::task::spawn_blocking(move || fetch(&layout, &tenant_name, &source))
+        .await
+        .map_err(node("fetch task failed"))?
+        .map_err(|e| sync_failed(name, &e))
+}
+
+/// Everything a new version needs before it may become active: its owner, its virtualenv,
+/// its function listing (reused when the version was made before). Returns the listing.
+async fn finish_version(
+    state: &Core,
+    name: &TenantName,
+    tenant: &TenantRow,
+    policy: &Policy,
+    version: &VersionId,
+    uploaded: Option<&ModuleName>,
+    known_functions: Option<String>,
+) -> Result<Value, DeployError> {
+    if state.runtime.sandbox.is_enabled() {
+        // Only the tenant's own gid may read its versions, should a mount ever leak.
+        state
+            .layout
+            .restrict_versions(name, tenant.uid.get())
+            .map_err(node("could not set the version tree's owner"))?;
+    }
+    let code = state.layout.version_dir(name, version);
+    let venv = step("venv", ensure_venv(state, tenant, policy, &code)).await?;
+    let mounts = CodeMounts { code, venv };
+    step(
+        "compile",
+        compile_version(state, name, tenant, policy, version, &mounts),
+    )
+    .await;
+    let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
+        Some(known) => known,
+        None => step("list", introspect(state, tenant, policy, &mounts)).await,
+    };
+    if let Some(module) = uploaded {
+        let entry = functions["modules"]
+            .as_array()
+            .and_then(|m| m.iter().find(|e| e["module"] == module.as_str()));
+        let Some(entry) = entry else {
+            // No word on the module: the upload cannot be known to compile, so it is refused.
+            let why = functions["error"]
+                .as_str()
+                .unwrap_or("the module was not listed");
+            return Err(DeployError::Failed {
+                message: format!("{module} could not be checked: {why}"),
+                detail: Some(json!({"module": module.as_str()})),
+            });
+        };
+        if let Some(error) = Some(&entry["error"]).filter(|e| e["stage"] == "compile") {
+            let line = error["line"].as_u64();
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            return Err(DeployError::BadUpload {
+                message: format!(
+                    "{module} does not compile: {}: {}{at}",
+                    error["type"].as_str().unwrap_or("SyntaxError"),
+                    error["message"].as_str().unwrap_or("invalid source"),
+                ),
+                module: module.clone(),
+                line,
+            });
+        }
+    }
+    Ok(functions)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_deploy_runs_one_waits_and_a_third_is_refused() {
+        let slots = std::sync::Arc::new(super::DeploySlots::default());
+        let caro = falra_tenants::TenantName::parse("caro").unwrap();
+        let dana = falra_tenants::TenantName::parse("dana").unwrap();
+        let running = slots.try_take(&caro).unwrap();
+        let waiting = slots.try_take(&caro).unwrap();
+        assert!(slots.try_take(&caro).is_none());
+        assert!(slots.try_take(&dana).is_some());
+        drop(running);
+        let next = slots.try_take(&caro).unwrap();
+        drop((waiting, next));
+        assert!(slots.0.lock().unwrap().is_empty());
+    }
+}
