@@ -8,6 +8,7 @@
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
 # Prints one table with ratios. Usage: bash bench/call.sh
 # Env: DUR=5 (seconds per wrk run) RUNS=2 CONCS="1 8" BASELINES=path/to/shared/bench/call
+#      (BASELINES=none: the daemons only)
 #      BEFORE_BIN=path/to/an/earlier/falra adds that build, as shipped, interleaved with the
 #      others, and prints this build's cost as a ratio of it.
 set -euo pipefail
@@ -62,9 +63,13 @@ done
 for p in "${PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 PIDS=()
 
-echo "== baselines ($BASELINES)"
-env -u WRK_BODY BASE=$WORK/baseline DUR=$DUR RUNS=$RUNS CONCS="$CONCS" EXTRA=0 RES=$RES/baseline \
-  bash "$BASELINES/run_all.sh" > "$RES/baseline.txt" 2>&1 || { tail -30 "$RES/baseline.txt"; exit 1; }
+if [[ $BASELINES == none ]]; then
+  echo "== baselines skipped (BASELINES=none)"
+else
+  echo "== baselines ($BASELINES)"
+  env -u WRK_BODY BASE=$WORK/baseline DUR=$DUR RUNS=$RUNS CONCS="$CONCS" EXTRA=0 RES=$RES/baseline \
+    bash "$BASELINES/run_all.sh" > "$RES/baseline.txt" 2>&1 || { tail -30 "$RES/baseline.txt"; exit 1; }
+fi
 echo "load at end: $(cat /proc/loadavg)" >> "$RES/load.txt"
 
 python3 - "$RES" <<'PY'
@@ -80,13 +85,15 @@ for f in glob.glob(f"{res}/baseline/*.wrk"):
     line = next((l for l in open(f) if l.startswith("RESULT")), None)
     if line:
         d = kv(line); rows.setdefault((name, int(c[1:])), []).append(d)
-hf = {r["command"]: r["median"] * 1e3 for r in json.load(open(f"{res}/baseline/hyperfine.json"))["results"]}
-bare = next(v for k, v in hf.items() if k.endswith("-I -S -c pass"))
+hf_path = f"{res}/baseline/hyperfine.json"
+hf = {r["command"]: r["median"] * 1e3 for r in json.load(open(hf_path))["results"]} if os.path.exists(hf_path) else {}
+bare = next((v for k, v in hf.items() if k.endswith("-I -S -c pass")), None)
 med = lambda rs, k: st.median(r[k] for r in rs)
 print(f"\n{'approach':<26}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
 for (name, c), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     print(f"{name:<26}{c:>5}{med(rs,'rps'):>9.0f}{med(rs,'p50_us')/1e3:>9.2f}{med(rs,'p99_us')/1e3:>9.2f}")
-print(f"\nbare `python3 -I -S -c pass` start-up (hyperfine median): {bare:.2f} ms")
+if bare:
+    print(f"\nbare `python3 -I -S -c pass` start-up (hyperfine median): {bare:.2f} ms")
 for c in sorted({c for (_, c) in rows}):
     on = rows.get(("falra sandbox_on", c))
     cold, off = rows.get(("falra sandbox_on_cold", c)), rows.get(("falra sandbox_off_cold", c))
@@ -94,7 +101,9 @@ for c in sorted({c for (_, c) in rows}):
     if not on:
         continue
     p50 = med(on, "p50_us") / 1e3; rps = med(on, "rps")
-    parts = [f"c={c}: as shipped p50 {p50:.2f} ms, {rps:.0f} req/s; {p50/bare:.2f}x bare python start-up"]
+    parts = [f"c={c}: as shipped p50 {p50:.2f} ms, {rps:.0f} req/s"]
+    if bare:
+        parts.append(f"{p50/bare:.2f}x bare python start-up")
     if cold and off:
         cp50 = med(cold, "p50_us") / 1e3
         parts.append(f"started on demand the sandbox adds {cp50 - med(off,'p50_us')/1e3:+.2f} ms p50 and keeps {med(cold,'rps')/med(off,'rps'):.2f}x the unsandboxed req/s")
