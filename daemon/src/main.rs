@@ -14,6 +14,7 @@ mod call;
 mod cli;
 mod client;
 mod config;
+mod data_lock;
 mod demo;
 mod extract;
 mod front;
@@ -92,6 +93,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let descriptor_limit = front::raise_descriptor_limit();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "could not create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    // Before anything in the directory is touched: one daemon per data directory.
+    let _data_lock = data_lock::DataDirLock::acquire(&args.data_dir)?;
     let store = open_store(&args.data_dir).await?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     // Nothing under the data directory is for anyone but the daemon.

@@ -506,3 +506,111 @@ fn a_tenant_whose_stored_uid_is_missing_or_invalid_never_runs() {
     );
     assert_eq!(call().body["result"], uid);
 }
+
+/// A second daemon on a data directory a live daemon holds refuses to start, naming the holder,
+/// and leaves the first one serving; once the holder is gone (even by `kill -9`) the directory
+/// can be served again.
+#[test]
+fn a_second_daemon_on_a_held_data_directory_refuses_to_start() {
+    let mut first = Daemon::start();
+    let second = std::process::Command::new(falra_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&first.data_dir)
+        .env("FALRA_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_deadline(second, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second daemon started: {stderr}");
+    assert!(
+        stderr.contains(&format!("another falra daemon (pid {})", first.pid())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    // The first one was not disturbed.
+    assert!(first.is_alive());
+    assert_eq!(first.admin("GET", "/tenants", None).status, 200);
+
+    // Killed outright: the kernel drops its lock, and a new daemon takes the directory.
+    nix_kill9(first.pid());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while first.is_alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not die"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut third = std::process::Command::new(falra_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sandbox",
+            "off",
+            "--data-dir",
+        ])
+        .arg(&first.data_dir)
+        .env("FALRA_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = third.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        let _ = tx.send(log);
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut listening = false;
+    while std::time::Instant::now() < deadline {
+        if third.try_wait().unwrap().is_some() {
+            break;
+        }
+        let lock = std::fs::read_to_string(first.data_dir.join("falra.lock")).unwrap_or_default();
+        if lock.trim() == third.id().to_string() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = third.kill();
+    let _ = third.wait();
+    let log = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_default();
+    assert!(listening, "the directory was not taken over: {log}");
+}
+
+fn wait_with_deadline(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+fn nix_kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
