@@ -32,14 +32,23 @@ declare -A URL BODY
 port=18790
 MODES="on on_cold off_cold"
 [[ -n ${BEFORE_BIN:-} ]] && MODES="before $MODES"
+# Beside a PostgreSQL cluster (scripts/with-postgres.sh), the same daemon as shipped on a
+# PostgreSQL store too.
+[[ -n ${FALRA_TEST_DATABASE_URL:-} ]] && MODES="$MODES on_pg"
 for mode in $MODES; do
   case $mode in
-    on|before) args=() ;;
+    on|before|on_pg) args=() ;;
     on_cold) args=(--no-prewarm) ;;
     off_cold) args=(--sandbox off --no-prewarm) ;;
   esac
   if [[ $mode == before ]]; then
     DAEMON_BIN=$BEFORE_BIN start_daemon "falra-$mode" "$port" "${args[@]}"
+  elif [[ $mode == on_pg ]]; then
+    db=falra_bench_$$
+    psql=$(ls -d /usr/lib/postgresql/*/bin/psql | sort -V | tail -1)
+    "$psql" "$FALRA_TEST_DATABASE_URL" -qc "CREATE DATABASE $db"
+    FALRA_DATABASE_URL=${FALRA_TEST_DATABASE_URL%/*}/$db FALRA_SECRET_KEY_FILE=$WORK/cluster.key \
+      start_daemon "falra-$mode" "$port" "${args[@]}"
   else
     start_daemon "falra-$mode" "$port" "${args[@]}"
   fi
@@ -111,6 +120,9 @@ for c in sorted({c for (_, c) in rows}):
         parts.append(f"{rps/med(spawn,'rps'):.2f}x the naive fresh-child server's req/s at {p50/(med(spawn,'p50_us')/1e3):.2f}x its p50")
     if seed:
         parts.append(f"{rps/med(seed,'rps'):.3f}x the in-process seed server's req/s")
+    pg = rows.get(("falra sandbox_on_pg", c))
+    if pg:
+        parts.append(f"on the PostgreSQL store: {med(pg,'rps')/rps:.3f}x the SQLite store's req/s, {med(pg,'p50_us')/1e3/p50:.3f}x its p50")
     before = rows.get(("falra sandbox_before", c))
     if before:
         parts.append(f"against the earlier build: {rps/med(before,'rps'):.3f}x its req/s, {p50/(med(before,'p50_us')/1e3):.3f}x its p50")

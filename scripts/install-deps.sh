@@ -3,7 +3,8 @@
 # git (the tests make real repositories), pkg-config and OpenSSL headers (git2's https),
 # libseccomp (the sandbox compiles its seccomp policy with it),
 # CPython 3 at /usr/bin/python3 (the interpreter calls run in) with pip (virtualenv builds from
-# a tenant's requirements.txt), and git's http-backend (the tests serve a repository over HTTP).
+# a tenant's requirements.txt), git's http-backend (the tests serve a repository over HTTP), and
+# PostgreSQL's server binaries (the store's and the cluster's tests run against a real one).
 set -euo pipefail
 
 need=()
@@ -16,6 +17,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 [[ -x /usr/lib/git-core/git-http-backend ]] || need+=(git)
+# PostgreSQL's server binaries (initdb, pg_ctl, psql): the tests start a throwaway cluster.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and test, from a fresh checkout: installs what is missing, then formatting, lints,
-# unit tests and the end-to-end suite against the real `falra` binary (release build, shared by
-# the tests and the benchmarks).
+# the layers' direction, unit tests and the end-to-end suite against the real `falra` binary
+# (release build, shared by the tests and the benchmarks), with a throwaway PostgreSQL cluster
+# started for them and stopped after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,5 @@ bash scripts/check-layers.sh
 echo "== build"
 cargo build --release -p falra
 
-echo "== tests"
-cargo test --release --workspace
+echo "== tests (beside a throwaway PostgreSQL cluster: the store's tests run on both backends)"
+bash scripts/with-postgres.sh cargo test --release --workspace

@@ -93,6 +93,9 @@ pub enum CallError {
     Encode(#[source] serde_json::Error),
     #[error(transparent)]
     Run(#[from] falra_runtime::RunError),
+    /// The version is not on this node and could not be made here.
+    #[error(transparent)]
+    Materialise(crate::deploy::DeployError),
     /// The function ran and failed (raised, ran out of time or memory, exited, answered
     /// something that is not an answer).
     #[error("the function failed")]
@@ -205,6 +208,12 @@ pub async fn run(
     };
     tracing::Span::current().record("version", version.as_str());
     let root = state.layout.version_dir(&caller.tenant, &version);
+    if !root.is_dir() {
+        // Deployed through another node of the cluster: made here on its first call.
+        crate::deploy::materialise(state, &tenant, &version)
+            .await
+            .map_err(CallError::Materialise)?;
+    }
     let mounts = state.code_mounts(root);
     resolve_module(&mounts.code, function)
         .or_else(|e| match &mounts.venv {

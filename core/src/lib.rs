@@ -60,6 +60,8 @@ pub struct Inner {
     pub deploy_slots: Arc<deploy::DeploySlots>,
     /// Set when the node stops taking calls.
     shutting_down: AtomicBool,
+    /// Held while a version another node deployed is made here (`deploy::materialise`).
+    pub materialising: tokio::sync::Mutex<()>,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -119,6 +121,7 @@ impl Core {
             quotas: metering::Quotas::default(),
             meter: metering::Meter::start(store.clone()),
             shutting_down: AtomicBool::new(false),
+            materialising: tokio::sync::Mutex::new(()),
             venvs: Mutex::new(HashMap::new()),
             runtime,
             layout: Layout::new(&config.data_dir),

@@ -65,7 +65,7 @@ pub async fn rollback(
     version: &VersionId,
 ) -> Result<(), TenantError> {
     let name = &tenant.name;
-    let _lock = state.store.deploy_lock(name).await;
+    let _lock = state.store.deploy_lock(name).await?;
     if !state.layout.version_dir(name, version).is_dir()
         || !state.store.set_active_version(name, version).await?
     {
@@ -88,7 +88,7 @@ pub async fn rollback(
 /// files, and everything this node keeps for it (children, namespaces, cgroups, counters).
 pub async fn remove(state: &Core, tenant: &TenantRow) -> Result<(), TenantError> {
     let name = &tenant.name;
-    let _lock = state.store.deploy_lock(name).await;
+    let _lock = state.store.deploy_lock(name).await?;
     state.store.delete_tenant(name).await?;
     state.runtime.forget_tenant(tenant.uid.get());
     let layout = state.layout.clone();

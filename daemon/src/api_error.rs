@@ -421,6 +421,7 @@ impl From<falra_core::calls::CallError> for ApiError {
             CallError::Builtin(e) => e.into(),
             CallError::Encode(source) => ApiError::internal(&message, &source),
             CallError::Run(e) => e.into(),
+            CallError::Materialise(e) => e.into(),
             CallError::Failed(failed) => failure_error(*failed),
             CallError::Store(e) => e.into(),
         }

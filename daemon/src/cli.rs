@@ -146,6 +146,8 @@ pub struct ServeArgs {
     /// Where the store, versions and checkouts live.
     #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "FALRA_LISTEN", default_value = "127.0.0.1:8700")]
     pub listen: SocketAddr,
@@ -238,7 +240,23 @@ pub enum AdminCommand {
     Init {
         #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Which store a node uses, and the key its secrets are sealed with.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// A PostgreSQL store shared by every node (`postgres://user:password@host:port/db`)
+    /// instead of the embedded SQLite file in the data directory.
+    #[arg(long, env = "FALRA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The key tenant secrets are sealed with (64 hex digits in a file, made if missing).
+    /// Every node of a cluster must read the same one. Default: `FALRA_SECRET_KEY` (the hex
+    /// itself) if set, else `secret.key` in the data directory (one node only).
+    #[arg(long, env = "FALRA_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// Where the daemon is and who we are to it.

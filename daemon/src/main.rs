@@ -45,8 +45,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
-        Command::Admin(AdminCommand::Init { data_dir }) => {
-            runtime()?.block_on(admin_init(&data_dir))
+        Command::Admin(AdminCommand::Init { data_dir, store }) => {
+            runtime()?.block_on(admin_init(&data_dir, &store))
         }
         Command::Tenant(cmd) => client::tenant(cmd),
         Command::Token(cmd) => client::token(cmd),
@@ -78,10 +78,13 @@ fn init_logging() {
         .init();
 }
 
-async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+async fn open_store(data_dir: &std::path::Path, args: &cli::StoreArgs) -> anyhow::Result<Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create the data directory {}", data_dir.display()))?;
-    Ok(Store::open_sqlite(&data_dir.join("falra.db")).await?)
+    Ok(match &args.database_url {
+        Some(url) => Store::open_postgres(url).await?,
+        None => Store::open_sqlite(&data_dir.join("falra.db")).await?,
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -101,7 +104,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     // Before anything in the directory is touched: one daemon per data directory.
     let _data_lock = data_lock::DataDirLock::acquire(&args.data_dir)?;
-    let store = open_store(&args.data_dir).await?;
+    let secret_key = load_secret_key(&args.data_dir, &args.store)?;
+    let store = open_store(&args.data_dir, &args.store).await?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     // Nothing under the data directory is for anyone but the daemon.
     std::fs::set_permissions(
@@ -113,7 +117,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("could not prepare the Python runner")?;
     falra_core::builtin::install_binary(&installed.dir)
         .context("could not place the binary for built-in children")?;
-    let secret_key = load_secret_key(&data_dir)?;
     let config = ServeConfig::from_args(&args, data_dir.clone(), installed)?;
     let sandbox = if args.sandbox == cli::SandboxMode::Off {
         tracing::warn!(
@@ -135,7 +138,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "falra listening");
+    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), store = state.store.backend_name(), "falra listening");
     if args.demo {
         let token = demo::prepare(&state).await?;
         let body = format!(
@@ -168,20 +171,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The key tenant secrets are sealed with: `FALRA_SECRET_KEY` (64 hex digits) if set, else
-/// the file `secret.key` in the data directory, made on first use.
-fn load_secret_key(data_dir: &std::path::Path) -> anyhow::Result<falra_policies::SecretKey> {
+/// The key tenant secrets are sealed with: the `--secret-key-file` if given (made if missing),
+/// else `FALRA_SECRET_KEY` (64 hex digits), else the file `secret.key` in the data directory,
+/// made on first use. A node on a shared store must be given the cluster's key: a key of its
+/// own could open no secret another node sealed.
+fn load_secret_key(
+    data_dir: &std::path::Path,
+    args: &cli::StoreArgs,
+) -> anyhow::Result<falra_policies::SecretKey> {
+    if let Some(file) = &args.secret_key_file {
+        return Ok(falra_policies::SecretKey::load_or_create(file)?);
+    }
     match std::env::var("FALRA_SECRET_KEY") {
         Ok(hex) => falra_policies::SecretKey::from_hex(&hex).context("FALRA_SECRET_KEY"),
+        Err(_) if args.database_url.is_some() => anyhow::bail!(
+            "a node on a shared PostgreSQL store needs the cluster's secret key: pass \
+             --secret-key-file (the same file on every node) or set FALRA_SECRET_KEY"
+        ),
         Err(_) => Ok(falra_policies::SecretKey::load_or_create(
             &data_dir.join("secret.key"),
         )?),
     }
 }
 
-async fn admin_init(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let store = open_store(data_dir).await?;
-    load_secret_key(data_dir)?;
+async fn admin_init(data_dir: &std::path::Path, args: &cli::StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(data_dir, args).await?;
+    load_secret_key(data_dir, args)?;
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
     let (row, secret) = falra_core::tenants::new_token(
         None,

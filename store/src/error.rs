@@ -3,6 +3,7 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// `path`: the SQLite file, or a PostgreSQL URL without its password.
     #[error("could not open the store at {path}")]
     Open {
         path: String,
@@ -35,13 +36,23 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
         let busy = match &e {
-            sqlx::Error::PoolTimedOut => true,
-            // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes (517 BUSY_SNAPSHOT,
-            // 261 BUSY_RECOVERY, 262 LOCKED_SHAREDCACHE…): the low byte is the primary code.
-            sqlx::Error::Database(db) => db
-                .code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+            // No connection free in time, or the database server out of reach for now (a
+            // restart): a passing condition a retry gets past.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes (517
+                // BUSY_SNAPSHOT, 261 BUSY_RECOVERY, 262 LOCKED_SHAREDCACHE…): the low byte is
+                // the primary code.
+                Some(_) => db
+                    .code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+                // PostgreSQL: serialization failure, deadlock, too many connections, the
+                // server starting or stopping.
+                None => db.code().is_some_and(|c| {
+                    matches!(&*c, "40001" | "40P01" | "53300" | "57P01" | "57P03")
+                }),
+            },
             _ => false,
         };
         if busy {

@@ -1,18 +1,24 @@
 //! Falra's store: everything a node must remember, as typed models behind one facade.
 //!
 //! [`Store`] is the facade every caller holds; it dispatches to one backend per database
-//! (today [`sqlite::SqliteStore`], the embedded default), each with its own migrations. Rows
+//! ([`sqlite::SqliteStore`], the embedded default, and [`postgres::PgStore`], shared by the
+//! nodes of a cluster), each with its own migrations and the queries both share
+//! (`queries.rs`). Rows
 //! are parsed into the models of [`models`] as they are read, so callers never re-check a
 //! name, a uid or a policy, and a row that cannot be parsed is refused with its key
 //! ([`StoreError::InvalidRow`]). Per-tenant serialisation of deploys is also the store's
-//! ([`Store::deploy_lock`]): in-process on the embedded backend, where one daemon owns the file.
+//! ([`Store::deploy_lock`]): in-process on the embedded backend, where one daemon owns the
+//! file; an advisory lock on PostgreSQL.
 //!
 //! Architecture Invariant: nothing here knows HTTP, the sandbox or the runtime; the store is
 //! told what to keep and answers what it holds.
 
+#[cfg(test)]
+mod backend_tests;
 mod error;
 mod locks;
 pub mod models;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::Path;
@@ -34,6 +40,7 @@ pub struct Store {
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Calls `$method` on whichever backend the store has.
@@ -41,8 +48,32 @@ macro_rules! backend {
     ($self:ident.$method:ident($($arg:expr),*)) => {
         match &$self.backend {
             Backend::Sqlite(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
         }
     };
+}
+
+/// sqlx's migrator over a backend's embedded migrations (`(version, description, sql)`):
+/// each applied once, in a transaction, and a store whose applied migrations changed since
+/// (checksums) refused.
+pub(crate) fn migrator(migrations: &[(i64, &str, &str)]) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrations = migrations
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                description.to_owned().into(),
+                MigrationType::Simple,
+                sql.to_owned().into(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: migrations.into(),
+        ..Migrator::DEFAULT
+    }
 }
 
 impl Store {
@@ -54,10 +85,41 @@ impl Store {
         })
     }
 
+    /// Connects to the PostgreSQL database at `url` and migrates it: the store every node of
+    /// a cluster shares.
+    pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(postgres::PgStore::open(url).await?),
+            locks: Default::default(),
+        })
+    }
+
+    /// Which database is behind the store (`sqlite` or `postgres`), for logs and health.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     /// Waits for, then holds, the tenant's deploy lock: one deploy (sync, upload, rollback) of
-    /// a tenant at a time. Dropping the guard releases it.
-    pub async fn deploy_lock(&self, tenant: &TenantName) -> DeployLock {
-        self.locks.lock(tenant).await
+    /// a tenant at a time — in this process on the embedded store (one daemon owns it), in the
+    /// database (an advisory lock) on PostgreSQL, so across every node. Dropping the guard
+    /// releases it.
+    pub async fn deploy_lock(&self, tenant: &TenantName) -> Result<DeployLock, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(self.locks.lock(tenant).await),
+            Backend::Postgres(b) => Ok(DeployLock::held_in_database(b.deploy_lock(tenant).await?)),
+        }
+    }
+
+    /// Runs a statement as is (tests that write rows no API would).
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite(b) => b.execute_raw(sql).await,
+            Backend::Postgres(b) => b.execute_raw(sql).await,
+        }
     }
 
     /// Inserts a tenant with the next free uid, and returns it as stored.

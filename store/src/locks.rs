@@ -2,7 +2,8 @@
 //! can hold it in the database instead (an advisory lock) without callers changing.
 //!
 //! The embedded backend is one daemon's, so an in-process table of async mutexes is the whole
-//! lock. An entry is dropped when nobody holds or waits for it, so the table stays as small as
+//! lock; on PostgreSQL the guard holds the transaction of an advisory lock instead
+//! (`postgres.rs`). An entry is dropped when nobody holds or waits for it, so the table stays as small as
 //! the number of deploys in flight.
 
 use std::collections::HashMap;
@@ -19,8 +20,19 @@ pub(crate) struct TenantLocks(Arc<Table>);
 #[derive(Debug)]
 pub struct DeployLock {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    tenant: TenantName,
-    table: Arc<Table>,
+    tenant: Option<(TenantName, Arc<Table>)>,
+    /// Held in the database instead (PostgreSQL).
+    _database: Option<crate::postgres::AdvisoryLock>,
+}
+
+impl DeployLock {
+    pub(crate) fn held_in_database(lock: crate::postgres::AdvisoryLock) -> DeployLock {
+        DeployLock {
+            guard: None,
+            tenant: None,
+            _database: Some(lock),
+        }
+    }
 }
 
 impl TenantLocks {
@@ -31,8 +43,8 @@ impl TenantLocks {
         };
         DeployLock {
             guard: Some(mutex.lock_owned().await),
-            tenant: tenant.clone(),
-            table: Arc::clone(&self.0),
+            tenant: Some((tenant.clone(), Arc::clone(&self.0))),
+            _database: None,
         }
     }
 
@@ -45,14 +57,14 @@ impl TenantLocks {
 impl Drop for DeployLock {
     fn drop(&mut self) {
         self.guard = None;
-        let mut table = self.table.lock().expect("lock table poisoned");
+        let Some((tenant, table)) = &self.tenant else {
+            return;
+        };
+        let mut table = table.lock().expect("lock table poisoned");
         // Only the table refers to the mutex now: no holder, no waiter (each waiter holds a
         // clone of the Arc while it waits).
-        if table
-            .get(&self.tenant)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            table.remove(&self.tenant);
+        if table.get(tenant).is_some_and(|m| Arc::strong_count(m) == 1) {
+            table.remove(tenant);
         }
     }
 }

@@ -32,6 +32,42 @@ pub fn falra_bin() -> PathBuf {
     bin
 }
 
+/// A fresh, empty database in the test PostgreSQL cluster (`FALRA_TEST_DATABASE_URL`, which
+/// `scripts/with-postgres.sh` starts and the test command sets), as a URL.
+pub fn postgres_database() -> String {
+    let base = std::env::var("FALRA_TEST_DATABASE_URL").expect(
+        "FALRA_TEST_DATABASE_URL is not set: run the tests through `bash scripts/with-postgres.sh \
+         cargo test …` (scripts/test.sh does)",
+    );
+    let mut id = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .expect("read /dev/urandom");
+    let db = format!("falra_e2e_{}", hex::encode(id));
+    let psql = [
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("psql"))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| PathBuf::from("psql"));
+    let out = Command::new(psql)
+        .arg(&base)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {db}"),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "create database: {out:?}");
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL ends in /<db>");
+    format!("{prefix}/{db}")
+}
+
 /// An HTTP answer: status, headers of interest, JSON body (or the raw text as a JSON string).
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -96,11 +132,22 @@ impl Daemon {
     /// Starts `falra serve` through a wrapper command that execs it (`prlimit --nofile=…`),
     /// so the daemon keeps the wrapper's process id.
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Daemon {
+        Daemon::start_full(wrapper, extra, &[])
+    }
+
+    /// Starts `falra serve` as a node of a cluster: `falra admin init` and `serve` both get
+    /// `envs` (`FALRA_DATABASE_URL`, `FALRA_SECRET_KEY_FILE`); the data directory is its own.
+    pub fn start_node(envs: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        Daemon::start_full(&[], extra, envs)
+    }
+
+    fn start_full(wrapper: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let out = Command::new(falra_bin())
             .args(["admin", "init", "--data-dir"])
             .arg(&data_dir)
+            .envs(envs.iter().copied())
             .env("FALRA_LOG", "warn")
             .output()
             .expect("run falra admin init");
@@ -123,6 +170,7 @@ impl Daemon {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
+            .envs(envs.iter().copied())
             .env("FALRA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

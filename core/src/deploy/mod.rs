@@ -11,7 +11,8 @@
 //!
 //! This module holds the order; the steps that run children are beside it: the virtualenv
 //! ([`venv`]), the compile and the listing ([`runner_modes`]), and the collection of what no
-//! version uses any more ([`collect`]).
+//! version uses any more ([`collect`]), and making a version another node deployed present on
+//! this one ([`materialise`]).
 
 use falra_policies::Policy;
 use falra_tenants::{
@@ -27,10 +28,12 @@ use falra_runtime::ErrorChain;
 use falra_store::{NewVersion, TenantRow, UploadChange};
 
 mod collect;
+mod materialise;
 mod runner_modes;
 mod venv;
 
 pub use collect::collect_versions;
+pub use materialise::materialise;
 use runner_modes::{compile_version, introspect};
 use venv::ensure_venv;
 pub use venv::venv_for;
@@ -211,7 +214,7 @@ async fn deploy_now(
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, DeployError> {
-    let _lock = state.store.deploy_lock(name).await;
+    let _lock = state.store.deploy_lock(name).await?;
     let tenant = state
         .store
         .tenant(name)
@@ -220,16 +223,7 @@ async fn deploy_now(
     let policy = crate::plans::effective_policy(state, &tenant);
     // Deploys run the tenant's code (imports, listings, builds): not for a tenant past its quota.
     crate::metering::check_quota(state, name, policy.cpu_seconds_per_month).await?;
-    let mut uploads: Vec<Upload> = state
-        .store
-        .uploads_of(name)
-        .await?
-        .into_iter()
-        .map(|u| Upload {
-            module: ModuleName::from_stored(&u.module),
-            source: u.source,
-        })
-        .collect();
+    let mut uploads = stored_uploads(state, name).await?;
 
     let known_commit = match &tenant.active_version {
         Some(active) => state
@@ -352,6 +346,20 @@ async fn deploy_now(
     collect_versions(state, name).await;
     tracing::info!(tenant = %name, version = %version, source = label, "version active");
     Ok(Deployed { version, functions })
+}
+
+/// The tenant's uploads as the store holds them: what the next version is built with.
+async fn stored_uploads(state: &Core, name: &TenantName) -> Result<Vec<Upload>, DeployError> {
+    Ok(state
+        .store
+        .uploads_of(name)
+        .await?
+        .into_iter()
+        .map(|u| Upload {
+            module: ModuleName::from_stored(&u.module),
+            source: u.source,
+        })
+        .collect())
 }
 
 fn sync_failed(name: &TenantName, e: &(dyn std::error::Error + 'static)) -> DeployError {

@@ -5,6 +5,7 @@
 
 mod business;
 mod calls;
+mod cluster;
 mod deploy;
 mod errors;
 mod etl;

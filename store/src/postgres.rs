@@ -1,0 +1,116 @@
+//! The server backend: PostgreSQL, shared by every node of a cluster.
+//!
+//! Its queries are the ones every SQL backend shares (`queries.rs`, included below); this
+//! module holds what is PostgreSQL's own: the connection (a URL, its password never shown),
+//! the migrations (sqlx's migrator, which holds an advisory lock while it runs, so nodes
+//! starting together migrate once), and the per-tenant deploy lock as a transaction-scoped
+//! advisory lock, so two nodes never deploy one tenant at once.
+
+use std::str::FromStr;
+
+use falra_policies::{Policy, PolicyPatch, Sealed};
+use falra_tenants::{TenantName, VersionId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use crate::error::{conflict_or, StoreError};
+use crate::models::*;
+
+/// The backend's migrations, embedded; the number is the schema version.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
+
+/// Connections each node keeps at most: calls, the metering writer, deploys and their locks
+/// (a deploy lock holds one for the deploy's length).
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The advisory-lock namespace of deploy locks (the first key of the two-key form).
+const DEPLOY_LOCK_CLASS: i32 = 0x6661_6c72; // "falr"
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// A tenant's deploy lock held in the database: the transaction it was taken in. Dropping it
+/// rolls the transaction back, which releases the lock, also when the node dies (its
+/// connection goes with it).
+#[derive(Debug)]
+pub struct AdvisoryLock {
+    _tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+/// `url` as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => "(an unparsable database URL)".to_owned(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`) and
+    /// migrates it.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: redacted(url),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(open_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        crate::migrator(MIGRATIONS)
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(PgStore { pool })
+    }
+
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Waits for, then holds, the tenant's deploy lock, cluster-wide.
+    pub async fn deploy_lock(&self, tenant: &TenantName) -> Result<AdvisoryLock, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(DEPLOY_LOCK_CLASS)
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(AdvisoryLock { _tx: tx })
+    }
+}
+
+type DbRow = PgRow;
+type Backend = PgStore;
+include!("queries.rs");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            super::redacted("postgres://falra:s3cret@db.example:5432/falra"),
+            "postgres://falra@db.example:5432/falra"
+        );
+        assert_eq!(
+            super::redacted("postgres://db.example/falra"),
+            "postgres://db.example/falra"
+        );
+        assert!(!super::redacted("nonsense:s3cret@x").contains("s3cret"));
+    }
+}

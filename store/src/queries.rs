@@ -1,0 +1,673 @@
+// The queries both SQL backends run, written once. Each backend's module defines `DbRow`
+// (its sqlx row type) and `Backend` (its store type, with a `pool` and a
+// `write_tx`) and then includes this file, so the SQL below must be what SQLite and
+// PostgreSQL both accept: `$n` placeholders, BIGINT epoch milliseconds, `ON CONFLICT`, sums
+// cast to BIGINT (PostgreSQL sums BIGINTs as NUMERIC), no functions only one of them has.
+
+const TENANT_COLUMNS: &str =
+    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at, uid";
+const TOKEN_COLUMNS: &str =
+    "id, tenant, kind, hash, prefix, scopes, expires_at, revoked_at, created_at, last_used_at";
+const VERSION_COLUMNS: &str = "id, source, created_at, git_commit, functions";
+
+impl Backend {
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &str) {
+        sqlx::query(sql).execute(&self.pool).await.unwrap();
+    }
+
+    /// Inserts a tenant with the next free uid. The next uid is computed inside the INSERT
+    /// (which holds SQLite's one write lock), and the unique index on `uid` refuses a
+    /// duplicate whatever happens: a uid taken by a concurrent writer (PostgreSQL) is retried.
+    pub async fn insert_tenant(&self, t: &NewTenant) -> Result<TenantRow, StoreError> {
+        let sql = format!(
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, \
+             (SELECT COALESCE(MAX(uid) + 1, $9) FROM tenants))"
+        );
+        let overrides = serde_json::to_string(&PolicyPatch::default()).expect("serialises");
+        let mut attempts = 0;
+        loop {
+            let done = sqlx::query(&sql)
+                .bind(t.name.as_str())
+                .bind(&t.repo)
+                .bind(&t.branch)
+                .bind(&t.subdir)
+                .bind(t.plan.as_str())
+                .bind(&t.webhook_secret)
+                .bind(&overrides)
+                .bind(t.created_at)
+                .bind(i64::from(TenantUid::FIRST))
+                .execute(&self.pool)
+                .await;
+            match done {
+                Ok(_) => break,
+                Err(e) => {
+                    // Only a uid taken by a concurrent writer is worth another try.
+                    let unique =
+                        matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
+                    attempts += 1;
+                    if !unique || attempts >= 10 || self.tenant(&t.name).await?.is_some() {
+                        return Err(conflict_or(e, format!("tenant {:?}", t.name.as_str())));
+                    }
+                    // Writers that collided retry at staggered times, so they do not collide
+                    // again on the next uid.
+                    let mut jitter = [0u8; 1];
+                    getrandom::getrandom(&mut jitter).expect("the random source failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter[0] % 8)))
+                        .await;
+                }
+            }
+        }
+        self.tenant(&t.name)
+            .await?
+            .ok_or_else(|| StoreError::InvalidRow {
+                table: "tenant",
+                key: t.name.to_string(),
+                reason: "it vanished right after its insert".into(),
+            })
+    }
+
+    /// Replaces a tenant's mutable fields (everything but name, uid and creation time).
+    pub async fn update_tenant(&self, t: &TenantRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenants SET repo = $2, branch = $3, subdir = $4, plan = $5, webhook_secret = $6, \
+             policy = $7 WHERE name = $1",
+        )
+        .bind(t.name.as_str())
+        .bind(&t.repo)
+        .bind(&t.branch)
+        .bind(&t.subdir)
+        .bind(t.plan.as_str())
+        .bind(&t.webhook_secret)
+        .bind(serde_json::to_string(&t.overrides).expect("serialises"))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn tenant(&self, name: &TenantName) -> Result<Option<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn delete_tenant(&self, name: &TenantName) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        for sql in [
+            "DELETE FROM tokens WHERE tenant = $1",
+            "DELETE FROM versions WHERE tenant = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn activate_version(
+        &self,
+        tenant: &TenantName,
+        version: &NewVersion<'_>,
+        change: UploadChange<'_>,
+    ) -> Result<(), StoreError> {
+        let tenant = tenant.as_str();
+        let mut tx = self.write_tx().await?;
+        match change {
+            UploadChange::None => {}
+            UploadChange::Put {
+                module,
+                source,
+                sha256,
+                now,
+            } => {
+                sqlx::query(
+                    "INSERT INTO uploads (tenant, module, source, sha256, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, module) DO UPDATE \
+                     SET source = excluded.source, sha256 = excluded.sha256, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(module)
+                .bind(source)
+                .bind(sha256)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            UploadChange::Delete { module } => {
+                sqlx::query("DELETE FROM uploads WHERE tenant = $1 AND module = $2")
+                    .bind(tenant)
+                    .bind(module)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(version.id.as_str())
+        .bind(version.source)
+        .bind(version.now)
+        .bind(version.git_commit)
+        .bind(version.functions)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
+            .bind(tenant)
+            .bind(version.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE tenant = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(version.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| version_from_row(tenant, &r)).transpose()
+    }
+
+    pub async fn versions_of(&self, tenant: &TenantName) -> Result<Vec<VersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE tenant = $1 ORDER BY created_at DESC, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| version_from_row(tenant, r)).collect()
+    }
+
+    pub async fn delete_version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM versions WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(version.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_active_version(
+        &self,
+        tenant: &TenantName,
+        version: &VersionId,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenants SET active_version = $2 WHERE name = $1 \
+             AND EXISTS (SELECT 1 FROM versions WHERE tenant = $1 AND id = $2)",
+        )
+        .bind(tenant.as_str())
+        .bind(version.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_overrides(
+        &self,
+        tenant: &TenantName,
+        overrides: &PolicyPatch,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tenants SET policy = $2 WHERE name = $1")
+            .bind(tenant.as_str())
+            .bind(serde_json::to_string(overrides).expect("serialises"))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_plan_if_absent(
+        &self,
+        name: &PlanName,
+        policy: &Policy,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plans (name, policy, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(serde_json::to_string(policy).expect("serialises"))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn put_plan(
+        &self,
+        name: &PlanName,
+        policy: &Policy,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plans (name, policy, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        )
+        .bind(name.as_str())
+        .bind(serde_json::to_string(policy).expect("serialises"))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn plans(&self) -> Result<Vec<(PlanName, Policy)>, StoreError> {
+        let rows = sqlx::query("SELECT name, policy FROM plans ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get(0)?;
+                let invalid = |reason: String| StoreError::InvalidRow {
+                    table: "plan",
+                    key: name.clone(),
+                    reason,
+                };
+                let plan = PlanName::parse(&name).map_err(invalid)?;
+                let text: String = r.try_get(1)?;
+                let policy = serde_json::from_str(&text)
+                    .map_err(|e| invalid(format!("its policy does not parse: {e}")))?;
+                Ok((plan, policy))
+            })
+            .collect()
+    }
+
+    pub async fn delete_plan(&self, name: &PlanName) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE plan = $1")
+            .bind(name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if users > 0 {
+            return Err(StoreError::InUse(format!(
+                "plan {:?} is used by {users} tenant(s)",
+                name.as_str()
+            )));
+        }
+        let done = sqlx::query("DELETE FROM plans WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_calls(&self, calls: &[CallRecord]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for c in calls {
+            sqlx::query(
+                "INSERT INTO calls (call_id, tenant, token_id, fn, version, outcome, wall_ms, cpu_ms, \
+                 peak_memory_bytes, bytes_in, bytes_out, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(&c.call_id)
+            .bind(c.tenant.as_str())
+            .bind(&c.token_id)
+            .bind(&c.function)
+            .bind(&c.version)
+            .bind(&c.outcome)
+            .bind(c.wall_ms)
+            .bind(c.cpu_ms)
+            .bind(c.peak_memory_bytes)
+            .bind(c.bytes_in)
+            .bind(c.bytes_out)
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn usage(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, fn, COUNT(*), \
+             CAST(SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(wall_ms) AS BIGINT), CAST(SUM(cpu_ms) AS BIGINT), MAX(peak_memory_bytes), \
+             CAST(SUM(bytes_in) AS BIGINT), CAST(SUM(bytes_out) AS BIGINT) \
+             FROM calls WHERE at >= $1 AND at < $2 AND ($3 IS NULL OR tenant = $3) \
+             GROUP BY tenant, fn ORDER BY tenant, fn",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(tenant.map(TenantName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    tenant: r.try_get(0)?,
+                    function: r.try_get(1)?,
+                    calls: r.try_get(2)?,
+                    ok: r.try_get(3)?,
+                    wall_ms: r.try_get(4)?,
+                    cpu_ms: r.try_get(5)?,
+                    max_peak_memory_bytes: r.try_get(6)?,
+                    bytes_in: r.try_get(7)?,
+                    bytes_out: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn cpu_ms_since(&self, tenant: &TenantName, from: i64) -> Result<i64, StoreError> {
+        let used: Option<i64> =
+            sqlx::query_scalar(
+                "SELECT CAST(SUM(cpu_ms) AS BIGINT) FROM calls WHERE tenant = $1 AND at >= $2",
+            )
+                .bind(tenant.as_str())
+                .bind(from)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(used.unwrap_or(0))
+    }
+
+    pub async fn insert_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (id, at, actor, action, tenant, detail, remote) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&a.id)
+        .bind(a.at)
+        .bind(&a.actor)
+        .bind(&a.action)
+        .bind(&a.tenant)
+        .bind(&a.detail)
+        .bind(&a.remote)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit(
+        &self,
+        tenant: Option<&TenantName>,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, tenant, detail, remote FROM audit \
+             WHERE at >= $1 AND ($2 IS NULL OR tenant = $2) ORDER BY at DESC, id DESC LIMIT $3",
+        )
+        .bind(since)
+        .bind(tenant.map(TenantName::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    tenant: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                    remote: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn put_secret(
+        &self,
+        tenant: &TenantName,
+        key: &str,
+        sealed: &Sealed,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (tenant, key, nonce, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant, key) DO UPDATE SET nonce = excluded.nonce, \
+             sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(key)
+        .bind(&sealed.nonce)
+        .bind(&sealed.sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn secret(
+        &self,
+        tenant: &TenantName,
+        key: &str,
+    ) -> Result<Option<Sealed>, StoreError> {
+        let row = sqlx::query("SELECT nonce, sealed FROM secrets WHERE tenant = $1 AND key = $2")
+            .bind(tenant.as_str())
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Sealed {
+                nonce: r.try_get(0)?,
+                sealed: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn secret_names(
+        &self,
+        tenant: &TenantName,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key, updated_at FROM secrets WHERE tenant = $1 ORDER BY key")
+                .bind(tenant.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn delete_secret(&self, tenant: &TenantName, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM secrets WHERE tenant = $1 AND key = $2")
+            .bind(tenant.as_str())
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn uploads_of(&self, tenant: &TenantName) -> Result<Vec<UploadRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT module, source, sha256, updated_at FROM uploads WHERE tenant = $1 ORDER BY module",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UploadRow {
+                    module: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    sha256: r.try_get(2)?,
+                    updated_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        sqlx::query(&sql)
+            .bind(&t.id)
+            .bind(t.tenant.as_ref().map(TenantName::as_str))
+            .bind(t.kind.as_str())
+            .bind(&t.hash)
+            .bind(&t.prefix)
+            .bind(&t.scopes)
+            .bind(t.expires_at)
+            .bind(t.revoked_at)
+            .bind(t.created_at)
+            .bind(t.last_used_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "token".to_owned()))?;
+        Ok(())
+    }
+
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1");
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    pub async fn tokens_of(&self, tenant: &TenantName) -> Result<Vec<TokenRow>, StoreError> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn tenant_from_row(r: &DbRow) -> Result<TenantRow, StoreError> {
+    let key: String = r.try_get(0)?;
+    let invalid = |reason: String| StoreError::InvalidRow {
+        table: "tenant",
+        key: key.clone(),
+        reason,
+    };
+    let name = TenantName::parse(&key).map_err(|e| invalid(e.to_string()))?;
+    let plan: String = r.try_get(4)?;
+    let plan = PlanName::parse(&plan).map_err(invalid)?;
+    let policy: String = r.try_get(6)?;
+    let overrides = serde_json::from_str(&policy)
+        .map_err(|e| invalid(format!("its policy overrides do not parse: {e}")))?;
+    let active_version = r
+        .try_get::<Option<String>, _>(7)?
+        .map(|v| VersionId::parse(&v).map_err(|e| invalid(e.to_string())))
+        .transpose()?;
+    let uid = match r.try_get::<Option<i64>, _>(9)? {
+        None => return Err(invalid("it has no uid".into())),
+        Some(uid) => TenantUid::new(uid).map_err(invalid)?,
+    };
+    Ok(TenantRow {
+        name,
+        repo: r.try_get(1)?,
+        branch: r.try_get(2)?,
+        subdir: r.try_get(3)?,
+        plan,
+        webhook_secret: r.try_get(5)?,
+        overrides,
+        active_version,
+        created_at: r.try_get(8)?,
+        uid,
+    })
+}
+
+fn version_from_row(tenant: &TenantName, r: &DbRow) -> Result<VersionRow, StoreError> {
+    let id: String = r.try_get(0)?;
+    let id = VersionId::parse(&id).map_err(|e| StoreError::InvalidRow {
+        table: "version",
+        key: format!("{tenant}/{id}"),
+        reason: e.to_string(),
+    })?;
+    Ok(VersionRow {
+        id,
+        source: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+        git_commit: r.try_get(3)?,
+        functions: r.try_get(4)?,
+    })
+}
+
+fn token_from_row(r: &DbRow) -> Result<TokenRow, StoreError> {
+    let id: String = r.try_get(0)?;
+    let invalid = |reason: String| StoreError::InvalidRow {
+        table: "token",
+        key: id.clone(),
+        reason,
+    };
+    let kind: String = r.try_get(2)?;
+    let kind = TokenKind::parse(&kind).ok_or_else(|| invalid(format!("kind {kind:?}")))?;
+    let tenant = r
+        .try_get::<Option<String>, _>(1)?
+        .map(|t| TenantName::parse(&t).map_err(|e| invalid(e.to_string())))
+        .transpose()?;
+    if (kind == TokenKind::Tenant) != tenant.is_some() {
+        return Err(invalid(
+            "a tenant token needs a tenant, an operator's has none".into(),
+        ));
+    }
+    Ok(TokenRow {
+        tenant,
+        kind,
+        hash: r.try_get(3)?,
+        prefix: r.try_get(4)?,
+        scopes: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
+        revoked_at: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        last_used_at: r.try_get(9)?,
+        id,
+    })
+}
+

@@ -1,0 +1,167 @@
+//! Several nodes on one PostgreSQL store: every node sees what any node wrote.
+
+use falra_tests::{postgres_database, Daemon, GitRepo};
+use serde_json::json;
+
+const ADD: &str = "def add(int_a, int_b):\n    return int_a + int_b\n";
+
+/// Two nodes, each with its own data directory, on one fresh database and one sealing key.
+fn two_nodes() -> (Daemon, Daemon, tempfile::TempDir) {
+    let url = postgres_database();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cluster.key");
+    let key = key.to_str().unwrap();
+    let envs = [
+        ("FALRA_DATABASE_URL", url.as_str()),
+        ("FALRA_SECRET_KEY_FILE", key),
+    ];
+    let a = Daemon::start_node(&envs, &[]);
+    let b = Daemon::start_node(&envs, &[]);
+    (a, b, keys)
+}
+
+#[test]
+fn two_nodes_on_one_postgres_share_tenants_tokens_plans_secrets_and_usage() {
+    let (a, b, _keys) = two_nodes();
+    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
+    let token = a.tenant("caro", &repo);
+    let call = json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2});
+    let answer = a.call(call.clone());
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["result"], 3);
+
+    // The tenant made through A is B's too, with the same uid and version.
+    let on_a = a.admin("GET", "/tenants/caro", None);
+    let on_b = b.admin("GET", "/tenants/caro", None);
+    assert_eq!(on_b.status, 200, "{:?}", on_b.body);
+    assert_eq!(on_b.body["uid"], on_a.body["uid"]);
+    assert_eq!(on_b.body["active_version"], on_a.body["active_version"]);
+
+    // B has no tree of the version A deployed: its first call makes it from the commit.
+    let on_b = b.call(call.clone());
+    assert_eq!(on_b.status, 200, "{:?} {}", on_b.body, b.log());
+    assert_eq!(on_b.body["result"], 3);
+    assert_eq!(on_b.body["version"], on_a.body["active_version"]);
+
+    // An upload through B makes a new version; A serves it, built from the commit and the
+    // uploads in the store.
+    let auth = format!("Bearer {}", b.admin_token);
+    let uploaded = falra_tests::http(
+        "PUT",
+        &format!("{}/admin/v1/tenants/caro/modules/extra", b.url),
+        &[("Authorization", &auth)],
+        Some(b"def hi(name):\n    return 'hi ' + name\n"),
+    );
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    let hi = json!({"token": token, "fn": "extra.hi", "name": "a"});
+    let on_a_again = a.call(hi);
+    assert_eq!(on_a_again.status, 200, "{:?} {}", on_a_again.body, a.log());
+    assert_eq!(on_a_again.body["result"], "hi a");
+    assert_eq!(on_a_again.body["version"], uploaded.body["version"]);
+
+    // A token issued on A authenticates on B; revoked on B, A refuses it at once.
+    let versions = b.with_token("GET", "/v1/versions", &token, None);
+    assert_eq!(versions.status, 200, "{:?}", versions.body);
+    let tokens = a.admin("GET", "/tenants/caro/tokens", None);
+    let id = tokens.body["tokens"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        b.admin("DELETE", &format!("/tokens/{id}"), None).status,
+        200
+    );
+    let refused = a.call(call.clone());
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "token_revoked");
+
+    // A plan set on B is there for A; a secret set on A is listed on B.
+    let plan = b.admin(
+        "PUT",
+        "/plans/annual",
+        Some(json!({"cpu_seconds_per_month": 500000})),
+    );
+    assert_eq!(plan.status, 200, "{:?}", plan.body);
+    let plans = a.admin("GET", "/plans", None);
+    assert!(
+        plans.body["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "annual"),
+        "{:?}",
+        plans.body
+    );
+    let set = a.admin(
+        "PUT",
+        "/tenants/caro/secrets/git",
+        Some(json!({"value": "ghp_shared"})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let listed = b.admin("GET", "/tenants/caro/secrets", None);
+    assert_eq!(listed.body["secrets"][0]["key"], "git");
+
+    // A's call is in the usage B reports (A's meter writes it off the call path).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let usage = b.admin("GET", "/usage?tenant=caro", None);
+        assert_eq!(usage.status, 200, "{:?}", usage.body);
+        let calls: i64 = usage.body["functions"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["fn"] == "falra_test_add.add")
+                    .map(|r| r["calls"].as_i64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if calls >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never saw A's call: {:?}",
+            usage.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_on_a_shared_store_without_the_clusters_key_refuses_to_start() {
+    let url = postgres_database();
+    let out = std::process::Command::new(falra_tests::falra_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path().join("data"))
+        .env("FALRA_DATABASE_URL", &url)
+        .env_remove("FALRA_SECRET_KEY")
+        .env_remove("FALRA_SECRET_KEY_FILE")
+        .env("FALRA_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--secret-key-file"), "{stderr}");
+}
+
+#[test]
+fn a_database_url_that_cannot_be_reached_is_named_without_its_password() {
+    let keys = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = falra_tests::free_port();
+    let out = std::process::Command::new(falra_tests::falra_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(keys.path().join("data"))
+        .env(
+            "FALRA_DATABASE_URL",
+            format!("postgres://falra:hunter2@127.0.0.1:{port}/falra"),
+        )
+        .env("FALRA_SECRET_KEY_FILE", keys.path().join("k"))
+        .env("FALRA_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("postgres://falra@127.0.0.1:{port}/falra")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
