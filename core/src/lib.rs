@@ -2,8 +2,8 @@
 //!
 //! A call ([`calls`]), a deploy ([`deploy`]), a built-in job ([`builtin`]), the plans and a
 //! tenant's effective policy ([`plans`]), metering and the monthly quota ([`metering`]),
-//! tenant secrets ([`secrets`]), a tenant's lifecycle ([`tenants`]), the audit log ([`audit`])
-//! and token checks ([`auth`]). Each
+//! tenant secrets ([`secrets`]), a tenant's lifecycle ([`tenants`]), the audit log ([`audit`]),
+//! token checks ([`auth`]) and this node's place among the others ([`nodes`]). Each
 //! takes the node's services ([`Core`]) and validated values, and returns its own error enum;
 //! what a client is told of an error is decided above, in the HTTP layer, in one table. The
 //! same services serve a request, a push webhook's background deploy, and (next) a jobs worker
@@ -22,6 +22,7 @@ pub mod config;
 pub mod deploy;
 pub mod error_code;
 pub mod metering;
+pub mod nodes;
 pub mod plans;
 pub mod secrets;
 pub mod tenants;
@@ -62,6 +63,8 @@ pub struct Inner {
     shutting_down: AtomicBool,
     /// Held while a version another node deployed is made here (`deploy::materialise`).
     pub materialising: tokio::sync::Mutex<()>,
+    /// This node's identity in the store, and its health.
+    pub node: nodes::Node,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -122,6 +125,7 @@ impl Core {
             meter: metering::Meter::start(store.clone()),
             shutting_down: AtomicBool::new(false),
             materialising: tokio::sync::Mutex::new(()),
+            node: nodes::Node::default(),
             venvs: Mutex::new(HashMap::new()),
             runtime,
             layout: Layout::new(&config.data_dir),
@@ -130,6 +134,15 @@ impl Core {
             deploy_slots: Arc::default(),
             versions_in_use: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// A weak handle, for node-wide loops that must not keep the services alive.
+    pub fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Core> {
+        weak.upgrade().map(Core)
     }
 
     /// Marks `version` of `tenant` as in use until the returned guard is dropped.

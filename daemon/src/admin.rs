@@ -432,3 +432,26 @@ pub async fn rollback_tenant(
     .await;
     Ok(Json(json!({"version": version.as_str()})))
 }
+
+/// `GET /admin/v1/nodes`: the nodes serving this store, whether each is alive, which is this.
+pub async fn list_nodes(
+    _op: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let nodes = falra_core::nodes::list(&state).await?;
+    let list: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.row.id,
+                "address": n.row.address,
+                "version": n.row.version,
+                "started_at": format_ms(n.row.started_at),
+                "heartbeat_at": format_ms(n.row.heartbeat_at),
+                "alive": n.alive,
+                "this": n.this,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": list })))
+}

@@ -38,6 +38,9 @@ pub enum Command {
     /// Named plans: complete policies tenants are on (talks to a running daemon).
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// The nodes serving the store (talks to a running daemon).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Calls per tenant and function over a time range (talks to a running daemon).
     Usage(UsageArgs),
     /// Operator actions and deploys, newest first (talks to a running daemon).
@@ -47,6 +50,15 @@ pub enum Command {
     /// Runs a built-in from a request on stdin (what the daemon's sandboxed children run).
     #[command(hide = true)]
     Builtin,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes, whether each is alive, and which one answered.
+    List {
+        #[command(flatten)]
+        client: AdminClient,
+    },
 }
 
 #[derive(Debug, Subcommand)]

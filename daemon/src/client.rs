@@ -4,8 +4,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, AuditArgs, CallArgs, PlanCommand, PolicyCommand, SecretCommand, TenantCommand,
-    TokenCommand, UploadArgs, UsageArgs,
+    AdminClient, AuditArgs, CallArgs, NodeCommand, PlanCommand, PolicyCommand, SecretCommand,
+    TenantCommand, TokenCommand, UploadArgs, UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -232,6 +232,12 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
         path.push_str(&format!("&tenant={}", encode(t)));
     }
     args.client.send("GET", &path, None)
+}
+
+pub fn node(cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::List { client } => client.send("GET", "/nodes", None),
+    }
 }
 
 pub fn plan(cmd: PlanCommand) -> anyhow::Result<()> {

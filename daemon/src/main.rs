@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Secret(cmd) => client::secret(cmd),
         Command::Upload(args) => client::upload(args),
         Command::Plan(cmd) => client::plan(cmd),
+        Command::Node(cmd) => client::node(cmd),
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
@@ -138,6 +139,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    falra_core::nodes::register(&state, addr.to_string())
+        .await
+        .context("could not register this node in the store")?;
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), store = state.store.backend_name(), "falra listening");
     if args.demo {
         let token = demo::prepare(&state).await?;

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::extract::State;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
@@ -122,6 +123,7 @@ pub fn router(state: AppState) -> Router {
             put(plans::put_plan).delete(plans::delete_plan),
         )
         .route("/usage", get(metering::usage))
+        .route("/nodes", get(admin::list_nodes))
         .route("/audit", get(audit::list_audit));
     Router::new()
         .route("/v1/call", post(call::call))
@@ -143,8 +145,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"ok": true}))
+/// Healthy while the store answers this node's beat (`falra_core::nodes`); `503` otherwise, so
+/// a load balancer sends calls to the nodes that can authorise them.
+async fn healthz(State(state): State<AppState>) -> (axum::http::StatusCode, Json<Value>) {
+    let node = state.node.id();
+    if state.node.is_healthy() {
+        (
+            axum::http::StatusCode::OK,
+            Json(json!({"ok": true, "store": "ok", "node": node})),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ok": false, "store": "unreachable", "node": node})),
+        )
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -122,6 +122,26 @@ impl Store {
         }
     }
 
+    /// Records this node and its first beat.
+    pub async fn register_node(&self, n: &NodeRow) -> Result<(), StoreError> {
+        backend!(self.register_node(n))
+    }
+
+    /// This node's beat; false if its row is gone.
+    pub async fn beat(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        backend!(self.beat(id, now))
+    }
+
+    /// The registered nodes, after forgetting those whose beat is older than `forget_before`.
+    pub async fn nodes(&self, forget_before: i64) -> Result<Vec<NodeRow>, StoreError> {
+        backend!(self.nodes(forget_before))
+    }
+
+    /// Whether the database answers (one round trip).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        backend!(self.ping())
+    }
+
     /// Inserts a tenant with the next free uid, and returns it as stored.
     pub async fn insert_tenant(&self, t: &NewTenant) -> Result<TenantRow, StoreError> {
         backend!(self.insert_tenant(t))

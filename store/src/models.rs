@@ -273,3 +273,16 @@ mod tests {
         }
     }
 }
+
+/// A node serving the store: registered at its start, beating while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// `node_` and 16 hex digits, made at the node's start.
+    pub id: String,
+    /// The address it listens on.
+    pub address: String,
+    /// Its `falra` version.
+    pub version: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+}

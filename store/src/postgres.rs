@@ -17,11 +17,18 @@ use crate::error::{conflict_or, StoreError};
 use crate::models::*;
 
 /// The backend's migrations, embedded; the number is the schema version.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "nodes",
+        include_str!("../migrations/postgres/0002_nodes.sql"),
+    ),
+];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks
 /// (a deploy lock holds one for the deploy's length).

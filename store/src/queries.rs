@@ -586,6 +586,66 @@ impl Backend {
             .await?;
         Ok(())
     }
+
+    /// Records this node (again, after a restart under the same id) and its first beat.
+    pub async fn register_node(&self, n: &NodeRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO nodes (id, address, version, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+             address = excluded.address, version = excluded.version, \
+             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&n.id)
+        .bind(&n.address)
+        .bind(&n.version)
+        .bind(n.started_at)
+        .bind(n.heartbeat_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// This node's beat; false if its row is gone (it is registered again).
+    pub async fn beat(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE nodes SET heartbeat_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every registered node, most recently started first; rows whose beat is older than
+    /// `forget_before` are removed first.
+    pub async fn nodes(&self, forget_before: i64) -> Result<Vec<NodeRow>, StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
+            .bind(forget_before)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, address, version, started_at, heartbeat_at FROM nodes \
+             ORDER BY started_at DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    started_at: r.try_get(3)?,
+                    heartbeat_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One round trip to the database: whether it answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 fn tenant_from_row(r: &DbRow) -> Result<TenantRow, StoreError> {

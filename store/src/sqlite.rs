@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "plans metering audit",
         include_str!("../migrations/sqlite/0004_plans_metering_audit.sql"),
     ),
+    (
+        5,
+        "nodes",
+        include_str!("../migrations/sqlite/0005_nodes.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

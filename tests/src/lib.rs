@@ -259,6 +259,11 @@ impl Daemon {
         std::thread::spawn(move || http("POST", &url, &[], Some(body.to_string().as_bytes())))
     }
 
+    /// `GET path` with no token.
+    pub fn http_get(&self, path: &str) -> Answer {
+        http("GET", &format!("{}{path}", self.url), &[], None)
+    }
+
     /// `POST /v1/call` with a JSON body.
     pub fn call(&self, body: Value) -> Answer {
         self.post("/v1/call", &[], body.to_string().as_bytes())
@@ -450,5 +455,81 @@ impl GitRepo {
             .output()
             .expect("run git");
         assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+}
+
+/// A TCP relay to `target` that a test can cut and restore: a network link between a node and
+/// its database that goes down (every connection through it reset, none accepted) and comes
+/// back. Stops when dropped.
+pub struct Relay {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, s, o) = (Arc::clone(&cut), Arc::clone(&stop), Arc::clone(&open));
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) if !c.load(Ordering::Relaxed) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                            continue;
+                        };
+                        let mut kept = o.lock().unwrap();
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                            (upstream.try_clone().unwrap(), client.try_clone().unwrap()),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        kept.extend([client, upstream]);
+                    }
+                    // Cut: a connection attempt is refused at once.
+                    Ok((client, _)) => drop(client),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Relay {
+            port,
+            cut,
+            stop,
+            open,
+        }
+    }
+
+    /// The link goes down: every relayed connection is reset and new ones are refused.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The link is back.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut();
     }
 }

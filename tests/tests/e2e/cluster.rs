@@ -165,3 +165,92 @@ fn a_database_url_that_cannot_be_reached_is_named_without_its_password() {
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// Polls `check` (bounded) until it holds.
+fn eventually(what: &str, limit: std::time::Duration, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nodes_list_each_other_and_a_killed_node_is_no_longer_alive() {
+    let (a, mut b, _keys) = two_nodes();
+    let nodes = a.admin("GET", "/nodes", None);
+    assert_eq!(nodes.status, 200, "{:?}", nodes.body);
+    let list = nodes.body["nodes"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|n| n["alive"] == true), "{list:?}");
+    assert_eq!(list.iter().filter(|n| n["this"] == true).count(), 1);
+    let b_id = b.http_get("/healthz").body["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_row = list.iter().find(|n| n["id"] == b_id.as_str()).unwrap();
+    assert_eq!(b_row["address"], b.url.trim_start_matches("http://"));
+
+    // Killed outright: its beat stops, and the others list it as gone.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &b.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(
+        "node B listed as gone",
+        std::time::Duration::from_secs(30),
+        || {
+            let list = a.admin("GET", "/nodes", None).body["nodes"].clone();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == b_id.as_str() && n["alive"] == false)
+        },
+    );
+    assert!(!b.is_alive());
+}
+
+#[test]
+fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back() {
+    let url = postgres_database();
+    // The node reaches the database through a link the test can cut.
+    let rest = url.split_once("://").unwrap().1;
+    let (host_port, db) = rest.split_once('@').unwrap().1.split_once('/').unwrap();
+    let relay = falra_tests::Relay::start(host_port.parse().unwrap());
+    let user = rest.split_once('@').unwrap().0;
+    let through = format!("postgres://{user}@127.0.0.1:{}/{db}", relay.port);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k");
+    let envs = [
+        ("FALRA_DATABASE_URL", through.as_str()),
+        ("FALRA_SECRET_KEY_FILE", key.to_str().unwrap()),
+    ];
+    let node = Daemon::start_node(&envs, &[]);
+    assert_eq!(node.http_get("/healthz").status, 200);
+
+    relay.cut();
+    eventually(
+        "the node reporting itself unhealthy",
+        std::time::Duration::from_secs(30),
+        || {
+            let h = node.http_get("/healthz");
+            h.status == 503 && h.body["store"] == "unreachable"
+        },
+    );
+    // What needs the store is answered 503 with a retry hint, never 500.
+    let tenants = node.admin("GET", "/tenants", None);
+    assert_eq!(tenants.status, 503, "{:?}", tenants.body);
+    assert!(tenants.retry_after.is_some(), "{tenants:?}");
+
+    relay.restore();
+    eventually(
+        "the node healthy again",
+        std::time::Duration::from_secs(30),
+        || node.http_get("/healthz").status == 200,
+    );
+    assert_eq!(node.admin("GET", "/tenants", None).status, 200);
+}
