@@ -1,7 +1,8 @@
 //! One function call: from a checked caller and validated arguments to the function's answer.
 //!
 //! The steps, in order: the tenant and its effective policy, the monthly quota, admission
-//! (calls per minute, concurrency, the node's cap), the deadline, then either a built-in job
+//! (calls per minute, concurrency, the node's cap; on a shared store, calls per minute across
+//! the cluster too), the deadline, then either a built-in job
 //! or the tenant's own function: resolve the version once (a deploy during the call does not
 //! disturb it), resolve the module in that version's tree, start a child through the runtime's
 //! starter, deliver the request, and read what the child left. What metering needs is filled
@@ -154,6 +155,9 @@ pub async fn run(
             refusal,
             calls_per_minute: policy.calls_per_minute,
         })?;
+    if state.store.is_shared() {
+        cluster_rate(state, &caller.tenant, policy.calls_per_minute).await?;
+    }
 
     let timeout_ms = match options.timeout_ms {
         Some(t) => t.get().min(policy.timeout_ms),
@@ -295,6 +299,29 @@ pub async fn run(
             result_cap,
         }))),
     }
+}
+
+/// The tenant's `calls_per_minute` over every node of a shared store: each admitted call is
+/// counted in the store under its calendar minute (one round trip), and a call past the limit
+/// is refused until the next minute begins. Within a node, admission's token bucket has
+/// already spread the calls; this makes the limit the cluster's, not each node's.
+async fn cluster_rate(
+    state: &Core,
+    tenant: &TenantName,
+    calls_per_minute: u32,
+) -> Result<(), CallError> {
+    let now = crate::clock::now_ms();
+    let calls = state.store.count_call(tenant, now / 60_000).await?;
+    if calls <= i64::from(calls_per_minute) {
+        return Ok(());
+    }
+    let left_ms = u64::try_from(60_000 - now % 60_000).unwrap_or(60_000);
+    Err(CallError::Refused {
+        refusal: Refusal::RateLimited {
+            retry_after: std::time::Duration::from_millis(left_ms),
+        },
+        calls_per_minute,
+    })
 }
 
 /// Records an answered call of an identified tenant: its CPU time against the quota, its

@@ -109,6 +109,11 @@ async fn beat(state: &Core) {
         }
         Err(e) => Err(e),
     };
+    // The cluster's call counts of past minutes are no longer read (any node may remove them).
+    let answered = match answered {
+        Ok(()) if state.store.is_shared() => state.store.forget_call_counts(now / 60_000 - 5).await,
+        other => other,
+    };
     let ok = answered.is_ok();
     if state.node.store_ok.swap(ok, Ordering::Relaxed) != ok {
         match answered {

@@ -137,6 +137,22 @@ impl Store {
         backend!(self.nodes(forget_before))
     }
 
+    /// Whether several nodes may share this store (PostgreSQL): limits that must hold for the
+    /// cluster are then counted in it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Counts one admitted call of `tenant` in `minute` (epoch minutes); the minute's count.
+    pub async fn count_call(&self, tenant: &TenantName, minute: i64) -> Result<i64, StoreError> {
+        backend!(self.count_call(tenant, minute))
+    }
+
+    /// Removes the call counts of minutes before `minute`.
+    pub async fn forget_call_counts(&self, minute: i64) -> Result<(), StoreError> {
+        backend!(self.forget_call_counts(minute))
+    }
+
     /// Whether the database answers (one round trip).
     pub async fn ping(&self) -> Result<(), StoreError> {
         backend!(self.ping())

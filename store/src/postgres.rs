@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "nodes",
         include_str!("../migrations/postgres/0002_nodes.sql"),
     ),
+    (
+        3,
+        "call counts",
+        include_str!("../migrations/postgres/0003_call_counts.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

@@ -641,6 +641,30 @@ impl Backend {
             .collect()
     }
 
+    /// Counts one admitted call of `tenant` in `minute` (epoch minutes) and returns the
+    /// minute's count so far, across every writer.
+    pub async fn count_call(&self, tenant: &TenantName, minute: i64) -> Result<i64, StoreError> {
+        let calls: i64 = sqlx::query_scalar(
+            "INSERT INTO call_counts (tenant, minute, calls) VALUES ($1, $2, 1) \
+             ON CONFLICT (tenant, minute) DO UPDATE SET calls = call_counts.calls + 1 \
+             RETURNING calls",
+        )
+        .bind(tenant.as_str())
+        .bind(minute)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(calls)
+    }
+
+    /// Removes the call counts of minutes before `minute`.
+    pub async fn forget_call_counts(&self, minute: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM call_counts WHERE minute < $1")
+            .bind(minute)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// One round trip to the database: whether it answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "nodes",
         include_str!("../migrations/sqlite/0005_nodes.sql"),
     ),
+    (
+        6,
+        "call counts",
+        include_str!("../migrations/sqlite/0006_call_counts.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

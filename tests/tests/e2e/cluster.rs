@@ -254,3 +254,46 @@ fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back
     );
     assert_eq!(node.admin("GET", "/tenants", None).status, 200);
 }
+
+#[test]
+fn calls_per_minute_holds_across_the_nodes() {
+    let (a, b, _keys) = two_nodes();
+    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
+    let token = a.tenant("caro", &repo);
+    let set = a.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"calls_per_minute": 3})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    // B makes the version before the counted calls, so that none of them waits on a build.
+    let body = json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2});
+    // Not across a minute's turn: the limit is per calendar minute.
+    let into_minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60
+    };
+    if into_minute() > 40 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - into_minute()));
+    }
+    let answers: Vec<_> = (0..8)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.call(body.clone())
+            } else {
+                b.call(body.clone())
+            }
+        })
+        .collect();
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok, 3, "{answers:?}");
+    assert_eq!(limited.len(), 5, "{answers:?}");
+    for r in &limited {
+        assert_eq!(r.body["error"]["code"], "rate_limited");
+        assert!(r.retry_after.is_some(), "{r:?}");
+    }
+}
