@@ -67,8 +67,8 @@ pub async fn check_token(
     let presented = presented.ok_or(AuthError::NoToken)?;
     let hash = TokenHash::of(presented);
     let row = state
-        .store
-        .token_by_hash(hash.as_str())
+        .cache
+        .token_by_hash(&state.store, hash.as_str())
         .await?
         .filter(|row| TokenHash::from_stored(&row.hash).ct_eq(&hash))
         .ok_or(AuthError::Unknown)?;
@@ -83,6 +83,7 @@ pub async fn check_token(
         return Err(AuthError::WrongKind(kind));
     }
     if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
+        state.cache.touched(hash.as_str(), now);
         let store = state.store.clone();
         let id = row.id.clone();
         falra_runtime::task::spawn(async move {

@@ -135,8 +135,8 @@ pub async fn run(
     metered: &mut Metered,
 ) -> Result<Answer, CallError> {
     let tenant = state
-        .store
-        .tenant(&caller.tenant)
+        .cache
+        .tenant(&state.store, &caller.tenant)
         .await?
         .ok_or(CallError::UnknownTenant)?;
     let policy = effective_policy(state, &tenant);

@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod auth;
 pub mod builtin;
+pub mod cache;
 pub mod calls;
 pub mod clock;
 pub mod config;
@@ -65,6 +66,8 @@ pub struct Inner {
     pub materialising: tokio::sync::Mutex<()>,
     /// This node's identity in the store, and its health.
     pub node: nodes::Node,
+    /// The call path's rows (tokens, tenants), kept while a shared store's changes are watched.
+    pub cache: cache::Cache,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -126,6 +129,7 @@ impl Core {
             shutting_down: AtomicBool::new(false),
             materialising: tokio::sync::Mutex::new(()),
             node: nodes::Node::default(),
+            cache: cache::Cache::default(),
             venvs: Mutex::new(HashMap::new()),
             runtime,
             layout: Layout::new(&config.data_dir),

@@ -2,7 +2,8 @@
 //! answers it.
 //!
 //! At start the node registers (`node_<hex>`, its address, its version, when it started) and
-//! then beats every [`BEAT`]. A node whose beat is older than [`GONE_AFTER_MS`] is listed as
+//! then beats every [`BEAT`]; on a shared store each beat also reads the plans again and drops
+//! the cluster's call counts of past minutes. A node whose beat is older than [`GONE_AFTER_MS`] is listed as
 //! not alive (killed, cut off from the database, stopped); rows older than a day are removed.
 //! The beat doubles as the node's health check: while the store does not answer it, the node
 //! reports itself unhealthy, and it is healthy again with the first beat that succeeds.
@@ -16,8 +17,8 @@ use falra_store::{NodeRow, StoreError};
 use crate::clock::now_ms;
 use crate::Core;
 
-/// How often a node beats.
-pub const BEAT: Duration = Duration::from_secs(2);
+/// How often a node beats (and, on a shared store, reads the plans again).
+pub const BEAT: Duration = Duration::from_secs(1);
 /// A node whose last beat is older than this is not alive.
 pub const GONE_AFTER_MS: i64 = 10_000;
 /// Rows of nodes gone longer than this are removed.
@@ -109,9 +110,13 @@ async fn beat(state: &Core) {
         }
         Err(e) => Err(e),
     };
-    // The cluster's call counts of past minutes are no longer read (any node may remove them).
+    // Plans another node set, and the cluster's call counts of past minutes (any node may
+    // remove them).
     let answered = match answered {
-        Ok(()) if state.store.is_shared() => state.store.forget_call_counts(now / 60_000 - 5).await,
+        Ok(()) if state.store.is_shared() => match state.plans.refresh(&state.store).await {
+            Ok(()) => state.store.forget_call_counts(now / 60_000 - 5).await,
+            Err(e) => Err(e),
+        },
         other => other,
     };
     let ok = answered.is_ok();

@@ -2,7 +2,8 @@
 //!
 //! A tenant's effective policy is its plan's policy with the tenant's own overrides (the
 //! fields an operator set for it) applied. Plans live in the store and in memory (read on
-//! every call); [`put`] with any subset of the policy's fields creates a plan (from the
+//! every call; on a shared store each node reads them again at every beat, so a plan set
+//! through one node holds on the others within a beat); [`put`] with any subset of the policy's fields creates a plan (from the
 //! defaults) or changes one, and the next call of every tenant on it obeys.
 
 use std::collections::HashMap;
@@ -38,6 +39,19 @@ impl PlanTable {
             plans.insert(name.as_str().to_owned(), policy);
         }
         Ok(PlanTable(RwLock::new(plans)))
+    }
+
+    /// Reads every plan from the store again, replacing the table: how a node sees a plan
+    /// another node set or removed (on a shared store, at every beat).
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let plans: HashMap<String, Policy> = store
+            .plans()
+            .await?
+            .into_iter()
+            .map(|(name, policy)| (name.as_str().to_owned(), policy))
+            .collect();
+        *self.0.write().expect("plan table poisoned") = plans;
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<Policy> {

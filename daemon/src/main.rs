@@ -142,6 +142,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     falra_core::nodes::register(&state, addr.to_string())
         .await
         .context("could not register this node in the store")?;
+    falra_core::cache::start(&state);
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), store = state.store.backend_name(), "falra listening");
     if args.demo {
         let token = demo::prepare(&state).await?;

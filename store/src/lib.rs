@@ -30,6 +30,41 @@ pub use error::StoreError;
 pub use locks::DeployLock;
 pub use models::*;
 
+/// A change to what nodes cache from a shared store, as it is notified to every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Some token changed (revoked, or its tenant removed).
+    Tokens,
+    /// The tenant's row changed (its plan, overrides, active version), or it was removed.
+    Tenant(TenantName),
+    /// Changes may have been missed (the watch's connection was lost): nothing cached holds.
+    Lost,
+}
+
+impl Change {
+    fn payload(&self) -> String {
+        match self {
+            Change::Tokens => "tokens".to_owned(),
+            Change::Tenant(t) => format!("tenant:{t}"),
+            Change::Lost => "lost".to_owned(),
+        }
+    }
+
+    /// A payload as notified; one this build does not know means anything may have changed.
+    fn parse(payload: &str) -> Change {
+        match payload.split_once(':') {
+            _ if payload == "tokens" => Change::Tokens,
+            Some(("tenant", name)) => match TenantName::parse(name) {
+                Ok(name) => Change::Tenant(name),
+                Err(_) => Change::Lost,
+            },
+            _ => Change::Lost,
+        }
+    }
+}
+
+pub use postgres::ChangeWatch;
+
 /// The store, whichever database is behind it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -137,6 +172,27 @@ impl Store {
         backend!(self.nodes(forget_before))
     }
 
+    /// Tells the nodes watching a shared store what a write changed. A notification that
+    /// fails is logged: caches also expire on their own (`falra_core::cache`).
+    async fn changed(&self, changes: &[Change]) {
+        if let Backend::Postgres(b) = &self.backend {
+            for change in changes {
+                if let Err(e) = b.notify(&change.payload()).await {
+                    tracing::warn!(error = %e, "could not notify the other nodes of a change");
+                }
+            }
+        }
+    }
+
+    /// Watches a shared store for changes (`None` on the embedded store, which only this
+    /// node writes). Listening when this returns.
+    pub async fn watch(&self) -> Result<Option<ChangeWatch>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(b) => b.watch().await.map(Some),
+        }
+    }
+
     /// Whether several nodes may share this store (PostgreSQL): limits that must hold for the
     /// cluster are then counted in it.
     pub fn is_shared(&self) -> bool {
@@ -165,7 +221,9 @@ impl Store {
 
     /// Replaces a tenant's mutable fields (everything but name, uid and creation time).
     pub async fn update_tenant(&self, t: &TenantRow) -> Result<bool, StoreError> {
-        backend!(self.update_tenant(t))
+        let done = backend!(self.update_tenant(t))?;
+        self.changed(&[Change::Tenant(t.name.clone())]).await;
+        Ok(done)
     }
 
     pub async fn tenant(&self, name: &TenantName) -> Result<Option<TenantRow>, StoreError> {
@@ -178,7 +236,10 @@ impl Store {
 
     /// Removes the tenant with its tokens and versions.
     pub async fn delete_tenant(&self, name: &TenantName) -> Result<bool, StoreError> {
-        backend!(self.delete_tenant(name))
+        let done = backend!(self.delete_tenant(name))?;
+        self.changed(&[Change::Tenant(name.clone()), Change::Tokens])
+            .await;
+        Ok(done)
     }
 
     /// Records `version` (if new) and makes it the tenant's active one, applying the upload
@@ -189,7 +250,9 @@ impl Store {
         version: &NewVersion<'_>,
         change: UploadChange<'_>,
     ) -> Result<(), StoreError> {
-        backend!(self.activate_version(tenant, version, change))
+        backend!(self.activate_version(tenant, version, change))?;
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(())
     }
 
     pub async fn version(
@@ -219,7 +282,9 @@ impl Store {
         tenant: &TenantName,
         version: &VersionId,
     ) -> Result<bool, StoreError> {
-        backend!(self.set_active_version(tenant, version))
+        let done = backend!(self.set_active_version(tenant, version))?;
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(done)
     }
 
     /// Replaces the tenant's policy overrides; false if there is no such tenant.
@@ -228,7 +293,9 @@ impl Store {
         tenant: &TenantName,
         overrides: &PolicyPatch,
     ) -> Result<bool, StoreError> {
-        backend!(self.set_overrides(tenant, overrides))
+        let done = backend!(self.set_overrides(tenant, overrides))?;
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(done)
     }
 
     /// Inserts the plan unless one of that name exists.
@@ -344,7 +411,9 @@ impl Store {
 
     /// Marks a token revoked; false if there is no such token.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        backend!(self.revoke_token(id, now))
+        let done = backend!(self.revoke_token(id, now))?;
+        self.changed(&[Change::Tokens]).await;
+        Ok(done)
     }
 
     pub async fn touch_token(&self, id: &str, now: i64) -> Result<(), StoreError> {

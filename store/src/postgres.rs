@@ -107,6 +107,45 @@ impl PgStore {
     }
 }
 
+/// The channel every node listens on for changes to what it caches.
+const CHANGES: &str = "falra_changes";
+
+impl PgStore {
+    /// Tells every node listening that `payload` changed (after the write committed).
+    pub(crate) async fn notify(&self, payload: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A connection listening for changes, listening when this returns.
+    pub(crate) async fn watch(&self) -> Result<ChangeWatch, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGES).await?;
+        Ok(ChangeWatch { listener })
+    }
+}
+
+/// Changes other nodes (and this one) wrote, as they are notified.
+#[derive(Debug)]
+pub struct ChangeWatch {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl ChangeWatch {
+    /// The next change. `Change::Lost` when the connection was lost (whatever was notified
+    /// meanwhile is unknown); the watch is then over.
+    pub async fn next(&mut self) -> Result<crate::Change, StoreError> {
+        match self.listener.try_recv().await? {
+            None => Ok(crate::Change::Lost),
+            Some(n) => Ok(crate::Change::parse(n.payload())),
+        }
+    }
+}
+
 type DbRow = PgRow;
 type Backend = PgStore;
 include!("queries.rs");

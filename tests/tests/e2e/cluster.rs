@@ -53,13 +53,43 @@ fn two_nodes_on_one_postgres_share_tenants_tokens_plans_secrets_and_usage() {
         Some(b"def hi(name):\n    return 'hi ' + name\n"),
     );
     assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    // (Within a second: A learns of the new version by notification.)
     let hi = json!({"token": token, "fn": "extra.hi", "name": "a"});
-    let on_a_again = a.call(hi);
+    let started = std::time::Instant::now();
+    let on_a_again = loop {
+        let answer = a.call(hi.clone());
+        if answer.status == 200 || started.elapsed() > std::time::Duration::from_secs(1) {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(on_a_again.status, 200, "{:?} {}", on_a_again.body, a.log());
     assert_eq!(on_a_again.body["result"], "hi a");
     assert_eq!(on_a_again.body["version"], uploaded.body["version"]);
 
-    // A token issued on A authenticates on B; revoked on B, A refuses it at once.
+    // A rollback through B holds on A within a second, though A has the tenant in memory.
+    let first = on_a.body["active_version"].as_str().unwrap().to_owned();
+    let back = b.admin(
+        "POST",
+        "/tenants/caro/rollback",
+        Some(json!({"version": first})),
+    );
+    assert_eq!(back.status, 200, "{:?}", back.body);
+    let started = std::time::Instant::now();
+    loop {
+        let answer = a.call(call.clone());
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        if answer.body["version"] == first.as_str() {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "A still runs the newer version a second after the rollback"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // A token issued on A authenticates on B; revoked on B, A refuses it within a second.
     let versions = b.with_token("GET", "/v1/versions", &token, None);
     assert_eq!(versions.status, 200, "{:?}", versions.body);
     let tokens = a.admin("GET", "/tenants/caro/tokens", None);
@@ -68,27 +98,55 @@ fn two_nodes_on_one_postgres_share_tenants_tokens_plans_secrets_and_usage() {
         b.admin("DELETE", &format!("/tokens/{id}"), None).status,
         200
     );
-    let refused = a.call(call.clone());
-    assert_eq!(refused.status, 401, "{:?}", refused.body);
-    assert_eq!(refused.body["error"]["code"], "token_revoked");
+    let started = std::time::Instant::now();
+    loop {
+        let answer = a.call(call.clone());
+        if answer.status == 401 {
+            assert_eq!(answer.body["error"]["code"], "token_revoked");
+            break;
+        }
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "A still takes the token a second after its revocation"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
-    // A plan set on B is there for A; a secret set on A is listed on B.
+    // A plan made on B holds on A within a beat: A's listing has it, and a tenant A puts on it
+    // gets its limits.
     let plan = b.admin(
         "PUT",
-        "/plans/annual",
-        Some(json!({"cpu_seconds_per_month": 500000})),
+        "/plans/gold",
+        Some(json!({"memory_mb": 384, "cpu_seconds_per_month": 500000})),
     );
     assert_eq!(plan.status, 200, "{:?}", plan.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let moved = a.admin("PATCH", "/tenants/caro", Some(json!({"plan": "gold"})));
+        if moved.status == 200 {
+            assert_eq!(moved.body["policy"]["memory_mb"], 384, "{:?}", moved.body);
+            break;
+        }
+        assert_eq!(moved.status, 400, "{:?}", moved.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never saw B's plan: {:?}",
+            moved.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let plans = a.admin("GET", "/plans", None);
     assert!(
         plans.body["plans"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["name"] == "annual"),
+            .any(|p| p["name"] == "gold" && p["policy"]["memory_mb"] == 384),
         "{:?}",
         plans.body
     );
+    // A secret set on A is listed on B.
     let set = a.admin(
         "PUT",
         "/tenants/caro/secrets/git",
