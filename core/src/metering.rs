@@ -5,7 +5,8 @@
 //! channel and writes whatever has gathered in one transaction, so a burst of calls costs one
 //! write, not one each. Readers of usage flush first, so totals include every answered call.
 //! The quota keeps each tenant's CPU milliseconds of the current month in memory (read from
-//! the store once per tenant and month, then added to as calls finish).
+//! the store once per tenant and month, then added to as calls finish; on a shared store read
+//! again every few seconds, so that every node's calls count).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -118,12 +119,26 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Ar
     }
 }
 
+/// How long a node counts a tenant's CPU on its own before it reads the cluster's total again
+/// (on a shared store; one node alone counts every call itself).
+pub const QUOTA_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A tenant's CPU milliseconds in one month, and when that was read from the store.
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    month: i64,
+    ms: i64,
+    read_at: std::time::Instant,
+}
+
 /// Each tenant's CPU milliseconds in the current month.
 #[derive(Debug, Default)]
-pub struct Quotas(Mutex<HashMap<TenantName, (i64, i64)>>);
+pub struct Quotas(Mutex<HashMap<TenantName, Used>>);
 
 impl Quotas {
-    /// The tenant's CPU milliseconds this month.
+    /// The tenant's CPU milliseconds this month: read from the store once per tenant and month
+    /// and then counted here, or on a shared store read again every [`QUOTA_REFRESH`], so that
+    /// the other nodes' calls count too.
     pub async fn used_ms(
         &self,
         store: &Store,
@@ -136,27 +151,32 @@ impl Quotas {
             .lock()
             .expect("quota table poisoned")
             .get(tenant)
-            .filter(|(m, _)| *m == month)
-            .map(|(_, used)| *used);
+            .filter(|u| u.month == month)
+            .filter(|u| !store.is_shared() || u.read_at.elapsed() < QUOTA_REFRESH)
+            .map(|u| u.ms);
         if let Some(used) = known {
             return Ok(used);
         }
-        let used = store.cpu_ms_since(tenant, month).await?;
-        let mut table = self.0.lock().expect("quota table poisoned");
-        let entry = table.entry(tenant.clone()).or_insert((month, used));
-        if entry.0 != month {
-            *entry = (month, used);
-        }
-        Ok(entry.1)
+        let ms = store.cpu_ms_since(tenant, month).await?;
+        let used = Used {
+            month,
+            ms,
+            read_at: std::time::Instant::now(),
+        };
+        self.0
+            .lock()
+            .expect("quota table poisoned")
+            .insert(tenant.clone(), used);
+        Ok(ms)
     }
 
     /// Adds a finished call's CPU time.
     pub fn add(&self, tenant: &TenantName, cpu_ms: i64, at: i64) {
         let (month, _) = month_bounds(at);
         let mut table = self.0.lock().expect("quota table poisoned");
-        if let Some(entry) = table.get_mut(tenant) {
-            if entry.0 == month {
-                entry.1 += cpu_ms;
+        if let Some(used) = table.get_mut(tenant) {
+            if used.month == month {
+                used.ms += cpu_ms;
             }
         }
     }

@@ -110,8 +110,12 @@ async fn unknown_paths_and_methods_answer_from_the_error_table() {
     assert_eq!(body["ok"], json!(false));
     let (status, _, body) = n.send("GET", "/v1/call", None, None).await;
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    // Healthy: the store answers (no node is registered without a listener).
     let (status, _, body) = n.send("GET", "/healthz", None, None).await;
-    assert_eq!((status, body), (200, json!({"ok": true})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"ok": true, "store": "ok", "node": null}))
+    );
 }
 
 #[tokio::test]

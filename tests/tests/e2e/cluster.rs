@@ -355,3 +355,33 @@ fn calls_per_minute_holds_across_the_nodes() {
         assert!(r.retry_after.is_some(), "{r:?}");
     }
 }
+
+#[test]
+fn the_monthly_cpu_quota_counts_every_nodes_calls() {
+    let (a, b, _keys) = two_nodes();
+    let burn = "import time\n\ndef burn(seconds):\n    t = time.process_time()\n    while time.process_time() - t < seconds:\n        pass\n    return 'burnt'\n\ndef add(int_a, int_b):\n    return int_a + int_b\n";
+    let repo = GitRepo::with_files(&[("work.py", burn)]);
+    let token = a.tenant("caro", &repo);
+    let set = a.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"cpu_seconds_per_month": 1, "timeout_ms": 20000})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let add = json!({"token": token, "fn": "work.add", "int_a": 1, "int_b": 2});
+    // B knows the tenant's usage (none yet) before A spends the quota.
+    let first = b.call(add.clone());
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let burnt = a.call(json!({"token": token, "fn": "work.burn", "seconds": 1.5}));
+    assert_eq!(burnt.status, 200, "{:?}", burnt.body);
+    // A refuses at once (its own count); B within a few seconds (it reads the cluster's).
+    assert_eq!(a.call(add.clone()).body["error"]["code"], "quota_exceeded");
+    eventually(
+        "B refusing the tenant past its quota",
+        std::time::Duration::from_secs(15),
+        || {
+            let answer = b.call(add.clone());
+            answer.status == 429 && answer.body["error"]["code"] == "quota_exceeded"
+        },
+    );
+}
