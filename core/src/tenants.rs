@@ -58,7 +58,8 @@ pub async fn set_overrides(
     Ok(policy)
 }
 
-/// Makes `version`, an earlier version of the tenant's code, the active one again.
+/// Makes `version`, an earlier version of the tenant's code (as the store records it), the
+/// active one again.
 pub async fn rollback(
     state: &Core,
     tenant: &TenantRow,
@@ -66,18 +67,20 @@ pub async fn rollback(
 ) -> Result<(), TenantError> {
     let name = &tenant.name;
     let _lock = state.store.deploy_lock(name).await?;
-    if !state.layout.version_dir(name, version).is_dir()
-        || !state.store.set_active_version(name, version).await?
-    {
+    if !state.store.set_active_version(name, version).await? {
         return Err(TenantError::NoSuchVersion {
             tenant: name.clone(),
             version: version.clone(),
         });
     }
-    state
-        .layout
-        .activate(name, version)
-        .map_err(node("could not switch the active version link"))?;
+    // A node of a cluster may not have the version's tree: its first call makes it there
+    // (`deploy::materialise`), and switches the link then.
+    if state.layout.version_dir(name, version).is_dir() {
+        state
+            .layout
+            .activate(name, version)
+            .map_err(node("could not switch the active version link"))?;
+    }
     state
         .runtime
         .forget_other_versions(tenant.uid.get(), version.as_str());

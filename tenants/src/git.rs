@@ -187,6 +187,15 @@ pub fn fetch(
 
 /// Writes the version `plan` describes, unless it exists already; returns its id. The caller
 /// decides when to activate it.
+/// Whether the tenant's mirror on this node holds `commit` (a node of a cluster that never
+/// fetched the repository, or fetched before the commit was pushed, does not).
+pub fn has_commit(layout: &Layout, tenant: &TenantName, commit: &str) -> bool {
+    let Ok(oid) = git2::Oid::from_str(commit) else {
+        return false;
+    };
+    Repository::open_bare(layout.mirror(tenant)).is_ok_and(|repo| repo.find_commit(oid).is_ok())
+}
+
 pub fn build_version(
     layout: &Layout,
     tenant: &TenantName,

@@ -32,6 +32,18 @@ pub fn falra_bin() -> PathBuf {
     bin
 }
 
+/// Polls `check` every 100 ms until it holds; fails the test after `limit`.
+pub fn eventually(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A fresh, empty database in the test PostgreSQL cluster (`FALRA_TEST_DATABASE_URL`, which
 /// `scripts/with-postgres.sh` starts and the test command sets), as a URL.
 pub fn postgres_database() -> String {
@@ -232,6 +244,12 @@ impl Daemon {
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the daemon outright (SIGKILL, as `kill -9`) and waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the daemon process is still running.

@@ -12,7 +12,9 @@
 use falra_store::TenantRow;
 use falra_tenants::{build_version, VersionId, VersionPlan};
 
-use super::{fetch_branch, finish_version, node, stored_uploads, sync_failed, DeployError};
+use super::{
+    fetch_branch, finish_version, needs_fetch, node, stored_uploads, sync_failed, DeployError,
+};
 use crate::Core;
 
 /// Makes `version` of `tenant` present on this node, if it is not already.
@@ -34,7 +36,7 @@ pub async fn materialise(
         state.store.version(name, version).await?.ok_or_else(|| {
             DeployError::failed(format!("tenant {name} has no version {version}"))
         })?;
-    if row.git_commit.is_some() {
+    if row.git_commit.is_some() && needs_fetch(state, tenant, row.git_commit.as_deref()) {
         // The fetch brings the branch's history, which holds the version's commit unless the
         // branch was rewritten since (then writing the tree below fails, and says so).
         falra_runtime::task::step("fetch", fetch_branch(state, name, tenant)).await?;

@@ -233,8 +233,8 @@ async fn deploy_now(
             .and_then(|v| v.git_commit),
         None => None,
     };
-    let fetch_needed = matches!(change, Change::Sync)
-        || (tenant.repo.is_some() && known_commit.is_none() && tenant.active_version.is_some());
+    let fetch_needed =
+        matches!(change, Change::Sync) || needs_fetch(state, &tenant, known_commit.as_deref());
     let commit = if fetch_needed {
         Some(step("fetch", fetch_branch(state, name, &tenant)).await?)
     } else {
@@ -346,6 +346,19 @@ async fn deploy_now(
     collect_versions(state, name).await;
     tracing::info!(tenant = %name, version = %version, source = label, "version active");
     Ok(Deployed { version, functions })
+}
+
+/// Whether an upload's deploy must fetch first: the tenant has a repository but this node's
+/// mirror cannot give the commit its versions are built on (it was never recorded, or another
+/// node of the cluster fetched it).
+fn needs_fetch(state: &Core, tenant: &TenantRow, commit: Option<&str>) -> bool {
+    if tenant.repo.is_none() {
+        return false;
+    }
+    match commit {
+        Some(commit) => !falra_tenants::has_commit(&state.layout, &tenant.name, commit),
+        None => tenant.active_version.is_some(),
+    }
 }
 
 /// The tenant's uploads as the store holds them: what the next version is built with.
