@@ -127,9 +127,10 @@ pub async fn run<P: Send + 'static>(
     policy: &Policy,
     function: &FnName,
     kwargs: &Map<String, Value>,
-    timeout_ms: u32,
+    limits: falra_sandbox::Limits,
     permit: P,
 ) -> Result<BuiltinOutcome, BuiltinError> {
+    let timeout_ms = u32::try_from(limits.wall.as_millis()).unwrap_or(u32::MAX);
     if !falra_builtins::FUNCTIONS.contains(&function.as_str()) {
         return Err(BuiltinError::NoSuchBuiltin(function.clone()));
     }
@@ -226,9 +227,7 @@ pub async fn run<P: Send + 'static>(
         .runtime
         .prepare(uid, &mounts, &child_policy, stage)
         .await?;
-    let ran = child
-        .run_to_end(stdin, state.runtime.limits(timeout_ms), permit)
-        .await?;
+    let ran = child.run_to_end(stdin, limits, permit).await?;
     let finished = &ran.finished;
     let outcome = |result| BuiltinOutcome {
         result,
@@ -304,6 +303,17 @@ pub fn child_main() -> std::io::Result<()> {
     Ok(())
 }
 
+/// A progress record of the rows read so far, on the answer channel (see
+/// `falra_sandbox::progress`).
+fn report_rows(rows: u64) {
+    use std::io::Write;
+    let record = json!({"fraction": 0.0, "rows": rows, "message": format!("{rows} rows read")});
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&[falra_sandbox::progress::RECORD_START]);
+    let _ = writeln!(out, "{record}");
+    let _ = out.flush();
+}
+
 fn run_job(req: BuiltinRequest) -> Value {
     use falra_builtins::etl::{job, net, s3};
     let fail = |code: &str, type_name: &str, message: String, detail: Value| json!({"ok": false, "error": {"code": code, "type": type_name, "message": message, "detail": detail}});
@@ -333,6 +343,7 @@ fn run_job(req: BuiltinRequest) -> Value {
         max_download_bytes: req.max_download_bytes,
         max_uncompressed_bytes: req.max_uncompressed_bytes,
         out_root: req.out_root,
+        progress: Some(report_rows),
     };
     match job::run(&job, &env) {
         Ok(mut result) => {

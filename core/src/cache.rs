@@ -87,6 +87,9 @@ impl Cache {
 
     /// Drops what `change` says changed.
     pub fn apply(&self, change: &Change) {
+        if matches!(change, Change::Jobs | Change::JobCancelled(_)) {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Tokens => self.tokens.lock().expect("token cache poisoned").clear(),
@@ -97,6 +100,7 @@ impl Cache {
                     .remove(name);
             }
             Change::Lost => self.clear(),
+            Change::Jobs | Change::JobCancelled(_) => {}
         }
     }
 
@@ -172,7 +176,10 @@ pub fn start(state: &Core) {
                                     tracing::warn!("lost the store's change notifications: reading from the store until they are back");
                                     break;
                                 }
-                                Ok(change) => state.cache.apply(&change),
+                                Ok(change) => {
+                                    state.cache.apply(&change);
+                                    state.jobs.changed(&change);
+                                }
                             }
                         }
                     }

@@ -32,6 +32,26 @@ pub struct CallOptions {
     pub version: Option<VersionId>,
     /// A shorter deadline than the policy's (a longer one is cut to the policy's).
     pub timeout_ms: Option<NonZeroU32>,
+    /// Run as a background job: the policy's `job_timeout_ms`, a cancel signal, progress.
+    pub background: Option<Background>,
+}
+
+/// What a background job's call has that a request's does not.
+#[derive(Debug, Clone)]
+pub struct Background {
+    /// Set to stop the child (the job was cancelled, its lease lost, its node stopping).
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+    /// Where the child's latest progress record goes.
+    pub progress: std::sync::Arc<tokio::sync::watch::Sender<Option<Vec<u8>>>>,
+}
+
+impl Background {
+    /// `limits` with this job's cancel signal and progress sink.
+    pub fn watch(&self, mut limits: falra_sandbox::Limits) -> falra_sandbox::Limits {
+        limits.cancel = Some(self.cancel.clone());
+        limits.progress = Some(self.progress.clone());
+        limits
+    }
 }
 
 /// What metering learns of a call as it goes; recorded once it is answered.
@@ -159,9 +179,17 @@ pub async fn run(
         cluster_rate(state, &caller.tenant, policy.calls_per_minute).await?;
     }
 
-    let timeout_ms = match options.timeout_ms {
-        Some(t) => t.get().min(policy.timeout_ms),
+    let longest = match options.background {
+        Some(_) => policy.job_timeout_ms,
         None => policy.timeout_ms,
+    };
+    let timeout_ms = match options.timeout_ms {
+        Some(t) => t.get().min(longest),
+        None => longest,
+    };
+    let watch = |limits| match &options.background {
+        Some(b) => b.watch(limits),
+        None => limits,
     };
     let uid = tenant.uid.get();
     if falra_builtins::is_reserved_module(function.module()) {
@@ -172,7 +200,7 @@ pub async fn run(
             &policy,
             function,
             kwargs,
-            timeout_ms,
+            watch(state.runtime.limits(timeout_ms)),
             permit,
         )
         .await?;
@@ -193,7 +221,7 @@ pub async fn run(
         });
     }
 
-    let version = match options.version {
+    let version = match options.version.clone() {
         Some(pinned) => {
             if state
                 .store
@@ -253,7 +281,11 @@ pub async fn run(
         })
         .await?;
     let ran = child
-        .run_to_end(stdin, state.runtime.limits(timeout_ms), (in_use, permit))
+        .run_to_end(
+            stdin,
+            watch(state.runtime.limits(timeout_ms)),
+            (in_use, permit),
+        )
         .await?;
     let finished = &ran.finished;
     let logs = logs_text(&finished.stderr, finished.stderr_dropped);

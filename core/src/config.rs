@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub pip_index_url: String,
     /// More places builds may find wheels (pip's `--find-links`), set by the operator.
     pub pip_find_links: Vec<String>,
+    /// How this node runs background jobs.
+    pub jobs: crate::jobs::JobSettings,
 }
 
 impl ServiceConfig {

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod error_code;
+pub mod jobs;
 pub mod metering;
 pub mod nodes;
 pub mod plans;
@@ -41,6 +42,14 @@ use falra_tenants::{Layout, TenantName};
 
 pub use config::ServiceConfig;
 pub use error_code::ErrorCode;
+
+/// Spawns `future` in `span`, so what it logs carries the span's fields.
+pub(crate) fn spawn_in_span<F>(span: tracing::Span, future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::instrument(future, span));
+}
 
 /// The node's services: cheap to clone, shared by every request and background task.
 #[derive(Clone)]
@@ -68,6 +77,8 @@ pub struct Inner {
     pub node: nodes::Node,
     /// The call path's rows (tokens, tenants), kept while a shared store's changes are watched.
     pub cache: cache::Cache,
+    /// The background jobs this node runs.
+    pub jobs: jobs::Jobs,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
@@ -130,6 +141,7 @@ impl Core {
             materialising: tokio::sync::Mutex::new(()),
             node: nodes::Node::default(),
             cache: cache::Cache::default(),
+            jobs: jobs::Jobs::default(),
             venvs: Mutex::new(HashMap::new()),
             runtime,
             layout: Layout::new(&config.data_dir),

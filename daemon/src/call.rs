@@ -107,6 +107,7 @@ impl CallQuery {
         Ok(CallOptions {
             version,
             timeout_ms,
+            background: None,
         })
     }
 }
@@ -160,10 +161,11 @@ pub const TOKEN_PREFIX_BYTES: usize = 64 << 10;
 /// [`TOKEN_PREFIX_BYTES`]). No anonymous client gets more than that prefix buffered. A body
 /// small enough to read whole is parsed before a missing token is reported, so a malformed call
 /// hears what is wrong with it.
-async fn authenticated_request(
+pub async fn authenticated_request(
     state: &AppState,
     headers: &HeaderMap,
     body: axum::body::Body,
+    scope: Scope,
 ) -> Result<(CallRequest, usize, crate::auth::Caller), ApiError> {
     let mut reader = BodyReader::new(body, state);
     let header = bearer(headers);
@@ -197,7 +199,7 @@ async fn authenticated_request(
         },
     };
     let checked = match presented {
-        Some(token) => match tenant_caller(state, Some(&token), Scope::Call).await {
+        Some(token) => match tenant_caller(state, Some(&token), scope).await {
             Ok(caller) => Some((token, caller)),
             Err(e) => return Err(reader.refuse(e).await),
         },
@@ -209,7 +211,7 @@ async fn authenticated_request(
         // The body's token decides; it was checked unless the header's was.
         (Some((token, caller)), Some(in_body)) if token == in_body => caller,
         (Some(_), Some(in_body)) if header.is_some() => {
-            tenant_caller(state, Some(in_body), Scope::Call).await?
+            tenant_caller(state, Some(in_body), scope).await?
         }
         (Some(_), Some(_)) => {
             return Err(
@@ -218,7 +220,7 @@ async fn authenticated_request(
             )
         }
         (Some((_, caller)), None) => caller,
-        (None, presented) => tenant_caller(state, presented, Scope::Call).await?,
+        (None, presented) => tenant_caller(state, presented, scope).await?,
     };
     Ok((request, body.len(), caller))
 }
@@ -234,7 +236,8 @@ async fn run_call(
     calls::accepting(state)?;
     let ApiQuery(query) = query?;
     let options = query.options()?;
-    let (request, body_len, caller) = authenticated_request(state, headers, body).await?;
+    let (request, body_len, caller) =
+        authenticated_request(state, headers, body, Scope::Call).await?;
     let span = tracing::Span::current();
     span.record("tenant", caller.tenant.as_str());
     span.record("fn", request.function.as_str());

@@ -47,9 +47,80 @@ pub enum Command {
     Audit(AuditArgs),
     /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
     Call(CallArgs),
+    /// Background jobs: submit, follow, cancel, list (talks to a running daemon).
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Runs a built-in from a request on stdin (what the daemon's sandboxed children run).
     #[command(hide = true)]
     Builtin,
+}
+
+/// A tenant client: the daemon's URL and a token with the `jobs` scope.
+#[derive(Debug, Args)]
+pub struct JobClient {
+    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700")]
+    pub url: String,
+    #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Queue a job: `falra job submit etl.run day=2026-12-01`; prints the job (`--wait` follows it).
+    Submit {
+        /// `module.function`.
+        function: String,
+        /// Keyword arguments as key=value; values are JSON when they parse, strings otherwise.
+        kwargs: Vec<String>,
+        /// A resubmission with the same key returns the first job instead of a new one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Run this version instead of the one active when the job starts.
+        #[arg(long)]
+        version: Option<String>,
+        /// Attempts for failures of the node (1–10).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Wait for the job's end, drawing its progress.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Show a job.
+    Status {
+        id: String,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Wait for a job's end, drawing its progress; exits non-zero unless it succeeded.
+    Wait {
+        id: String,
+        /// Give up after this many seconds (the job goes on).
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Cancel a job: a running one is stopped, whichever node runs it.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// List the tenant's jobs, newest first.
+    List {
+        /// queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: JobClient,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +279,21 @@ pub struct ServeArgs {
     /// A page or directory URL of wheels builds may also use (pip's --find-links); repeatable.
     #[arg(long)]
     pub pip_find_links: Vec<String>,
+    /// Background jobs this node runs at once, at most (each also takes a call's place in
+    /// admission while it runs).
+    #[arg(long, env = "FALRA_JOB_WORKERS", default_value_t = 4)]
+    pub job_workers: usize,
+    /// Milliseconds a job's lease holds without renewal: a job whose node has been silent this
+    /// long is rescued by another node (renewed every third of it).
+    #[arg(long, env = "FALRA_JOB_LEASE_MS", default_value_t = 15_000)]
+    pub job_lease_ms: u64,
+    /// Hours an ended job and its result are kept before they are removed.
+    #[arg(long, env = "FALRA_JOB_RETENTION_HOURS", default_value_t = 168)]
+    pub job_retention_hours: u64,
+    /// Attempts a job gets (for failures of the node, never of the function) unless it asks for
+    /// fewer or more with `?max_attempts=` (at most 10).
+    #[arg(long, default_value_t = 3)]
+    pub job_max_attempts: u32,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

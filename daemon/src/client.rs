@@ -4,8 +4,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, AuditArgs, CallArgs, NodeCommand, PlanCommand, PolicyCommand, SecretCommand,
-    TenantCommand, TokenCommand, UploadArgs, UsageArgs,
+    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, NodeCommand, PlanCommand,
+    PolicyCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs, UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -39,17 +39,7 @@ fn request_raw(
         Some((text, content_type)) => req.set("Content-Type", content_type).send_string(&text),
         None => req.call(),
     };
-    let response = match sent {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e).with_context(|| format!("could not reach the daemon at {url}")),
-    };
-    let status = response.status();
-    let text = response
-        .into_string()
-        .context("could not read the daemon's answer")?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Answer { status, body })
+    read_answer(sent, url)
 }
 
 /// How a successful answer is printed.
@@ -433,6 +423,197 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     finish(answer)
 }
 
+impl JobClient {
+    fn token(&self) -> anyhow::Result<&str> {
+        self.token
+            .as_deref()
+            .context("no token: pass --token or set FALRA_TOKEN (a token with the jobs scope)")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/jobs{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobCommand::Submit {
+            function,
+            kwargs,
+            idempotency_key,
+            version,
+            max_attempts,
+            wait,
+            client,
+        } => {
+            let mut body = key_values(&kwargs)?;
+            body.insert("fn".into(), json!(function));
+            let mut query = Vec::new();
+            if let Some(v) = version {
+                query.push(format!("version={}", encode(&v)));
+            }
+            if let Some(n) = max_attempts {
+                query.push(format!("max_attempts={n}"));
+            }
+            let mut url = client.url("");
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let mut req = ureq::post(&url)
+                .set("Authorization", &format!("Bearer {}", client.token()?))
+                .set("Content-Type", "application/json");
+            if let Some(key) = &idempotency_key {
+                req = req.set("Idempotency-Key", key);
+            }
+            let answer = read_answer(req.send_string(&Value::Object(body).to_string()), &url)?;
+            if !(200..300).contains(&answer.status) || !wait {
+                return finish(answer);
+            }
+            let id = answer.body["job_id"]
+                .as_str()
+                .context("the daemon's answer has no job_id")?
+                .to_owned();
+            eprintln!("job {id} queued");
+            wait_for(&client, &id, None)
+        }
+        JobCommand::Status { id, client } => finish(request(
+            "GET",
+            &client.url(&format!("/{}", encode(&id))),
+            Some(client.token()?),
+            None,
+        )?),
+        JobCommand::Wait {
+            id,
+            timeout_secs,
+            client,
+        } => wait_for(&client, &id, timeout_secs),
+        JobCommand::Cancel { id, client } => finish(request(
+            "DELETE",
+            &client.url(&format!("/{}", encode(&id))),
+            Some(client.token()?),
+            None,
+        )?),
+        JobCommand::List {
+            status,
+            limit,
+            json,
+            client,
+        } => {
+            let mut url = client.url(&format!("?limit={limit}"));
+            if let Some(s) = status {
+                url.push_str(&format!("&status={}", encode(&s)));
+            }
+            let answer = request("GET", &url, Some(client.token()?), None)?;
+            if json || !(200..300).contains(&answer.status) {
+                return finish(answer);
+            }
+            let rows: Vec<Value> = answer.body["jobs"]
+                .as_array()
+                .map(|jobs| {
+                    jobs.iter()
+                        .map(|j| {
+                            json!({
+                                "job_id": j["job_id"],
+                                "status": j["status"],
+                                "fn": j["fn"],
+                                "attempts": j["attempts"],
+                                "created_at": j["created_at"],
+                                "error": j["error"]["code"],
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print!("{}", human(&json!({ "jobs": rows })));
+            Ok(())
+        }
+    }
+}
+
+fn read_answer(sent: Result<ureq::Response, ureq::Error>, url: &str) -> anyhow::Result<Answer> {
+    let response = match sent {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e).with_context(|| format!("could not reach the daemon at {url}")),
+    };
+    let status = response.status();
+    let text = response
+        .into_string()
+        .context("could not read the daemon's answer")?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Answer { status, body })
+}
+
+/// Polls the job until it ends, drawing a progress bar on stderr when it is a terminal; prints
+/// the job and fails unless it succeeded.
+fn wait_for(client: &JobClient, id: &str, timeout_secs: Option<u64>) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let url = client.url(&format!("/{}", encode(id)));
+    let token = client.token()?;
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        let answer = request("GET", &url, Some(token), None)?;
+        if !(200..300).contains(&answer.status) {
+            return finish(answer);
+        }
+        let status = answer.body["status"].as_str().unwrap_or("").to_owned();
+        let line = progress_line(&answer.body);
+        if line != last_line {
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
+            last_line = line;
+        }
+        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+            if tty {
+                eprintln!();
+            }
+            println!("{}", serde_json::to_string_pretty(&answer.body)?);
+            if status == "succeeded" {
+                return Ok(());
+            }
+            let code = answer.body["error"]["code"].as_str().unwrap_or(&status);
+            let message = answer.body["error"]["message"].as_str().unwrap_or("");
+            bail!("job {id} {status}: {code}: {message}");
+        }
+        if let Some(limit) = timeout_secs {
+            if started.elapsed().as_secs() >= limit {
+                bail!("job {id} is still {status} after {limit} s (it goes on)");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// `running [#######.............]  35%  rows 1200` from a job's status.
+fn progress_line(job: &Value) -> String {
+    let status = job["status"].as_str().unwrap_or("?");
+    let fraction = job["progress"]["fraction"]
+        .as_f64()
+        .unwrap_or(0.0)
+        .clamp(0.0, 1.0);
+    let message = job["progress"]["message"].as_str().unwrap_or("");
+    const WIDTH: usize = 30;
+    let filled = (fraction * WIDTH as f64).round() as usize;
+    let bar: String = "#".repeat(filled) + &".".repeat(WIDTH - filled);
+    let message: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(60)
+        .collect();
+    format!(
+        "{status:<9} [{bar}] {:>3}%  {message}",
+        (fraction * 100.0).round() as u32
+    )
+    .trim_end()
+    .to_owned()
+}
+
 /// `key=value` pairs; a value is JSON if it parses as JSON, a string otherwise.
 pub fn key_values(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut map = Map::new();
@@ -473,6 +654,24 @@ mod tests {
         assert_eq!(
             encode("2026-11-01T00:00:00+01:00"),
             "2026-11-01T00%3A00%3A00%2B01%3A00"
+        );
+    }
+
+    #[test]
+    fn progress_draws_a_bar_and_strips_control_characters() {
+        let line = progress_line(&json!({"status": "running",
+            "progress": {"fraction": 0.5, "message": "rows\u{1b}[2J 10"}}));
+        assert_eq!(
+            line,
+            format!(
+                "running   [{}{}]  50%  rows[2J 10",
+                "#".repeat(15),
+                ".".repeat(15)
+            )
+        );
+        assert!(
+            progress_line(&json!({"status": "queued", "progress": null}))
+                .starts_with("queued    [....")
         );
     }
 

@@ -20,6 +20,8 @@ use falra_core::ServiceConfig;
 pub enum ConfigError {
     #[error("--{flag} must be at least {min}")]
     TooSmall { flag: &'static str, min: u64 },
+    #[error("--{flag} must be at most {max}")]
+    TooLarge { flag: &'static str, max: u64 },
     #[error("could not prepare {path}")]
     Dir {
         path: PathBuf,
@@ -74,6 +76,16 @@ impl ServeConfig {
         )?;
         at_least("max-body-bytes", args.max_body_bytes as u64, 1)?;
         at_least("max-result-bytes", args.max_result_bytes as u64, 1)?;
+        at_least("job-workers", args.job_workers as u64, 1)?;
+        at_least("job-lease-ms", args.job_lease_ms, 300)?;
+        at_least("job-retention-hours", args.job_retention_hours, 1)?;
+        at_least("job-max-attempts", u64::from(args.job_max_attempts), 1)?;
+        if args.job_max_attempts > falra_core::jobs::MAX_ATTEMPTS {
+            return Err(ConfigError::TooLarge {
+                flag: "job-max-attempts",
+                max: u64::from(falra_core::jobs::MAX_ATTEMPTS),
+            });
+        }
         let header_timeout = at_least("header-timeout-secs", args.header_timeout_secs, 1)?;
         let body_timeout = at_least("body-timeout-secs", args.body_timeout_secs, 1)?;
         let etl_output_dir = match &args.etl_output_dir {
@@ -106,6 +118,12 @@ impl ServeConfig {
                 etl_output_dir,
                 pip_index_url: args.pip_index_url.clone(),
                 pip_find_links: args.pip_find_links.clone(),
+                jobs: falra_core::jobs::JobSettings {
+                    workers: args.job_workers,
+                    lease: Duration::from_millis(args.job_lease_ms),
+                    retention: Duration::from_secs(args.job_retention_hours.saturating_mul(3600)),
+                    max_attempts: args.job_max_attempts,
+                },
                 data_dir,
             },
             max_body_bytes: args.max_body_bytes,

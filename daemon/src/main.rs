@@ -19,6 +19,7 @@ mod demo;
 mod extract;
 mod front;
 mod hooks;
+mod jobs;
 mod metering;
 mod metrics;
 mod openapi;
@@ -58,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
+        Command::Job(cmd) => client::job(cmd),
         Command::Builtin => Ok(falra_core::builtin::child_main()?),
     }
 }
@@ -143,6 +145,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("could not register this node in the store")?;
     falra_core::cache::start(&state);
+    falra_core::jobs::start(&state, jobs::describe());
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), store = state.store.backend_name(), "falra listening");
     if args.demo {
         let token = demo::prepare(&state).await?;

@@ -21,7 +21,8 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{
-    admin, audit, call, hooks, metering, metrics, openapi, plans, secrets, tenant_api, uploads,
+    admin, audit, call, hooks, jobs, metering, metrics, openapi, plans, secrets, tenant_api,
+    uploads,
 };
 use falra_runtime::prestart::{Fresh, PrestartPool};
 use falra_runtime::{Runtime, SandboxSettings, Starter};
@@ -127,6 +128,8 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit::list_audit));
     Router::new()
         .route("/v1/call", post(call::call))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/versions", get(tenant_api::list_versions))
         .route("/v1/functions", get(tenant_api::list_functions))
         .route("/v1/modules", get(uploads::tenant_list))
@@ -217,8 +220,10 @@ pub async fn serve(
     let stopping = state.clone();
     let stop = async move {
         shutdown_signal().await;
-        // Requests still arriving on open connections are told, not started.
+        // Requests still arriving on open connections are told, not started; running jobs
+        // go back to the queue for the other nodes (or this one's next start).
         stopping.stop_taking_calls();
+        falra_core::jobs::hand_back(&stopping).await;
         tracing::info!("shutting down: finishing calls in flight");
     };
     crate::front::serve(

@@ -26,10 +26,17 @@ pub struct Policy {
     /// The most bytes (in MiB) an archive a built-in downloads may unpack to.
     #[serde(default = "default_max_unzipped_mb")]
     pub max_unzipped_mb: u32,
+    /// The deadline of a background job's run (a call's is `timeout_ms`).
+    #[serde(default = "default_job_timeout_ms")]
+    pub job_timeout_ms: u32,
 }
 
 fn default_max_unzipped_mb() -> u32 {
     4096
+}
+
+fn default_job_timeout_ms() -> u32 {
+    900_000
 }
 
 impl Default for Policy {
@@ -46,6 +53,7 @@ impl Default for Policy {
             builtins: false,
             cpu_seconds_per_month: None,
             max_unzipped_mb: default_max_unzipped_mb(),
+            job_timeout_ms: default_job_timeout_ms(),
         }
     }
 }
@@ -82,6 +90,8 @@ pub struct PolicyPatch {
     pub cpu_seconds_per_month: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unzipped_mb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_timeout_ms: Option<u32>,
 }
 
 /// A field that is present, even as `null`, is `Some`.
@@ -104,6 +114,7 @@ impl PolicyPatch {
         self.builtins = l.builtins.or(self.builtins);
         self.cpu_seconds_per_month = l.cpu_seconds_per_month.or(self.cpu_seconds_per_month);
         self.max_unzipped_mb = l.max_unzipped_mb.or(self.max_unzipped_mb);
+        self.job_timeout_ms = l.job_timeout_ms.or(self.job_timeout_ms);
     }
 
     /// Drops the named fields (they fall back to the plan's values); unknown names are
@@ -122,6 +133,7 @@ impl PolicyPatch {
                 "builtins" => self.builtins = None,
                 "cpu_seconds_per_month" => self.cpu_seconds_per_month = None,
                 "max_unzipped_mb" => self.max_unzipped_mb = None,
+                "job_timeout_ms" => self.job_timeout_ms = None,
                 other => return Err(other.to_owned()),
             }
         }
@@ -143,6 +155,9 @@ pub enum PolicyError {
     )]
     QuotaOutOfRange(u64),
 }
+
+/// The longest a job may run: a day.
+pub const MAX_JOB_TIMEOUT_MS: u32 = 86_400_000;
 
 /// The largest monthly CPU quota, in seconds.
 pub const MAX_QUOTA_SECONDS: u64 = 1 << 40;
@@ -179,6 +194,12 @@ impl Policy {
         check("max_concurrency", patch.max_concurrency, 1, 10_000)?;
         check("calls_per_minute", patch.calls_per_minute, 1, 10_000_000)?;
         check("max_unzipped_mb", patch.max_unzipped_mb, 1, 1_048_576)?;
+        check(
+            "job_timeout_ms",
+            patch.job_timeout_ms,
+            10,
+            MAX_JOB_TIMEOUT_MS,
+        )?;
         if let Some(Some(q)) = patch.cpu_seconds_per_month {
             if q == 0 || q > MAX_QUOTA_SECONDS {
                 return Err(PolicyError::QuotaOutOfRange(q));
@@ -200,6 +221,7 @@ impl Policy {
             self.cpu_seconds_per_month = quota;
         }
         self.max_unzipped_mb = p.max_unzipped_mb.unwrap_or(self.max_unzipped_mb);
+        self.job_timeout_ms = p.job_timeout_ms.unwrap_or(self.job_timeout_ms);
         Ok(())
     }
 
@@ -228,6 +250,7 @@ pub fn builtin_plans() -> Vec<(&'static str, Policy)> {
                 max_concurrency: 2,
                 calls_per_minute: 60,
                 cpu_seconds_per_month: Some(3_600),
+                job_timeout_ms: 300_000,
                 ..default.clone()
             },
         ),
@@ -242,6 +265,7 @@ pub fn builtin_plans() -> Vec<(&'static str, Policy)> {
                 max_concurrency: 32,
                 calls_per_minute: 6_000,
                 cpu_seconds_per_month: Some(1_000_000),
+                job_timeout_ms: 3_600_000,
                 ..default
             },
         ),

@@ -141,6 +141,8 @@ impl Runtime {
             stdout_bytes: self.config.max_result_bytes,
             stderr_bytes: self.config.max_log_bytes,
             setup: SetupLimits::default(),
+            progress: None,
+            cancel: None,
         }
     }
 

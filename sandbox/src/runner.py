@@ -372,9 +372,44 @@ def _module_files(limit=2000, private=False):
     return found[:limit]
 
 
+_ANSWER_FD = -1
+
+
+def progress(fraction, message=""):
+    """Reports how far the call has got: `fraction` from 0 to 1, an optional short message.
+
+    Importable by tenant code as `falra.progress`; a background job shows the latest report.
+    Written as a record on the answer channel (a line that begins with the byte 0x1e), which
+    the daemon takes out before it reads the answer.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError("progress fraction must be a number from 0 to 1")
+    fraction = float(fraction)
+    if not fraction == fraction:
+        raise ValueError("progress fraction must be a number from 0 to 1")
+    fraction = min(1.0, max(0.0, fraction))
+    if type(message) is not str:
+        message = str(message)
+    record = {"fraction": fraction, "message": message[:200]}
+    data = b"\x1e" + "".join(_encode(record, 0)).encode("utf-8", "replace") + b"\n"
+    while data:
+        data = data[posix.write(_ANSWER_FD, data):]
+
+
+def _install_module():
+    """The `falra` module tenant code may import (it shadows a tenant module of that name)."""
+    module = type(sys)("falra")
+    module.progress = progress
+    module.__doc__ = "What the Falra runner gives a function: progress(fraction, message)."
+    sys.modules["falra"] = module
+
+
 def _main():
+    global _ANSWER_FD
     answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
+    _ANSWER_FD = answer_fd
     posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
+    _install_module()
     try:
         request = _decode(_read_all(0))
         if request.get("mode") != "compile":

@@ -53,6 +53,12 @@ pub struct Limits {
     /// The most stderr kept; the rest is read and counted, not kept.
     pub stderr_bytes: usize,
     pub setup: SetupLimits,
+    /// Where the child's latest progress record goes (see [`crate::progress`]); records are
+    /// taken out of stdout whether or not anyone listens.
+    pub progress: Option<Arc<watch::Sender<Option<Vec<u8>>>>>,
+    /// Set to `true` to stop the child before its deadline (a cancelled job): its whole
+    /// process group is killed, as at the deadline, and it ends `Signaled(SIGKILL)`.
+    pub cancel: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,12 +281,14 @@ impl Prepared {
             limits.stdout_bytes,
             Overflow::Kill(pid),
             stop_rx.clone(),
+            Some(crate::progress::Records::new(limits.progress.clone())),
         ));
         let err = tokio::spawn(collect(
             stderr,
             limits.stderr_bytes,
             Overflow::Discard,
             stop_rx,
+            None,
         ));
 
         let mut timed_out = false;
@@ -288,6 +296,10 @@ impl Prepared {
             r = &mut init => r,
             _ = tokio::time::sleep(limits.wall) => {
                 timed_out = true;
+                kill_child(pid);
+                init.await
+            }
+            () = cancelled(limits.cancel.clone()) => {
                 kill_child(pid);
                 init.await
             }
@@ -352,11 +364,24 @@ struct Collected {
     dropped: u64,
 }
 
+/// Resolves once `cancel` is set; never without one (or once its sender is gone unset).
+async fn cancelled(cancel: Option<watch::Receiver<bool>>) {
+    if let Some(mut rx) = cancel {
+        if rx.wait_for(|set| *set).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Reads `pipe` into a buffer capped at `cap`; with `records`, progress records are taken out
+/// first (they never count against the cap).
 async fn collect(
     mut pipe: impl AsyncRead + Unpin,
     cap: usize,
     overflow: Overflow,
     mut stop: watch::Receiver<bool>,
+    mut records: Option<crate::progress::Records>,
 ) -> Collected {
     let mut c = Collected {
         kept: Vec::new(),
@@ -372,8 +397,17 @@ async fn collect(
             },
             _ = stop.changed() => break,
         };
+        let mut answer = Vec::new();
+        let data = match records.as_mut() {
+            Some(r) => {
+                r.split(&buf[..n], &mut answer);
+                &answer[..]
+            }
+            None => &buf[..n],
+        };
+        let n = data.len();
         let room = cap.saturating_sub(c.kept.len());
-        c.kept.extend_from_slice(&buf[..n.min(room)]);
+        c.kept.extend_from_slice(&data[..n.min(room)]);
         if n > room {
             c.overflowed = true;
             c.dropped += (n - room) as u64;
@@ -791,6 +825,8 @@ mod tests {
                 stdout_bytes: 1024,
                 stderr_bytes: 16,
                 setup: SetupLimits::default(),
+                progress: None,
+                cancel: None,
             },
             isolation: None,
             seccomp: false,
@@ -811,6 +847,35 @@ mod tests {
         let env = String::from_utf8(f.stdout).unwrap();
         assert!(env.contains("PATH=/usr/bin:/bin"), "{env}");
         assert!(!env.contains("HOME="), "{env}");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_kills_the_group_before_its_deadline() {
+        let mut spec = sh("sleep 30 & sleep 30", 20_000);
+        let (tx, rx) = watch::channel(false);
+        spec.limits.cancel = Some(rx);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_replace(true);
+        });
+        let started = Instant::now();
+        let f = spawn_and_wait(spec).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(f.termination, Termination::Signaled(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn progress_records_reach_the_sink_not_the_answer() {
+        let mut spec = sh(r#"printf '\036{"n":1}\n\036{"n":2}\nanswer\n'"#, 5_000);
+        let (tx, rx) = watch::channel(None);
+        spec.limits.progress = Some(Arc::new(tx));
+        let f = spawn_and_wait(spec).await.unwrap();
+        assert_eq!(f.stdout, b"answer\n");
+        assert_eq!(rx.borrow().as_deref(), Some(&b"{\"n\":2}"[..]));
     }
 
     #[tokio::test]

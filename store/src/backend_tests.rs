@@ -293,3 +293,192 @@ async fn the_deploy_lock_holds_across_every_handle_on_postgres() {
         .unwrap();
     drop(taken);
 }
+
+fn new_job(id: &str, tenant: &str, key: Option<&str>, at: i64) -> NewJob {
+    NewJob {
+        id: id.into(),
+        tenant: name(tenant),
+        token_id: "tok_1".into(),
+        function: "m.f".into(),
+        kwargs: "{}".into(),
+        version: None,
+        max_attempts: 2,
+        idempotency_key: key.map(str::to_owned),
+        callback_url: None,
+        created_at: at,
+    }
+}
+
+#[tokio::test]
+async fn jobs_are_claimed_once_fenced_by_their_lease_rescued_and_forgotten() {
+    for (backend, place) in places().await {
+        let s = place.open().await;
+        let (first, created) = s
+            .insert_job(&new_job("j_1", "caro", Some("k"), 10))
+            .await
+            .unwrap();
+        assert!(created, "{backend}");
+        assert_eq!(first.status, JobStatus::Queued, "{backend}");
+        // The same idempotency key gives the first job back; another tenant's is its own.
+        let (again, created) = s
+            .insert_job(&new_job("j_2", "caro", Some("k"), 11))
+            .await
+            .unwrap();
+        assert_eq!((again.id.as_str(), created), ("j_1", false), "{backend}");
+        assert!(
+            s.insert_job(&new_job("j_3", "jc", Some("k"), 12))
+                .await
+                .unwrap()
+                .1
+        );
+        assert!(
+            s.insert_job(&new_job("j_4", "caro", None, 13))
+                .await
+                .unwrap()
+                .1
+        );
+
+        // Oldest first; a claimed job is not claimed again.
+        let claimed = s.claim_jobs("node_a", 100, 1_000, 2).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["j_1", "j_3"], "{backend}");
+        assert!(claimed
+            .iter()
+            .all(|j| j.attempts == 1 && j.status == JobStatus::Running));
+        let rest = s.claim_jobs("node_b", 100, 1_000, 10).await.unwrap();
+        assert_eq!(rest.len(), 1, "{backend}");
+        assert_eq!(rest[0].id, "j_4");
+
+        let lease = Lease {
+            job: "j_1".into(),
+            owner: "node_a".into(),
+            attempt: 1,
+        };
+        assert!(s.job_progress(&lease, r#"{"fraction":0.5}"#).await.unwrap());
+        // node_a's lease lapses; the job is rescued and claimed again by node_b.
+        let (requeued, failed) = s.rescue_jobs(2_000, "{}").await.unwrap();
+        assert_eq!((requeued, failed), (3, 0), "{backend}");
+        let reclaimed = s.claim_jobs("node_b", 2_000, 3_000, 1).await.unwrap();
+        assert_eq!(reclaimed[0].id, "j_1");
+        assert_eq!(reclaimed[0].attempts, 2);
+        // The presumed-dead node's completion is fenced off.
+        assert!(!s
+            .finish_job(&lease, JobStatus::Succeeded, "{\"stale\":1}", 2_100)
+            .await
+            .unwrap());
+        let mine = Lease {
+            owner: "node_b".into(),
+            attempt: 2,
+            ..lease.clone()
+        };
+        assert!(!s.job_progress(&lease, "{}").await.unwrap());
+        let held = s.renew_leases("node_b", 4_000).await.unwrap();
+        assert!(held.contains(&mine), "{backend}: {held:?}");
+        assert!(s
+            .finish_job(&mine, JobStatus::Succeeded, "{\"ok\":true}", 2_200)
+            .await
+            .unwrap());
+        let done = s.job(&name("caro"), "j_1").await.unwrap().unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded);
+        assert_eq!(done.outcome.as_deref(), Some("{\"ok\":true}"));
+        assert_eq!(done.lease_owner, None);
+        // Another tenant cannot see it.
+        assert!(s.job(&name("jc"), "j_1").await.unwrap().is_none());
+
+        // Attempts spent: a lapsed lease fails the job.
+        let (_, _) = s.rescue_jobs(2_500, "{}").await.unwrap();
+        let j3 = s.claim_jobs("node_a", 2_500, 2_600, 10).await.unwrap();
+        assert!(
+            j3.iter().any(|j| j.id == "j_3" && j.attempts == 2),
+            "{backend}: {j3:?}"
+        );
+        let (_, failed) = s.rescue_jobs(5_000, "{\"lost\":1}").await.unwrap();
+        assert!(failed >= 1, "{backend}");
+        let j3 = s.job(&name("jc"), "j_3").await.unwrap().unwrap();
+        assert_eq!(j3.status, JobStatus::Failed);
+
+        // Cancelling an ended job changes nothing; listing pages newest first.
+        let c = s
+            .cancel_job(&name("caro"), "j_1", "{}", 6_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.status, JobStatus::Succeeded);
+        let page = s
+            .jobs_of(
+                &name("caro"),
+                &JobFilter {
+                    status: None,
+                    limit: 1,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page[0].id, "j_4", "{backend}");
+        let next = s
+            .jobs_of(
+                &name("caro"),
+                &JobFilter {
+                    status: None,
+                    limit: 5,
+                    before: Some((page[0].created_at, page[0].id.clone())),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["j_1"]
+        );
+        let ok = s
+            .jobs_of(
+                &name("caro"),
+                &JobFilter {
+                    status: Some(JobStatus::Succeeded),
+                    limit: 5,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 1);
+        // j_1 succeeded; j_3 and j_4 spent their attempts.
+        assert_eq!(s.forget_jobs(5_500).await.unwrap(), 3, "{backend}");
+        assert!(s.job(&name("caro"), "j_1").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claims_on_postgres_never_take_one_job_twice() {
+    let place = postgres().await;
+    let s = place.open().await;
+    for i in 0..60 {
+        s.insert_job(&new_job(&format!("j_{i:03}"), "caro", None, i))
+            .await
+            .unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6 {
+        let store = place.open().await;
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..40 {
+                let claimed = store
+                    .claim_jobs(&format!("node_{n}"), 100, 10_000, 3)
+                    .await
+                    .unwrap();
+                got.extend(claimed.into_iter().map(|j| j.id));
+            }
+            got
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!((n, all.len()), (60, 60));
+}

@@ -39,6 +39,10 @@ pub enum Change {
     Tenant(TenantName),
     /// Changes may have been missed (the watch's connection was lost): nothing cached holds.
     Lost,
+    /// A job became due (submitted, or put back in the queue): a node with room may claim it.
+    Jobs,
+    /// The job was cancelled: the node running it stops it.
+    JobCancelled(String),
 }
 
 impl Change {
@@ -47,6 +51,8 @@ impl Change {
             Change::Tokens => "tokens".to_owned(),
             Change::Tenant(t) => format!("tenant:{t}"),
             Change::Lost => "lost".to_owned(),
+            Change::Jobs => "jobs".to_owned(),
+            Change::JobCancelled(id) => format!("cancel:{id}"),
         }
     }
 
@@ -54,6 +60,10 @@ impl Change {
     fn parse(payload: &str) -> Change {
         match payload.split_once(':') {
             _ if payload == "tokens" => Change::Tokens,
+            _ if payload == "jobs" => Change::Jobs,
+            Some(("cancel", id)) if !id.is_empty() && id.len() <= 64 => {
+                Change::JobCancelled(id.to_owned())
+            }
             Some(("tenant", name)) => match TenantName::parse(name) {
                 Ok(name) => Change::Tenant(name),
                 Err(_) => Change::Lost,
@@ -418,5 +428,112 @@ impl Store {
 
     pub async fn touch_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
         backend!(self.touch_token(id, now))
+    }
+
+    /// Queues the job, unless the tenant already has one with its idempotency key: then that
+    /// one, with `false`.
+    pub async fn insert_job(&self, job: &NewJob) -> Result<(JobRow, bool), StoreError> {
+        let (row, created) = backend!(self.insert_job(job))?;
+        if created {
+            self.changed(&[Change::Jobs]).await;
+        }
+        Ok((row, created))
+    }
+
+    pub async fn job(&self, tenant: &TenantName, id: &str) -> Result<Option<JobRow>, StoreError> {
+        backend!(self.job(tenant, id))
+    }
+
+    /// The tenant's jobs, newest first.
+    pub async fn jobs_of(
+        &self,
+        tenant: &TenantName,
+        filter: &JobFilter,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        backend!(self.jobs_of(tenant, filter))
+    }
+
+    /// Leases up to `limit` due jobs to `owner` until `lease_until` (one claim never takes a
+    /// job another claim holds), oldest first.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        backend!(self.claim_jobs(owner, now, lease_until, limit))
+    }
+
+    /// Extends `owner`'s leases; the ones it still holds.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Lease>, StoreError> {
+        backend!(self.renew_leases(owner, lease_until))
+    }
+
+    /// Records a running job's progress under its lease; false if the lease is gone.
+    pub async fn job_progress(&self, lease: &Lease, progress: &str) -> Result<bool, StoreError> {
+        backend!(self.job_progress(lease, progress))
+    }
+
+    /// Ends a job under its lease; false (and nothing written) if the lease is gone.
+    pub async fn finish_job(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        outcome: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        backend!(self.finish_job(lease, status, outcome, now))
+    }
+
+    /// Queues a job again under its lease, due at `run_after` (with `refund`, the attempt is
+    /// not counted); false if the lease is gone.
+    pub async fn retry_job(
+        &self,
+        lease: &Lease,
+        run_after: i64,
+        outcome: &str,
+        refund: bool,
+    ) -> Result<bool, StoreError> {
+        let done = backend!(self.retry_job(lease, run_after, outcome, refund))?;
+        if done {
+            self.changed(&[Change::Jobs]).await;
+        }
+        Ok(done)
+    }
+
+    /// Cancels the tenant's job unless it has ended; the job as it is afterwards (`None`: no
+    /// such job). The node running it is told.
+    pub async fn cancel_job(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        let job = backend!(self.cancel_job(tenant, id, outcome, now))?;
+        if job.is_some() {
+            self.changed(&[Change::JobCancelled(id.to_owned())]).await;
+        }
+        Ok(job)
+    }
+
+    /// Rescues jobs whose lease lapsed before `now` (queued again, or failed with `outcome`
+    /// once their attempts are spent): how many of each.
+    pub async fn rescue_jobs(&self, now: i64, outcome: &str) -> Result<(u64, u64), StoreError> {
+        let (requeued, failed) = backend!(self.rescue_jobs(now, outcome))?;
+        if requeued > 0 {
+            self.changed(&[Change::Jobs]).await;
+        }
+        Ok((requeued, failed))
+    }
+
+    /// Removes jobs that ended before `before`.
+    pub async fn forget_jobs(&self, before: i64) -> Result<u64, StoreError> {
+        backend!(self.forget_jobs(before))
     }
 }

@@ -286,3 +286,110 @@ pub struct NodeRow {
     pub started_at: i64,
     pub heartbeat_at: i64,
 }
+
+/// Where a background job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job has ended (nothing will change it again).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// A job as it is submitted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// `j_` and 16 hex digits.
+    pub id: String,
+    pub tenant: TenantName,
+    pub token_id: String,
+    pub function: String,
+    /// The keyword arguments, as a JSON object.
+    pub kwargs: String,
+    /// A pinned version, or the active one at the time it runs.
+    pub version: Option<String>,
+    pub max_attempts: i64,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+    pub created_at: i64,
+}
+
+/// A job as it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: String,
+    pub tenant: TenantName,
+    pub token_id: String,
+    pub function: String,
+    pub kwargs: String,
+    pub version: Option<String>,
+    pub status: JobStatus,
+    /// Times a node has claimed it.
+    pub attempts: i64,
+    pub max_attempts: i64,
+    /// Not claimed before this time (a retry's backoff).
+    pub run_after: i64,
+    /// The node whose lease it runs under, while running.
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+    /// The latest progress record, as JSON.
+    pub progress: Option<String>,
+    /// The answer, as JSON, once it ended (and the last failure while it waits for a retry).
+    pub outcome: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A claimed job's fence: only the node holding this lease may write the job's progress and
+/// end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub job: String,
+    pub owner: String,
+    pub attempt: i64,
+}
+
+/// Which of a tenant's jobs to list: by status, newest first, after a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub limit: i64,
+    /// The `(created_at, id)` of the last job of the previous page.
+    pub before: Option<(i64, String)>,
+}

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call counts",
         include_str!("../migrations/postgres/0003_call_counts.sql"),
     ),
+    (
+        4,
+        "jobs",
+        include_str!("../migrations/postgres/0004_jobs.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks
@@ -149,6 +154,9 @@ impl ChangeWatch {
 type DbRow = PgRow;
 type Backend = PgStore;
 include!("queries.rs");
+/// How a claim takes its rows (see `job_queries.rs`).
+const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";
+include!("job_queries.rs");
 
 #[cfg(test)]
 mod tests {

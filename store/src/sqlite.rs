@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call counts",
         include_str!("../migrations/sqlite/0006_call_counts.sql"),
     ),
+    (
+        7,
+        "jobs",
+        include_str!("../migrations/sqlite/0007_jobs.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -143,6 +148,9 @@ impl SqliteStore {
 type DbRow = SqliteRow;
 type Backend = SqliteStore;
 include!("queries.rs");
+/// How a claim takes its rows (see `job_queries.rs`).
+const SKIP_LOCKED: &str = "";
+include!("job_queries.rs");
 
 #[cfg(test)]
 mod tests {
@@ -184,7 +192,7 @@ mod tests {
             .await
             .unwrap();
         // Adopted, then migrated on from where it was.
-        assert_eq!(applied, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7]);
         // And it opens again as any other store does.
         drop(store);
         SqliteStore::open(&path).await.unwrap();

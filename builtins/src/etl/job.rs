@@ -46,6 +46,35 @@ pub struct Env {
     pub max_download_bytes: u64,
     pub max_uncompressed_bytes: u64,
     pub out_root: Option<PathBuf>,
+    /// Told the input rows read so far, every [`PROGRESS_ROWS`] rows at most every
+    /// [`PROGRESS_EVERY`] (a background job shows it as its progress).
+    pub progress: Option<fn(u64)>,
+}
+
+/// Rows between looks at the clock for a progress report.
+pub const PROGRESS_ROWS: u64 = 16_384;
+/// The least time between progress reports.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counts input rows and reports them now and then.
+struct RowProgress {
+    report: Option<fn(u64)>,
+    done: u64,
+    last: std::time::Instant,
+}
+
+impl RowProgress {
+    fn row(&mut self) {
+        self.done += 1;
+        if self.done.is_multiple_of(PROGRESS_ROWS) {
+            if let Some(report) = self.report {
+                if self.last.elapsed() >= PROGRESS_EVERY {
+                    self.last = std::time::Instant::now();
+                    report(self.done);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -438,6 +467,11 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
 
     let mut members = Vec::new();
     let mut totals = MemberCounts::default();
+    let mut progress = RowProgress {
+        report: env.progress,
+        done: 0,
+        last: std::time::Instant::now(),
+    };
     let failure: Option<JobError> = loop {
         let name = match rx.recv() {
             Ok(Block::Member(name)) => name,
@@ -454,8 +488,15 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
             failed: None,
         };
         let counts = match &mut out {
-            Out::S3(sink) => member(job, &name, prefix, &mut source, sink.as_mut()),
-            Out::Dir(sink) => member(job, &name, prefix, &mut source, sink),
+            Out::S3(sink) => member(
+                job,
+                &name,
+                prefix,
+                &mut source,
+                sink.as_mut(),
+                &mut progress,
+            ),
+            Out::Dir(sink) => member(job, &name, prefix, &mut source, sink, &mut progress),
         };
         match counts {
             Ok(c) => {
@@ -505,6 +546,7 @@ fn member<S: Sink>(
     prefix: String,
     source: &mut MemberReader<'_>,
     sink: &mut S,
+    progress: &mut RowProgress,
 ) -> Result<MemberCounts, JobError> {
     let input: Box<dyn Read + '_> = match job.encoding {
         Encoding::Utf8 => Box::new(source),
@@ -571,6 +613,7 @@ fn member<S: Sink>(
     let out_err = output_error;
     while rdr.read_byte_record(&mut rec).map_err(csv_err)? {
         t.record(&rec).map_err(out_err)?;
+        progress.row();
     }
     t.finish().map_err(out_err)
 }

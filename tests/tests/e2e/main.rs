@@ -6,11 +6,13 @@
 mod business;
 mod calls;
 mod cluster;
+mod cluster_jobs;
 mod deploy;
 mod errors;
 mod etl;
 mod fuzz;
 mod hostile;
+mod jobs;
 mod operators;
 mod packages;
 mod probes;

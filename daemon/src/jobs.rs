@@ -1,0 +1,260 @@
+//! `/v1/jobs`: background jobs over HTTP, for tokens with the `jobs` scope.
+//!
+//! `POST /v1/jobs` takes a call's body (and its token the same ways) with the job's options in
+//! the query (`version`, `max_attempts`) and an `Idempotency-Key` header, and answers `202`
+//! with the job; a key the tenant used before answers `200` with the first job. `GET
+//! /v1/jobs/{id}` shows a job (with the call's answer once it ended), `GET /v1/jobs` lists them
+//! (`status`, `limit`, `cursor`), `DELETE /v1/jobs/{id}` cancels one. What a job does is
+//! `falra_core::jobs`'.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use falra_core::clock::format_ms;
+use falra_core::jobs::{self, Submit};
+use falra_policies::Scope;
+use falra_store::{JobFilter, JobRow, JobStatus};
+use falra_tenants::VersionId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::tenant_caller;
+use crate::extract::{bearer, ApiQuery};
+use crate::server::AppState;
+
+/// The most jobs one page lists.
+const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    version: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+/// `POST /v1/jobs`.
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<ApiQuery<SubmitQuery>, ApiError>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ApiQuery(query) = query?;
+    let version = match query.version.as_deref() {
+        Some(v) => Some(VersionId::parse(v).map_err(|e| {
+            ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
+        })?),
+        None => None,
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| jobs::JobError::BadIdempotencyKey)?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let (request, _, caller) =
+        crate::call::authenticated_request(&state, &headers, body, Scope::Jobs).await?;
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
+    let (job, created) = jobs::submit(
+        &state,
+        &caller,
+        Submit {
+            function: request.function,
+            kwargs: request.kwargs,
+            version,
+            idempotency_key,
+            callback_url: None,
+            max_attempts: query.max_attempts,
+        },
+    )
+    .await?;
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view(&job))))
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let job = jobs::get(&state, &caller.tenant, &id).await?;
+    Ok(Json(view(&job)))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels the job unless it has ended; the job as it is then.
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let job = jobs::cancel(&state, &caller.tenant, &id).await?;
+    Ok(Json(view(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/jobs`: the tenant's jobs, newest first; `next_cursor` fetches the next page.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(query) = query?;
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let status = match query.status.as_deref() {
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "status must be one of queued, running, succeeded, failed, cancelled",
+            )
+            .with_detail(json!({"parameter": "status"}))
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))
+                .with_detail(json!({"parameter": "limit"})),
+        );
+    }
+    let before = match query.cursor.as_deref() {
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("cursor is not one this API gave out")
+                .with_detail(json!({"parameter": "cursor"}))
+        })?),
+        None => None,
+    };
+    let page = jobs::list(
+        &state,
+        &caller.tenant,
+        &JobFilter {
+            status,
+            limit,
+            before,
+        },
+    )
+    .await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|j| format!("{}.{}", j.created_at, j.id)))
+        .flatten();
+    Ok(Json(json!({
+        "jobs": page.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+/// A cursor: `<created_at ms>.<job id>` of the last job of a page.
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (at, id) = c.split_once('.')?;
+    let at = at.parse().ok()?;
+    let id_ok = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    id_ok.then(|| (at, id.to_owned()))
+}
+
+/// A job as the API shows it: its state, and once it ended, the call's answer beside it.
+pub fn view(job: &JobRow) -> Value {
+    let progress = job
+        .progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let mut v = json!({
+        "job_id": job.id,
+        "status": job.status.as_str(),
+        "fn": job.function,
+        "version": job.version,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "node": job.lease_owner,
+        "progress": progress,
+        "created_at": format_ms(job.created_at),
+        "started_at": job.started_at.map(format_ms),
+        "finished_at": job.finished_at.map(format_ms),
+    });
+    if let Some(key) = &job.idempotency_key {
+        v["idempotency_key"] = json!(key);
+    }
+    let outcome = job
+        .outcome
+        .as_deref()
+        .and_then(|o| serde_json::from_str::<Value>(o).ok());
+    match (job.status.is_final(), outcome) {
+        (true, Some(Value::Object(answer))) => {
+            for (k, val) in answer {
+                match k.as_str() {
+                    // The job's own fields win over the answer's (its version was pinned or not).
+                    "version" if job.status == JobStatus::Succeeded => {
+                        v["version"] = val;
+                    }
+                    "node" => v["node"] = val,
+                    "ok" | "result" | "error" | "call_id" | "logs" | "usage" => v[k] = val,
+                    _ => {}
+                }
+            }
+        }
+        // Waiting for a retry: the last attempt's failure, for the curious.
+        (false, Some(Value::Object(answer))) if job.attempts > 0 => {
+            if let Some(e) = answer.get("error") {
+                v["last_error"] = e.clone();
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+impl From<jobs::JobError> for ApiError {
+    fn from(e: jobs::JobError) -> ApiError {
+        use jobs::JobError;
+        let message = e.to_string();
+        match e {
+            JobError::NotFound(_) => ApiError::not_found(message),
+            JobError::BadAttempts => {
+                ApiError::bad_request(message).with_detail(json!({"parameter": "max_attempts"}))
+            }
+            JobError::BadCallback(_) => {
+                ApiError::bad_request(message).with_detail(json!({"parameter": "callback_url"}))
+            }
+            JobError::BadIdempotencyKey => ApiError::new(ErrorCode::BadRequest, message)
+                .with_detail(json!({"header": "Idempotency-Key"})),
+            JobError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// How a failed job's answer is written: exactly as the call's would be.
+pub fn describe() -> falra_core::jobs::Describe {
+    std::sync::Arc::new(|e, call_id| {
+        let mut error = ApiError::from(e);
+        error.call_id = Some(call_id.to_owned());
+        error.body()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        assert_eq!(parse_cursor("12.j_ab"), Some((12, "j_ab".into())));
+        for bad in ["", "x.j_1", "12", "12.j-1;drop"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+    }
+}
