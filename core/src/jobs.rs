@@ -29,7 +29,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::Caller;
 use crate::calls::{self, Background, CallError, CallOptions, Metered};
-use crate::clock::now_ms;
+use crate::clock::{format_ms, now_ms};
 use crate::Core;
 
 /// How this node runs jobs.
@@ -127,6 +127,11 @@ impl Jobs {
         }
     }
 
+    /// Wakes this node's claimer: a job may be due.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Jobs running on this node.
     pub fn running_count(&self) -> usize {
         self.running.lock().expect("job table poisoned").len()
@@ -196,6 +201,26 @@ pub async fn submit(
     if let Some(key) = &submit.idempotency_key {
         check_idempotency_key(key)?;
     }
+    let callback_url = match &submit.callback_url {
+        Some(raw) => {
+            let url = crate::callbacks::check_url(raw).map_err(JobError::BadCallback)?;
+            let signed = state
+                .store
+                .tenant(&caller.tenant)
+                .await?
+                .is_some_and(|t| t.webhook_secret.is_some());
+            if !signed {
+                return Err(JobError::BadCallback(
+                    "callbacks are signed with the tenant's webhook secret, and this tenant has \
+                     none: an operator sets one (PATCH /admin/v1/tenants/{name} \
+                     {\"webhook_secret\": …})"
+                        .into(),
+                ));
+            }
+            Some(url)
+        }
+        None => None,
+    };
     let job = NewJob {
         id: new_job_id(),
         tenant: caller.tenant.clone(),
@@ -205,7 +230,7 @@ pub async fn submit(
         version: submit.version.map(|v| v.as_str().to_owned()),
         max_attempts: i64::from(max_attempts),
         idempotency_key: submit.idempotency_key,
-        callback_url: submit.callback_url,
+        callback_url,
         created_at: now_ms(),
     };
     let (row, created) = state.store.insert_job(&job).await?;
@@ -252,6 +277,60 @@ pub async fn cancel(state: &Core, tenant: &TenantName, id: &str) -> Result<JobRo
         state.jobs.stop_local(id, Stop::Cancelled);
     }
     Ok(job)
+}
+
+/// A job as the API shows it: its state, and once it ended, the call's answer beside it.
+pub fn view(job: &JobRow) -> Value {
+    let progress = job
+        .progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let mut v = json!({
+        "job_id": job.id,
+        "status": job.status.as_str(),
+        "fn": job.function,
+        "version": job.version,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "node": job.lease_owner,
+        "progress": progress,
+        "created_at": format_ms(job.created_at),
+        "started_at": job.started_at.map(format_ms),
+        "finished_at": job.finished_at.map(format_ms),
+    });
+    if let Some(key) = &job.idempotency_key {
+        v["idempotency_key"] = json!(key);
+    }
+    if let Some(callback) = crate::callbacks::describe(job) {
+        v["callback"] = callback;
+    }
+    let outcome = job
+        .outcome
+        .as_deref()
+        .and_then(|o| serde_json::from_str::<Value>(o).ok());
+    match (job.status.is_final(), outcome) {
+        (true, Some(Value::Object(answer))) => {
+            for (k, val) in answer {
+                match k.as_str() {
+                    // The job's own fields win over the answer's (its version was pinned or not).
+                    "version" if job.status == JobStatus::Succeeded => {
+                        v["version"] = val;
+                    }
+                    "node" => v["node"] = val,
+                    "ok" | "result" | "error" | "call_id" | "logs" | "usage" => v[k] = val,
+                    _ => {}
+                }
+            }
+        }
+        // Waiting for a retry: the last attempt's failure, for the curious.
+        (false, Some(Value::Object(answer))) if job.attempts > 0 => {
+            if let Some(e) = answer.get("error") {
+                v["last_error"] = e.clone();
+            }
+        }
+        _ => {}
+    }
+    v
 }
 
 /// Starts this node's claimer and lease keeper. `describe` writes a failed call's answer.
@@ -584,6 +663,37 @@ async fn attempt(
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => return malformed("its version"),
     };
+    // The token that submitted the job must still hold when it runs: a revocation stops the
+    // jobs it queued (and a schedule's ticks) too.
+    let tokens = match state.store.tokens_of(&job.tenant).await {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            return End::Retry {
+                after_ms: backoff_ms(1),
+                outcome: describe(CallError::Store(e)),
+                refund: true,
+            }
+        }
+    };
+    let now = now_ms();
+    let refused = match tokens.iter().find(|t| t.id == job.token_id) {
+        None => Some(("token_revoked", "the token that submitted the job is gone")),
+        Some(t) if t.revoked_at.is_some() => Some((
+            "token_revoked",
+            "the token that submitted the job was revoked",
+        )),
+        Some(t) if t.expires_at.is_some_and(|at| at <= now) => Some((
+            "token_expired",
+            "the token that submitted the job has expired",
+        )),
+        Some(_) => None,
+    };
+    if let Some((code, message)) = refused {
+        return End::Done(
+            JobStatus::Failed,
+            json!({"ok": false, "call_id": call_id, "error": {"code": code, "message": message}}),
+        );
+    }
     let caller = Caller {
         token_id: job.token_id.clone(),
         tenant: job.tenant.clone(),

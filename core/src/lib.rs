@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod builtin;
 pub mod cache;
+pub mod callbacks;
 pub mod calls;
 pub mod clock;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod jobs;
 pub mod metering;
 pub mod nodes;
 pub mod plans;
+pub mod schedules;
 pub mod secrets;
 pub mod tenants;
 
@@ -49,6 +51,32 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(tracing::Instrument::instrument(future, span));
+}
+
+/// Runs `tick` every `period` for as long as the services live, while the node takes work
+/// (not shutting down) and its store answers.
+pub(crate) fn spawn_periodic<F, Fut>(
+    state: &Core,
+    span: tracing::Span,
+    period: std::time::Duration,
+    tick: F,
+) where
+    F: Fn(Core) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = state.downgrade();
+    spawn_in_span(span, async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(state) = Core::upgrade(&weak) else {
+                return;
+            };
+            if state.is_shutting_down() || !state.node.is_healthy() {
+                continue;
+            }
+            tick(state).await;
+        }
+    });
 }
 
 /// The node's services: cheap to clone, shared by every request and background task.

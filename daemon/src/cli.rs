@@ -50,6 +50,9 @@ pub enum Command {
     /// Background jobs: submit, follow, cancel, list (talks to a running daemon).
     #[command(subcommand)]
     Job(JobCommand),
+    /// Jobs on a cron schedule (talks to a running daemon).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Runs a built-in from a request on stdin (what the daemon's sandboxed children run).
     #[command(hide = true)]
     Builtin,
@@ -81,6 +84,9 @@ pub enum JobCommand {
         /// Attempts for failures of the node (1–10).
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// POSTed the job once it ends, signed with the tenant's webhook secret.
+        #[arg(long)]
+        callback_url: Option<String>,
         /// Wait for the job's end, drawing its progress.
         #[arg(long)]
         wait: bool,
@@ -118,6 +124,47 @@ pub enum JobCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: JobClient,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create one: `falra schedule create "0 3 * * *" etl.nightly region=eu` (UTC; six fields
+    /// with seconds first also work).
+    Create {
+        cron: String,
+        /// `module.function`.
+        function: String,
+        /// Keyword arguments as key=value; values are JSON when they parse, strings otherwise.
+        kwargs: Vec<String>,
+        /// Run this version instead of the one active at each tick.
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// List the tenant's schedules.
+    List {
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Stop a schedule's ticks from making jobs.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Start a paused schedule again, from its next tick.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        client: JobClient,
+    },
+    /// Remove a schedule (the jobs it made stay).
+    Remove {
+        id: String,
         #[command(flatten)]
         client: JobClient,
     },

@@ -5,7 +5,8 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{
     AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, NodeCommand, PlanCommand,
-    PolicyCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs, UsageArgs,
+    PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs,
+    UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -443,6 +444,7 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
             idempotency_key,
             version,
             max_attempts,
+            callback_url,
             wait,
             client,
         } => {
@@ -454,6 +456,9 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
             }
             if let Some(n) = max_attempts {
                 query.push(format!("max_attempts={n}"));
+            }
+            if let Some(url) = callback_url {
+                query.push(format!("callback_url={}", encode(&url)));
             }
             let mut url = client.url("");
             if !query.is_empty() {
@@ -528,6 +533,50 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+pub fn schedule(cmd: ScheduleCommand) -> anyhow::Result<()> {
+    let base = |client: &JobClient, path: &str| {
+        format!("{}/v1/schedules{path}", client.url.trim_end_matches('/'))
+    };
+    let (method, url, body, client) = match cmd {
+        ScheduleCommand::Create {
+            cron,
+            function,
+            kwargs,
+            version,
+            client,
+        } => {
+            let mut job = key_values(&kwargs)?;
+            job.insert("fn".into(), json!(function));
+            let mut body = json!({"cron": cron, "body": job});
+            if let Some(v) = version {
+                body["version"] = json!(v);
+            }
+            ("POST", base(&client, ""), Some(body), client)
+        }
+        ScheduleCommand::List { client } => ("GET", base(&client, ""), None, client),
+        ScheduleCommand::Pause { id, client } => (
+            "POST",
+            base(&client, &format!("/{}/pause", encode(&id))),
+            None,
+            client,
+        ),
+        ScheduleCommand::Resume { id, client } => (
+            "POST",
+            base(&client, &format!("/{}/resume", encode(&id))),
+            None,
+            client,
+        ),
+        ScheduleCommand::Remove { id, client } => (
+            "DELETE",
+            base(&client, &format!("/{}", encode(&id))),
+            None,
+            client,
+        ),
+    };
+    let answer = request(method, &url, Some(client.token()?), body.as_ref())?;
+    finish_as(answer, Output::Human)
 }
 
 fn read_answer(sent: Result<ureq::Response, ureq::Error>, url: &str) -> anyhow::Result<Answer> {

@@ -1,7 +1,7 @@
 //! `/v1/jobs`: background jobs over HTTP, for tokens with the `jobs` scope.
 //!
 //! `POST /v1/jobs` takes a call's body (and its token the same ways) with the job's options in
-//! the query (`version`, `max_attempts`) and an `Idempotency-Key` header, and answers `202`
+//! the query (`version`, `max_attempts`, `callback_url`) and an `Idempotency-Key` header, and answers `202`
 //! with the job; a key the tenant used before answers `200` with the first job. `GET
 //! /v1/jobs/{id}` shows a job (with the call's answer once it ended), `GET /v1/jobs` lists them
 //! (`status`, `limit`, `cursor`), `DELETE /v1/jobs/{id}` cancels one. What a job does is
@@ -10,10 +10,9 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use falra_core::clock::format_ms;
 use falra_core::jobs::{self, Submit};
 use falra_policies::Scope;
-use falra_store::{JobFilter, JobRow, JobStatus};
+use falra_store::{JobFilter, JobStatus};
 use falra_tenants::VersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -31,6 +30,7 @@ const MAX_PAGE: i64 = 200;
 pub struct SubmitQuery {
     version: Option<String>,
     max_attempts: Option<u32>,
+    callback_url: Option<String>,
 }
 
 /// `POST /v1/jobs`.
@@ -66,7 +66,7 @@ pub async fn submit(
             kwargs: request.kwargs,
             version,
             idempotency_key,
-            callback_url: None,
+            callback_url: query.callback_url,
             max_attempts: query.max_attempts,
         },
     )
@@ -76,7 +76,7 @@ pub async fn submit(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&job))))
+    Ok((status, Json(jobs::view(&job))))
 }
 
 /// `GET /v1/jobs/{id}`.
@@ -87,7 +87,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
     let job = jobs::get(&state, &caller.tenant, &id).await?;
-    Ok(Json(view(&job)))
+    Ok(Json(jobs::view(&job)))
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels the job unless it has ended; the job as it is then.
@@ -98,7 +98,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
     let job = jobs::cancel(&state, &caller.tenant, &id).await?;
-    Ok(Json(view(&job)))
+    Ok(Json(jobs::view(&job)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +154,7 @@ pub async fn list(
         .then(|| page.last().map(|j| format!("{}.{}", j.created_at, j.id)))
         .flatten();
     Ok(Json(json!({
-        "jobs": page.iter().map(view).collect::<Vec<_>>(),
+        "jobs": page.iter().map(jobs::view).collect::<Vec<_>>(),
         "next_cursor": next,
     })))
 }
@@ -165,57 +165,6 @@ fn parse_cursor(c: &str) -> Option<(i64, String)> {
     let at = at.parse().ok()?;
     let id_ok = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     id_ok.then(|| (at, id.to_owned()))
-}
-
-/// A job as the API shows it: its state, and once it ended, the call's answer beside it.
-pub fn view(job: &JobRow) -> Value {
-    let progress = job
-        .progress
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<Value>(p).ok());
-    let mut v = json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "fn": job.function,
-        "version": job.version,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "node": job.lease_owner,
-        "progress": progress,
-        "created_at": format_ms(job.created_at),
-        "started_at": job.started_at.map(format_ms),
-        "finished_at": job.finished_at.map(format_ms),
-    });
-    if let Some(key) = &job.idempotency_key {
-        v["idempotency_key"] = json!(key);
-    }
-    let outcome = job
-        .outcome
-        .as_deref()
-        .and_then(|o| serde_json::from_str::<Value>(o).ok());
-    match (job.status.is_final(), outcome) {
-        (true, Some(Value::Object(answer))) => {
-            for (k, val) in answer {
-                match k.as_str() {
-                    // The job's own fields win over the answer's (its version was pinned or not).
-                    "version" if job.status == JobStatus::Succeeded => {
-                        v["version"] = val;
-                    }
-                    "node" => v["node"] = val,
-                    "ok" | "result" | "error" | "call_id" | "logs" | "usage" => v[k] = val,
-                    _ => {}
-                }
-            }
-        }
-        // Waiting for a retry: the last attempt's failure, for the curious.
-        (false, Some(Value::Object(answer))) if job.attempts > 0 => {
-            if let Some(e) = answer.get("error") {
-                v["last_error"] = e.clone();
-            }
-        }
-        _ => {}
-    }
-    v
 }
 
 impl From<jobs::JobError> for ApiError {

@@ -26,6 +26,7 @@ mod openapi;
 mod plans;
 #[cfg(test)]
 mod router_tests;
+mod schedules;
 mod secrets;
 mod server;
 use falra_store as store;
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audit(args) => client::audit(args),
         Command::Call(args) => client::call(args),
         Command::Job(cmd) => client::job(cmd),
+        Command::Schedule(cmd) => client::schedule(cmd),
         Command::Builtin => Ok(falra_core::builtin::child_main()?),
     }
 }
@@ -146,6 +148,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("could not register this node in the store")?;
     falra_core::cache::start(&state);
     falra_core::jobs::start(&state, jobs::describe());
+    falra_core::callbacks::start(&state);
+    falra_core::schedules::start(&state);
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), store = state.store.backend_name(), "falra listening");
     if args.demo {
         let token = demo::prepare(&state).await?;

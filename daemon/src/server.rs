@@ -21,8 +21,8 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{
-    admin, audit, call, hooks, jobs, metering, metrics, openapi, plans, secrets, tenant_api,
-    uploads,
+    admin, audit, call, hooks, jobs, metering, metrics, openapi, plans, schedules, secrets,
+    tenant_api, uploads,
 };
 use falra_runtime::prestart::{Fresh, PrestartPool};
 use falra_runtime::{Runtime, SandboxSettings, Starter};
@@ -130,6 +130,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/call", post(call::call))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::show).delete(schedules::remove),
+        )
+        .route("/v1/schedules/{id}/pause", post(schedules::pause))
+        .route("/v1/schedules/{id}/resume", post(schedules::resume))
         .route("/v1/versions", get(tenant_api::list_versions))
         .route("/v1/functions", get(tenant_api::list_functions))
         .route("/v1/modules", get(uploads::tenant_list))

@@ -482,3 +482,151 @@ async fn concurrent_claims_on_postgres_never_take_one_job_twice() {
     all.dedup();
     assert_eq!((n, all.len()), (60, 60));
 }
+
+#[tokio::test]
+async fn a_schedule_fires_once_per_tick_from_any_number_of_handles() {
+    for (backend, place) in places().await {
+        let s = place.open().await;
+        let sched = s
+            .insert_schedule(&NewSchedule {
+                id: "s_1".into(),
+                tenant: name("caro"),
+                token_id: "tok_1".into(),
+                cron: "every 1000".into(),
+                function: "m.f".into(),
+                kwargs: "{}".into(),
+                version: None,
+                next_at: 1_000,
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        assert!(!sched.paused);
+        // Ticks every second, on the second.
+        let next = |_: &str, after: i64| Some((after / 1_000 + 1) * 1_000);
+        let ids = std::sync::atomic::AtomicU32::new(0);
+        let make = |sc: &ScheduleRow| {
+            let n = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            NewJob {
+                id: format!("j_{n}"),
+                ..new_job("x", sc.tenant.as_str(), None, 5)
+            }
+        };
+        // Four handles fire the tick at 1 000 at once: one job.
+        let (b, c, d) = (place.open().await, place.open().await, place.open().await);
+        let fired = tokio::join!(
+            s.fire_schedules(1_500, 10, &next, &make),
+            b.fire_schedules(1_500, 10, &next, &make),
+            c.fire_schedules(1_500, 10, &next, &make),
+            d.fire_schedules(1_500, 10, &next, &make),
+        );
+        let total = [fired.0, fired.1, fired.2, fired.3]
+            .iter()
+            .map(|f| f.as_ref().unwrap().len())
+            .sum::<usize>();
+        assert_eq!(total, 1, "{backend}");
+        // Not again for the same tick; the next one fires once too.
+        assert!(s
+            .fire_schedules(1_900, 10, &next, &make)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.fire_schedules(2_100, 10, &next, &make)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Missed ticks are not made up: one job, the next tick after now.
+        assert_eq!(
+            s.fire_schedules(9_500, 10, &next, &make)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let after = s.schedule(&name("caro"), "s_1").await.unwrap().unwrap();
+        assert_eq!(after.next_at, 10_000, "{backend}");
+        assert_eq!(after.last_at, Some(3_000));
+        let jobs = s
+            .jobs_of(
+                &name("caro"),
+                &JobFilter {
+                    status: None,
+                    limit: 10,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 3, "{backend}: {jobs:?}");
+        // Paused, it does not fire; resumed, from the tick given.
+        s.set_schedule_paused(&name("caro"), "s_1", true, 0)
+            .await
+            .unwrap();
+        assert!(s
+            .fire_schedules(20_000, 10, &next, &make)
+            .await
+            .unwrap()
+            .is_empty());
+        let resumed = s
+            .set_schedule_paused(&name("caro"), "s_1", false, 21_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((resumed.paused, resumed.next_at), (false, 21_000));
+        assert!(s.delete_schedule(&name("caro"), "s_1").await.unwrap());
+        assert!(s.schedules_of(&name("caro")).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_callback_is_pending_once_its_job_ends_and_each_delivery_is_fenced() {
+    for (backend, place) in places().await {
+        let s = place.open().await;
+        let job = NewJob {
+            callback_url: Some("https://example.test/hook".into()),
+            ..new_job("j_cb", "caro", None, 1)
+        };
+        s.insert_job(&job).await.unwrap();
+        s.insert_job(&new_job("j_plain", "caro", None, 2))
+            .await
+            .unwrap();
+        for j in s.claim_jobs("n", 10, 1_000, 10).await.unwrap() {
+            let lease = Lease {
+                job: j.id.clone(),
+                owner: "n".into(),
+                attempt: 1,
+            };
+            assert!(s
+                .finish_job(&lease, JobStatus::Succeeded, "{}", 20)
+                .await
+                .unwrap());
+        }
+        let due = s.claim_callbacks(30, 5_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "{backend}: only the job with a callback");
+        assert_eq!((due[0].id.as_str(), due[0].callback_attempts), ("j_cb", 1));
+        // Held while delivered: not claimed again.
+        assert!(s.claim_callbacks(40, 5_000, 10).await.unwrap().is_empty());
+        assert!(s
+            .callback_result("j_cb", 1, "pending", Some(100), Some("HTTP 500"))
+            .await
+            .unwrap());
+        let again = s.claim_callbacks(100, 5_000, 10).await.unwrap();
+        assert_eq!(again[0].callback_attempts, 2);
+        // The first delivery's late result is fenced off.
+        assert!(!s
+            .callback_result("j_cb", 1, "delivered", None, None)
+            .await
+            .unwrap());
+        assert!(s
+            .callback_result("j_cb", 2, "delivered", None, None)
+            .await
+            .unwrap());
+        let j = s.job(&name("caro"), "j_cb").await.unwrap().unwrap();
+        assert_eq!(j.callback_state.as_deref(), Some("delivered"), "{backend}");
+        let plain = s.job(&name("caro"), "j_plain").await.unwrap().unwrap();
+        assert_eq!(plain.callback_state, None);
+    }
+}

@@ -9,30 +9,45 @@
 
 const JOB_COLUMNS: &str = "id, tenant, token_id, function, kwargs, version, status, attempts, \
      max_attempts, run_after, lease_owner, lease_until, idempotency_key, callback_url, progress, \
-     outcome, created_at, started_at, finished_at";
+     outcome, created_at, started_at, finished_at, callback_state, callback_attempts, \
+     callback_error";
+
+const SCHEDULE_COLUMNS: &str = "id, tenant, token_id, cron, function, kwargs, version, paused, \
+     next_at, last_at, last_job, created_at";
+
+/// Queues a job (bound by `bind_new_job!`), unless the tenant has one with its idempotency key.
+const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant, token_id, function, kwargs, version, \
+     status, attempts, max_attempts, run_after, idempotency_key, callback_url, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $8, $9, $10, $8) ON CONFLICT DO NOTHING";
+
+/// Binds a `NewJob` to `INSERT_JOB`'s placeholders.
+macro_rules! bind_new_job {
+    ($query:expr, $j:expr) => {
+        $query
+            .bind(&$j.id)
+            .bind($j.tenant.as_str())
+            .bind(&$j.token_id)
+            .bind(&$j.function)
+            .bind(&$j.kwargs)
+            .bind(&$j.version)
+            .bind($j.max_attempts)
+            .bind($j.created_at)
+            .bind(&$j.idempotency_key)
+            .bind(&$j.callback_url)
+    };
+}
+
+/// What an ending job's row gets besides its status: a callback to deliver, if it has one.
+const CALLBACK_PENDING: &str =
+    "callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END";
 
 impl Backend {
     /// Inserts the job, unless the tenant already has one with its idempotency key: then that
     /// one is returned with `false`.
     pub async fn insert_job(&self, j: &NewJob) -> Result<(JobRow, bool), StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO jobs (id, tenant, token_id, function, kwargs, version, status, \
-             attempts, max_attempts, run_after, idempotency_key, callback_url, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $8, $9, $10, $8) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&j.id)
-        .bind(j.tenant.as_str())
-        .bind(&j.token_id)
-        .bind(&j.function)
-        .bind(&j.kwargs)
-        .bind(&j.version)
-        .bind(j.max_attempts)
-        .bind(j.created_at)
-        .bind(&j.idempotency_key)
-        .bind(&j.callback_url)
-        .execute(&self.pool)
-        .await?;
+        let done = bind_new_job!(sqlx::query(INSERT_JOB), j)
+            .execute(&self.pool)
+            .await?;
         let created = done.rows_affected() == 1;
         let row = match (&j.idempotency_key, created) {
             (Some(key), false) => sqlx::query(&format!(
@@ -173,9 +188,11 @@ impl Backend {
         now: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = $4, outcome = $5, finished_at = $6, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND attempts = $3 \
-             AND status = 'running'",
+            &format!(
+                "UPDATE jobs SET status = $4, outcome = $5, finished_at = $6, lease_owner = NULL, \
+                 lease_until = NULL, {CALLBACK_PENDING}, callback_due_at = $6 \
+                 WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND status = 'running'"
+            ),
         )
         .bind(&lease.job)
         .bind(&lease.owner)
@@ -222,11 +239,11 @@ impl Backend {
         outcome: &str,
         now: i64,
     ) -> Result<Option<JobRow>, StoreError> {
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE jobs SET status = 'cancelled', outcome = $3, finished_at = $4, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE tenant = $1 AND id = $2 AND status IN ('queued', 'running')",
-        )
+             lease_owner = NULL, lease_until = NULL, {CALLBACK_PENDING}, callback_due_at = $4 \
+             WHERE tenant = $1 AND id = $2 AND status IN ('queued', 'running')"
+        ))
         .bind(tenant.as_str())
         .bind(id)
         .bind(outcome)
@@ -240,11 +257,11 @@ impl Backend {
     /// remain, `failed` with `outcome` once they are spent. The jobs rescued and failed.
     pub async fn rescue_jobs(&self, now: i64, outcome: &str) -> Result<(u64, u64), StoreError> {
         let mut tx = self.write_tx().await?;
-        let failed = sqlx::query(
+        let failed = sqlx::query(&format!(
             "UPDATE jobs SET status = 'failed', outcome = $2, finished_at = $1, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts",
-        )
+             lease_owner = NULL, lease_until = NULL, {CALLBACK_PENDING}, callback_due_at = $1 \
+             WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts"
+        ))
         .bind(now)
         .bind(outcome)
         .execute(&mut *tx)
@@ -269,6 +286,180 @@ impl Backend {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Leases up to `limit` due callbacks until `hold_until` (a delivery in flight); each
+    /// returned job's `callback_attempts` counts this delivery and fences its result.
+    pub async fn claim_callbacks(
+        &self,
+        now: i64,
+        hold_until: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE jobs SET callback_due_at = $2, callback_attempts = callback_attempts + 1 \
+             WHERE id IN (SELECT id FROM jobs WHERE callback_state = 'pending' \
+             AND callback_due_at <= $1 ORDER BY callback_due_at, id LIMIT $3 {SKIP_LOCKED}) \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(hold_until)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Records a delivery's result under its fence (`callback_attempts`): `delivered`, due
+    /// again at `retry_at`, or `failed` for good with `error`. False if another delivery
+    /// took over.
+    pub async fn callback_result(
+        &self,
+        job: &str,
+        attempt: i64,
+        state: &str,
+        retry_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET callback_state = $3, callback_due_at = $4, callback_error = $5 \
+             WHERE id = $1 AND callback_attempts = $2 AND callback_state = 'pending'",
+        )
+        .bind(job)
+        .bind(attempt)
+        .bind(state)
+        .bind(retry_at)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow, StoreError> {
+        sqlx::query(
+            "INSERT INTO schedules (id, tenant, token_id, cron, function, kwargs, version, \
+             paused, next_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)",
+        )
+        .bind(&s.id)
+        .bind(s.tenant.as_str())
+        .bind(&s.token_id)
+        .bind(&s.cron)
+        .bind(&s.function)
+        .bind(&s.kwargs)
+        .bind(&s.version)
+        .bind(s.next_at)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, format!("schedule {:?}", s.id)))?;
+        self.schedule(&s.tenant, &s.id)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("schedule {:?}", s.id)))
+    }
+
+    pub async fn schedule(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(schedule_from_row).transpose()
+    }
+
+    /// The tenant's schedules, oldest first.
+    pub async fn schedules_of(&self, tenant: &TenantName) -> Result<Vec<ScheduleRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant = $1 ORDER BY created_at, id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    /// Pauses or resumes the tenant's schedule (resumed, its next tick is `next_at`).
+    pub async fn set_schedule_paused(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+        paused: bool,
+        next_at: i64,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        sqlx::query(
+            "UPDATE schedules SET paused = $3, next_at = CASE WHEN $3 = 0 THEN $4 ELSE next_at END \
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(i64::from(paused))
+        .bind(next_at)
+        .execute(&self.pool)
+        .await?;
+        self.schedule(tenant, id).await
+    }
+
+    pub async fn delete_schedule(&self, tenant: &TenantName, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM schedules WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Fires up to `limit` due schedules in one transaction: each queues the job `make_job`
+    /// makes for its tick (with the idempotency key `schedule:<id>:<tick>`, so a tick never
+    /// makes two) and moves on to the tick `next` gives after `now` (ticks missed while no node
+    /// ran are not made up; `None` pauses the schedule). The schedules fired and their jobs.
+    pub async fn fire_schedules(
+        &self,
+        now: i64,
+        limit: i64,
+        next: &(dyn Fn(&str, i64) -> Option<i64> + Sync),
+        make_job: &(dyn Fn(&ScheduleRow) -> NewJob + Sync),
+    ) -> Result<Vec<(ScheduleRow, String)>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_at <= $1 \
+             ORDER BY next_at, id LIMIT $2 {SKIP_LOCKED}"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut fired = Vec::new();
+        for row in &rows {
+            let schedule = schedule_from_row(row)?;
+            let tick = schedule.next_at;
+            let mut job = make_job(&schedule);
+            job.idempotency_key = Some(format!("schedule:{}:{tick}", schedule.id));
+            bind_new_job!(sqlx::query(INSERT_JOB), &job)
+                .execute(&mut *tx)
+                .await?;
+            let after = next(&schedule.cron, now.max(tick));
+            sqlx::query(
+                "UPDATE schedules SET next_at = $2, paused = $3, last_at = $4, last_job = $5 \
+                 WHERE id = $1",
+            )
+            .bind(&schedule.id)
+            .bind(after.unwrap_or(tick))
+            .bind(i64::from(after.is_none()))
+            .bind(tick)
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+            fired.push((schedule, job.id));
+        }
+        tx.commit().await?;
+        Ok(fired)
     }
 }
 
@@ -302,6 +493,34 @@ fn job_from_row(r: &DbRow) -> Result<JobRow, StoreError> {
         created_at: r.try_get(16)?,
         started_at: r.try_get(17)?,
         finished_at: r.try_get(18)?,
+        callback_state: r.try_get(19)?,
+        callback_attempts: r.try_get(20)?,
+        callback_error: r.try_get(21)?,
+        id,
+    })
+}
+
+fn schedule_from_row(r: &DbRow) -> Result<ScheduleRow, StoreError> {
+    let id: String = r.try_get(0)?;
+    let tenant: String = r.try_get(1)?;
+    let tenant = TenantName::parse(&tenant).map_err(|e| StoreError::InvalidRow {
+        table: "schedule",
+        key: id.clone(),
+        reason: e.to_string(),
+    })?;
+    let paused: i64 = r.try_get(7)?;
+    Ok(ScheduleRow {
+        tenant,
+        token_id: r.try_get(2)?,
+        cron: r.try_get(3)?,
+        function: r.try_get(4)?,
+        kwargs: r.try_get(5)?,
+        version: r.try_get(6)?,
+        paused: paused != 0,
+        next_at: r.try_get(8)?,
+        last_at: r.try_get(9)?,
+        last_job: r.try_get(10)?,
+        created_at: r.try_get(11)?,
         id,
     })
 }

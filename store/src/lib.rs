@@ -536,4 +536,74 @@ impl Store {
     pub async fn forget_jobs(&self, before: i64) -> Result<u64, StoreError> {
         backend!(self.forget_jobs(before))
     }
+
+    /// Leases up to `limit` due job callbacks until `hold_until`.
+    pub async fn claim_callbacks(
+        &self,
+        now: i64,
+        hold_until: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        backend!(self.claim_callbacks(now, hold_until, limit))
+    }
+
+    /// Records a callback delivery's result under its fence; false if another took over.
+    pub async fn callback_result(
+        &self,
+        job: &str,
+        attempt: i64,
+        state: &str,
+        retry_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        backend!(self.callback_result(job, attempt, state, retry_at, error))
+    }
+
+    pub async fn insert_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow, StoreError> {
+        backend!(self.insert_schedule(s))
+    }
+
+    pub async fn schedule(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        backend!(self.schedule(tenant, id))
+    }
+
+    /// The tenant's schedules, oldest first.
+    pub async fn schedules_of(&self, tenant: &TenantName) -> Result<Vec<ScheduleRow>, StoreError> {
+        backend!(self.schedules_of(tenant))
+    }
+
+    /// Pauses or resumes a schedule (resumed, it next ticks at `next_at`).
+    pub async fn set_schedule_paused(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+        paused: bool,
+        next_at: i64,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        backend!(self.set_schedule_paused(tenant, id, paused, next_at))
+    }
+
+    pub async fn delete_schedule(&self, tenant: &TenantName, id: &str) -> Result<bool, StoreError> {
+        backend!(self.delete_schedule(tenant, id))
+    }
+
+    /// Fires due schedules: one job per tick across every node (see the backend's
+    /// `fire_schedules`). The nodes are told of the jobs.
+    pub async fn fire_schedules(
+        &self,
+        now: i64,
+        limit: i64,
+        next: &(dyn Fn(&str, i64) -> Option<i64> + Sync),
+        make_job: &(dyn Fn(&ScheduleRow) -> NewJob + Sync),
+    ) -> Result<Vec<(ScheduleRow, String)>, StoreError> {
+        let fired = backend!(self.fire_schedules(now, limit, next, make_job))?;
+        if !fired.is_empty() {
+            self.changed(&[Change::Jobs]).await;
+        }
+        Ok(fired)
+    }
 }

@@ -374,6 +374,48 @@ pub struct JobRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// `pending`, `delivered` or `failed` once a job with a callback ended.
+    pub callback_state: Option<String>,
+    /// Deliveries tried so far (the fence of the one in flight).
+    pub callback_attempts: i64,
+    /// Why the last delivery failed.
+    pub callback_error: Option<String>,
+}
+
+/// A schedule as it is created.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    /// `s_` and 16 hex digits.
+    pub id: String,
+    pub tenant: TenantName,
+    pub token_id: String,
+    /// A cron expression the service checked (5 fields, or 6 with seconds first; UTC).
+    pub cron: String,
+    pub function: String,
+    pub kwargs: String,
+    pub version: Option<String>,
+    /// The first tick.
+    pub next_at: i64,
+    pub created_at: i64,
+}
+
+/// A schedule as it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub id: String,
+    pub tenant: TenantName,
+    pub token_id: String,
+    pub cron: String,
+    pub function: String,
+    pub kwargs: String,
+    pub version: Option<String>,
+    pub paused: bool,
+    /// The next tick (epoch ms).
+    pub next_at: i64,
+    /// The last tick that made a job, and that job.
+    pub last_at: Option<i64>,
+    pub last_job: Option<String>,
+    pub created_at: i64,
 }
 
 /// A claimed job's fence: only the node holding this lease may write the job's progress and

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("../migrations/postgres/0004_jobs.sql"),
     ),
+    (
+        5,
+        "schedules callbacks",
+        include_str!("../migrations/postgres/0005_schedules_callbacks.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

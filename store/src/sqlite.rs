@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("../migrations/sqlite/0007_jobs.sql"),
     ),
+    (
+        8,
+        "schedules callbacks",
+        include_str!("../migrations/sqlite/0008_schedules_callbacks.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -192,7 +197,7 @@ mod tests {
             .await
             .unwrap();
         // Adopted, then migrated on from where it was.
-        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8]);
         // And it opens again as any other store does.
         drop(store);
         SqliteStore::open(&path).await.unwrap();

@@ -175,3 +175,55 @@ fn a_job_submitted_twice_with_one_key_through_two_nodes_is_one_job() {
     );
     assert_eq!(j["result"], 42, "{j:?}");
 }
+
+#[test]
+fn one_cron_tick_makes_one_job_across_three_nodes() {
+    let (nodes, _keys) = nodes(3, &[]);
+    let repo = GitRepo::with_files(&[("work.py", WORK)]);
+    nodes[0].tenant("caro", &repo);
+    let token = nodes[0].token("caro", &["jobs"]);
+    let created = nodes[1].with_token(
+        "POST",
+        "/v1/schedules",
+        &token,
+        Some(
+            json!({"cron": "* * * * * *", "body": {"fn": "work.add", "int_a": 1, "int_b": 1}})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["schedule_id"].as_str().unwrap().to_owned();
+    // Every node looks twice a second for due schedules; over six seconds each tick is taken by
+    // exactly one of them.
+    std::thread::sleep(Duration::from_secs(6));
+    let paused = nodes[2].with_token("POST", &format!("/v1/schedules/{id}/pause"), &token, None);
+    assert_eq!(paused.status, 200, "{:?}", paused.body);
+    std::thread::sleep(Duration::from_millis(800));
+    let listed = nodes[0].with_token("GET", "/v1/jobs?limit=200", &token, None);
+    let mut ticks: Vec<i64> = listed.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["idempotency_key"].as_str())
+        .filter(|k| k.starts_with(&format!("schedule:{id}:")))
+        .map(|k| k.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    ticks.sort_unstable();
+    let n = ticks.len();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick made two jobs: {ticks:?}");
+    assert!(n >= 4, "only {n} ticks made jobs in six seconds: {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] >= 1000), "{ticks:?}");
+    // And every one of them ran once.
+    for j in listed.body["jobs"].as_array().unwrap() {
+        let done = wait_end(
+            &nodes[0],
+            &token,
+            j["job_id"].as_str().unwrap(),
+            Duration::from_secs(30),
+        );
+        assert_eq!(done["status"], "succeeded", "{done:?}");
+        assert_eq!(done["attempts"], 1);
+    }
+}

@@ -494,3 +494,45 @@ fn a_job_runs_under_the_job_timeout_not_the_calls_and_bad_progress_is_refused() 
     assert_eq!(j["progress"]["fraction"], 1.0);
     assert!(j["progress"]["message"].as_str().unwrap().len() <= 200);
 }
+
+#[test]
+fn a_revoked_token_stops_the_jobs_it_queued_that_have_not_started() {
+    let (d, token) = setup(&["--job-workers", "1"]);
+    let watcher = d.token("caro", &["jobs"]);
+    let running = submit(
+        &d,
+        &token,
+        json!({"fn": "work.slow", "n": 4, "pause": 0.5}),
+        &[],
+    );
+    let queued = submit(
+        &d,
+        &token,
+        json!({"fn": "work.add", "int_a": 1, "int_b": 1}),
+        &[],
+    );
+    let running = running.body["job_id"].as_str().unwrap().to_owned();
+    let queued = queued.body["job_id"].as_str().unwrap().to_owned();
+    eventually("the first job running", Duration::from_secs(20), || {
+        job(&d, &watcher, &running)["status"] == "running"
+    });
+    let tokens = d.admin("GET", "/tenants/caro/tokens", None);
+    // Revoke exactly the submitting token, found by its prefix.
+    let mine = tokens.body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["prefix"].as_str().is_some_and(|p| token.starts_with(p)))
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .expect("the submitting token is listed");
+    assert_eq!(
+        d.admin("DELETE", &format!("/tokens/{mine}"), None).status,
+        200
+    );
+    let q = wait_end(&d, &watcher, &queued, Duration::from_secs(30));
+    assert_eq!(q["status"], "failed", "{q:?}");
+    assert_eq!(q["error"]["code"], "token_revoked");
+    // The job already running when the token was revoked runs to its end.
+    let r = wait_end(&d, &watcher, &running, Duration::from_secs(30));
+    assert_eq!(r["status"], "succeeded", "{r:?}");
+}

@@ -16,5 +16,6 @@ mod jobs;
 mod operators;
 mod packages;
 mod probes;
+mod schedules;
 mod secrets;
 mod uploads;

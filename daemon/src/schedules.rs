@@ -1,0 +1,163 @@
+//! `/v1/schedules`: jobs on a cron schedule, for tokens with the `jobs` scope.
+//!
+//! `POST /v1/schedules {"cron", "body": {"fn", …keyword arguments}, "version"?}` creates one
+//! (`201`); `GET /v1/schedules` lists the tenant's, `GET /v1/schedules/{id}` shows one,
+//! `POST /v1/schedules/{id}/pause` and `/resume` pause and resume it, `DELETE` removes it. What
+//! a schedule does is `falra_core::schedules`'.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use falra_core::schedules::{self, Create, ScheduleError};
+use falra_policies::Scope;
+use falra_tenants::VersionId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api_error::ApiError;
+use crate::auth::tenant_caller;
+use crate::call::CallRequest;
+use crate::extract::{bearer, BodyReader};
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    cron: String,
+    /// The job's body, as `POST /v1/jobs` takes it (without a token).
+    body: Value,
+    version: Option<String>,
+}
+
+/// `POST /v1/schedules`.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // The token is checked before the body is read.
+    let mut reader = BodyReader::new(body, &state);
+    let caller = match tenant_caller(&state, bearer(&headers), Scope::Jobs).await {
+        Ok(caller) => caller,
+        Err(e) => return Err(reader.refuse(e).await),
+    };
+    let bytes = reader.finish().await?;
+    let body: CreateBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if body.body.get("token").is_some() {
+        return Err(ApiError::bad_request(
+            "a schedule's body carries no token: it runs as the schedule's",
+        )
+        .with_detail(json!({"field": "body.token"})));
+    }
+    let request = CallRequest::parse(body.body.to_string().as_bytes()).map_err(|e| {
+        let detail = e.detail.clone();
+        let mut e = ApiError::bad_request(format!("body: {}", e.message));
+        if let Some(Value::Object(d)) = detail {
+            let d = d
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => (k, json!(format!("body.{s}"))),
+                    other => (k, other),
+                })
+                .collect();
+            e = e.with_detail(Value::Object(d));
+        }
+        e
+    })?;
+    let version = match body.version.as_deref() {
+        Some(v) => Some(VersionId::parse(v).map_err(|e| {
+            ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
+        })?),
+        None => None,
+    };
+    let row = schedules::create(
+        &state,
+        &caller,
+        Create {
+            cron: body.cron,
+            function: request.function,
+            kwargs: request.kwargs,
+            version,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(schedules::view(&row))))
+}
+
+/// `GET /v1/schedules`.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let rows = schedules::list(&state, &caller.tenant).await?;
+    Ok(Json(
+        json!({"schedules": rows.iter().map(schedules::view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /v1/schedules/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let row = schedules::get(&state, &caller.tenant, &id).await?;
+    Ok(Json(schedules::view(&row)))
+}
+
+/// `POST /v1/schedules/{id}/pause`.
+pub async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, headers, id, true).await
+}
+
+/// `POST /v1/schedules/{id}/resume`.
+pub async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, headers, id, false).await
+}
+
+async fn set_paused(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    let row = schedules::set_paused(&state, &caller.tenant, &id, paused).await?;
+    Ok(Json(schedules::view(&row)))
+}
+
+/// `DELETE /v1/schedules/{id}`: the jobs it queued stay.
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    schedules::remove(&state, &caller.tenant, &id).await?;
+    Ok(Json(json!({"removed": id})))
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ScheduleError::BadCron { .. } | ScheduleError::NeverFires(_) => {
+                ApiError::bad_request(message).with_detail(json!({"field": "cron"}))
+            }
+            ScheduleError::NotFound(_) => ApiError::not_found(message),
+            ScheduleError::TooMany => ApiError::new(crate::api_error::ErrorCode::Conflict, message),
+            ScheduleError::Store(e) => e.into(),
+        }
+    }
+}
