@@ -345,6 +345,7 @@ pub fn start(state: &Core, describe: Describe) {
     crate::spawn_in_span(tracing::info_span!("job_leases"), async move {
         lease_loop(weak).await;
     });
+    start_rescuer(state);
 }
 
 /// Stops claiming and hands this node's running jobs back to the queue (their children are
@@ -425,16 +426,17 @@ fn lease_ms(state: &Core) -> i64 {
     i64::try_from(state.config.jobs.lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-/// Renews this node's leases (a third of the lease time apart), stops what it no longer
-/// holds, rescues lapsed leases of any node, and forgets ended jobs past their retention.
+/// Renews this node's leases, a third of the lease time apart, and stops what it no longer
+/// holds: a job cancelled or rescued for another node, or every job once this node could not
+/// renew for longer than the lease (another node may have taken them). Runs whatever the
+/// node's health, since it is what notices a lapse.
 async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
     let mut renewed_at = now_ms();
-    let mut forgot_at = 0i64;
     loop {
         let Some(state) = Core::upgrade(&weak) else {
             return;
         };
-        let every = (state.config.jobs.lease / 3).max(Duration::from_millis(100));
+        let every = renew_every(&state);
         let lease = lease_ms(&state);
         let now = now_ms();
         if let Some(node) = state.node.id() {
@@ -453,7 +455,6 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
                 Err(e) => {
                     tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not renew job leases");
                     if now - renewed_at > lease {
-                        // Past the lease another node may have rescued them: stop this copy.
                         let running = state.jobs.running.lock().expect("job table poisoned");
                         for r in running.values() {
                             r.stop(Stop::LeaseLost);
@@ -461,7 +462,30 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
                     }
                 }
             }
-            let lost = json!({
+        }
+        drop(state);
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn renew_every(state: &Core) -> Duration {
+    (state.config.jobs.lease / 3).max(Duration::from_millis(100))
+}
+
+/// Rescues lapsed leases of any node and forgets ended jobs past their retention; apart from
+/// the renewals, so that nothing it waits for can delay them.
+fn start_rescuer(state: &Core) {
+    let every = renew_every(state);
+    let forgot_at = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    crate::spawn_periodic(
+        state,
+        tracing::info_span!("job_rescuer"),
+        every,
+        move |state| {
+            let forgot_at = Arc::clone(&forgot_at);
+            async move {
+                let now = now_ms();
+                let lost = json!({
                 "ok": false,
                 "error": {
                     "code": "process_exited",
@@ -469,34 +493,37 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
                 },
             })
             .to_string();
-            match state.store.rescue_jobs(now - CLOCK_SLACK_MS, &lost).await {
-                Ok((0, 0)) => {}
-                Ok((requeued, failed)) => {
-                    tracing::info!(requeued, failed, "rescued jobs whose node was lost")
-                }
-                Err(e) => {
-                    tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not rescue jobs")
-                }
-            }
-            if now - forgot_at > 60_000 {
-                let retention =
-                    i64::try_from(state.config.jobs.retention.as_millis()).unwrap_or(i64::MAX / 2);
-                match state.store.forget_jobs(now - retention).await {
-                    Ok(n) => {
-                        forgot_at = now;
-                        if n > 0 {
-                            tracing::info!(removed = n, "ended jobs past their retention removed");
-                        }
+                match state.store.rescue_jobs(now - CLOCK_SLACK_MS, &lost).await {
+                    Ok((0, 0)) => {}
+                    Ok((requeued, failed)) => {
+                        tracing::info!(requeued, failed, "rescued jobs whose node was lost")
                     }
                     Err(e) => {
-                        tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not remove old jobs")
+                        tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not rescue jobs")
+                    }
+                }
+                let last = forgot_at.load(std::sync::atomic::Ordering::Relaxed);
+                if now - last > 60_000 {
+                    let retention = i64::try_from(state.config.jobs.retention.as_millis())
+                        .unwrap_or(i64::MAX / 2);
+                    match state.store.forget_jobs(now - retention).await {
+                        Ok(n) => {
+                            forgot_at.store(now, std::sync::atomic::Ordering::Relaxed);
+                            if n > 0 {
+                                tracing::info!(
+                                    removed = n,
+                                    "ended jobs past their retention removed"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not remove old jobs")
+                        }
                     }
                 }
             }
-        }
-        drop(state);
-        tokio::time::sleep(every).await;
-    }
+        },
+    );
 }
 
 /// Runs a claimed job in a task of its own.

@@ -114,7 +114,8 @@ impl Backend {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<JobRow>, StoreError> {
-        let mut tx = self.write_tx().await?;
+        // One statement, no transaction around it: nothing stays locked should this node lose
+        // the database between two round trips.
         let rows = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, \
              lease_until = $2, started_at = COALESCE(started_at, $3) \
@@ -126,9 +127,8 @@ impl Backend {
         .bind(lease_until)
         .bind(now)
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
         // RETURNING keeps no order: the oldest first, as they were chosen.
         jobs.sort_by(|a, b| {
@@ -256,27 +256,29 @@ impl Backend {
     /// Rescues the jobs whose lease lapsed before `now`: back to the queue while attempts
     /// remain, `failed` with `outcome` once they are spent. The jobs rescued and failed.
     pub async fn rescue_jobs(&self, now: i64, outcome: &str) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.write_tx().await?;
-        let failed = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'failed', outcome = $2, finished_at = $1, \
-             lease_owner = NULL, lease_until = NULL, {CALLBACK_PENDING}, callback_due_at = $1 \
-             WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts"
+        // One statement (see `claim_jobs`): spent jobs fail, the others go back to the queue.
+        let spent = "attempts >= max_attempts";
+        let rows = sqlx::query(&format!(
+            "UPDATE jobs SET \
+             status = CASE WHEN {spent} THEN 'failed' ELSE 'queued' END, \
+             outcome = CASE WHEN {spent} THEN $2 ELSE outcome END, \
+             finished_at = CASE WHEN {spent} THEN $1 ELSE finished_at END, \
+             callback_state = CASE WHEN {spent} AND callback_url IS NOT NULL THEN 'pending' \
+             ELSE callback_state END, \
+             callback_due_at = CASE WHEN {spent} THEN $1 ELSE callback_due_at END, \
+             run_after = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE status = 'running' AND lease_until < $1 RETURNING status"
         ))
         .bind(now)
         .bind(outcome)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let requeued = sqlx::query(
-            "UPDATE jobs SET status = 'queued', run_after = $1, lease_owner = NULL, \
-             lease_until = NULL WHERE status = 'running' AND lease_until < $1",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok((requeued, failed))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut failed = 0;
+        for r in &rows {
+            let status: String = r.try_get(0)?;
+            failed += u64::from(status == "failed");
+        }
+        Ok((rows.len() as u64 - failed, failed))
     }
 
     /// Removes the jobs that ended before `before`; how many.
@@ -296,7 +298,7 @@ impl Backend {
         hold_until: i64,
         limit: i64,
     ) -> Result<Vec<JobRow>, StoreError> {
-        let mut tx = self.write_tx().await?;
+        // One statement (see `claim_jobs`).
         let rows = sqlx::query(&format!(
             "UPDATE jobs SET callback_due_at = $2, callback_attempts = callback_attempts + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE callback_state = 'pending' \
@@ -306,9 +308,8 @@ impl Backend {
         .bind(now)
         .bind(hold_until)
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         rows.iter().map(job_from_row).collect()
     }
 

@@ -87,7 +87,15 @@ impl PgStore {
             path: redacted(url),
             source,
         };
-        let options = PgConnectOptions::from_str(url).map_err(open_err)?;
+        // Every session: a transaction left open by a node that lost its link (mid-statement,
+        // between two round trips) is ended by the server, so its row locks do not hold up the
+        // other nodes; and the server notices a client that is gone (TCP keepalives).
+        let options = PgConnectOptions::from_str(url).map_err(open_err)?.options([
+            ("idle_in_transaction_session_timeout", "15s"),
+            ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "2"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -108,6 +116,11 @@ impl PgStore {
     /// Waits for, then holds, the tenant's deploy lock, cluster-wide.
     pub async fn deploy_lock(&self, tenant: &TenantName) -> Result<AdvisoryLock, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The transaction stays open, idle, for the deploy's length: not ended for that (a node
+        // that dies with it is noticed by the keepalives, and its lock released).
+        sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(DEPLOY_LOCK_CLASS)
             .bind(tenant.as_str())

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod hosts;
+
 /// The `falra` binary: `$FALRA_BIN`, or the one beside this test binary's profile directory.
 pub fn falra_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FALRA_BIN") {
@@ -144,16 +146,27 @@ impl Daemon {
     /// Starts `falra serve` through a wrapper command that execs it (`prlimit --nofile=…`),
     /// so the daemon keeps the wrapper's process id.
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Daemon {
-        Daemon::start_full(wrapper, extra, &[])
+        Daemon::start_full(wrapper, extra, &[], "127.0.0.1:0")
     }
 
     /// Starts `falra serve` as a node of a cluster: `falra admin init` and `serve` both get
     /// `envs` (`FALRA_DATABASE_URL`, `FALRA_SECRET_KEY_FILE`); the data directory is its own.
     pub fn start_node(envs: &[(&str, &str)], extra: &[&str]) -> Daemon {
-        Daemon::start_full(&[], extra, envs)
+        Daemon::start_full(&[], extra, envs, "127.0.0.1:0")
     }
 
-    fn start_full(wrapper: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
+    /// Starts a node of a cluster as a host of its own: through `wrapper` (which enters the
+    /// host's network namespace and execs the daemon), listening on `listen`.
+    pub fn start_host(
+        wrapper: &[&str],
+        listen: &str,
+        envs: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Daemon {
+        Daemon::start_full(wrapper, extra, envs, listen)
+    }
+
+    fn start_full(wrapper: &[&str], extra: &[&str], envs: &[(&str, &str)], listen: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let out = Command::new(falra_bin())
@@ -179,7 +192,7 @@ impl Daemon {
             None => Command::new(falra_bin()),
         };
         let child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .envs(envs.iter().copied())
@@ -239,6 +252,18 @@ impl Daemon {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// This node's id in the store, as `GET /admin/v1/nodes` lists it.
+    pub fn node_id(&self) -> String {
+        self.admin("GET", "/nodes", None).body["nodes"]
+            .as_array()
+            .expect("a list of nodes")
+            .iter()
+            .find(|n| n["this"] == true)
+            .and_then(|n| n["id"].as_str())
+            .expect("the node lists itself")
+            .to_owned()
     }
 
     /// The daemon's process id.

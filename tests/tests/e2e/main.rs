@@ -12,6 +12,7 @@ mod errors;
 mod etl;
 mod fuzz;
 mod hostile;
+mod hosts;
 mod jobs;
 mod operators;
 mod packages;
