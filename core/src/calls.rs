@@ -175,9 +175,12 @@ pub async fn run(
             refusal,
             calls_per_minute: policy.calls_per_minute,
         })?;
-    if state.store.is_shared() {
-        cluster_rate(state, &caller.tenant, policy.calls_per_minute).await?;
-    }
+    let slot = if state.store.is_shared() {
+        Some(cluster_admit(state, &caller.tenant, &policy).await?)
+    } else {
+        None
+    };
+    let permit = (permit, slot);
 
     let longest = match options.background {
         Some(_) => policy.job_timeout_ms,
@@ -333,27 +336,128 @@ pub async fn run(
     }
 }
 
-/// The tenant's `calls_per_minute` over every node of a shared store: each admitted call is
-/// counted in the store under its calendar minute (one round trip), and a call past the limit
-/// is refused until the next minute begins. Within a node, admission's token bucket has
-/// already spread the calls; this makes the limit the cluster's, not each node's.
-async fn cluster_rate(
+/// The tenant's `calls_per_minute` and `max_concurrency` over every node of a shared store,
+/// in one round trip: each admitted call is counted in the store under its calendar minute, and
+/// takes one of the tenant's slots there until its child is gone ([`ClusterSlot`]). A call past
+/// the minute's limit is refused until the next minute begins; one past the running limit,
+/// until a call of the tenant ends on any node. Within a node, admission's token bucket and
+/// counters have already spread and bounded the calls; this makes the limits the cluster's.
+async fn cluster_admit(
     state: &Core,
     tenant: &TenantName,
-    calls_per_minute: u32,
-) -> Result<(), CallError> {
+    policy: &falra_policies::Policy,
+) -> Result<ClusterSlot, CallError> {
+    let node = state.node.id().unwrap_or("node_unregistered").to_owned();
+    // Counted here before the store is asked, so a node's reclaim never takes a slot being
+    // taken.
+    let slot = ClusterSlot::counted(state, tenant, node);
     let now = crate::clock::now_ms();
-    let calls = state.store.count_call(tenant, now / 60_000).await?;
-    if calls <= i64::from(calls_per_minute) {
-        return Ok(());
+    let admitted = state
+        .store
+        .admit_call(
+            tenant,
+            now / 60_000,
+            i64::from(policy.calls_per_minute),
+            i64::from(policy.max_concurrency),
+            &slot.node,
+        )
+        .await?;
+    if admitted.minute_calls > i64::from(policy.calls_per_minute) {
+        let left_ms = u64::try_from(60_000 - now % 60_000).unwrap_or(60_000);
+        return Err(CallError::Refused {
+            refusal: Refusal::RateLimited {
+                retry_after: std::time::Duration::from_millis(left_ms),
+            },
+            calls_per_minute: policy.calls_per_minute,
+        });
     }
-    let left_ms = u64::try_from(60_000 - now % 60_000).unwrap_or(60_000);
-    Err(CallError::Refused {
-        refusal: Refusal::RateLimited {
-            retry_after: std::time::Duration::from_millis(left_ms),
-        },
-        calls_per_minute,
-    })
+    if !admitted.slot {
+        return Err(CallError::Refused {
+            refusal: Refusal::ConcurrencyLimited {
+                limit: policy.max_concurrency,
+            },
+            calls_per_minute: policy.calls_per_minute,
+        });
+    }
+    Ok(slot.held())
+}
+
+/// One of a tenant's running-call slots on a shared store, given back (in the background) when
+/// dropped. Counted in this node's memory for as long as it may be held in the store, which is
+/// what the beat's reclaim of leaked slots goes by.
+pub struct ClusterSlot {
+    state: Core,
+    tenant: TenantName,
+    node: String,
+    held: bool,
+}
+
+impl ClusterSlot {
+    fn counted(state: &Core, tenant: &TenantName, node: String) -> ClusterSlot {
+        *state
+            .slots
+            .lock()
+            .expect("slot table poisoned")
+            .entry(tenant.clone())
+            .or_default() += 1;
+        ClusterSlot {
+            state: state.clone(),
+            tenant: tenant.clone(),
+            node,
+            held: false,
+        }
+    }
+
+    fn held(mut self) -> ClusterSlot {
+        self.held = true;
+        self
+    }
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        let (state, tenant, node, held) = (
+            self.state.clone(),
+            self.tenant.clone(),
+            std::mem::take(&mut self.node),
+            self.held,
+        );
+        if !held {
+            forget_slot(&state, &tenant);
+            return;
+        }
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = state.store.release_call(&tenant, &node).await {
+                    tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not give a call slot back: the next beat reclaims it");
+                }
+                forget_slot(&state, &tenant);
+            },
+            span,
+        ));
+    }
+}
+
+fn forget_slot(state: &Core, tenant: &TenantName) {
+    let mut slots = state.slots.lock().expect("slot table poisoned");
+    if let Some(n) = slots.get_mut(tenant) {
+        *n -= 1;
+        if *n == 0 {
+            slots.remove(tenant);
+        }
+    }
+}
+
+/// Tenants with calls in flight on this node (holding, or taking, a slot in the store).
+pub fn busy_tenants(state: &Core) -> Vec<String> {
+    state
+        .slots
+        .lock()
+        .expect("slot table poisoned")
+        .keys()
+        .map(|t| t.as_str().to_owned())
+        .collect()
 }
 
 /// Records an answered call of an identified tenant: its CPU time against the quota, its

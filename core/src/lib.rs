@@ -109,6 +109,8 @@ pub struct Inner {
     pub jobs: jobs::Jobs,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
+    /// Calls in flight per tenant holding (or taking) a slot in a shared store.
+    slots: Mutex<HashMap<TenantName, u32>>,
     /// Calls in flight per (tenant, version): versions in use are never collected.
     versions_in_use: Mutex<HashMap<(TenantName, String), usize>>,
 }
@@ -177,6 +179,7 @@ impl Core {
             config,
             deploy_slots: Arc::default(),
             versions_in_use: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -114,7 +114,20 @@ async fn beat(state: &Core) {
     // remove them).
     let answered = match answered {
         Ok(()) if state.store.is_shared() => match state.plans.refresh(&state.store).await {
-            Ok(()) => state.store.forget_call_counts(now / 60_000 - 5).await,
+            Ok(()) => match state.store.forget_call_counts(now / 60_000 - 5).await {
+                // Slots of nodes gone, and this node's of tenants it runs nothing of now.
+                Ok(()) => {
+                    state
+                        .store
+                        .reclaim_slots(
+                            now - GONE_AFTER_MS,
+                            &row.id,
+                            &crate::calls::busy_tenants(state),
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         other => other,

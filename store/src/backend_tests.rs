@@ -630,3 +630,63 @@ async fn a_callback_is_pending_once_its_job_ends_and_each_delivery_is_fenced() {
         assert_eq!(plain.callback_state, None);
     }
 }
+
+#[tokio::test]
+async fn call_slots_hold_max_concurrency_across_handles_and_come_back_from_gone_nodes() {
+    let place = postgres().await;
+    let (a, b) = (place.open().await, place.open().await);
+    let caro = name("caro");
+    for (node, at) in [("node_a", 1_000), ("node_b", 1_000)] {
+        a.register_node(&NodeRow {
+            id: node.into(),
+            address: "x".into(),
+            version: "0".into(),
+            started_at: at,
+            heartbeat_at: at,
+        })
+        .await
+        .unwrap();
+    }
+    // Eight admissions at once from two nodes, limit 3: three slots.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, caro) = (if i % 2 == 0 { a.clone() } else { b.clone() }, caro.clone());
+        let node = if i % 2 == 0 { "node_a" } else { "node_b" };
+        tasks.spawn(async move {
+            (
+                node,
+                store.admit_call(&caro, 7, 100, 3, node).await.unwrap(),
+            )
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (node, admitted) = done.unwrap();
+        if admitted.slot {
+            held.push(node);
+        }
+    }
+    assert_eq!(held.len(), 3, "{held:?}");
+    // Over the rate: counted, no slot.
+    let over = a.admit_call(&caro, 7, 8, 10, "node_a").await.unwrap();
+    assert_eq!((over.minute_calls, over.slot), (9, false));
+    // One given back: one more fits.
+    a.release_call(&caro, held[0]).await.unwrap();
+    assert!(a.admit_call(&caro, 8, 100, 3, held[0]).await.unwrap().slot);
+    assert!(!a.admit_call(&caro, 8, 100, 3, "node_a").await.unwrap().slot);
+    // node_b stops beating: its slots come back; node_a keeps those of tenants it is busy with.
+    a.beat("node_a", 50_000).await.unwrap();
+    let b_held = held.iter().filter(|n| **n == "node_b").count();
+    a.reclaim_slots(40_000, "node_a", &["caro".to_owned()])
+        .await
+        .unwrap();
+    let mut more = 0;
+    while a.admit_call(&caro, 9, 100, 3, "node_a").await.unwrap().slot {
+        more += 1;
+        assert!(more < 10);
+    }
+    assert_eq!(more, b_held);
+    // Idle for caro on node_a: its slots go too.
+    a.reclaim_slots(40_000, "node_a", &[]).await.unwrap();
+    assert!(a.admit_call(&caro, 9, 100, 3, "node_a").await.unwrap().slot);
+}

@@ -214,6 +214,52 @@ impl Store {
         backend!(self.count_call(tenant, minute))
     }
 
+    /// Admits a call on a shared store: its minute counted against `per_minute` and, within
+    /// it, one of the tenant's `max_concurrency` slots taken for `node` (one round trip). On
+    /// the embedded store, which one node owns, admission in memory is already exact: every
+    /// call is admitted here.
+    pub async fn admit_call(
+        &self,
+        tenant: &TenantName,
+        minute: i64,
+        per_minute: i64,
+        max_concurrency: i64,
+        node: &str,
+    ) -> Result<postgres::Admitted, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(postgres::Admitted {
+                minute_calls: 0,
+                slot: true,
+            }),
+            Backend::Postgres(b) => {
+                b.admit_call(tenant, minute, per_minute, max_concurrency, node)
+                    .await
+            }
+        }
+    }
+
+    /// Gives back a slot `admit_call` took.
+    pub async fn release_call(&self, tenant: &TenantName, node: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(b) => b.release_call(tenant, node).await,
+        }
+    }
+
+    /// Gives back the slots of nodes gone (beat before `alive_after`), and `node`'s own of
+    /// tenants not in `busy`.
+    pub async fn reclaim_slots(
+        &self,
+        alive_after: i64,
+        node: &str,
+        busy: &[String],
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(b) => b.reclaim_slots(alive_after, node, busy).await,
+        }
+    }
+
     /// Removes the call counts of minutes before `minute`.
     pub async fn forget_call_counts(&self, minute: i64) -> Result<(), StoreError> {
         backend!(self.forget_call_counts(minute))

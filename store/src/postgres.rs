@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedules callbacks",
         include_str!("../migrations/postgres/0005_schedules_callbacks.sql"),
     ),
+    (
+        6,
+        "call slots",
+        include_str!("../migrations/postgres/0006_call_slots.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks
@@ -127,6 +132,104 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         Ok(AdvisoryLock { _tx: tx })
+    }
+}
+
+/// A call's admission on the shared store: its minute's count (rate) and whether it took one
+/// of the tenant's slots (concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// Calls of the tenant admitted in this calendar minute, this one included.
+    pub minute_calls: i64,
+    /// Whether the call holds a slot (false: over the rate, or `max_concurrency` running).
+    pub slot: bool,
+}
+
+impl PgStore {
+    /// Counts the call in its minute and, if that is within `per_minute`, takes one of the
+    /// tenant's `max_concurrency` slots for `node` — one statement, one round trip. The
+    /// conditional upsert locks the tenant's row, so concurrent admissions on every node see
+    /// each other's slots.
+    pub async fn admit_call(
+        &self,
+        tenant: &TenantName,
+        minute: i64,
+        per_minute: i64,
+        max_concurrency: i64,
+        node: &str,
+    ) -> Result<Admitted, StoreError> {
+        let row = sqlx::query(
+            "WITH counted AS (\
+                 INSERT INTO call_counts (tenant, minute, calls) VALUES ($1, $2, 1) \
+                 ON CONFLICT (tenant, minute) DO UPDATE SET calls = call_counts.calls + 1 \
+                 RETURNING calls), \
+             took AS (\
+                 INSERT INTO tenant_slots (tenant, calls) \
+                 SELECT $1, 1 WHERE (SELECT calls FROM counted) <= $3 AND $4 >= 1 \
+                 ON CONFLICT (tenant) DO UPDATE SET calls = tenant_slots.calls + 1 \
+                 WHERE tenant_slots.calls < $4 \
+                 RETURNING 1), \
+             mine AS (\
+                 INSERT INTO call_slots (tenant, node, calls) SELECT $1, $5, 1 FROM took \
+                 ON CONFLICT (tenant, node) DO UPDATE SET calls = call_slots.calls + 1 \
+                 RETURNING 1) \
+             SELECT (SELECT calls FROM counted), EXISTS (SELECT 1 FROM took), \
+             (SELECT COUNT(*) FROM mine)",
+        )
+        .bind(tenant.as_str())
+        .bind(minute)
+        .bind(per_minute)
+        .bind(max_concurrency)
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Admitted {
+            minute_calls: row.try_get(0)?,
+            slot: row.try_get(1)?,
+        })
+    }
+
+    /// Gives back one of `node`'s slots of the tenant (none if it has none: reclaimed).
+    pub async fn release_call(&self, tenant: &TenantName, node: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH gave AS (\
+                 UPDATE call_slots SET calls = calls - 1 \
+                 WHERE tenant = $1 AND node = $2 AND calls > 0 RETURNING 1) \
+             UPDATE tenant_slots SET calls = calls - 1 \
+             WHERE tenant = $1 AND calls > 0 AND EXISTS (SELECT 1 FROM gave)",
+        )
+        .bind(tenant.as_str())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives back the slots of nodes whose beat is older than `alive_after` (gone), and those
+    /// `node` holds for tenants it runs nothing of now (`busy` lists the ones it does): a
+    /// release lost to a passing error leaks nothing for longer than a beat.
+    pub async fn reclaim_slots(
+        &self,
+        alive_after: i64,
+        node: &str,
+        busy: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH gone AS (\
+                 DELETE FROM call_slots \
+                 WHERE node NOT IN (SELECT id FROM nodes WHERE heartbeat_at >= $1) \
+                 OR (node = $2 AND NOT (tenant = ANY($3))) \
+                 RETURNING tenant, calls), \
+             sums AS (SELECT tenant, SUM(calls) AS n FROM gone GROUP BY tenant) \
+             UPDATE tenant_slots SET calls = GREATEST(tenant_slots.calls - sums.n, 0) \
+             FROM sums WHERE tenant_slots.tenant = sums.tenant",
+        )
+        .bind(alive_after)
+        .bind(node)
+        .bind(busy)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

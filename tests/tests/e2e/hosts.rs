@@ -308,3 +308,83 @@ fn a_postgres_restart_mid_load_loses_no_job_and_answers_no_server_error() {
     let listed = c.nodes[0].with_token("GET", "/v1/jobs?limit=50&status=succeeded", &token, None);
     assert_eq!(listed.body["jobs"].as_array().unwrap().len(), 12);
 }
+
+#[test]
+fn max_concurrency_and_calls_per_minute_hold_across_three_hosts() {
+    let c = cluster(3, &[]);
+    let repo = GitRepo::with_files(&[("work.py", WORK)]);
+    let token = c.nodes[0].tenant("caro", &repo);
+    let add = json!({"fn": "work.add", "int_a": 1, "int_b": 1});
+    // Every host has made the version before anything is counted.
+    for d in &c.nodes {
+        assert_eq!(call(d, &token, add.clone()).status, 200);
+    }
+    let set = c.nodes[0].admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"max_concurrency": 2})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // Six calls at once, two on each host: two run, four are refused, whichever host.
+    let slow = json!({"fn": "work.slow", "n": 4, "pause": 0.5});
+    let run_at_once = |n: usize| -> Vec<falra_tests::Answer> {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (url, token, body) = (c.nodes[i % 3].url.clone(), token.clone(), slow.clone());
+                std::thread::spawn(move || {
+                    let auth = format!("Bearer {token}");
+                    falra_tests::http(
+                        "POST",
+                        &format!("{url}/v1/call"),
+                        &[("Authorization", &auth)],
+                        Some(body.to_string().as_bytes()),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    let answers = run_at_once(6);
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.body["error"]["code"] == "concurrency_limited")
+        .count();
+    assert_eq!((ok, limited), (2, 4), "{answers:?}");
+    // Their slots are given back as they end: two more run.
+    std::thread::sleep(Duration::from_millis(300));
+    let again = run_at_once(2);
+    assert!(again.iter().all(|a| a.status == 200), "{again:?}");
+
+    // calls_per_minute: over one calendar minute, the cluster admits the limit and no more
+    // (a tenant of its own, whose minute has counted nothing yet).
+    let jc = c.nodes[1].tenant("jc", &repo);
+    let set = c.nodes[1].admin(
+        "PUT",
+        "/tenants/jc/policy",
+        Some(json!({"calls_per_minute": 6})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    std::thread::sleep(Duration::from_millis(1200));
+    let into_minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60
+    };
+    if into_minute() > 40 {
+        std::thread::sleep(Duration::from_secs(61 - into_minute()));
+    }
+    let answers: Vec<_> = (0..12)
+        .map(|i| call(&c.nodes[i % 3], &jc, add.clone()))
+        .collect();
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.body["error"]["code"] == "rate_limited")
+        .count();
+    assert_eq!((ok, limited), (6, 6), "{answers:?}");
+}
