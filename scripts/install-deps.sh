@@ -3,8 +3,10 @@
 # git (the tests make real repositories), pkg-config and OpenSSL headers (git2's https),
 # libseccomp (the sandbox compiles its seccomp policy with it),
 # CPython 3 at /usr/bin/python3 (the interpreter calls run in) with pip (virtualenv builds from
-# a tenant's requirements.txt), git's http-backend (the tests serve a repository over HTTP), and
-# PostgreSQL's server binaries (the store's and the cluster's tests run against a real one).
+# a tenant's requirements.txt), git's http-backend (the tests serve a repository over HTTP),
+# PostgreSQL's server binaries (the store's and the cluster's tests run against a real one),
+# HAProxy (the load-balancer example in deploy/ is run by the cluster tests), and iproute2 and
+# nsenter (the multi-host tests put each node in a network namespace of its own).
 set -euo pipefail
 
 need=()
@@ -20,6 +22,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 # PostgreSQL's server binaries (initdb, pg_ctl, psql): the tests start a throwaway cluster.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

@@ -690,3 +690,52 @@ async fn call_slots_hold_max_concurrency_across_handles_and_come_back_from_gone_
     a.reclaim_slots(40_000, "node_a", &[]).await.unwrap();
     assert!(a.admit_call(&caro, 9, 100, 3, "node_a").await.unwrap().slot);
 }
+
+#[tokio::test]
+async fn admissions_and_releases_at_once_never_deadlock_and_leave_nothing_held() {
+    let place = postgres().await;
+    let (a, b) = (place.open().await, place.open().await);
+    let caro = name("caro");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let (store, caro) = (if i % 2 == 0 { a.clone() } else { b.clone() }, caro.clone());
+        let node = format!("node_{}", i % 2);
+        tasks.spawn(async move {
+            let mut took = 0;
+            for _ in 0..25 {
+                // (A deadlock would surface here as an error after deadlock_timeout.)
+                if store
+                    .admit_call(&caro, 1, 1_000_000, 4, &node)
+                    .await
+                    .unwrap()
+                    .slot
+                {
+                    took += 1;
+                    store.release_call(&caro, &node).await.unwrap();
+                }
+            }
+            took
+        });
+    }
+    let mut took = 0;
+    while let Some(done) = tasks.join_next().await {
+        took += done.unwrap();
+    }
+    assert!(took > 0);
+    // Everything given back: the limit's worth of slots is free again.
+    for n in 0..4 {
+        assert!(
+            a.admit_call(&caro, 2, 1_000_000, 4, "node_x")
+                .await
+                .unwrap()
+                .slot,
+            "slot {n}"
+        );
+    }
+    assert!(
+        !a.admit_call(&caro, 2, 1_000_000, 4, "node_x")
+            .await
+            .unwrap()
+            .slot
+    );
+}

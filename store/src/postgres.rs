@@ -192,11 +192,14 @@ impl PgStore {
     /// Gives back one of `node`'s slots of the tenant (none if it has none: reclaimed).
     pub async fn release_call(&self, tenant: &TenantName, node: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "WITH gave AS (\
-                 UPDATE call_slots SET calls = calls - 1 \
-                 WHERE tenant = $1 AND node = $2 AND calls > 0 RETURNING 1) \
-             UPDATE tenant_slots SET calls = calls - 1 \
-             WHERE tenant = $1 AND calls > 0 AND EXISTS (SELECT 1 FROM gave)",
+            // Rows are locked in the order admissions lock them (the tenant's, then the
+            // node's), so a release and an admission never wait for each other in a cycle.
+            "WITH mine AS (SELECT calls FROM call_slots WHERE tenant = $1 AND node = $2), \
+             t AS (\
+                 UPDATE tenant_slots SET calls = calls - 1 \
+                 WHERE tenant = $1 AND calls > 0 AND (SELECT calls FROM mine) > 0 RETURNING 1) \
+             UPDATE call_slots SET calls = calls - 1 \
+             WHERE tenant = $1 AND node = $2 AND calls > 0 AND EXISTS (SELECT 1 FROM t)",
         )
         .bind(tenant.as_str())
         .bind(node)
@@ -215,10 +218,14 @@ impl PgStore {
         busy: &[String],
     ) -> Result<(), StoreError> {
         sqlx::query(
+            // What is deleted is what is subtracted, exactly (RETURNING gives the rows as
+            // deleted). This locks a node's row before its tenant's, the other way round from
+            // admissions; it only ever touches rows of nodes gone and of tenants this node runs
+            // nothing of, which no admission is taking at the same time.
             "WITH gone AS (\
                  DELETE FROM call_slots \
                  WHERE node NOT IN (SELECT id FROM nodes WHERE heartbeat_at >= $1) \
-                 OR (node = $2 AND NOT (tenant = ANY($3))) \
+                 OR (node = $2 AND calls > 0 AND NOT (tenant = ANY($3))) \
                  RETURNING tenant, calls), \
              sums AS (SELECT tenant, SUM(calls) AS n FROM gone GROUP BY tenant) \
              UPDATE tenant_slots SET calls = GREATEST(tenant_slots.calls - sums.n, 0) \
