@@ -6,11 +6,14 @@
 #     end as the jobs' own timestamps say), each node running up to 8 jobs at once;
 #   - submit → result latency of one job at a time on the idle one-node cluster (p50, p90).
 # Needs PostgreSQL: run it as `bash scripts/with-postgres.sh bash bench/jobs.sh`.
-# Env: DUR=5 (seconds per wrk run) JOBS=400 LATENCY_JOBS=40 NODES="1 2 3"
+# Sync calls and jobs are measured in turn RUNS times per cluster size (the machine's speed
+# drifts), and the medians compared.
+# Env: DUR=5 (seconds per wrk run) JOBS=400 LATENCY_JOBS=40 NODES="1 2 3" RUNS=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DUR=${DUR:-5}; JOBS=${JOBS:-400}; LATENCY_JOBS=${LATENCY_JOBS:-40}; NODES=${NODES:-"1 2 3"}
+RUNS=${RUNS:-3}
 RES=${RES:-$ROOT/bench/results/jobs}
 WORK=$(mktemp -d /tmp/falra-bench-jobs.XXXXXX)
 OUT=$RES/falra.txt
@@ -42,22 +45,25 @@ for n in $NODES; do
     [[ $check == *'"result":1'* ]] || { echo "node $u did not answer 1: $check" >&2; exit 1; }
     WRK_BODY=$body wrk -t1 -c8 -d2s -s bench/post.lua "$u/v1/call" >/dev/null
   done
-  # Sync calls: every node at once, summed.
-  pids=()
-  for i in "${!urls[@]}"; do
-    WRK_BODY=$body wrk -t1 -c8 -d"${DUR}s" --timeout 30s -s bench/post.lua "${urls[$i]}/v1/call" \
-      | grep '^FALRA_WRK' > "$WORK/wrk.$n.$i" &
-    pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
-  rps=$(cat "$WORK"/wrk."$n".* | sed -n 's/.* rps=\([0-9.]*\).*/\1/p' | paste -sd+ | bc)
-  errors=$(cat "$WORK"/wrk."$n".* | sed -n 's/.* errors=\([0-9]*\).*/\1/p' | paste -sd+ | bc)
-  [[ $errors == 0 ]] || { echo "sync calls on $n nodes had $errors failed requests" >&2; exit 1; }
-  echo "nodes=$n sync_rps=$rps" | tee -a "$OUT"
-  # Jobs through the queue (a first small batch warms every node's claimer and children).
+  # A first small batch of jobs warms every node's claimer and children.
   /usr/bin/python3 bench/jobs.py throughput "$jobs_token" 16 "${urls[@]}" >/dev/null
-  line=$(/usr/bin/python3 bench/jobs.py throughput "$jobs_token" "$JOBS" "${urls[@]}")
-  echo "nodes=$n $line" | tee -a "$OUT"
+  for run in $(seq "$RUNS"); do
+    # Sync calls: every node at once, summed.
+    pids=()
+    for i in "${!urls[@]}"; do
+      WRK_BODY=$body wrk -t1 -c8 -d"${DUR}s" --timeout 30s -s bench/post.lua "${urls[$i]}/v1/call" \
+        | grep '^FALRA_WRK' > "$WORK/wrk.$n.$i" &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    rps=$(cat "$WORK"/wrk."$n".* | sed -n 's/.* rps=\([0-9.]*\).*/\1/p' | paste -sd+ | bc)
+    errors=$(cat "$WORK"/wrk."$n".* | sed -n 's/.* errors=\([0-9]*\).*/\1/p' | paste -sd+ | bc)
+    [[ $errors == 0 ]] || { echo "sync calls on $n nodes had $errors failed requests" >&2; exit 1; }
+    echo "nodes=$n run=$run sync_rps=$rps" | tee -a "$OUT"
+    # Jobs through the queue.
+    line=$(/usr/bin/python3 bench/jobs.py throughput "$jobs_token" "$JOBS" "${urls[@]}")
+    echo "nodes=$n run=$run $line" | tee -a "$OUT"
+  done
   if [[ $n == 1 ]]; then
     line=$(/usr/bin/python3 bench/jobs.py latency "$jobs_token" "$LATENCY_JOBS" "${urls[0]}")
     echo "nodes=1 $line" | tee -a "$OUT"
@@ -68,16 +74,21 @@ done
 echo "load at end: $(cat /proc/loadavg)" >> "$RES/load.txt"
 
 /usr/bin/python3 - "$OUT" <<'PY'
-import re, sys
+import re, statistics as st, sys
 rows = {}
 for line in open(sys.argv[1]):
-    d = dict(re.findall(r"(\w+)=([\d.]+)", line))
-    rows.setdefault(int(d["nodes"]), {}).update({k: float(v) for k, v in d.items()})
-print(f"\n{'nodes':>5}{'sync req/s':>12}{'jobs/s':>9}{'jobs/sync':>11}")
-for n, d in sorted(rows.items()):
-    print(f"{n:>5}{d['sync_rps']:>12.0f}{d['jobs_per_s']:>9.1f}{d['jobs_per_s'] / d['sync_rps']:>11.3f}")
+    d = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+    r = rows.setdefault(int(d["nodes"]), {})
+    for k, v in d.items():
+        r.setdefault(k, []).append(v)
+med = lambda r, k: st.median(r[k])
+print(f"\n{'nodes':>5}{'sync req/s':>12}{'jobs/s':>9}{'jobs/sync':>11}   (medians of {len(rows[min(rows)]['sync_rps'])} runs)")
+for n, r in sorted(rows.items()):
+    ratios = [j / s for j, s in zip(r["jobs_per_s"], r["sync_rps"])]
+    print(f"{n:>5}{med(r, 'sync_rps'):>12.0f}{med(r, 'jobs_per_s'):>9.1f}{med(r, 'jobs_per_s') / med(r, 'sync_rps'):>11.3f}"
+          f"   per run: {', '.join(f'{x:.2f}' for x in ratios)}")
 one = rows.get(1, {})
 if "latency_p50_ms" in one:
-    print(f"submit -> result on an idle node: p50 {one['latency_p50_ms']:.2f} ms, p90 {one['latency_p90_ms']:.2f} ms")
+    print(f"submit -> result on an idle node: p50 {med(one, 'latency_p50_ms'):.2f} ms, p90 {med(one, 'latency_p90_ms'):.2f} ms")
 PY
 cat "$RES/load.txt"

@@ -493,6 +493,24 @@ fn start_rescuer(state: &Core) {
                 },
             })
             .to_string();
+                // Queued jobs whose token was revoked (or expired) since: never claimed, failed here.
+                let revoked = json!({"ok": false, "error": {"code": "token_revoked",
+                "message": "the token that submitted the job was revoked before it started"}});
+                let expired = json!({"ok": false, "error": {"code": "token_expired",
+                "message": "the token that submitted the job expired before it started"}});
+                match state
+                    .store
+                    .fail_unauthorised_jobs(now, &revoked.to_string(), &expired.to_string())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(failed = n, "queued jobs whose token no longer holds failed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not fail jobs of revoked tokens")
+                    }
+                }
                 match state.store.rescue_jobs(now - CLOCK_SLACK_MS, &lost).await {
                     Ok((0, 0)) => {}
                     Ok((requeued, failed)) => {
@@ -690,37 +708,7 @@ async fn attempt(
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => return malformed("its version"),
     };
-    // The token that submitted the job must still hold when it runs: a revocation stops the
-    // jobs it queued (and a schedule's ticks) too.
-    let tokens = match state.store.tokens_of(&job.tenant).await {
-        Ok(tokens) => tokens,
-        Err(e) => {
-            return End::Retry {
-                after_ms: backoff_ms(1),
-                outcome: describe(CallError::Store(e)),
-                refund: true,
-            }
-        }
-    };
-    let now = now_ms();
-    let refused = match tokens.iter().find(|t| t.id == job.token_id) {
-        None => Some(("token_revoked", "the token that submitted the job is gone")),
-        Some(t) if t.revoked_at.is_some() => Some((
-            "token_revoked",
-            "the token that submitted the job was revoked",
-        )),
-        Some(t) if t.expires_at.is_some_and(|at| at <= now) => Some((
-            "token_expired",
-            "the token that submitted the job has expired",
-        )),
-        Some(_) => None,
-    };
-    if let Some((code, message)) = refused {
-        return End::Done(
-            JobStatus::Failed,
-            json!({"ok": false, "call_id": call_id, "error": {"code": code, "message": message}}),
-        );
-    }
+    // (The token that submitted the job still held when it was claimed: `claim_jobs`.)
     let caller = Caller {
         token_id: job.token_id.clone(),
         tenant: job.tenant.clone(),

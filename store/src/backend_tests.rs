@@ -294,6 +294,27 @@ async fn the_deploy_lock_holds_across_every_handle_on_postgres() {
     drop(taken);
 }
 
+/// A store with the tenant `caro` and its token `tok_1`, which the test jobs are submitted by.
+async fn job_store(place: &Place) -> Store {
+    let s = place.open().await;
+    s.insert_tenant(&tenant("caro")).await.unwrap();
+    s.insert_token(&TokenRow {
+        id: "tok_1".into(),
+        tenant: Some(name("caro")),
+        kind: TokenKind::Tenant,
+        hash: "h1".into(),
+        prefix: "flr_1".into(),
+        scopes: "jobs".into(),
+        expires_at: None,
+        revoked_at: None,
+        created_at: 0,
+        last_used_at: None,
+    })
+    .await
+    .unwrap();
+    s
+}
+
 fn new_job(id: &str, tenant: &str, key: Option<&str>, at: i64) -> NewJob {
     NewJob {
         id: id.into(),
@@ -312,7 +333,7 @@ fn new_job(id: &str, tenant: &str, key: Option<&str>, at: i64) -> NewJob {
 #[tokio::test]
 async fn jobs_are_claimed_once_fenced_by_their_lease_rescued_and_forgotten() {
     for (backend, place) in places().await {
-        let s = place.open().await;
+        let s = job_store(&place).await;
         let (first, created) = s
             .insert_job(&new_job("j_1", "caro", Some("k"), 10))
             .await
@@ -397,6 +418,28 @@ async fn jobs_are_claimed_once_fenced_by_their_lease_rescued_and_forgotten() {
         let j3 = s.job(&name("jc"), "j_3").await.unwrap().unwrap();
         assert_eq!(j3.status, JobStatus::Failed);
 
+        // A queued job whose token was revoked is never claimed, and fails.
+        s.insert_job(&new_job("j_5", "caro", None, 14))
+            .await
+            .unwrap();
+        s.revoke_token("tok_1", 5_100).await.unwrap();
+        assert!(s
+            .claim_jobs("node_a", 5_200, 6_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.fail_unauthorised_jobs(5_200, "{\"r\":1}", "{\"e\":1}")
+                .await
+                .unwrap(),
+            1
+        );
+        let j5 = s.job(&name("caro"), "j_5").await.unwrap().unwrap();
+        assert_eq!(
+            (j5.status, j5.outcome.as_deref()),
+            (JobStatus::Failed, Some("{\"r\":1}"))
+        );
+        s.execute_raw("DELETE FROM jobs WHERE id = 'j_5'").await;
         // Cancelling an ended job changes nothing; listing pages newest first.
         let c = s
             .cancel_job(&name("caro"), "j_1", "{}", 6_000)
@@ -452,7 +495,7 @@ async fn jobs_are_claimed_once_fenced_by_their_lease_rescued_and_forgotten() {
 #[tokio::test]
 async fn concurrent_claims_on_postgres_never_take_one_job_twice() {
     let place = postgres().await;
-    let s = place.open().await;
+    let s = job_store(&place).await;
     for i in 0..60 {
         s.insert_job(&new_job(&format!("j_{i:03}"), "caro", None, i))
             .await
@@ -584,7 +627,7 @@ async fn a_schedule_fires_once_per_tick_from_any_number_of_handles() {
 #[tokio::test]
 async fn a_callback_is_pending_once_its_job_ends_and_each_delivery_is_fenced() {
     for (backend, place) in places().await {
-        let s = place.open().await;
+        let s = job_store(&place).await;
         let job = NewJob {
             callback_url: Some("https://example.test/hook".into()),
             ..new_job("j_cb", "caro", None, 1)

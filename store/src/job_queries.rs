@@ -37,6 +37,11 @@ macro_rules! bind_new_job {
     };
 }
 
+/// A queued job's token still holds (not revoked, not expired at `$3`, not removed): only then
+/// is the job claimed. One that does not is failed by `fail_unauthorised_jobs`.
+const TOKEN_HOLDS: &str = "EXISTS (SELECT 1 FROM tokens t WHERE t.id = jobs.token_id \
+     AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $3))";
+
 /// What an ending job's row gets besides its status: a callback to deliver, if it has one.
 const CALLBACK_PENDING: &str =
     "callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END";
@@ -45,22 +50,23 @@ impl Backend {
     /// Inserts the job, unless the tenant already has one with its idempotency key: then that
     /// one is returned with `false`.
     pub async fn insert_job(&self, j: &NewJob) -> Result<(JobRow, bool), StoreError> {
-        let done = bind_new_job!(sqlx::query(INSERT_JOB), j)
-            .execute(&self.pool)
-            .await?;
-        let created = done.rows_affected() == 1;
-        let row = match (&j.idempotency_key, created) {
-            (Some(key), false) => sqlx::query(&format!(
+        let inserted = bind_new_job!(
+            sqlx::query(&format!("{INSERT_JOB} RETURNING {JOB_COLUMNS}")),
+            j
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let created = inserted.is_some();
+        let row = match (inserted, &j.idempotency_key) {
+            (Some(row), _) => Some(row),
+            (None, Some(key)) => sqlx::query(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
             ))
             .bind(j.tenant.as_str())
             .bind(key)
             .fetch_optional(&self.pool)
             .await?,
-            _ => sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-                .bind(&j.id)
-                .fetch_optional(&self.pool)
-                .await?,
+            (None, None) => None,
         };
         match row {
             Some(r) => Ok((job_from_row(&r)?, created)),
@@ -120,6 +126,7 @@ impl Backend {
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, \
              lease_until = $2, started_at = COALESCE(started_at, $3) \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= $3 \
+             AND {TOKEN_HOLDS} \
              ORDER BY run_after, created_at, id LIMIT $4 {SKIP_LOCKED}) \
              RETURNING {JOB_COLUMNS}"
         ))
@@ -279,6 +286,31 @@ impl Backend {
             failed += u64::from(status == "failed");
         }
         Ok((rows.len() as u64 - failed, failed))
+    }
+
+    /// Fails the queued jobs whose token no longer holds at `now` (`expired` as outcome for a
+    /// token past its expiry, `revoked` for one revoked or removed); how many.
+    pub async fn fail_unauthorised_jobs(
+        &self,
+        now: i64,
+        revoked: &str,
+        expired: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'failed', finished_at = $1, \
+             outcome = CASE WHEN EXISTS (SELECT 1 FROM tokens t WHERE t.id = jobs.token_id \
+             AND t.revoked_at IS NULL) THEN $3 ELSE $2 END, \
+             {CALLBACK_PENDING}, callback_due_at = $1 \
+             WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM tokens t \
+             WHERE t.id = jobs.token_id AND t.revoked_at IS NULL \
+             AND (t.expires_at IS NULL OR t.expires_at > $1))"
+        ))
+        .bind(now)
+        .bind(revoked)
+        .bind(expired)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Removes the jobs that ended before `before`; how many.

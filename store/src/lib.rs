@@ -80,7 +80,14 @@ pub use postgres::ChangeWatch;
 pub struct Store {
     backend: Backend,
     locks: std::sync::Arc<locks::TenantLocks>,
+    /// When this handle last announced a queued job (epoch ms): a burst of submissions shares
+    /// one notification.
+    jobs_noticed_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Queued jobs are announced to the other nodes at most this often by one node (they also
+/// look at the queue every second).
+const JOBS_NOTICE_EVERY_MS: i64 = 20;
 
 #[derive(Debug, Clone)]
 enum Backend {
@@ -127,6 +134,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
             locks: Default::default(),
+            jobs_noticed_at: Default::default(),
         })
     }
 
@@ -136,6 +144,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Postgres(postgres::PgStore::open(url).await?),
             locks: Default::default(),
+            jobs_noticed_at: Default::default(),
         })
     }
 
@@ -191,6 +200,23 @@ impl Store {
                     tracing::warn!(error = %e, "could not notify the other nodes of a change");
                 }
             }
+        }
+    }
+
+    /// Announces queued jobs, unless this handle did within the last few milliseconds.
+    async fn jobs_queued(&self) {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let last = self.jobs_noticed_at.load(Ordering::Relaxed);
+        if now - last >= JOBS_NOTICE_EVERY_MS
+            && self
+                .jobs_noticed_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.changed(&[Change::Jobs]).await;
         }
     }
 
@@ -481,7 +507,7 @@ impl Store {
     pub async fn insert_job(&self, job: &NewJob) -> Result<(JobRow, bool), StoreError> {
         let (row, created) = backend!(self.insert_job(job))?;
         if created {
-            self.changed(&[Change::Jobs]).await;
+            self.jobs_queued().await;
         }
         Ok((row, created))
     }
@@ -576,6 +602,16 @@ impl Store {
             self.changed(&[Change::Jobs]).await;
         }
         Ok((requeued, failed))
+    }
+
+    /// Fails queued jobs whose token was revoked, removed or expired by `now`.
+    pub async fn fail_unauthorised_jobs(
+        &self,
+        now: i64,
+        revoked: &str,
+        expired: &str,
+    ) -> Result<u64, StoreError> {
+        backend!(self.fail_unauthorised_jobs(now, revoked, expired))
     }
 
     /// Removes jobs that ended before `before`.

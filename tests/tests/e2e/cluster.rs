@@ -297,49 +297,6 @@ fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back
 }
 
 #[test]
-fn calls_per_minute_holds_across_the_nodes() {
-    let (a, b, _keys) = two_nodes();
-    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
-    let token = a.tenant("caro", &repo);
-    let set = a.admin(
-        "PUT",
-        "/tenants/caro/policy",
-        Some(json!({"calls_per_minute": 3})),
-    );
-    assert_eq!(set.status, 200, "{:?}", set.body);
-    // B makes the version before the counted calls, so that none of them waits on a build.
-    let body = json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2});
-    // Not across a minute's turn: the limit is per calendar minute.
-    let into_minute = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            % 60
-    };
-    if into_minute() > 40 {
-        std::thread::sleep(std::time::Duration::from_secs(61 - into_minute()));
-    }
-    let answers: Vec<_> = (0..8)
-        .map(|i| {
-            if i % 2 == 0 {
-                a.call(body.clone())
-            } else {
-                b.call(body.clone())
-            }
-        })
-        .collect();
-    let ok = answers.iter().filter(|r| r.status == 200).count();
-    let limited: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(ok, 3, "{answers:?}");
-    assert_eq!(limited.len(), 5, "{answers:?}");
-    for r in &limited {
-        assert_eq!(r.body["error"]["code"], "rate_limited");
-        assert!(r.retry_after.is_some(), "{r:?}");
-    }
-}
-
-#[test]
 fn the_monthly_cpu_quota_counts_every_nodes_calls() {
     let (a, b, _keys) = two_nodes();
     let burn = "import time\n\ndef burn(seconds):\n    t = time.process_time()\n    while time.process_time() - t < seconds:\n        pass\n    return 'burnt'\n\ndef add(int_a, int_b):\n    return int_a + int_b\n";
@@ -427,4 +384,116 @@ fn a_node_that_never_fetched_the_repository_deploys_uploads_and_rolls_back() {
             answer.status == 200 && answer.body["result"] == "hi"
         },
     );
+}
+
+#[test]
+fn the_haproxy_example_spreads_requests_over_the_nodes_and_routes_around_a_dead_one() {
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("haproxy is missing: scripts/install-deps.sh installs it");
+    let (a, mut b, _keys) = two_nodes();
+    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
+    let token = a.tenant("caro", &repo);
+
+    // The example as shipped, with this test's addresses in place of its own.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy.cfg"),
+    )
+    .unwrap();
+    let port = falra_tests::free_port();
+    let mut servers = vec![a.url.clone(), b.url.clone()].into_iter().enumerate();
+    let config: String = example
+        .lines()
+        .filter_map(|line| {
+            let t = line.trim_start();
+            if t.starts_with("bind ") {
+                Some(format!("    bind 127.0.0.1:{port}"))
+            } else if t.starts_with("server ") {
+                servers.next().map(|(i, url)| {
+                    let addr = url.trim_start_matches("http://");
+                    format!("    server node{i} {addr} check")
+                })
+            } else {
+                Some(line.to_owned())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg, config + "\n").unwrap();
+    let check = std::process::Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "the example does not check: {check:?}"
+    );
+    /// The load balancer, stopped (by its pid) when the test ends, however it ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _lb = Stop(
+        std::process::Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    falra_tests::eventually(
+        "the load balancer listening",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let front = format!("http://127.0.0.1:{port}");
+    let health = || falra_tests::http("GET", &format!("{front}/healthz"), &[], None);
+    falra_tests::eventually(
+        "both nodes in the load balancer",
+        std::time::Duration::from_secs(20),
+        || {
+            let seen: std::collections::HashSet<String> = (0..6)
+                .filter_map(|_| health().body["node"].as_str().map(str::to_owned))
+                .collect();
+            seen.len() == 2
+        },
+    );
+    let auth = format!("Bearer {token}");
+    let body = json!({"fn": "falra_test_add.add", "int_a": 1, "int_b": 2}).to_string();
+    for _ in 0..6 {
+        let a = falra_tests::http(
+            "POST",
+            &format!("{front}/v1/call"),
+            &[("Authorization", &auth)],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    // A node killed outright: the load balancer stops sending it anything within its checks.
+    let survivor = a.node_id();
+    b.kill();
+    falra_tests::eventually(
+        "the dead node out of the load balancer",
+        std::time::Duration::from_secs(20),
+        || (0..6).all(|_| health().body["node"] == survivor.as_str()),
+    );
+    for _ in 0..6 {
+        let a = falra_tests::http(
+            "POST",
+            &format!("{front}/v1/call"),
+            &[("Authorization", &auth)],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
 }
