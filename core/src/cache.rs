@@ -4,11 +4,13 @@
 //!
 //! Every write that changes them notifies all nodes (`falra_store::Change`, PostgreSQL
 //! `NOTIFY`), and each node's watch drops what changed as the notification arrives, normally
-//! within milliseconds. The cache serves only while its watch is listening: when the watch's
-//! connection is lost, everything cached is dropped and reads go to the store until a new
-//! watch listens again. As a backstop for a notification that was never sent (the write's node
-//! died between its commit and its notify), no entry is served older than [`MAX_AGE`]. On the
-//! embedded store, which only this node writes, nothing is cached.
+//! within milliseconds. No entry is served older than [`MAX_AGE`]: the backstop for a
+//! notification that was never sent (the write's node died between its commit and its notify),
+//! and the staleness of a node whose watch is lost. While no watch listens nothing new is
+//! cached — reads go to the store — and what is cached is still served within its age, so a
+//! node cut off from its store answers the calls it can still authorise for up to
+//! [`MAX_AGE`]; a new watch starts from an empty cache, since changes may have been missed in
+//! between. On the embedded store, which only this node writes, nothing is cached.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +31,7 @@ type Table<K, V> = Mutex<HashMap<K, (V, Instant)>>;
 
 #[derive(Debug, Default)]
 pub struct Cache {
-    /// Set while a watch listens: only then is anything served from memory.
+    /// Set while a watch listens: only then is anything new cached.
     listening: AtomicBool,
     /// Bumped by every change: a read that raced a change does not store what it read.
     generation: AtomicU64,
@@ -115,9 +117,8 @@ impl Cache {
         Q: std::hash::Hash + Eq + ?Sized,
         V: Clone,
     {
-        if !self.listening.load(Ordering::Acquire) {
-            return None;
-        }
+        // (Served listening or not: a lost watch only stops new rows being cached, so what a
+        // node cut off from its store still has it serves within its age.)
         let table = table.lock().expect("cache poisoned");
         let (row, at) = table.get(key)?;
         (at.elapsed() < MAX_AGE).then(|| row.clone())
@@ -138,14 +139,15 @@ impl Cache {
         table.insert(key, (row, Instant::now()));
     }
 
+    /// A lost watch stops serving from memory (what is there is kept for a store that cannot
+    /// be reached, within its age); a new one starts from an empty cache, since changes may
+    /// have been missed in between.
     fn set_listening(&self, listening: bool) {
-        if !listening {
-            self.listening.store(false, Ordering::Release);
-            self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if listening {
             self.clear();
-        } else {
-            self.listening.store(true, Ordering::Release);
         }
+        self.listening.store(listening, Ordering::Release);
     }
 }
 
@@ -237,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_served_unless_the_watch_listens_and_a_change_drops_its_rows() {
+    fn nothing_is_cached_unless_the_watch_listens_and_a_change_drops_its_rows() {
         let cache = Cache::default();
         let caro = TenantName::parse("caro").unwrap();
         // Not listening: nothing kept, nothing served.
@@ -267,11 +269,29 @@ mod tests {
         cache.apply(&Change::Tenant(caro.clone()));
         assert!(cache.get(&cache.tenants, &caro).is_none());
 
-        // A lost watch drops everything, and nothing is served until one listens again.
+        // A lost watch keeps what is cached (served within its age) and caches nothing new;
+        // a new watch starts from nothing, since changes may have been missed meanwhile.
         cache.put(&cache.tenants, caro.clone(), tenant(), now(&cache));
         cache.set_listening(false);
-        assert!(cache.get(&cache.tenants, &caro).is_none());
+        assert!(cache.get(&cache.tenants, &caro).is_some());
+        cache.put(&cache.tokens, "h2".into(), token(), now(&cache));
+        assert!(cache.get(&cache.tokens, "h2").is_none());
         cache.set_listening(true);
         assert!(cache.get(&cache.tenants, &caro).is_none());
+    }
+
+    #[test]
+    fn no_entry_is_served_past_its_age() {
+        let cache = Cache::default();
+        cache.set_listening(true);
+        let old = Instant::now().checked_sub(MAX_AGE + Duration::from_millis(1));
+        if let Some(old) = old {
+            cache
+                .tokens
+                .lock()
+                .unwrap()
+                .insert("h".into(), (token(), old));
+            assert!(cache.get(&cache.tokens, "h").is_none());
+        }
     }
 }

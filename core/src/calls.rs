@@ -175,8 +175,18 @@ pub async fn run(
             refusal,
             calls_per_minute: policy.calls_per_minute,
         })?;
-    let slot = if state.store.is_shared() {
-        Some(cluster_admit(state, &caller.tenant, &policy).await?)
+    // A node whose store does not answer its beat admits by itself (below), at once.
+    let slot = if state.store.is_shared() && state.node.is_healthy() {
+        match cluster_admit(state, &caller.tenant, &policy).await {
+            Ok(slot) => Some(slot),
+            // The store cannot be reached: this node's own admission (above) is all there is
+            // until it can, so a call it authorised from memory still runs.
+            Err(CallError::Store(StoreError::Busy(e))) => {
+                tracing::debug!(error = %e, "the store is unreachable: admitted by this node alone");
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };

@@ -432,6 +432,7 @@ fn lease_ms(state: &Core) -> i64 {
 /// node's health, since it is what notices a lapse.
 async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
     let mut renewed_at = now_ms();
+    let mut seen_orphans: std::collections::HashSet<Lease> = std::collections::HashSet::new();
     loop {
         let Some(state) = Core::upgrade(&weak) else {
             return;
@@ -443,13 +444,51 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
             match state.store.renew_leases(node, now + lease).await {
                 Ok(held) => {
                     renewed_at = now;
-                    let held: HashMap<_, _> =
-                        held.into_iter().map(|l| (l.job, l.attempt)).collect();
-                    let running = state.jobs.running.lock().expect("job table poisoned");
-                    for (id, r) in running.iter() {
-                        if held.get(id) != Some(&r.attempt) {
-                            r.stop(Stop::LeaseLost);
+                    let mut orphans = Vec::new();
+                    {
+                        let running = state.jobs.running.lock().expect("job table poisoned");
+                        let by_id: HashMap<_, _> =
+                            held.iter().map(|l| (l.job.as_str(), l.attempt)).collect();
+                        for (id, r) in running.iter() {
+                            if by_id.get(id.as_str()) != Some(&r.attempt) {
+                                r.stop(Stop::LeaseLost);
+                            }
                         }
+                        // Held in the store but run by no task here (its end could not be
+                        // written): given back once seen so twice in a row, since a job just
+                        // claimed may not be running yet.
+                        for lease in held {
+                            let runs = running
+                                .get(&lease.job)
+                                .is_some_and(|r| r.attempt == lease.attempt);
+                            if !runs {
+                                orphans.push(lease);
+                            }
+                        }
+                    }
+                    let again: Vec<Lease> = orphans
+                        .iter()
+                        .filter(|l| seen_orphans.contains(*l))
+                        .cloned()
+                        .collect();
+                    seen_orphans = orphans.into_iter().collect();
+                    for lease in again {
+                        let outcome = json!({"ok": false, "error": {"code": "process_exited",
+                            "message": "the node running the job could not record its end"}});
+                        match state
+                            .store
+                            .retry_job(&lease, now, &outcome.to_string(), false)
+                            .await
+                        {
+                            Ok(true) => {
+                                tracing::info!(job_id = %lease.job, "job whose end was lost put back in the queue")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not put a job back")
+                            }
+                        }
+                        seen_orphans.remove(&lease);
                     }
                 }
                 Err(e) => {
@@ -631,22 +670,16 @@ async fn run(
         }
     };
     let stopped = *why.lock().expect("stop reason poisoned");
-    let now = now_ms();
-    let written = match (stopped, end) {
-        // The store says it all already: cancelled, or rescued for another node.
-        (Some(Stop::Cancelled | Stop::LeaseLost), _) => Ok(false),
+    // What to write: nothing (the store says it all already: cancelled, or rescued for another
+    // node), the end, or a retry.
+    let write = match (stopped, end) {
+        (Some(Stop::Cancelled | Stop::LeaseLost), _) => None,
         (Some(Stop::HandBack), End::Done(_, outcome) | End::Retry { outcome, .. }) => {
-            state
-                .store
-                .retry_job(lease, now, &outcome.to_string(), true)
-                .await
+            Some((None, 0, outcome, true))
         }
         (None, End::Done(status, mut outcome)) => {
             outcome["node"] = json!(lease.owner);
-            state
-                .store
-                .finish_job(lease, status, &outcome.to_string(), now)
-                .await
+            Some((Some(status), 0, outcome, false))
         }
         (
             None,
@@ -655,13 +688,32 @@ async fn run(
                 outcome,
                 refund,
             },
-        ) => {
-            state
-                .store
-                .retry_job(lease, now + after_ms, &outcome.to_string(), refund)
-                .await
-        }
+        ) => Some((None, after_ms, outcome, refund)),
     };
+    // Written under the lease; a store that does not answer (a restart) is tried again for a
+    // few seconds before the lease is left to lapse (then the job is rescued).
+    let mut written = Ok(false);
+    if let Some((status, after_ms, outcome, refund)) = write {
+        let outcome = outcome.to_string();
+        for attempt in 0..10 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let now = now_ms();
+            written = match status {
+                Some(status) => state.store.finish_job(lease, status, &outcome, now).await,
+                None => {
+                    state
+                        .store
+                        .retry_job(lease, now + after_ms, &outcome, refund)
+                        .await
+                }
+            };
+            if !matches!(written, Err(StoreError::Busy(_))) {
+                break;
+            }
+        }
+    }
     match written {
         Ok(true) => tracing::info!(outcome = %outcome_code, "job attempt ended"),
         Ok(false) => tracing::info!(

@@ -100,15 +100,25 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Ar
             }
         }
         if !batch.is_empty() {
-            for attempt in 1..=3 {
+            // Kept through a passing outage (a database restart): retried with backoff for up
+            // to a minute while new records wait in the queue behind it.
+            let mut wait = std::time::Duration::from_millis(100);
+            let started = std::time::Instant::now();
+            loop {
                 match store.insert_calls(&batch).await {
                     Ok(()) => break,
-                    Err(e) if attempt == 3 => tracing::error!(
-                        error = %falra_runtime::ErrorChain(&e),
-                        records = batch.len(),
-                        "could not write call records"
-                    ),
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Err(e) if started.elapsed() > std::time::Duration::from_secs(60) => {
+                        tracing::error!(
+                            error = %falra_runtime::ErrorChain(&e),
+                            records = batch.len(),
+                            "could not write call records"
+                        );
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    }
                 }
             }
             queued.fetch_sub(batch.len(), Ordering::Relaxed);
@@ -157,7 +167,21 @@ impl Quotas {
         if let Some(used) = known {
             return Ok(used);
         }
-        let ms = store.cpu_ms_since(tenant, month).await?;
+        let ms = match store.cpu_ms_since(tenant, month).await {
+            Ok(ms) => ms,
+            // Unreachable: the last total read this month, as this node has counted on since.
+            Err(e @ StoreError::Busy(_)) => {
+                let last = self
+                    .0
+                    .lock()
+                    .expect("quota table poisoned")
+                    .get(tenant)
+                    .filter(|u| u.month == month)
+                    .map(|u| u.ms);
+                return last.ok_or(e);
+            }
+            Err(e) => return Err(e),
+        };
         let used = Used {
             month,
             ms,

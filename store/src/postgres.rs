@@ -103,7 +103,7 @@ impl PgStore {
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_with(options)
             .await
             .map_err(open_err)?;

@@ -272,8 +272,29 @@ fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back
     ];
     let node = Daemon::start_node(&envs, &[]);
     assert_eq!(node.http_get("/healthz").status, 200);
+    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
+    let token = node.tenant("caro", &repo);
+    let call = json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2});
+    // A policy change drops the tenant's row from memory: the next call reads it fresh.
+    let set = node.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"timeout_ms": 20000})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(node.call(call.clone()).status, 200);
 
     relay.cut();
+    let cut_at = std::time::Instant::now();
+    // Within the cache's 5 s, a call it can authorise from memory is still answered.
+    let during = node.call(call.clone());
+    assert!(
+        cut_at.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        cut_at.elapsed()
+    );
+    assert_eq!(during.status, 200, "{:?}", during.body);
     eventually(
         "the node reporting itself unhealthy",
         std::time::Duration::from_secs(30),
@@ -282,10 +303,14 @@ fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back
             h.status == 503 && h.body["store"] == "unreachable"
         },
     );
-    // What needs the store is answered 503 with a retry hint, never 500.
+    // What needs the store is answered 503 with a retry hint, never 500; past the cache's
+    // age, so are calls.
     let tenants = node.admin("GET", "/tenants", None);
     assert_eq!(tenants.status, 503, "{:?}", tenants.body);
     assert!(tenants.retry_after.is_some(), "{tenants:?}");
+    std::thread::sleep(std::time::Duration::from_secs(6).saturating_sub(cut_at.elapsed()));
+    let later = node.call(call.clone());
+    assert_eq!(later.status, 503, "{:?}", later.body);
 
     relay.restore();
     eventually(
@@ -294,6 +319,11 @@ fn a_node_cut_off_from_its_store_reports_itself_unhealthy_until_the_link_is_back
         || node.http_get("/healthz").status == 200,
     );
     assert_eq!(node.admin("GET", "/tenants", None).status, 200);
+    falra_tests::eventually(
+        "calls answered again",
+        std::time::Duration::from_secs(10),
+        || node.call(call.clone()).status == 200,
+    );
 }
 
 #[test]

@@ -244,6 +244,13 @@ fn a_postgres_restart_mid_load_loses_no_job_and_answers_no_server_error() {
     let c = cluster(2, &["--job-lease-ms", "1500"]);
     let repo = GitRepo::with_files(&[("work.py", WORK)]);
     c.nodes[0].tenant("caro", &repo);
+    // Room for the calls beside the jobs (which take the tenant's slots as calls do).
+    let set = c.nodes[0].admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"max_concurrency": 32})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
     let token = c.nodes[0].token("caro", &["call", "jobs"]);
     let mut ids = Vec::new();
     for i in 0..12 {
