@@ -236,6 +236,42 @@ fn three_hosts_on_one_postgres_behave_as_one_service() {
     eventually("the job's processes gone", Duration::from_secs(1), || {
         descendants(c.nodes[runs].pid()).is_empty()
     });
+
+    // A schedule ticking every second on the two hosts left: each tick makes one job.
+    let created = c.nodes[cut].with_token(
+        "POST",
+        "/v1/schedules",
+        &token,
+        Some(
+            json!({"cron": "* * * * * *", "body": {"fn": "work.add", "int_a": 1, "int_b": 1}})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let schedule = created.body["schedule_id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(4));
+    let paused = c.nodes[left].with_token(
+        "POST",
+        &format!("/v1/schedules/{schedule}/pause"),
+        &token,
+        None,
+    );
+    assert_eq!(paused.status, 200, "{:?}", paused.body);
+    std::thread::sleep(Duration::from_millis(800));
+    let listed = c.nodes[left].with_token("GET", "/v1/jobs?limit=200", &token, None);
+    let mut ticks: Vec<&str> = listed.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["idempotency_key"].as_str())
+        .filter(|k| k.starts_with(&format!("schedule:{schedule}:")))
+        .collect();
+    let n = ticks.len();
+    ticks.sort_unstable();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick made two jobs");
+    assert!(n >= 2, "only {n} ticks in four seconds");
     drop(c.pg);
 }
 
