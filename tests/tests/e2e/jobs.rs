@@ -536,3 +536,94 @@ fn a_revoked_token_stops_the_jobs_it_queued_that_have_not_started() {
     let r = wait_end(&d, &watcher, &running, Duration::from_secs(30));
     assert_eq!(r["status"], "succeeded", "{r:?}");
 }
+
+#[test]
+fn the_command_line_submits_waits_for_lists_cancels_and_schedules_jobs() {
+    let (d, token) = setup(&[]);
+    let falra = |args: &[&str]| {
+        std::process::Command::new(falra_tests::falra_bin())
+            .args(args)
+            .env("FALRA_URL", &d.url)
+            .env("FALRA_TOKEN", &token)
+            .output()
+            .expect("run falra")
+    };
+    let out = falra(&[
+        "job", "submit", "work.add", "int_a=20", "int_b=22", "--wait",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["result"], 42, "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("succeeded"),
+        "{out:?}"
+    );
+
+    // A failed job: the whole answer on stdout, a non-zero exit naming the error.
+    let out = falra(&["job", "submit", "work.boom", "--wait"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("function_error"),
+        "{out:?}"
+    );
+
+    let out = falra(&[
+        "job",
+        "submit",
+        "work.forever",
+        "--idempotency-key",
+        "k-cli",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let queued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = queued["job_id"].as_str().unwrap();
+    let out = falra(&["job", "cancel", id]);
+    assert!(out.status.success(), "{out:?}");
+    let status = falra(&["job", "status", id]);
+    let shown: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(shown["status"], "cancelled");
+    let out = falra(&["job", "wait", id]);
+    assert!(!out.status.success(), "{out:?}");
+
+    let listed = falra(&["job", "list", "--status", "cancelled"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.starts_with("JOB_ID"), "{text}");
+    assert!(text.contains(id), "{text}");
+
+    let made = falra(&[
+        "schedule",
+        "create",
+        "0 3 * * *",
+        "work.add",
+        "int_a=1",
+        "int_b=2",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let text = String::from_utf8_lossy(&made.stdout);
+    let sid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("schedule_id: "))
+        .expect("the schedule's id")
+        .to_owned();
+    let listed = falra(&["schedule", "list"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&sid),
+        "{listed:?}"
+    );
+    assert!(falra(&["schedule", "pause", &sid]).status.success());
+    assert!(falra(&["schedule", "remove", &sid]).status.success());
+    let gone = falra(&["schedule", "pause", &sid]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("not_found"),
+        "{gone:?}"
+    );
+    let no_token = std::process::Command::new(falra_tests::falra_bin())
+        .args(["job", "list", "--url", &d.url])
+        .env_remove("FALRA_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!no_token.status.success());
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("no token"));
+}
