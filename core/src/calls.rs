@@ -439,8 +439,22 @@ impl Drop for ClusterSlot {
         let span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = state.store.release_call(&tenant, &node).await {
-                    tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not give a call slot back: the next beat reclaims it");
+                // Retried through a passing outage (a database restart): a slot not given back
+                // stays counted against the tenant while it is busy on this node.
+                let mut wait = std::time::Duration::from_millis(100);
+                let started = std::time::Instant::now();
+                loop {
+                    match state.store.release_call(&tenant, &node).await {
+                        Ok(()) => break,
+                        Err(e) if started.elapsed() > std::time::Duration::from_secs(60) => {
+                            tracing::warn!(error = %falra_runtime::ErrorChain(&e), "could not give a call slot back: reclaimed once the tenant is idle on this node");
+                            break;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
                 }
                 forget_slot(&state, &tenant);
             },

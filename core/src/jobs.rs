@@ -86,6 +86,8 @@ enum Stop {
 #[derive(Debug)]
 struct Running {
     attempt: i64,
+    /// When it was launched: a renewal that began before then may not list it yet.
+    launched: std::time::Instant,
     stop: watch::Sender<bool>,
     why: Arc<Mutex<Option<Stop>>>,
 }
@@ -441,6 +443,7 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
         let lease = lease_ms(&state);
         let now = now_ms();
         if let Some(node) = state.node.id() {
+            let asked = std::time::Instant::now();
             match state.store.renew_leases(node, now + lease).await {
                 Ok(held) => {
                     renewed_at = now;
@@ -450,7 +453,8 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
                         let by_id: HashMap<_, _> =
                             held.iter().map(|l| (l.job.as_str(), l.attempt)).collect();
                         for (id, r) in running.iter() {
-                            if by_id.get(id.as_str()) != Some(&r.attempt) {
+                            // (One launched since the renewal began may not be in its answer.)
+                            if r.launched < asked && by_id.get(id.as_str()) != Some(&r.attempt) {
                                 r.stop(Stop::LeaseLost);
                             }
                         }
@@ -595,30 +599,38 @@ fn launch(state: &Core, job: JobRow) {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let why = Arc::new(Mutex::new(None));
-    state
-        .jobs
-        .running
-        .lock()
-        .expect("job table poisoned")
-        .insert(
+    {
+        let mut running = state.jobs.running.lock().expect("job table poisoned");
+        // An earlier attempt of this job is still ending here (it was rescued and claimed
+        // again meanwhile): this one is not started, and its lease, held by no task, is given
+        // back by the lease keeper.
+        if running.contains_key(&job.id) {
+            tracing::info!(job_id = %job.id, "an earlier attempt of this job is still ending here");
+            return;
+        }
+        running.insert(
             job.id.clone(),
             Running {
                 attempt: job.attempts,
+                launched: std::time::Instant::now(),
                 stop: stop_tx,
                 why: Arc::clone(&why),
             },
         );
+    }
     let state = state.clone();
     let span =
         tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, attempt = job.attempts);
     crate::spawn_in_span(span, async move {
         run(&state, &job, &lease, stop_rx, &why).await;
-        state
-            .jobs
-            .running
-            .lock()
-            .expect("job table poisoned")
-            .remove(&job.id);
+        let mut running = state.jobs.running.lock().expect("job table poisoned");
+        if running
+            .get(&job.id)
+            .is_some_and(|r| r.attempt == job.attempts)
+        {
+            running.remove(&job.id);
+        }
+        drop(running);
         state.jobs.wake.notify_one();
     });
 }
@@ -673,6 +685,13 @@ async fn run(
     // What to write: nothing (the store says it all already: cancelled, or rescued for another
     // node), the end, or a retry.
     let write = match (stopped, end) {
+        // A success that came in before the stop took effect is kept: the write is fenced by
+        // the lease, so it lands only if the lease is still this node's. Any other end of a
+        // stopped attempt is the stop's own doing (its child was killed).
+        (Some(Stop::LeaseLost | Stop::HandBack), End::Done(JobStatus::Succeeded, mut outcome)) => {
+            outcome["node"] = json!(lease.owner);
+            Some((Some(JobStatus::Succeeded), 0, outcome, false))
+        }
         (Some(Stop::Cancelled | Stop::LeaseLost), _) => None,
         (Some(Stop::HandBack), End::Done(_, outcome) | End::Retry { outcome, .. }) => {
             Some((None, 0, outcome, true))

@@ -220,8 +220,12 @@ impl PgStore {
         sqlx::query(
             // What is deleted is what is subtracted, exactly (RETURNING gives the rows as
             // deleted). This locks a node's row before its tenant's, the other way round from
-            // admissions; it only ever touches rows of nodes gone and of tenants this node runs
-            // nothing of, which no admission is taking at the same time.
+            // admissions. It only touches rows of nodes gone, and this node's rows of tenants it
+            // ran nothing of a moment before. An admission of such a tenant starting in that
+            // moment can lose its slot here, leaving the tenant one call over its limit until
+            // that call ends, or can meet this statement in a deadlock, which the server breaks
+            // by failing one of the two (that call is answered 503; the reclaim runs again at
+            // the next beat).
             "WITH gone AS (\
                  DELETE FROM call_slots \
                  WHERE node NOT IN (SELECT id FROM nodes WHERE heartbeat_at >= $1) \
