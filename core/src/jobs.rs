@@ -72,6 +72,12 @@ const MAX_PROGRESS_MESSAGE: usize = 200;
 /// Writes a failed call's answer (`{"ok": false, "error": {…}, …}`) for its call id.
 pub type Describe = Arc<dyn Fn(CallError, &str) -> Value + Send + Sync>;
 
+/// A job's failed outcome that no call answered (the job was cancelled, lost its node, its
+/// token): the shape of a call's error answer.
+fn failure(code: &str, message: &str) -> Value {
+    json!({"ok": false, "error": {"code": code, "message": message}})
+}
+
 /// Why a running job's child is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -265,11 +271,7 @@ pub async fn list(
 /// runs it (this one at once; another when the store's notification reaches it, or at its
 /// next lease renewal at the latest).
 pub async fn cancel(state: &Core, tenant: &TenantName, id: &str) -> Result<JobRow, JobError> {
-    let outcome = json!({
-        "ok": false,
-        "error": {"code": "cancelled", "message": "the job was cancelled"},
-    })
-    .to_string();
+    let outcome = failure("cancelled", "the job was cancelled").to_string();
     let job = state
         .store
         .cancel_job(tenant, id, &outcome, now_ms())
@@ -477,8 +479,10 @@ async fn lease_loop(weak: std::sync::Weak<crate::Inner>) {
                         .collect();
                     seen_orphans = orphans.into_iter().collect();
                     for lease in again {
-                        let outcome = json!({"ok": false, "error": {"code": "process_exited",
-                            "message": "the node running the job could not record its end"}});
+                        let outcome = failure(
+                            "process_exited",
+                            "the node running the job could not record its end",
+                        );
                         match state
                             .store
                             .retry_job(&lease, now, &outcome.to_string(), false)
@@ -528,19 +532,20 @@ fn start_rescuer(state: &Core) {
             let forgot_at = Arc::clone(&forgot_at);
             async move {
                 let now = now_ms();
-                let lost = json!({
-                "ok": false,
-                "error": {
-                    "code": "process_exited",
-                    "message": "the node running the job was lost, and the job has no attempts left",
-                },
-            })
-            .to_string();
+                let lost = failure(
+                    "process_exited",
+                    "the node running the job was lost, and the job has no attempts left",
+                )
+                .to_string();
                 // Queued jobs whose token was revoked (or expired) since: never claimed, failed here.
-                let revoked = json!({"ok": false, "error": {"code": "token_revoked",
-                "message": "the token that submitted the job was revoked before it started"}});
-                let expired = json!({"ok": false, "error": {"code": "token_expired",
-                "message": "the token that submitted the job expired before it started"}});
+                let revoked = failure(
+                    "token_revoked",
+                    "the token that submitted the job was revoked before it started",
+                );
+                let expired = failure(
+                    "token_expired",
+                    "the token that submitted the job expired before it started",
+                );
                 match state
                     .store
                     .fail_unauthorised_jobs(now, &revoked.to_string(), &expired.to_string())
@@ -759,14 +764,14 @@ async fn attempt(
 ) -> End {
     let describe = |e: CallError| match state.jobs.describe.get() {
         Some(d) => d(e, call_id),
-        None => json!({"ok": false, "error": {"code": "internal", "message": e.to_string()}}),
+        None => failure("internal", &e.to_string()),
     };
     let malformed = |what: &str| {
-        End::Done(
-            JobStatus::Failed,
-            json!({"ok": false, "call_id": call_id, "error": {"code": "internal",
-                "message": format!("the stored job is malformed: {what}")}}),
-        )
+        End::Done(JobStatus::Failed, {
+            let mut f = failure("internal", &format!("the stored job is malformed: {what}"));
+            f["call_id"] = json!(call_id);
+            f
+        })
     };
     let Ok(function) = FnName::parse(&job.function) else {
         return malformed("its function");

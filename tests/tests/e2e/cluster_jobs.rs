@@ -9,6 +9,7 @@ use falra_tests::{eventually, postgres_database, Daemon, GitRepo};
 use serde_json::json;
 
 use crate::jobs::{descendants, job, submit, wait_end, WORK};
+use crate::schedules::{scheduled_jobs, tick_of};
 
 /// `n` nodes on one fresh database and key, each run with `extra`.
 fn nodes(n: usize, extra: &[&str]) -> (Vec<Daemon>, tempfile::TempDir) {
@@ -107,15 +108,8 @@ fn one_cron_tick_makes_one_job_across_three_nodes() {
     let paused = nodes[2].with_token("POST", &format!("/v1/schedules/{id}/pause"), &token, None);
     assert_eq!(paused.status, 200, "{:?}", paused.body);
     std::thread::sleep(Duration::from_millis(800));
-    let listed = nodes[0].with_token("GET", "/v1/jobs?limit=200", &token, None);
-    let mut ticks: Vec<i64> = listed.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|j| j["idempotency_key"].as_str())
-        .filter(|k| k.starts_with(&format!("schedule:{id}:")))
-        .map(|k| k.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
+    let made = scheduled_jobs(&nodes[0], &token, &id);
+    let mut ticks: Vec<i64> = made.iter().map(tick_of).collect();
     ticks.sort_unstable();
     let n = ticks.len();
     ticks.dedup();
@@ -123,7 +117,7 @@ fn one_cron_tick_makes_one_job_across_three_nodes() {
     assert!(n >= 4, "only {n} ticks made jobs in six seconds: {ticks:?}");
     assert!(ticks.windows(2).all(|w| w[1] - w[0] >= 1000), "{ticks:?}");
     // And every one of them ran once.
-    for j in listed.body["jobs"].as_array().unwrap() {
+    for j in &made {
         let done = wait_end(
             &nodes[0],
             &token,

@@ -9,6 +9,7 @@ use falra_tests::{eventually, Daemon, GitRepo};
 use serde_json::{json, Value};
 
 use crate::jobs::{descendants, job, submit, wait_end, WORK};
+use crate::schedules::{scheduled_jobs, tick_of};
 
 /// A cluster of `n` hosts: their namespaces, the database on the bridge, the key, the nodes.
 struct Cluster {
@@ -259,13 +260,9 @@ fn three_hosts_on_one_postgres_behave_as_one_service() {
     );
     assert_eq!(paused.status, 200, "{:?}", paused.body);
     std::thread::sleep(Duration::from_millis(800));
-    let listed = c.nodes[left].with_token("GET", "/v1/jobs?limit=200", &token, None);
-    let mut ticks: Vec<&str> = listed.body["jobs"]
-        .as_array()
-        .unwrap()
+    let mut ticks: Vec<i64> = scheduled_jobs(&c.nodes[left], &token, &schedule)
         .iter()
-        .filter_map(|j| j["idempotency_key"].as_str())
-        .filter(|k| k.starts_with(&format!("schedule:{schedule}:")))
+        .map(tick_of)
         .collect();
     let n = ticks.len();
     ticks.sort_unstable();

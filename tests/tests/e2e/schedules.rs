@@ -97,7 +97,7 @@ fn schedules(
 }
 
 /// The jobs of the tenant that a schedule made, oldest first.
-fn scheduled_jobs(d: &Daemon, token: &str, schedule: &str) -> Vec<Value> {
+pub fn scheduled_jobs(d: &Daemon, token: &str, schedule: &str) -> Vec<Value> {
     let page = d.with_token("GET", "/v1/jobs?limit=200", token, None);
     let mut jobs: Vec<Value> = page.body["jobs"]
         .as_array()
