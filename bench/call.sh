@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Per-call cost of Falra against its baselines, all in one run on this machine:
-#   - falra as it ships (sandboxed, children started ahead of calls); sandboxed with
-#     --no-prewarm (every child started on demand); and --sandbox off --no-prewarm (the same
-#     runner spawned on demand as a plain child): the seed call end to end over HTTP, wrk at
-#     concurrency 1 and 8, the three daemons' runs interleaved;
+#   - falra as it ships (sandboxed, each call's process forked from the zygote, children
+#     started ahead of calls); with --no-zygote (each call's interpreter exec'd: the earlier
+#     default); sandboxed with --no-prewarm (every child started on demand, forked); and
+#     --sandbox off --no-prewarm (the same runner spawned on demand as a plain child): the seed
+#     call end to end over HTTP, wrk at concurrency 1 and 8, the daemons' runs interleaved;
 #   - the reference baselines (the seed's in-process FastAPI server, a naive fresh-child server,
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
 # Prints one table with ratios. Usage: bash bench/call.sh
@@ -30,7 +31,7 @@ echo "load at start: $(cat /proc/loadavg)" > "$RES/load.txt"
 # mode that happens to run first.
 declare -A URL BODY
 port=18790
-MODES="on on_cold off_cold"
+MODES="on on_exec on_cold off_cold"
 [[ -n ${BEFORE_BIN:-} ]] && MODES="before $MODES"
 # Beside a PostgreSQL cluster (scripts/with-postgres.sh), the same daemon as shipped on a
 # PostgreSQL store too.
@@ -38,6 +39,7 @@ MODES="on on_cold off_cold"
 for mode in $MODES; do
   case $mode in
     on|before|on_pg) args=() ;;
+    on_exec) args=(--no-zygote) ;;
     on_cold) args=(--no-prewarm) ;;
     off_cold) args=(--sandbox off --no-prewarm) ;;
   esac
@@ -69,6 +71,8 @@ for c in $CONCS; do
     done
   done
 done
+# The zygote of the daemon as shipped, idle after its runs: its memory and what it forked.
+curl -s "${URL[on]}/metrics" | grep -E '^falra_zygote_' > "$RES/zygote.txt" || true
 for p in "${PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 PIDS=()
 
@@ -120,6 +124,9 @@ for c in sorted({c for (_, c) in rows}):
         parts.append(f"{rps/med(spawn,'rps'):.2f}x the naive fresh-child server's req/s at {p50/(med(spawn,'p50_us')/1e3):.2f}x its p50")
     if seed:
         parts.append(f"{rps/med(seed,'rps'):.3f}x the in-process seed server's req/s")
+    ex = rows.get(("falra sandbox_on_exec", c))
+    if ex:
+        parts.append(f"forked from the zygote: {rps/med(ex,'rps'):.2f}x the exec'd interpreter's req/s, {p50/(med(ex,'p50_us')/1e3):.2f}x its p50")
     pg = rows.get(("falra sandbox_on_pg", c))
     if pg:
         parts.append(f"on the PostgreSQL store: {med(pg,'rps')/rps:.3f}x the SQLite store's req/s, {med(pg,'p50_us')/1e3/p50:.3f}x its p50")
@@ -127,5 +134,11 @@ for c in sorted({c for (_, c) in rows}):
     if before:
         parts.append(f"against the earlier build: {rps/med(before,'rps'):.3f}x its req/s, {p50/(med(before,'p50_us')/1e3):.3f}x its p50")
     print("; ".join(parts))
+z = dict(l.split() for l in open(f"{res}/zygote.txt") if l.strip()) if os.path.exists(f"{res}/zygote.txt") else {}
+if z:
+    forks = int(z.get("falra_zygote_forks_total", 0))
+    print(f"zygote idle after the runs: {int(z['falra_zygote_resident_bytes'])/2**20:.1f} MiB resident; "
+          f"{forks} calls forked, {z.get('falra_zygote_fallbacks_total')} fell back to exec, "
+          f"{int(z.get('falra_zygote_fork_microseconds_total', 0))/max(forks,1)/1e3:.2f} ms mean from asking to a sandboxed forked child")
 print(open(f"{res}/load.txt").read().strip())
 PY

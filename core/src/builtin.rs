@@ -218,6 +218,7 @@ pub async fn run<P: Send + 'static>(
         },
         netns: None,
         cwd: None,
+        fork: false,
     };
     let mounts = CodeMounts {
         code: state.config.runner_dir.clone(),

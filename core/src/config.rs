@@ -41,6 +41,8 @@ pub struct ServiceConfig {
     pub pip_find_links: Vec<String>,
     /// How this node runs background jobs.
     pub jobs: crate::jobs::JobSettings,
+    /// Fork calls' processes from a warm interpreter (`--no-zygote`: exec each one).
+    pub zygote: bool,
 }
 
 impl ServiceConfig {
@@ -64,6 +66,7 @@ impl ServiceConfig {
             max_result_bytes: self.max_result_bytes,
             max_log_bytes: self.max_log_bytes,
             egress: self.egress.clone(),
+            zygote: self.zygote,
         }
     }
 }

@@ -371,6 +371,11 @@ pub struct ServeArgs {
     /// interpreter's start-up.
     #[arg(long)]
     pub no_prewarm: bool,
+    /// Exec a fresh interpreter for every call's child. By default each call's process is
+    /// forked from a warm interpreter that has loaded the runner and no tenant code, then
+    /// sandboxed exactly as an exec'd child is (see docs/security.md).
+    #[arg(long)]
+    pub no_zygote: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -125,6 +125,7 @@ impl ServeConfig {
                     max_attempts: args.job_max_attempts,
                 },
                 data_dir,
+                zygote: !args.no_zygote,
             },
             max_body_bytes: args.max_body_bytes,
             auth_failures_per_minute: args.auth_failures_per_minute,

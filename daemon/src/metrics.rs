@@ -107,7 +107,8 @@ impl Metrics {
                 h.count, h.sum, h.count
             );
         }
-        let gauges: [(&str, &str, &str, u64); 8] = [
+        let zygotes = &state.runtime.zygotes;
+        let gauges: [(&str, &str, &str, u64); 14] = [
             (
                 "falra_active_children",
                 "gauge",
@@ -163,6 +164,42 @@ impl Metrics {
                 "counter",
                 "Call records dropped because the metering queue was full.",
                 state.meter.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_zygotes_alive",
+                "gauge",
+                "Warm interpreters calls are forked from (0 or 1).",
+                zygotes.alive(),
+            ),
+            (
+                "falra_zygote_resident_bytes",
+                "gauge",
+                "The zygote's resident memory.",
+                zygotes.rss_bytes().unwrap_or(0),
+            ),
+            (
+                "falra_zygote_forks_total",
+                "counter",
+                "Calls' children forked from the zygote.",
+                zygotes.counters.forks.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_zygote_fork_microseconds_total",
+                "counter",
+                "Microseconds from asking for a forked child to its report, summed over forks.",
+                zygotes.counters.fork_micros.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_zygote_fallbacks_total",
+                "counter",
+                "Calls' children exec'd because the zygote could not fork them.",
+                zygotes.counters.fallbacks.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_zygote_starts_total",
+                "counter",
+                "Zygotes started (at start, after one died, or to replace an old one).",
+                zygotes.counters.starts.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, value) in gauges {

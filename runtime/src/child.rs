@@ -72,6 +72,8 @@ pub struct ChildStage {
     pub netns: Option<Arc<std::os::fd::OwnedFd>>,
     /// Its working directory, as the child sees it (default: the code, `/code`).
     pub cwd: Option<PathBuf>,
+    /// Fork it from the node's zygote where it can be (a call's runner).
+    pub fork: bool,
 }
 
 impl ChildStage {
@@ -85,6 +87,7 @@ impl ChildStage {
             setup: SetupLimits::default(),
             netns: None,
             cwd: None,
+            fork: true,
         }
     }
 }
@@ -139,7 +142,11 @@ pub(crate) async fn prepare(
         env.extend(crate::gateway::proxy_env());
     }
     env.extend(stage.env);
-    let spec = ChildSpec {
+    let zygote = match (stage.fork, &isolation) {
+        (true, Some(_)) => state.zygotes.get().await,
+        _ => None,
+    };
+    let mut spec = ChildSpec {
         program: stage.program,
         args: stage.args.unwrap_or_else(|| interpreter_args(runner_dir)),
         cwd: cwd.to_path_buf(),
@@ -152,8 +159,22 @@ pub(crate) async fn prepare(
         seccomp: isolation.is_some(),
         isolation,
         hold,
+        zygote: zygote.clone(),
     };
-    match falra_sandbox::prepare(&spec).await {
+    let asked = Instant::now();
+    let mut prepared = falra_sandbox::prepare(&spec).await;
+    if let Some(zygote) = zygote {
+        match &prepared {
+            Ok(_) => state.zygotes.forked(asked.elapsed()),
+            Err(e) => {
+                // Whatever went wrong with the fork, the call's child is exec'd instead.
+                state.zygotes.fell_back(&zygote, e);
+                spec.zygote = None;
+                prepared = falra_sandbox::prepare(&spec).await;
+            }
+        }
+    }
+    match prepared {
         Ok(prepared) => Ok(Child {
             prepared,
             cgroup,

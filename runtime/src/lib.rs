@@ -6,8 +6,8 @@
 //! children share: the call cgroups ([`cgroup_pool`]), the tenants' network namespaces and
 //! mount templates ([`isolation`]), the egress gateways serving those namespaces
 //! ([`gateway`]), and the way a call's child is started ([`Starter`]): prepared ahead by the
-//! [`prestart`] pool, or started when asked ([`prestart::Fresh`]). A forking interpreter is a
-//! third `Starter` beside them.
+//! [`prestart`] pool, or started when asked ([`prestart::Fresh`]); either way a call's process
+//! is forked from the node's warm interpreter ([`zygotes`]) where it can be, exec'd otherwise.
 //!
 //! Architecture invariant: this crate never names a tenant (only its uid), never reads or
 //! writes the store, and never speaks HTTP. Its errors say what the node could not do; the
@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod isolation;
 pub mod prestart;
 pub mod task;
+pub mod zygotes;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub struct RuntimeConfig {
     pub max_log_bytes: usize,
     /// The address rule the egress gateways apply.
     pub egress: falra_builtins::etl::net::Egress,
+    /// Fork calls' processes from a zygote (`--no-zygote`: exec each one).
+    pub zygote: bool,
 }
 
 /// Events the runtime counts for the node's metrics.
@@ -67,6 +70,7 @@ pub struct Inner {
     pub sandbox: SandboxSettings,
     pub gateways: gateway::Gateways,
     pub counters: Counters,
+    pub zygotes: zygotes::Zygotes,
     starter: Box<dyn Starter>,
 }
 
@@ -93,7 +97,13 @@ impl Runtime {
         sandbox: SandboxSettings,
         starter: Box<dyn Starter>,
     ) -> Runtime {
+        let zygotes = zygotes::Zygotes::new(
+            config.zygote && sandbox.is_enabled(),
+            config.python.clone(),
+            config.runner_dir.clone(),
+        );
         Runtime(Arc::new(Inner {
+            zygotes,
             config,
             sandbox,
             gateways: gateway::Gateways::default(),
@@ -114,6 +124,13 @@ impl Runtime {
     /// Starts background upkeep (the starter's), until the runtime is dropped.
     pub fn start_upkeep(&self) {
         self.starter.start_upkeep(self);
+        if self.zygotes.enabled() {
+            // Ready before the first call, rather than started by it.
+            let runtime = self.clone();
+            crate::task::spawn(async move {
+                runtime.zygotes.get().await;
+            });
+        }
     }
 
     /// A child for one call, waiting for its request: from the starter (prepared ahead where
@@ -174,6 +191,7 @@ impl Runtime {
     /// Stops every child kept ready (at shutdown).
     pub fn drain(&self) {
         self.starter.drain();
+        self.zygotes.stop();
     }
 
     pub(crate) fn count_sandbox_failure(&self) {

@@ -57,6 +57,7 @@ fn runtime(f: &Fixture, starter: Box<dyn Starter>) -> Runtime {
         max_result_bytes: 1 << 20,
         max_log_bytes: 1 << 16,
         egress: falra_builtins::etl::net::Egress::default(),
+        zygote: true,
     };
     Runtime::new(config, SandboxSettings::disabled(), starter)
 }

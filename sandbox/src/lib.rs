@@ -16,6 +16,7 @@ pub mod runner;
 pub mod seccomp;
 pub mod setup;
 mod spawn;
+pub mod zygote;
 
 pub use protocol::{Answer, ChildFailure, ProtocolRequest};
 pub use setup::{Bind, Isolation, NetworkMode, SystemEntry};

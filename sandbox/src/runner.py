@@ -1,7 +1,8 @@
-# The Falra runner: runs one call in a fresh interpreter, then exits.
+# The Falra runner: runs one call in a fresh process, then exits.
 #
 # Compiled once by the daemon and run as `python3 -I -S -B runner.pyc` with the tenant's code as
-# working directory.
+# working directory, or forked per call from the zygote (`runner.pyc --zygote FD`, see
+# `_zygote` below), which runs the same `_main` in each forked child once it is sandboxed.
 # Reads {"protocol": 1, "call_id", "fn", "kwargs"} on stdin, writes exactly one JSON line on the
 # answer channel (the original stdout), exits 0. Kept lean on purpose: on the success path it
 # imports only modules that are built in or C extensions (`posix`, `sys`, `_json`), because
@@ -10,12 +11,20 @@ import posix
 import sys
 import _json
 
-_ROOT = posix.getcwd()
-_PREFIX = _ROOT.rstrip("/") + "/"
-# The tenant's virtualenv (packages from its requirements.txt), when it has one.
-_VENV = posix.environ.get(b"FALRA_VENV", b"").decode()
-_PREFIXES = (_PREFIX, _VENV.rstrip("/") + "/") if _VENV else (_PREFIX,)
+_ROOT = _PREFIX = _VENV = ""
+_PREFIXES = ()
 _MISSING = object()
+
+
+def _find_code():
+    """Where the tenant's code and virtualenv are: read when the call starts (in a forked child
+    the working directory and environment are the call's only after its setup)."""
+    global _ROOT, _PREFIX, _VENV, _PREFIXES
+    _ROOT = posix.getcwd()
+    _PREFIX = _ROOT.rstrip("/") + "/"
+    # The tenant's virtualenv (packages from its requirements.txt), when it has one.
+    _VENV = posix.environ.get(b"FALRA_VENV", b"").decode()
+    _PREFIXES = (_PREFIX, _VENV.rstrip("/") + "/") if _VENV else (_PREFIX,)
 
 
 class _Refused(Exception):
@@ -406,6 +415,7 @@ def _install_module():
 
 def _main():
     global _ANSWER_FD
+    _find_code()
     answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
     _ANSWER_FD = answer_fd
     posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
@@ -463,4 +473,262 @@ def _read_all(fd):
         chunks.append(chunk)
 
 
-_main()
+# --- The zygote -------------------------------------------------------------------------------
+#
+# A warm interpreter that has loaded this runner and the standard-library modules the per-call
+# setup needs, and no tenant code. The daemon starts it as root, in its own namespaces, and
+# speaks to it over one SOCK_SEQPACKET socket only it holds. For each call the daemon has
+# already cloned the call's init into fresh PID, mount, IPC, UTS and network namespaces and
+# built the call's root there (the Rust setup, unchanged); it then sends the zygote a request
+# with the call's pipes and a pidfd of that init. The zygote enters init's PID namespace for its
+# next child only (`setns` on a PID namespace moves no running process), forks, and goes back to
+# its own. The fork, still this trusted code and now a member of the call's PID namespace, joins
+# the call's cgroups, enters init's other namespaces (cgroup namespace included) through the
+# pidfd, then takes, in this order, a session of its own, the call's stdio, working
+# directory and resource limits, closes every other descriptor, drops to the tenant's uid and
+# gid (every capability goes with root), becomes not dumpable, sets no_new_privs, restricts
+# itself with Landlock and installs the seccomp filters. It then forks the call's process and
+# exits, so that the call's process is init's child, as an exec'd program is: init reaps it and
+# reports its end, and killing its parent kills nothing. Only the call's process runs `_main`,
+# which imports the tenant's module. The daemon decides every value (the steps come from the
+# same plan init ran); this code only carries them out, and runs nothing a tenant supplied.
+
+# Where a forked child's setup failed, reported as (step, errno) on the call's report pipe; the
+# daemon names them (`falra_sandbox::zygote::STEP_NAMES`).
+_Z_CGROUP, _Z_NAMESPACES, _Z_FORK, _Z_SESSION, _Z_STDIO, _Z_CHDIR, _Z_RLIMIT = range(7)
+_Z_FDS, _Z_IDENTITY, _Z_DUMPABLE, _Z_NO_NEW_PRIVS, _Z_LANDLOCK, _Z_SECCOMP, _Z_ENV = range(7, 14)
+_Z_BASE = 0x1000
+_Z_STARTED = 0xFFFFFFFE
+_CLONE_NEWPID = 0x20000000
+
+
+def _report(fd, step, errno):
+    record = step.to_bytes(4, sys.byteorder) + errno.to_bytes(4, sys.byteorder, signed=True)
+    try:
+        posix.write(fd, record)
+    except OSError:
+        pass
+
+
+def _zygote(sock_fd):
+    import ctypes
+    import _socket
+    import resource
+    import select
+    import signal
+    import traceback  # noqa: F401 (the error path of every call, loaded once here)
+
+    posix.setsid()  # no terminal's signals, whatever the daemon's session gets
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sock_fd)
+    hello = _decode(sock.recv(1 << 22))
+    nr = hello["nr"]
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    class _PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    filters = []
+    for program in hello["seccomp"]:
+        raw = bytes.fromhex(program)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        filters.append((_Fprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p)), buf))
+    own_pid_ns = posix.open("/proc/self/ns/pid", posix.O_RDONLY | posix.O_CLOEXEC)
+    # SIGCHLD wakes the loop below through a pipe (the handler itself does nothing), so that
+    # each first fork is reaped as it exits.
+    wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    ctx = (libc, nr, filters, resource, ctypes, signal, _PathBeneath)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    fds_space = _socket.CMSG_SPACE(8 * 4)
+    # Everything loaded so far is the zygote's for good: the collector leaves it alone, so a
+    # forked call does not write to (and so copy) the pages it shares with the zygote.
+    gc = __import__("gc")
+    gc.collect()
+    gc.freeze()
+    sock.send(b"ready")
+    while True:
+        try:
+            ready = poller.poll()
+        except InterruptedError:
+            continue
+        _reap()
+        if not any(fd == sock.fileno() for fd, _ in ready):
+            try:
+                while posix.read(wake_r, 256):
+                    pass
+            except OSError:
+                pass
+            continue
+        try:
+            msg, ancillary, _, _ = sock.recvmsg(1 << 20, fds_space)
+        except InterruptedError:
+            continue
+        except OSError:
+            posix._exit(0)
+        if not msg:
+            posix._exit(0)  # the daemon is gone
+        fds = []
+        for level, kind, data in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+        pid = -1
+        if len(fds) == 5:
+            try:
+                request = _decode(msg)
+                if libc.setns(fds[4], _CLONE_NEWPID) == 0:
+                    try:
+                        pid = posix.fork()
+                    finally:
+                        if pid != 0 and libc.setns(own_pid_ns, _CLONE_NEWPID) != 0:
+                            posix._exit(1)  # cannot fork into our own namespace again
+            except BaseException:
+                pid = -1
+            if pid == 0:
+                sock.detach()
+                _zygote_fork(request, fds, ctx)
+        for fd in fds:
+            posix.close(fd)
+        sock.send(b"1" if pid > 0 else b"0")
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = posix.waitpid(-1, posix.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
+def _zygote_fork(request, fds, ctx):
+    """The first fork: sandbox itself in the order of the plan, fork the call's process, exit."""
+    libc, nr, filters, resource, ctypes, signal, path_beneath = ctx
+    stdin, stdout, stderr, report, pidfd = fds
+    step = _Z_CGROUP
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for procs in request["cgroups"]:
+            fd = posix.open(procs, posix.O_WRONLY | posix.O_CLOEXEC)
+            try:
+                posix.write(fd, b"0")
+            finally:
+                posix.close(fd)
+        step = _Z_NAMESPACES
+        if libc.setns(pidfd, request["ns"]) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        step = _Z_SESSION
+        posix.setsid()
+        step = _Z_STDIO
+        for fd, to in ((stdin, 0), (stdout, 1), (stderr, 2), (report, 3)):
+            posix.dup2(fd, to)
+        report = 3
+        step = _Z_CHDIR
+        posix.chdir(request["cwd"])
+        step = _Z_RLIMIT
+        for which, value in request["rlimits"]:
+            value = resource.RLIM_INFINITY if value >= 1 << 63 else value
+            resource.setrlimit(which, (value, value))
+        step = _Z_FDS
+        posix.closerange(4, 1 << 30)
+        step = _Z_IDENTITY
+        uid, gid = request["uid"], request["gid"]
+        posix.setgroups([])
+        posix.setresgid(gid, gid, gid)
+        posix.setresuid(uid, uid, uid)
+        if posix.getresuid() != (uid, uid, uid) or posix.getresgid() != (gid, gid, gid):
+            raise OSError(1, "identity not dropped")
+        step = _Z_DUMPABLE
+        _check(libc.prctl(4, ctypes.c_ulong(0)), ctypes)  # PR_SET_DUMPABLE
+        step = _Z_NO_NEW_PRIVS
+        zero = ctypes.c_ulong(0)
+        _check(libc.prctl(38, ctypes.c_ulong(1), zero, zero, zero), ctypes)  # PR_SET_NO_NEW_PRIVS
+        step = _Z_LANDLOCK
+        landlock = request.get("landlock")
+        if landlock:
+            _landlock(libc, nr, ctypes, landlock, path_beneath)
+        step = _Z_SECCOMP
+        if request["seccomp"]:
+            for prog, _ in filters:
+                rc = libc.syscall(ctypes.c_long(nr["seccomp"]), ctypes.c_ulong(1),
+                                  ctypes.c_ulong(0), ctypes.byref(prog))
+                _check(rc, ctypes)
+        step = _Z_ENV
+        _set_environment(request["env"])
+        sys.argv = [request["argv0"]]
+        step = _Z_FORK
+        pid = posix.fork()
+    except BaseException as e:
+        _report(report, _Z_BASE + step, getattr(e, "errno", None) or 5)
+        posix._exit(126)
+    if pid == 0:
+        posix.close(report)
+        # Dumpable again, as an exec'd interpreter is (execve resets the flag): only the first
+        # fork, which passed through root, needed not to be.
+        libc.prctl(4, ctypes.c_ulong(1))
+        _main()
+    # The call's process becomes init's child as this one exits.
+    _report(report, _Z_STARTED, 0)
+    posix._exit(0)
+
+
+def _check(rc, ctypes):
+    if rc < 0:
+        raise OSError(ctypes.get_errno() or 5, "system call failed")
+
+
+def _landlock(libc, nr, ctypes, landlock, _PathBeneath):
+    handled = ctypes.c_uint64(landlock["handled"])
+    long = ctypes.c_long
+    ruleset = libc.syscall(long(nr["landlock_create_ruleset"]), ctypes.byref(handled),
+                           ctypes.c_size_t(8), ctypes.c_ulong(0))
+    _check(ruleset, ctypes)
+    try:
+        for path, rights in landlock["rules"]:
+            try:
+                fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
+            except OSError:
+                continue  # a path this root does not have needs no rule
+            try:
+                attr = _PathBeneath(rights, fd)
+                _check(libc.syscall(long(nr["landlock_add_rule"]), long(ruleset),
+                                    ctypes.c_ulong(1), ctypes.byref(attr), ctypes.c_ulong(0)),
+                       ctypes)
+            finally:
+                posix.close(fd)
+        _check(libc.syscall(long(nr["landlock_restrict_self"]), long(ruleset),
+                            ctypes.c_ulong(0)), ctypes)
+    finally:
+        posix.close(ruleset)
+
+
+def _set_environment(pairs):
+    """The call's whole environment, as an exec'd child would have it from the daemon."""
+    for key in list(posix.environ):
+        posix.unsetenv(key)
+    posix.environ.clear()
+    for key, value in pairs:
+        posix.putenv(key, value)
+        posix.environ[key.encode()] = value.encode()
+    os = sys.modules.get("os")
+    if os is not None:
+        os.environ._data.clear()
+        os.environ._data.update((k.encode(), v.encode()) for k, v in pairs)
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "--zygote":
+    _zygote(int(sys.argv[2]))
+else:
+    _main()

@@ -42,6 +42,10 @@ pub struct ChildSpec {
     /// Descriptors the isolation names by number (prepared namespaces), kept open until the
     /// child is gone, so that their numbers cannot be closed or reused under it.
     pub hold: Vec<Arc<OwnedFd>>,
+    /// Fork the program from this zygote instead of exec'ing it (isolated children only; see
+    /// [`crate::zygote`]). `program` and `args` are then only what the forked process is told
+    /// it runs.
+    pub zygote: Option<Arc<crate::zygote::Zygote>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +103,8 @@ pub enum SandboxError {
     },
     #[error("could not wait for the child process")]
     Wait(#[source] io::Error),
+    #[error("could not fork the child from the zygote")]
+    Zygote(#[source] crate::zygote::ZygoteError),
 }
 
 /// Starts the child described by `spec`, gives it `spec.stdin`, and waits until it is gone.
@@ -124,13 +130,32 @@ pub struct Prepared {
 /// program waits for its request: everything but the call itself, ahead of time.
 pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let filter = spec.seccomp.then(crate::seccomp::programs);
-    let steps: Arc<[setup::Step]> = setup::plan(
+    let steps = setup::plan(
         &spec.limits.setup,
         spec.isolation.as_ref(),
         &spec.cwd,
         filter,
-    )
-    .into();
+    );
+    // A forked child gets the per-process part of the same plan; anything that cannot be
+    // forked (no isolation, no identity of its own) fails here, before anything is started.
+    let zygote = match (&spec.zygote, &spec.isolation) {
+        (Some(z), Some(_)) => {
+            let argv0 = spec.args.last().map(PathBuf::from).unwrap_or_default();
+            let request = crate::zygote::ForkRequest::from_plan(
+                &steps,
+                &spec.env,
+                &argv0,
+                crate::zygote::landlock_abi(),
+            )
+            .map_err(SandboxError::Zygote)?;
+            Some((Arc::clone(z), request))
+        }
+        _ => None,
+    };
+    let steps: Arc<[setup::Step]> = match zygote {
+        Some(_) => crate::zygote::init_part(steps).into(),
+        None => steps.into(),
+    };
     let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     let mut keep_fd = None;
     let mut mount_template = -1;
@@ -155,7 +180,20 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let (report_r, report_w) = pipe().map_err(spawn_err)?;
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let pid_cell = Arc::new(AtomicI32::new(0));
+    let reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The zygote's copies of the call's ends: stdin, stdout, stderr and the report pipe.
+    let forked_ends = match &zygote {
+        Some(_) => Some(
+            [&stdin_r, &stdout_w, &stderr_w, &report_w]
+                .map(|fd| fd.try_clone())
+                .into_iter()
+                .collect::<io::Result<Vec<OwnedFd>>>()
+                .map_err(spawn_err)?,
+        ),
+        None => None,
+    };
     let launch = Launch {
+        forked: zygote.is_some(),
         exec: Exec::new(&spec.program, &spec.args, &spec.env)?,
         steps: Arc::clone(&steps),
         fds: ChildFds {
@@ -168,9 +206,15 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
             mount_template,
         },
         init_stack: vec![0u8; INIT_STACK_BYTES],
-        program_stack: vec![0u8; PROGRAM_STACK_BYTES],
+        // A forked program is not cloned by init: no stack for it.
+        program_stack: if zygote.is_some() {
+            Vec::new()
+        } else {
+            vec![0u8; PROGRAM_STACK_BYTES]
+        },
         flags,
         pid: pid_cell.clone(),
+        reaped: reaped.clone(),
         _open: Open {
             _child_ends: [stdin_r, stdout_w, stderr_w, report_w, status_w],
             _held: spec.hold.clone(),
@@ -180,6 +224,9 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     // The child shares this address space until it exits (CLONE_VM | CLONE_VFORK), so nothing
     // of the daemon's memory is copied per call; the thread that clones it waits in the
     // kernel for as long as the call runs, then reaps it.
+    // Whatever becomes of this future from here on (a caller that goes away drops it at any
+    // await), init does not outlive it unless it is handed on as a `Prepared`.
+    let mut cell_guard = KillCell(Some((pid_cell.clone(), reaped.clone())));
     let mut init = tokio::task::spawn_blocking(move || launch.run());
     let mut report =
         tokio::net::unix::pipe::Receiver::from_owned_fd(report_r).map_err(spawn_err)?;
@@ -195,7 +242,56 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         }
     };
     let pid = pid_cell.load(Ordering::Acquire);
-    let (step, errno) = decode_record(&record);
+    let (mut step, mut errno) = decode_record(&record);
+    let mut reported = reported;
+    if let (true, STARTED, Some((zygote, request)), Some(ends)) =
+        (reported, step, zygote, forked_ends)
+    {
+        // init is waiting in the call's namespaces; the zygote forks the program into them.
+        let forked = match crate::zygote::pidfd_open(pid) {
+            Ok(pidfd) => tokio::task::spawn_blocking(move || {
+                use std::os::fd::AsFd;
+                zygote.fork(
+                    &request,
+                    [
+                        ends[0].as_fd(),
+                        ends[1].as_fd(),
+                        ends[2].as_fd(),
+                        ends[3].as_fd(),
+                        pidfd.as_fd(),
+                    ],
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(crate::zygote::ZygoteError::Request(io::Error::other(e)))),
+            Err(e) => Err(crate::zygote::ZygoteError::Request(e)),
+        };
+        if let Err(e) = forked {
+            kill_child(pid);
+            if init_done.is_none() {
+                let _ = init.await;
+            }
+            return Err(SandboxError::Zygote(e));
+        }
+        // The forked process reports once it is sandboxed (or why it could not be); one that
+        // died without a word is given up on after the zygote's reply deadline.
+        let forked_report = async {
+            match init_done {
+                Some(_) => report.read_exact(&mut record).await.is_ok(),
+                None => tokio::select! {
+                    r = report.read_exact(&mut record) => r.is_ok(),
+                    done = &mut init => {
+                        init_done = Some(done);
+                        report.read_exact(&mut record).await.is_ok()
+                    }
+                },
+            }
+        };
+        reported = tokio::time::timeout(crate::zygote::REPLY_TIMEOUT, forked_report)
+            .await
+            .unwrap_or(false);
+        (step, errno) = decode_record(&record);
+    }
     if !reported || step != STARTED {
         if pid > 0 {
             kill_child(pid);
@@ -211,6 +307,12 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         let what = match (reported, step) {
             (false, _) => "start".to_owned(),
             (true, EXEC_FAILED) => "exec".to_owned(),
+            (true, n) if n >= crate::zygote::STEP_BASE => {
+                let name = crate::zygote::STEP_NAMES
+                    .get((n - crate::zygote::STEP_BASE) as usize)
+                    .unwrap_or(&"?");
+                format!("the forked child's {name}")
+            }
             (true, n) => match steps.get(n as usize) {
                 Some(failed) => format!("setup step {n} ({})", failed.name()),
                 None => format!("setup step {n}"),
@@ -225,6 +327,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     }
     // Should this child be dropped before it is reaped, it dies.
     let guard = KillOnDrop(Some(pid));
+    cell_guard.0 = None;
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);
     let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r);
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_r);
@@ -439,6 +542,21 @@ fn kill_group(pid: libc::pid_t) {
     }
 }
 
+/// Kills init, once its pid is known, when dropped while still armed: covers the start, before
+/// a [`KillOnDrop`] takes over.
+struct KillCell(Option<(Arc<AtomicI32>, Arc<std::sync::atomic::AtomicBool>)>);
+
+impl Drop for KillCell {
+    fn drop(&mut self) {
+        if let Some((pid, reaped)) = &self.0 {
+            let pid = pid.load(Ordering::Acquire);
+            if pid > 0 && !reaped.load(Ordering::Acquire) {
+                kill_child(pid);
+            }
+        }
+    }
+}
+
 /// Kills the child when dropped while still armed.
 #[derive(Debug)]
 struct KillOnDrop(Option<libc::pid_t>);
@@ -450,6 +568,9 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// How long (seconds) the init of a forked child waits for its program before it gives up.
+const FORKED_PROGRAM_WAIT: u32 = 10;
 
 /// The stack init runs on, in the daemon's address space: the setup steps and one clone.
 const INIT_STACK_BYTES: usize = 256 * 1024;
@@ -532,6 +653,8 @@ struct ChildFds {
 
 /// Everything init needs, owned by the thread that clones it and alive until init is gone.
 struct Launch {
+    /// The program is forked from the zygote into init's namespaces, not cloned by init.
+    forked: bool,
     exec: Exec,
     steps: Arc<[setup::Step]>,
     fds: ChildFds,
@@ -539,6 +662,8 @@ struct Launch {
     program_stack: Vec<u8>,
     flags: libc::c_int,
     pid: Arc<AtomicI32>,
+    /// Set once init is reaped: its pid may then name another process.
+    reaped: Arc<std::sync::atomic::AtomicBool>,
     _open: Open,
 }
 
@@ -605,7 +730,9 @@ impl Launch {
                 libc::pthread_sigmask(libc::SIG_SETMASK, before.as_ptr(), std::ptr::null_mut());
             }
         }
-        wait4(cloned?)
+        let ended = wait4(cloned?);
+        self.reaped.store(true, Ordering::Release);
+        ended
     }
 }
 
@@ -689,6 +816,9 @@ fn child_after_clone(launch: &Launch) -> ! {
     if let Err((index, e)) = setup::apply(&launch.steps, &mut HostSys) {
         fail(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
     }
+    if launch.forked {
+        wait_for_forked_program(fds);
+    }
     // The program starts with no signal blocked (the mask survives exec). init itself, PID 1
     // of the namespace with default dispositions, gets no signal from the call's processes.
     // SAFETY: an empty set, filled by sigemptyset before use; sigprocmask is async-signal-safe.
@@ -712,16 +842,7 @@ fn child_after_clone(launch: &Launch) -> ! {
         fail(EXEC_FAILED, errno());
     }
     // The program has exec'd, or reported why not (before this record, so its record wins).
-    report(fds.report, STARTED, 0);
-    // Let go of everything the program reads or writes, so that end-of-file on the daemon's
-    // side means the program and its children are done.
-    // SAFETY: closing descriptors of init's own table.
-    unsafe {
-        libc::close(fds.report);
-        libc::close(0);
-        libc::close(1);
-        libc::close(2);
-    }
+    report_started(fds);
     let mut status: libc::c_int = 0;
     loop {
         let mut reaped: libc::c_int = 0;
@@ -735,11 +856,84 @@ fn child_after_clone(launch: &Launch) -> ! {
             break;
         }
     }
+    report_status_and_exit(fds, status)
+}
+
+/// init, set up: report so, and let go of everything the program reads or writes, so that
+/// end-of-file on the daemon's side means the program and its children are done.
+#[allow(unsafe_code)]
+fn report_started(fds: ChildFds) {
+    report(fds.report, STARTED, 0);
+    // SAFETY: closing descriptors of init's own table.
+    unsafe {
+        libc::close(fds.report);
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+}
+
+/// init's last act: the program's wait status to the daemon, then leave.
+#[allow(unsafe_code)]
+fn report_status_and_exit(fds: ChildFds, status: libc::c_int) -> ! {
     // SAFETY: writing a local integer to the status pipe, then leaving.
     unsafe {
         libc::write(fds.status, (&status as *const libc::c_int).cast(), 4);
         libc::_exit(0)
     }
+}
+
+/// init of a forked child: report, let go of the pipes, and reap until the program the zygote
+/// forks into this PID namespace ([`crate::zygote::PROGRAM_PID`]) has ended. It becomes init's
+/// child when the zygote's first fork exits (a zombie included), and its wait status is
+/// reported as an exec'd program's is. Signals stay blocked (as they arrived), so SIGCHLD waits
+/// in `sigtimedwait`. Never returns.
+#[allow(unsafe_code)]
+fn wait_for_forked_program(fds: ChildFds) -> ! {
+    report_started(fds);
+    let mut status: libc::c_int = 0;
+    let mut childless_seconds = 0;
+    // SAFETY: a set filled by sigemptyset/sigaddset before use.
+    let child_signal = unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGCHLD);
+        set.assume_init()
+    };
+    loop {
+        let mut reaped: libc::c_int = 0;
+        // SAFETY: `reaped` is a local the kernel writes the status into.
+        let pid = unsafe { libc::waitpid(-1, &mut reaped, libc::WNOHANG) };
+        if pid == crate::zygote::PROGRAM_PID {
+            status = reaped;
+            break;
+        }
+        if pid > 0 {
+            continue;
+        }
+        let childless = pid == -1 && errno() == libc::ECHILD;
+        if pid == -1 && !childless && errno() != libc::EINTR {
+            break;
+        }
+        // Nothing to reap yet: sleep until a child changes state, or a second passes. The
+        // program becomes init's child within milliseconds of the zygote's fork; an init that
+        // has had no child for `FORKED_PROGRAM_WAIT` seconds was never given one (its start
+        // was abandoned) and leaves.
+        let second = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        // SAFETY: both pointers refer to live locals; the info pointer may be null.
+        let woken = unsafe { libc::sigtimedwait(&child_signal, std::ptr::null_mut(), &second) };
+        if woken == -1 && childless {
+            childless_seconds += 1;
+            if childless_seconds >= FORKED_PROGRAM_WAIT {
+                status = libc::SIGKILL;
+                break;
+            }
+        }
+    }
+    report_status_and_exit(fds, status)
 }
 
 /// Runs on the program's own stack after its clone: exec, or report and leave.
@@ -831,6 +1025,7 @@ mod tests {
             isolation: None,
             seccomp: false,
             hold: Vec::new(),
+            zygote: None,
         }
     }
 

@@ -184,6 +184,7 @@ pub(super) async fn run_runner_mode(
         setup: SetupLimits::default(),
         netns: None,
         cwd: None,
+        fork: false,
     };
     let mut limits = state.runtime.limits(0);
     // The tenant's own time limit: importing its modules is its code running, as in a call.

@@ -265,6 +265,7 @@ pub(super) async fn pip_stage(
         },
         netns,
         cwd: Some(wheel_dir),
+        fork: false,
     };
     let mounts = CodeMounts {
         code: code.to_path_buf(),

@@ -411,12 +411,14 @@ impl Arena {
 /// Host processes running as `uid` that descend from the daemon `daemon`, with their command
 /// lines (other tests' daemons give their first tenants the same uids), leaving out the one
 /// child the daemon keeps started for the tenant's next call: a runner still blocked reading
-/// its request, and the init that waits for it.
+/// its request (exec'd, or forked from the zygote), and the init that waits for it.
 fn processes_of(uid: u32, daemon: u32) -> Vec<String> {
     let waiting_runner = |pid: u32| {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-        String::from_utf8_lossy(&cmd).contains("/falra/runner.pyc") && wchan.contains("pipe_read")
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.contains("/falra/runner.pyc") || cmd.contains("runner.pyc\0--zygote"))
+            && wchan.contains("pipe_read")
     };
     let children = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
@@ -455,7 +457,7 @@ fn processes_of(uid: u32, daemon: u32) -> Vec<String> {
     out
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
+pub fn parent_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -464,7 +466,7 @@ fn parent_of(pid: u32) -> Option<u32> {
         .and_then(|p| p.parse().ok())
 }
 
-fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+pub fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     for _ in 0..64 {
         match parent_of(pid) {
             Some(p) if p == ancestor => return true,

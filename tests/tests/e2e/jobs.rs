@@ -78,8 +78,13 @@ pub fn wait_end(d: &Daemon, token: &str, id: &str, limit: Duration) -> Value {
     }
 }
 
-/// The processes descended from `pid` (a daemon's children and theirs).
+/// The processes descended from `pid` (a daemon's children and theirs), but for the daemon's
+/// zygote and what it forks for itself: the zygote outlives every call.
 pub fn descendants(pid: u32) -> Vec<u32> {
+    let zygote = |p: u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("\0--zygote\0"))
+    };
     let mut parent = HashMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -107,7 +112,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
             let mut at = p;
             for _ in 0..64 {
                 match parent.get(&at) {
-                    Some(&up) if up == pid => return true,
+                    Some(&up) if up == pid => return !zygote(at),
                     Some(&up) if up > 1 => at = up,
                     _ => return false,
                 }

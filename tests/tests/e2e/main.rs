@@ -20,3 +20,4 @@ mod probes;
 mod schedules;
 mod secrets;
 mod uploads;
+mod zygote;
