@@ -516,7 +516,6 @@ def _zygote(sock_fd):
     import resource
     import select
     import signal
-    import traceback  # noqa: F401 (the error path of every call, loaded once here)
 
     posix.setsid()  # no terminal's signals, whatever the daemon's session gets
     libc = ctypes.CDLL(None, use_errno=True)
@@ -669,12 +668,29 @@ def _zygote_fork(request, fds, ctx):
         _set_environment(request["env"])
         sys.argv = [request["argv0"]]
         step = _Z_FORK
+        # Closed only as this process exits: the call's process waits for that end-of-file.
+        gone_r, gone_w = posix.pipe()
         pid = posix.fork()
     except BaseException as e:
         _report(report, _Z_BASE + step, getattr(e, "errno", None) or 5)
         posix._exit(126)
     if pid == 0:
         posix.close(report)
+        posix.close(gone_w)
+        # Run only once this process's parent is init, as an exec'd interpreter's is: wait for
+        # the first fork to exit, then for the kernel to finish reparenting (a few
+        # microseconds after its descriptors are closed).
+        while True:
+            try:
+                posix.read(gone_r, 1)
+                break
+            except InterruptedError:
+                continue
+        posix.close(gone_r)
+        for _ in range(100000):
+            if posix.getppid() == 1:
+                break
+            posix.sched_yield()
         # Dumpable again, as an exec'd interpreter is (execve resets the flag): only the first
         # fork, which passed through root, needed not to be.
         libc.prctl(4, ctypes.c_ulong(1))
