@@ -22,6 +22,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(15 * 60);
 pub const MAX_FORKS: u64 = 100_000;
 /// After a zygote could not be started, how long calls are exec'd before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Forks failed in a row after which a zygote is retired (and a new one tried after
+/// [`RETRY_AFTER`]), rather than every call paying for a failed fork before its exec.
+pub const MAX_FAILURES_IN_A_ROW: u32 = 3;
 
 /// The zygote's counters, read by the metrics.
 #[derive(Debug, Default)]
@@ -47,6 +50,7 @@ pub struct Zygotes {
     retry_at: Mutex<Option<Instant>>,
     /// Set from the first fallback until a fork works again: one warning per episode.
     falling_back: AtomicBool,
+    failures_in_a_row: std::sync::atomic::AtomicU32,
     pub counters: ZygoteCounters,
 }
 
@@ -60,6 +64,7 @@ impl Zygotes {
             starting: tokio::sync::Mutex::new(()),
             retry_at: Mutex::new(None),
             falling_back: AtomicBool::new(false),
+            failures_in_a_row: std::sync::atomic::AtomicU32::new(0),
             counters: ZygoteCounters::default(),
         }
     }
@@ -81,7 +86,9 @@ impl Zygotes {
     }
 
     /// The zygote to fork the next call from: the current one while it is usable and young, a
-    /// new one otherwise; `None` when zygotes are off or one cannot be started now.
+    /// new one otherwise; `None` when zygotes are off or one cannot be started now. Only one
+    /// call starts a zygote; calls that come meanwhile are exec'd rather than kept waiting
+    /// (and a zygote that has grown old goes on serving until its successor is ready).
     pub async fn get(&self) -> Option<Arc<Zygote>> {
         if !self.enabled {
             return None;
@@ -97,7 +104,9 @@ impl Zygotes {
         {
             return None;
         }
-        let _one = self.starting.lock().await;
+        let Ok(_one) = self.starting.try_lock() else {
+            return self.usable();
+        };
         if let Some(z) = self.fresh() {
             return Some(z);
         }
@@ -126,6 +135,12 @@ impl Zygotes {
         }
     }
 
+    /// The current zygote if it can still fork, young or not.
+    fn usable(&self) -> Option<Arc<Zygote>> {
+        let current = self.current.lock().expect("zygote slot poisoned");
+        current.as_ref().filter(|z| z.is_usable()).cloned()
+    }
+
     fn fresh(&self) -> Option<Arc<Zygote>> {
         let current = self.current.lock().expect("zygote slot poisoned");
         current
@@ -136,6 +151,7 @@ impl Zygotes {
 
     /// A call's child was forked from `zygote` in `took`.
     pub fn forked(&self, took: Duration) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
         self.counters.forks.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fork_micros
@@ -148,6 +164,12 @@ impl Zygotes {
     /// Forking from `zygote` failed with `error`; the call's child is exec'd instead.
     pub fn fell_back(&self, zygote: &Arc<Zygote>, error: &(dyn std::error::Error + 'static)) {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_FAILURES_IN_A_ROW {
+            self.failures_in_a_row.store(0, Ordering::Relaxed);
+            zygote.retire();
+            *self.retry_at.lock().expect("zygote slot poisoned") =
+                Some(Instant::now() + RETRY_AFTER);
+        }
         if !zygote.is_usable() {
             let mut current = self.current.lock().expect("zygote slot poisoned");
             if current.as_ref().is_some_and(|z| Arc::ptr_eq(z, zygote)) {

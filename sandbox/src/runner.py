@@ -666,7 +666,10 @@ def _zygote_fork(request, fds, ctx):
                 _check(rc, ctypes)
         step = _Z_ENV
         _set_environment(request["env"])
+        # What an exec'd interpreter would say it runs (the zygote's are relative names).
         sys.argv = [request["argv0"]]
+        sys.orig_argv = request["orig_argv"]
+        sys.modules["__main__"].__file__ = request["argv0"]
         step = _Z_FORK
         # Closed only as this process exits: the call's process waits for that end-of-file.
         gone_r, gone_w = posix.pipe()

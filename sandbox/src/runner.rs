@@ -67,7 +67,7 @@ pub fn install(python: &Path, dir: &Path) -> Result<Installed, RunnerError> {
     let out = Command::new(python)
         .args(["-I", "-S", "-c"])
         .arg(
-            "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True); \
+            "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile='/falra/runner.py', doraise=True); \
              print(sys.version.splitlines()[0]); print(sys.implementation.cache_tag); \
              print('\\n'.join(sorted(sys.stdlib_module_names)))",
         )

@@ -140,11 +140,13 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     // forked (no isolation, no identity of its own) fails here, before anything is started.
     let zygote = match (&spec.zygote, &spec.isolation) {
         (Some(z), Some(_)) => {
-            let argv0 = spec.args.last().map(PathBuf::from).unwrap_or_default();
+            let argv: Vec<&std::ffi::OsStr> = std::iter::once(spec.program.as_os_str())
+                .chain(spec.args.iter().map(|a| a.as_os_str()))
+                .collect();
             let request = crate::zygote::ForkRequest::from_plan(
                 &steps,
                 &spec.env,
-                &argv0,
+                &argv,
                 crate::zygote::landlock_abi(),
             )
             .map_err(SandboxError::Zygote)?;
@@ -181,6 +183,10 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let pid_cell = Arc::new(AtomicI32::new(0));
     let reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A forked child's init as a pidfd, made by the clone itself (`CLONE_PIDFD`): the zygote
+    // enters exactly that process's namespaces, never a pid reused since. -1 until then, and
+    // once taken.
+    let pidfd_slot = Arc::new(AtomicI32::new(-1));
     // The zygote's copies of the call's ends: stdin, stdout, stderr and the report pipe.
     let forked_ends = match &zygote {
         Some(_) => Some(
@@ -215,6 +221,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         flags,
         pid: pid_cell.clone(),
         reaped: reaped.clone(),
+        pidfd: zygote.as_ref().map(|_| pidfd_slot.clone()),
         _open: Open {
             _child_ends: [stdin_r, stdout_w, stderr_w, report_w, status_w],
             _held: spec.hold.clone(),
@@ -226,7 +233,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     // kernel for as long as the call runs, then reaps it.
     // Whatever becomes of this future from here on (a caller that goes away drops it at any
     // await), init does not outlive it unless it is handed on as a `Prepared`.
-    let mut cell_guard = KillCell(Some((pid_cell.clone(), reaped.clone())));
+    let mut cell_guard = KillCell(Some((pid_cell.clone(), reaped.clone(), pidfd_slot.clone())));
     let mut init = tokio::task::spawn_blocking(move || launch.run());
     let mut report =
         tokio::net::unix::pipe::Receiver::from_owned_fd(report_r).map_err(spawn_err)?;
@@ -241,14 +248,28 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
             report.read_exact(&mut record).await.is_ok()
         }
     };
+    // A forked child's init: its pidfd, and its pid read from that.
+    let init_pidfd = match zygote {
+        Some(_) if reported => take_pidfd(&pidfd_slot).inspect(|fd| {
+            if let Some(pid) = pid_of(fd) {
+                pid_cell.store(pid, Ordering::Release);
+            }
+        }),
+        _ => None,
+    };
     let pid = pid_cell.load(Ordering::Acquire);
     let (mut step, mut errno) = decode_record(&record);
     let mut reported = reported;
     if let (true, STARTED, Some((zygote, request)), Some(ends)) =
         (reported, step, zygote, forked_ends)
     {
-        // init is waiting in the call's namespaces; the zygote forks the program into them.
-        let forked = match crate::zygote::pidfd_open(pid) {
+        // init is waiting in the call's namespaces; the zygote forks the program into them,
+        // unless init is already gone (then nothing is forked anywhere).
+        let pidfd = match (init_done.is_some(), init_pidfd) {
+            (false, Some(fd)) => Ok(fd),
+            _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        };
+        let forked = match pidfd {
             Ok(pidfd) => tokio::task::spawn_blocking(move || {
                 use std::os::fd::AsFd;
                 zygote.fork(
@@ -544,16 +565,60 @@ fn kill_group(pid: libc::pid_t) {
 
 /// Kills init, once its pid is known, when dropped while still armed: covers the start, before
 /// a [`KillOnDrop`] takes over.
-struct KillCell(Option<(Arc<AtomicI32>, Arc<std::sync::atomic::AtomicBool>)>);
+/// With a pidfd (a forked program's init), by that; it is closed with the guard.
+struct KillCell(
+    Option<(
+        Arc<AtomicI32>,
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<AtomicI32>,
+    )>,
+);
 
 impl Drop for KillCell {
     fn drop(&mut self) {
-        if let Some((pid, reaped)) = &self.0 {
-            let pid = pid.load(Ordering::Acquire);
-            if pid > 0 && !reaped.load(Ordering::Acquire) {
-                kill_child(pid);
-            }
+        let Some((pid, reaped, pidfd)) = &self.0 else {
+            return;
+        };
+        if let Some(fd) = take_pidfd(pidfd) {
+            signal_pidfd(&fd, libc::SIGKILL);
+            return;
         }
+        let pid = pid.load(Ordering::Acquire);
+        if pid > 0 && !reaped.load(Ordering::Acquire) {
+            kill_child(pid);
+        }
+    }
+}
+
+/// The pidfd the clone wrote into `slot`, now owned by the caller (once).
+#[allow(unsafe_code)]
+fn take_pidfd(slot: &AtomicI32) -> Option<OwnedFd> {
+    let fd = slot.swap(-1, Ordering::AcqRel);
+    // SAFETY: the kernel installed this descriptor in our table for this clone, and the swap
+    // hands it to exactly one owner.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pid a pidfd refers to, from `/proc/self/fdinfo`.
+fn pid_of(pidfd: &OwnedFd) -> Option<libc::pid_t> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|&p| p > 0)
+}
+
+#[allow(unsafe_code)]
+fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
+    // SAFETY: pidfd_send_signal takes a descriptor and integers; no info struct is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        );
     }
 }
 
@@ -664,6 +729,8 @@ struct Launch {
     pid: Arc<AtomicI32>,
     /// Set once init is reaped: its pid may then name another process.
     reaped: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the clone writes init's pidfd, for a forked program (instead of its pid).
+    pidfd: Option<Arc<AtomicI32>>,
     _open: Open,
 }
 
@@ -693,7 +760,12 @@ impl Launch {
     #[allow(unsafe_code)]
     fn run(self) -> io::Result<(libc::c_int, libc::rusage)> {
         let top = stack_top(&self.init_stack);
-        let pid_slot = self.pid.as_ptr();
+        // The kernel writes init's pid there, or for a forked program its pidfd (`clone`
+        // takes one slot for either; the pid is read back from the pidfd).
+        let (slot, slot_flag) = match &self.pidfd {
+            Some(pidfd) => (pidfd.as_ptr(), libc::CLONE_PIDFD),
+            None => (self.pid.as_ptr(), libc::CLONE_PARENT_SETTID),
+        };
         // Every signal blocked across the clone, as posix_spawn does: init starts with the
         // daemon's handlers (a copy), and none of them may run in init before it has reset
         // them. This thread only waits for init, so nothing is missed here meanwhile: the
@@ -708,15 +780,16 @@ impl Launch {
         // SAFETY: init runs on `init_stack`, inside `self`, which outlives it: CLONE_VFORK keeps
         // this thread (and so `self`) in place until init has exited. init shares this address
         // space but writes only to its own stack; it reads `self` and makes only
-        // async-signal-safe calls. CLONE_PARENT_SETTID stores init's pid in `pid_slot` before
-        // init runs, where the supervising task reads it once init has reported.
+        // async-signal-safe calls. CLONE_PARENT_SETTID (CLONE_PIDFD) stores init's pid (a
+        // pidfd of it) in `slot` before init runs, where the supervising task reads it once
+        // init has reported.
         let pid = unsafe {
             libc::clone(
                 init_main,
                 top,
-                self.flags | libc::CLONE_PARENT_SETTID,
+                self.flags | slot_flag,
                 &self as *const Launch as *mut libc::c_void,
-                pid_slot,
+                slot,
             )
         };
         let cloned = if pid == -1 {
@@ -886,8 +959,8 @@ fn report_status_and_exit(fds: ChildFds, status: libc::c_int) -> ! {
 /// init of a forked child: report, let go of the pipes, and reap until the program the zygote
 /// forks into this PID namespace ([`crate::zygote::PROGRAM_PID`]) has ended. It becomes init's
 /// child when the zygote's first fork exits (a zombie included), and its wait status is
-/// reported as an exec'd program's is. Signals stay blocked (as they arrived), so SIGCHLD waits
-/// in `sigtimedwait`. Never returns.
+/// reported as an exec'd program's is. SIGCHLD stays blocked, so it waits in `sigtimedwait`.
+/// Never returns.
 #[allow(unsafe_code)]
 fn wait_for_forked_program(fds: ChildFds) -> ! {
     report_started(fds);
@@ -900,6 +973,12 @@ fn wait_for_forked_program(fds: ChildFds) -> ! {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGCHLD);
         set.assume_init()
     };
+    // Everything but SIGCHLD unblocked: with default dispositions, the kernel drops what the
+    // call's processes send to their namespace's init (a blocked signal would be queued).
+    // SAFETY: `child_signal` is a filled set; sigprocmask is async-signal-safe.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, &child_signal, std::ptr::null_mut());
+    }
     loop {
         let mut reaped: libc::c_int = 0;
         // SAFETY: `reaped` is a local the kernel writes the status into.

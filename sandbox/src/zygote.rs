@@ -99,6 +99,8 @@ pub struct ForkRequest {
     seccomp: bool,
     env: Vec<(String, String)>,
     argv0: String,
+    /// What an exec'd interpreter's `sys.orig_argv` would be.
+    orig_argv: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,9 +121,18 @@ impl ForkRequest {
     pub fn from_plan(
         steps: &[Step],
         env: &[(OsString, OsString)],
-        argv0: &Path,
+        argv: &[&std::ffi::OsStr],
         landlock_abi: Option<i32>,
     ) -> Result<ForkRequest, ZygoteError> {
+        let utf8 = |a: &std::ffi::OsStr| {
+            a.to_str()
+                .map(str::to_owned)
+                .ok_or(ZygoteError::Unsupported("an argument that is not UTF-8"))
+        };
+        let orig_argv = argv
+            .iter()
+            .map(|a| utf8(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut request = ForkRequest {
             cgroups: Vec::new(),
             ns: libc::CLONE_NEWNS
@@ -136,10 +147,8 @@ impl ForkRequest {
             landlock: None,
             seccomp: false,
             env: Vec::new(),
-            argv0: argv0
-                .to_str()
-                .ok_or(ZygoteError::Unsupported("a program path that is not UTF-8"))?
-                .to_owned(),
+            argv0: orig_argv.last().cloned().unwrap_or_default(),
+            orig_argv,
         };
         let mut dropped = false;
         for step in steps {
@@ -173,8 +182,44 @@ impl ForkRequest {
                             .collect(),
                     })
                 }
-                Step::Seccomp(_) => request.seccomp = true,
-                _ => {}
+                Step::Seccomp(filter) => {
+                    // The zygote installs the filters it was handed at start: the policy's.
+                    if !crate::seccomp::programs()
+                        .iter()
+                        .any(|p| std::ptr::eq(p.as_slice(), *filter))
+                    {
+                        return Err(ZygoteError::Unsupported("a seccomp filter of its own"));
+                    }
+                    request.seccomp = true;
+                }
+                // Steps init takes for the call (its namespaces, mounts, hostname) or that
+                // bind its whole namespace; the forked process inherits or enters them.
+                Step::NewCgroupNamespace
+                | Step::MountPrivate
+                | Step::Mount { .. }
+                | Step::BindReadOnly { .. }
+                | Step::BindDevice { .. }
+                | Step::ReadOnlyView { .. }
+                | Step::Mkdir(..)
+                | Step::WriteFile(..)
+                | Step::Symlink { .. }
+                | Step::PivotRoot(_)
+                | Step::RemountRootReadOnly
+                | Step::LoopbackUp
+                | Step::JoinNetns(_)
+                | Step::CopyMountTemplate(_)
+                | Step::SetHostname(_) => {}
+                // Taken by the forked process for itself, in the same order (runner.py); the
+                // parent-death signal is init's, whose death ends the namespace.
+                Step::NewSession
+                | Step::CloseInheritedFds
+                | Step::NotDumpable
+                | Step::ParentDeathSignal
+                | Step::NoNewPrivs => {}
+                // A writable bind: children that have one (builds, the compiler) are exec'd.
+                Step::BindWritable { .. } => {
+                    return Err(ZygoteError::Unsupported("a child with a writable bind"))
+                }
             }
         }
         if !dropped || request.uid == 0 {
@@ -209,6 +254,9 @@ pub fn init_part(steps: Vec<Step>) -> Vec<Step> {
 #[derive(Debug)]
 pub struct Zygote {
     process: Mutex<Process>,
+    /// Set once a request failed at the socket (or the zygote was retired): it is not used
+    /// again. Read without the lock, which a request holds while it waits for the zygote.
+    broken: std::sync::atomic::AtomicBool,
     pid: u32,
     started: Instant,
     forks: AtomicU64,
@@ -218,8 +266,6 @@ pub struct Zygote {
 struct Process {
     child: std::process::Child,
     sock: OwnedFd,
-    /// Set once a request failed at the socket: the zygote is not used again.
-    broken: bool,
 }
 
 impl Zygote {
@@ -233,21 +279,29 @@ impl Zygote {
         let (ours, theirs) = seqpacket_pair().map_err(ZygoteError::Start)?;
         let theirs_fd = theirs.as_raw_fd();
         let mut command = Command::new(python);
+        // The runner by a relative name, from its directory: the zygote's command line, which
+        // its forks inherit, names no host path.
         command
-            .args(crate::runner::interpreter_args(runner_dir))
+            .args(crate::runner::interpreter_args(Path::new(".")))
             .args(["--zygote", "3"])
             .env_clear()
-            .current_dir("/")
+            .current_dir(runner_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // SAFETY: between fork and exec the closure makes one async-signal-safe call, dup2,
+        // SAFETY: between fork and exec the closure makes one async-signal-safe call, dup2 (or fcntl),
         // which places the zygote's end of the socket at descriptor 3 (clearing its
         // close-on-exec flag); it allocates nothing and touches no lock.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(theirs_fd, 3) == -1 {
+                // Already at 3: dup2 would leave it close-on-exec, so clear the flag instead.
+                let rc = if theirs_fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(theirs_fd, 3)
+                };
+                if rc == -1 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -256,11 +310,7 @@ impl Zygote {
         let child = command.spawn().map_err(ZygoteError::Start)?;
         drop(theirs);
         let pid = child.id();
-        let mut process = Process {
-            child,
-            sock: ours,
-            broken: false,
-        };
+        let mut process = Process { child, sock: ours };
         let hello = serde_json::json!({
             "nr": {
                 "seccomp": libc::SYS_seccomp,
@@ -289,6 +339,7 @@ impl Zygote {
         }
         Ok(Zygote {
             process: Mutex::new(process),
+            broken: std::sync::atomic::AtomicBool::new(false),
             pid,
             started: Instant::now(),
             forks: AtomicU64::new(0),
@@ -302,7 +353,7 @@ impl Zygote {
         let body =
             serde_json::to_vec(request).map_err(|e| ZygoteError::Request(io::Error::other(e)))?;
         let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
-        if process.broken {
+        if self.broken.load(Ordering::Relaxed) {
             return Err(ZygoteError::Request(io::Error::from(
                 io::ErrorKind::BrokenPipe,
             )));
@@ -326,7 +377,7 @@ impl Zygote {
             Err(e) => {
                 // A zygote that does not answer cannot be trusted to answer the next one in
                 // order: it is stopped, and whoever holds it starts another.
-                process.broken = true;
+                self.broken.store(true, Ordering::Relaxed);
                 process.kill();
                 Err(ZygoteError::Request(e))
             }
@@ -335,8 +386,21 @@ impl Zygote {
 
     /// Whether the zygote can still take requests.
     pub fn is_usable(&self) -> bool {
-        let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
-        !process.broken && matches!(process.child.try_wait(), Ok(None))
+        if self.broken.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Never waits: a zygote busy with a request is usable.
+        match self.process.try_lock() {
+            Ok(mut process) => matches!(process.child.try_wait(), Ok(None)),
+            Err(std::sync::TryLockError::Poisoned(_)) => false,
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        }
+    }
+
+    /// Takes the zygote out of service (its forks keep failing); it is stopped once no call
+    /// holds it.
+    pub fn retire(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     pub fn pid(&self) -> u32 {
@@ -512,18 +576,6 @@ fn receive(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// A pidfd for `pid`, so that the zygote enters that very process's namespaces.
-#[allow(unsafe_code)]
-pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes integers by value and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just returned to us and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,8 +606,13 @@ mod tests {
             Some(crate::seccomp::programs()),
         );
         let env = vec![("PATH".into(), "/usr/bin".into())];
-        let r =
-            ForkRequest::from_plan(&steps, &env, Path::new("/falra/runner.pyc"), Some(3)).unwrap();
+        let r = ForkRequest::from_plan(
+            &steps,
+            &env,
+            &["/usr/bin/python3".as_ref(), "/falra/runner.pyc".as_ref()],
+            Some(3),
+        )
+        .unwrap();
         assert_eq!(r.cgroups, vec!["/cg/memory/c_1/cgroup.procs"]);
         assert_eq!((r.uid, r.gid), (200_001, 200_001));
         assert_eq!(r.cwd, "/code");
@@ -585,7 +642,7 @@ mod tests {
     #[test]
     fn only_a_child_with_a_tenant_identity_is_forked() {
         let steps = plan(&SetupLimits::default(), None, Path::new("/code"), None);
-        let err = ForkRequest::from_plan(&steps, &[], Path::new("/r"), None).unwrap_err();
+        let err = ForkRequest::from_plan(&steps, &[], &["/r".as_ref()], None).unwrap_err();
         assert!(matches!(err, ZygoteError::Unsupported(_)), "{err}");
         let iso = isolation(200_001);
         let steps = plan(
@@ -598,7 +655,7 @@ mod tests {
             std::ffi::OsString::from("K"),
             std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]),
         )];
-        let err = ForkRequest::from_plan(&steps, &bad_env, Path::new("/r"), None).unwrap_err();
+        let err = ForkRequest::from_plan(&steps, &bad_env, &["/r".as_ref()], None).unwrap_err();
         assert!(matches!(err, ZygoteError::Unsupported(_)), "{err}");
     }
 }

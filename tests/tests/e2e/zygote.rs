@@ -31,6 +31,9 @@ def sandbox():
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "argv": sys.argv,
+        "orig_argv": sys.orig_argv,
+        "main_file": sys.modules["__main__"].__file__,
+        "code_file": sys.modules["__main__"]._main.__code__.co_filename,
         "flags": [sys.flags.isolated, sys.flags.no_site, sys.flags.dont_write_bytecode],
         "fds": sorted(os.listdir("/proc/self/fd")),
         "cgroup": open("/proc/self/cgroup").read().split(),
@@ -43,6 +46,9 @@ def sandbox():
         "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),
         "threads": threading.active_count(),
     }
+
+def cmdline():
+    return open("/proc/self/cmdline", "rb").read().decode().split("\0")
 
 def tamper():
     """Everything a call could try to leave for the next one, or to reach the zygote with."""
@@ -144,6 +150,16 @@ fn a_forked_call_is_sandboxed_exactly_as_an_exec_d_one() {
         seen.push(first);
     }
     let (f, e) = (&seen[0], &seen[1]);
+    // Nothing in a call names the host's data directory, forked or exec'd.
+    for d in [&forked, &execd] {
+        let token = d.tenant("dora", &repo);
+        let words = call(d, &token, "cmdline");
+        assert!(
+            !words.to_string().contains(d.data_dir.to_str().unwrap()),
+            "the command line names a host path: {words}"
+        );
+    }
+    assert_eq!(f["code_file"], json!("/falra/runner.py"));
     assert_eq!(f, e, "forked:\n{f:#}\nexec'd:\n{e:#}");
     // And what that sandbox is: no capability, no_new_privs, the filter, not dumpable, init's
     // child, nothing but stdio open.
