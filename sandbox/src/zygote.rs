@@ -31,7 +31,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -442,14 +442,11 @@ impl Process {
     }
 }
 
-/// The compiled runner's path inside a call's root, the `argv[0]` a forked call sees.
-pub fn runner_in_child() -> PathBuf {
-    Path::new(crate::runner::RUNNER_DIR).join("runner.pyc")
-}
-
-/// Landlock's ABI on this kernel, as a forked child would find it (`None`: no Landlock).
+/// Landlock's ABI on this kernel, as a forked child would find it (`None`: no Landlock). Asked
+/// of the kernel once: it cannot change while the daemon runs, and every forked call needs it.
 pub fn landlock_abi() -> Option<i32> {
-    crate::landlock::abi_version()
+    static ABI: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *ABI.get_or_init(crate::landlock::abi_version)
 }
 
 fn hex(filter: &[crate::seccomp::SockFilter]) -> String {
