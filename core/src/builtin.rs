@@ -219,6 +219,8 @@ pub async fn run<P: Send + 'static>(
         netns: None,
         cwd: None,
         fork: false,
+        stdin_fd: None,
+        preload: None,
     };
     let mounts = CodeMounts {
         code: state.config.runner_dir.clone(),

@@ -43,6 +43,9 @@ pub struct ServiceConfig {
     pub jobs: crate::jobs::JobSettings,
     /// Fork calls' processes from a warm interpreter (`--no-zygote`: exec each one).
     pub zygote: bool,
+    /// The most preload zygotes on this node, and their memory together (MiB).
+    pub preload_zygotes: usize,
+    pub preload_memory_mb: u64,
 }
 
 impl ServiceConfig {
@@ -67,6 +70,8 @@ impl ServiceConfig {
             max_log_bytes: self.max_log_bytes,
             egress: self.egress.clone(),
             zygote: self.zygote,
+            preload_zygotes: self.preload_zygotes,
+            preload_memory_bytes: self.preload_memory_mb.saturating_mul(1024 * 1024),
         }
     }
 }

@@ -376,6 +376,14 @@ pub struct ServeArgs {
     /// sandboxed exactly as an exec'd child is (see docs/security.md).
     #[arg(long)]
     pub no_zygote: bool,
+    /// The most preload zygotes (one per tenant version whose policy preloads modules) this
+    /// node keeps; past it, or past --preload-memory-mb, the least recently used is stopped.
+    /// 0 turns preloading off.
+    #[arg(long, env = "FALRA_PRELOAD_ZYGOTES", default_value_t = 16)]
+    pub preload_zygotes: usize,
+    /// The most resident memory (MiB) the preload zygotes of this node take together.
+    #[arg(long, env = "FALRA_PRELOAD_MEMORY_MB", default_value_t = 4096)]
+    pub preload_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -126,6 +126,8 @@ impl ServeConfig {
                 },
                 data_dir,
                 zygote: !args.no_zygote,
+                preload_zygotes: args.preload_zygotes,
+                preload_memory_mb: args.preload_memory_mb,
             },
             max_body_bytes: args.max_body_bytes,
             auth_failures_per_minute: args.auth_failures_per_minute,

@@ -108,7 +108,8 @@ impl Metrics {
             );
         }
         let zygotes = &state.runtime.zygotes;
-        let gauges: [(&str, &str, &str, u64); 14] = [
+        let preloads = &state.runtime.preloads;
+        let gauges: [(&str, &str, &str, u64); 20] = [
             (
                 "falra_active_children",
                 "gauge",
@@ -200,6 +201,42 @@ impl Metrics {
                 "counter",
                 "Zygotes started (at start, after one died, or to replace an old one).",
                 zygotes.counters.starts.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_preload_zygotes_alive",
+                "gauge",
+                "Preload zygotes ready (one per tenant version whose policy preloads modules).",
+                preloads.alive(),
+            ),
+            (
+                "falra_preload_zygote_resident_bytes",
+                "gauge",
+                "The preload zygotes' resident memory, together.",
+                preloads.rss_bytes(),
+            ),
+            (
+                "falra_preload_forks_total",
+                "counter",
+                "Calls' children forked from a preload zygote.",
+                preloads.counters.forks.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_preload_fork_microseconds_total",
+                "counter",
+                "Microseconds from asking a preload zygote for a call's child to its placement, summed.",
+                preloads.counters.fork_micros.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_preload_fallbacks_total",
+                "counter",
+                "Calls of a preloading policy not forked from its zygote (none ready, or the fork failed).",
+                preloads.counters.fallbacks.load(Ordering::Relaxed),
+            ),
+            (
+                "falra_preload_zygote_starts_total",
+                "counter",
+                "Preload zygotes started.",
+                preloads.counters.starts.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -29,6 +29,27 @@ pub struct Policy {
     /// The deadline of a background job's run (a call's is `timeout_ms`).
     #[serde(default = "default_job_timeout_ms")]
     pub job_timeout_ms: u32,
+    /// Modules imported once into a zygote per tenant version, which then forks each call
+    /// (empty: every call imports its module afresh). See docs/security.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preload: Vec<String>,
+}
+
+/// The most modules a policy may preload, and the longest name.
+pub const MAX_PRELOAD: usize = 32;
+pub const MAX_PRELOAD_NAME: usize = 200;
+
+/// Whether `name` is a dotted Python module name (`pandas`, `pkg.sub`).
+fn is_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PRELOAD_NAME
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+                && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        })
 }
 
 fn default_max_unzipped_mb() -> u32 {
@@ -54,6 +75,7 @@ impl Default for Policy {
             cpu_seconds_per_month: None,
             max_unzipped_mb: default_max_unzipped_mb(),
             job_timeout_ms: default_job_timeout_ms(),
+            preload: Vec::new(),
         }
     }
 }
@@ -92,6 +114,8 @@ pub struct PolicyPatch {
     pub max_unzipped_mb: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_timeout_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preload: Option<Vec<String>>,
 }
 
 /// A field that is present, even as `null`, is `Some`.
@@ -115,6 +139,7 @@ impl PolicyPatch {
         self.cpu_seconds_per_month = l.cpu_seconds_per_month.or(self.cpu_seconds_per_month);
         self.max_unzipped_mb = l.max_unzipped_mb.or(self.max_unzipped_mb);
         self.job_timeout_ms = l.job_timeout_ms.or(self.job_timeout_ms);
+        self.preload = l.preload.or(self.preload.take());
     }
 
     /// Drops the named fields (they fall back to the plan's values); unknown names are
@@ -134,6 +159,7 @@ impl PolicyPatch {
                 "cpu_seconds_per_month" => self.cpu_seconds_per_month = None,
                 "max_unzipped_mb" => self.max_unzipped_mb = None,
                 "job_timeout_ms" => self.job_timeout_ms = None,
+                "preload" => self.preload = None,
                 other => return Err(other.to_owned()),
             }
         }
@@ -154,6 +180,10 @@ pub enum PolicyError {
         "cpu_seconds_per_month must be null (no quota) or between 1 and {MAX_QUOTA_SECONDS}, got {0}"
     )]
     QuotaOutOfRange(u64),
+    #[error(
+        "preload must be a list of at most {MAX_PRELOAD} module names (such as \"pandas\" or \"pkg.sub\"), got {0:?}"
+    )]
+    Preload(String),
 }
 
 /// The longest a job may run: a day.
@@ -167,6 +197,7 @@ impl PolicyError {
         match self {
             PolicyError::OutOfRange { field, .. } => field,
             PolicyError::QuotaOutOfRange(_) => "cpu_seconds_per_month",
+            PolicyError::Preload(_) => "preload",
         }
     }
 }
@@ -205,6 +236,14 @@ impl Policy {
                 return Err(PolicyError::QuotaOutOfRange(q));
             }
         }
+        if let Some(preload) = &patch.preload {
+            if preload.len() > MAX_PRELOAD {
+                return Err(PolicyError::Preload(format!("{} names", preload.len())));
+            }
+            if let Some(bad) = preload.iter().find(|n| !is_module_name(n)) {
+                return Err(PolicyError::Preload(bad.chars().take(80).collect()));
+            }
+        }
         let p = patch.clone();
         self.memory_mb = p.memory_mb.unwrap_or(self.memory_mb);
         self.timeout_ms = p.timeout_ms.unwrap_or(self.timeout_ms);
@@ -222,6 +261,13 @@ impl Policy {
         }
         self.max_unzipped_mb = p.max_unzipped_mb.unwrap_or(self.max_unzipped_mb);
         self.job_timeout_ms = p.job_timeout_ms.unwrap_or(self.job_timeout_ms);
+        if let Some(preload) = p.preload {
+            let mut seen = std::collections::BTreeSet::new();
+            self.preload = preload
+                .into_iter()
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+        }
         Ok(())
     }
 
@@ -322,6 +368,37 @@ mod tests {
         assert_eq!(q.cpu_seconds_per_month, None);
         let zero: PolicyPatch = serde_json::from_str(r#"{"cpu_seconds_per_month": 0}"#).unwrap();
         assert!(q.apply(&zero).is_err());
+    }
+
+    #[test]
+    fn preload_takes_module_names_only() {
+        let mut p = Policy::default();
+        let ok: PolicyPatch =
+            serde_json::from_str(r#"{"preload": ["pandas", "pkg.sub_2", "pandas"]}"#).unwrap();
+        p.apply(&ok).unwrap();
+        assert_eq!(p.preload, vec!["pandas".to_owned(), "pkg.sub_2".to_owned()]);
+        for bad in [
+            r#"{"preload": ["os; import x"]}"#,
+            r#"{"preload": [""]}"#,
+            r#"{"preload": ["a..b"]}"#,
+            r#"{"preload": ["1abc"]}"#,
+            r#"{"preload": ["../etc"]}"#,
+        ] {
+            let patch: PolicyPatch = serde_json::from_str(bad).unwrap();
+            let mut q = p.clone();
+            assert_eq!(q.apply(&patch).unwrap_err().field(), "preload", "{bad}");
+            assert_eq!(q, p, "{bad}");
+        }
+        let many: PolicyPatch = serde_json::from_value(serde_json::json!({
+            "preload": (0..33).map(|i| format!("m{i}")).collect::<Vec<_>>()
+        }))
+        .unwrap();
+        assert!(p.clone().apply(&many).is_err());
+        // An empty list turns preloading off; the field is then left out of the JSON.
+        let off: PolicyPatch = serde_json::from_str(r#"{"preload": []}"#).unwrap();
+        p.apply(&off).unwrap();
+        assert!(p.preload.is_empty());
+        assert!(serde_json::to_value(&p).unwrap().get("preload").is_none());
     }
 
     #[test]

@@ -26,17 +26,23 @@ pub struct Child {
     pub prepared: Prepared,
     pub cgroup: Option<CgroupLease>,
     pub(crate) made: Instant,
+    /// The preload zygote it was forked from, kept running while the child lives.
+    pub(crate) zygote: Option<Arc<crate::preloads::Running>>,
 }
 
 impl Child {
     /// Stops the child and gives its cgroup back once it is gone (in the background).
     pub fn discard(self) {
         let Child {
-            prepared, cgroup, ..
+            prepared,
+            cgroup,
+            zygote,
+            ..
         } = self;
         crate::task::spawn(async move {
             prepared.kill_and_wait().await;
             drop(cgroup);
+            drop(zygote);
         });
     }
 }
@@ -74,6 +80,11 @@ pub struct ChildStage {
     pub cwd: Option<PathBuf>,
     /// Fork it from the node's zygote where it can be (a call's runner).
     pub fork: bool,
+    /// Its stdin instead of a pipe (a preload zygote's channel).
+    pub stdin_fd: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The call's tenant version: fork it from that version's preload zygote where its policy
+    /// preloads modules.
+    pub preload: Option<crate::prestart::ChildKey>,
 }
 
 impl ChildStage {
@@ -88,6 +99,8 @@ impl ChildStage {
             netns: None,
             cwd: None,
             fork: true,
+            stdin_fd: None,
+            preload: None,
         }
     }
 }
@@ -106,6 +119,33 @@ pub(crate) async fn prepare(
         .sandbox
         .acquire_cgroup(uid, policy)
         .map_err(RunError::Cgroup)?;
+    if let (true, Some(key)) = (stage.fork, stage.preload.as_ref()) {
+        if state.preloads.wanted(policy) && state.sandbox.is_enabled() {
+            match state.preloads.get(state, key, mounts, policy) {
+                Some(running) => {
+                    let asked = Instant::now();
+                    let procs = cgroup
+                        .as_ref()
+                        .map(CgroupLease::procs_files)
+                        .unwrap_or_default();
+                    match running.zygote.fork(procs).await {
+                        Ok(prepared) => {
+                            state.preloads.forked(asked.elapsed());
+                            return Ok(Child {
+                                prepared,
+                                cgroup,
+                                made: Instant::now(),
+                                zygote: Some(running),
+                            });
+                        }
+                        // Started as any other call instead.
+                        Err(e) => state.preloads.fell_back(key, Some(&e)),
+                    }
+                }
+                None => state.preloads.fell_back(key, None),
+            }
+        }
+    }
     let own_netns = stage.netns.is_some();
     let mut isolation = state
         .sandbox
@@ -160,6 +200,7 @@ pub(crate) async fn prepare(
         isolation,
         hold,
         zygote: zygote.clone(),
+        stdin_fd: stage.stdin_fd,
     };
     let asked = Instant::now();
     let mut prepared = falra_sandbox::prepare(&spec).await;
@@ -179,6 +220,7 @@ pub(crate) async fn prepare(
             prepared,
             cgroup,
             made: Instant::now(),
+            zygote: None,
         }),
         Err(e) => {
             state.count_sandbox_failure();
@@ -223,12 +265,16 @@ async fn run_to_end<K: Send + 'static>(
     let run = crate::task::spawn(async move {
         let _keep = keep;
         let Child {
-            prepared, cgroup, ..
+            prepared,
+            cgroup,
+            zygote,
+            ..
         } = child;
         let finished = prepared.run(stdin, &limits).await;
         let usage = cgroup.as_ref().map(CgroupLease::usage);
         // Given back to the pool (its processes are gone).
         drop(cgroup);
+        drop(zygote);
         (finished, usage)
     });
     let (finished, usage) = run.await.map_err(RunError::Task)?;

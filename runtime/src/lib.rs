@@ -18,6 +18,7 @@ pub mod child;
 mod error_chain;
 pub mod gateway;
 pub mod isolation;
+pub mod preloads;
 pub mod prestart;
 pub mod task;
 pub mod zygotes;
@@ -48,8 +49,13 @@ pub struct RuntimeConfig {
     pub max_log_bytes: usize,
     /// The address rule the egress gateways apply.
     pub egress: falra_builtins::etl::net::Egress,
-    /// Fork calls' processes from a zygote (`--no-zygote`: exec each one).
+    /// Fork calls' processes from a zygote (`--no-zygote`: exec each one, and no preload
+    /// zygotes either).
     pub zygote: bool,
+    /// The most preload zygotes this node keeps, and the most resident memory they may take
+    /// together (past either, the least recently used goes).
+    pub preload_zygotes: usize,
+    pub preload_memory_bytes: u64,
 }
 
 /// Events the runtime counts for the node's metrics.
@@ -71,6 +77,7 @@ pub struct Inner {
     pub gateways: gateway::Gateways,
     pub counters: Counters,
     pub zygotes: zygotes::Zygotes,
+    pub preloads: preloads::Preloads,
     starter: Box<dyn Starter>,
 }
 
@@ -102,8 +109,14 @@ impl Runtime {
             config.python.clone(),
             config.runner_dir.clone(),
         );
+        let preloads = preloads::Preloads::new(
+            config.zygote && sandbox.is_enabled(),
+            config.preload_zygotes,
+            config.preload_memory_bytes,
+        );
         Runtime(Arc::new(Inner {
             zygotes,
+            preloads,
             config,
             sandbox,
             gateways: gateway::Gateways::default(),
@@ -131,6 +144,16 @@ impl Runtime {
                 runtime.zygotes.get().await;
             });
         }
+        let weak = self.downgrade();
+        crate::task::spawn(async move {
+            loop {
+                tokio::time::sleep(preloads::IDLE / 10).await;
+                let Some(runtime) = Runtime::upgrade(&weak) else {
+                    return;
+                };
+                runtime.preloads.expire();
+            }
+        });
     }
 
     /// A child for one call, waiting for its request: from the starter (prepared ahead where
@@ -177,6 +200,7 @@ impl Runtime {
     /// mount templates, idle cgroups and its gateway.
     pub fn forget_tenant(&self, uid: u32) {
         self.starter.forget_uid(uid);
+        self.preloads.forget_where(|k| k.uid == uid);
         self.sandbox.forget_tenant(uid);
         self.gateways.forget(uid);
     }
@@ -185,6 +209,8 @@ impl Runtime {
     /// a rollback they would only wait for calls pinned to an old version).
     pub fn forget_other_versions(&self, uid: u32, active: &str) {
         self.starter.forget_other_versions(uid, active);
+        self.preloads
+            .forget_where(|k| k.uid == uid && k.version != active);
         self.sandbox.forget_templates_except(uid, active);
     }
 
@@ -192,6 +218,7 @@ impl Runtime {
     pub fn drain(&self) {
         self.starter.drain();
         self.zygotes.stop();
+        self.preloads.forget_where(|_| true);
     }
 
     pub(crate) fn count_sandbox_failure(&self) {

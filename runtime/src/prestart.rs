@@ -84,7 +84,8 @@ pub struct Fresh;
 impl Starter for Fresh {
     fn start<'a>(&'a self, runtime: &'a Runtime, request: CallChild) -> StartFuture<'a> {
         Box::pin(async move {
-            let stage = ChildStage::call(runtime.config.python.clone());
+            let mut stage = ChildStage::call(runtime.config.python.clone());
+            stage.preload = Some(request.key.clone());
             runtime
                 .prepare(request.key.uid, &request.mounts, &request.policy, stage)
                 .await

@@ -58,6 +58,8 @@ fn runtime(f: &Fixture, starter: Box<dyn Starter>) -> Runtime {
         max_log_bytes: 1 << 16,
         egress: falra_builtins::etl::net::Egress::default(),
         zygote: true,
+        preload_zygotes: 4,
+        preload_memory_bytes: 1 << 30,
     };
     Runtime::new(config, SandboxSettings::disabled(), starter)
 }

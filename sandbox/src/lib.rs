@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod landlock;
 pub mod mountns;
 pub mod netns;
+pub mod preload;
 pub mod progress;
 pub mod protocol;
 pub mod runner;

@@ -708,22 +708,28 @@ def _check(rc, ctypes):
         raise OSError(ctypes.get_errno() or 5, "system call failed")
 
 
-def _landlock(libc, nr, ctypes, landlock, _PathBeneath):
+def _landlock(libc, nr, ctypes, landlock, path_beneath):
     handled = ctypes.c_uint64(landlock["handled"])
+    _restrict(libc, nr, ctypes, ctypes.byref(handled), 8, landlock["rules"], path_beneath, 0)
+
+
+def _restrict(libc, nr, ctypes, attr, size, rules, path_beneath, open_flags):
+    """A Landlock ruleset from `attr` with `rules` (path, rights), applied to this process.
+    A path this root does not have (or, with O_DIRECTORY, that is not a directory) needs none."""
     long = ctypes.c_long
-    ruleset = libc.syscall(long(nr["landlock_create_ruleset"]), ctypes.byref(handled),
-                           ctypes.c_size_t(8), ctypes.c_ulong(0))
+    ruleset = libc.syscall(long(nr["landlock_create_ruleset"]), attr, ctypes.c_size_t(size),
+                           ctypes.c_ulong(0))
     _check(ruleset, ctypes)
     try:
-        for path, rights in landlock["rules"]:
+        for path, rights in rules:
             try:
-                fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
+                fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC | open_flags)
             except OSError:
-                continue  # a path this root does not have needs no rule
+                continue
             try:
-                attr = _PathBeneath(rights, fd)
+                beneath = path_beneath(rights, fd)
                 _check(libc.syscall(long(nr["landlock_add_rule"]), long(ruleset),
-                                    ctypes.c_ulong(1), ctypes.byref(attr), ctypes.c_ulong(0)),
+                                    ctypes.c_ulong(1), ctypes.byref(beneath), ctypes.c_ulong(0)),
                        ctypes)
             finally:
                 posix.close(fd)
@@ -747,7 +753,244 @@ def _set_environment(pairs):
         os.environ._data.update((k.encode(), v.encode()) for k, v in pairs)
 
 
+# --- Preload zygotes ------------------------------------------------------------------------
+#
+# A tenant version's zygote (`runner.pyc --preload`, see `falra_sandbox::preload`): started as
+# a sandboxed child like any call's (its stdin is its socket to the daemon), it imports the
+# modules the tenant's policy names, then forks one process per call. Tenant code has run here,
+# so nothing below is trusted by the daemon: each call's process restricts itself further
+# (Landlock, seccomp) before it runs the call, the daemon checks who it is with the kernel, and
+# its limits and usage are the call's cgroup's.
+
+# The native thread pools numpy, pandas and their kin start at import: one thread each, so that
+# the zygote is one thread when it forks (a fork copies only the forking thread).
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def _preload():
+    import _socket
+    import ctypes
+    import select
+    import signal
+
+    _find_code()
+    chan = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, posix.dup(0))
+    # What the imports print is nobody's call's: it goes nowhere.
+    null = posix.open("/dev/null", posix.O_RDWR)
+    for fd in (0, 1, 2):
+        posix.dup2(null, fd)
+    posix.close(null)
+    hello = _decode(chan.recv(1 << 22))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    class _PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    raw = bytes.fromhex(hello["seccomp"])
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    prog = _Fprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    # The top of the root as the zygote sees it, but /tmp: each call reads only its own part.
+    top = sorted(n for n in posix.listdir("/") if n not in ("tmp", "dev"))
+    for name in _ONE_THREAD:
+        posix.putenv(name, "1")
+        posix.environ[name.encode()] = b"1"
+    # The interpreter's own functions, taken before any tenant code can replace them.
+    fork, waitpid, close, write = posix.fork, posix.waitpid, posix.close, posix.write
+    sys.path.insert(0, _ROOT)
+    if _VENV:
+        sys.path.append(_VENV)
+    _install_module()
+    name = ""
+    try:
+        for name in hello["modules"]:
+            __import__(name)
+    except BaseException as e:
+        chan.send(("{\"error\": %s}" % _json.encode_basestring_ascii(
+            "importing %s failed: %s: %s" % (name, type(e).__name__, e))[:4000]).encode())
+        posix._exit(1)
+    threads = len(posix.listdir("/proc/self/task"))
+    if threads > 1:
+        chan.send(("{\"error\": \"the preloaded modules left %d threads running; a forked "
+                   "call would have only one of them\"}" % threads).encode())
+        posix._exit(1)
+    ctx = (libc, hello["nr"], prog, hello.get("landlock"), top, ctypes, _PathBeneath)
+    wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    fds_space = _socket.CMSG_SPACE(4 * 4)
+    children = {}
+    gc = __import__("gc")
+    gc.collect()
+    gc.freeze()
+    chan.send(b'{"ready": true}')
+    while True:
+        try:
+            ready = poller.poll()
+        except InterruptedError:
+            continue
+        while children:
+            try:
+                pid, status = waitpid(-1, posix.WNOHANG)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:
+                break
+            done = children.pop(pid, None)
+            if done is not None:
+                try:
+                    write(done[0], b"s" + status.to_bytes(4, sys.byteorder, signed=True))
+                except OSError:
+                    pass
+                close(done[0])
+                _remove_tree("/tmp/.falra-call-%d" % done[1])
+        if not any(fd == chan.fileno() for fd, _ in ready):
+            try:
+                while posix.read(wake_r, 256):
+                    pass
+            except OSError:
+                pass
+            continue
+        try:
+            msg, ancillary, _, _ = chan.recvmsg(4096, fds_space)
+        except (InterruptedError, BlockingIOError):
+            continue
+        except OSError:
+            posix._exit(0)
+        if not msg:
+            posix._exit(0)  # the daemon is gone
+        fds = []
+        for level, kind, data in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+        if len(fds) != 4:
+            for fd in fds:
+                close(fd)
+            continue
+        try:
+            n = int(_decode(msg)["n"])
+            pid = fork()
+        except BaseException as e:
+            try:
+                write(fds[3], ("e" + type(e).__name__).encode())
+            except OSError:
+                pass
+            for fd in fds:
+                close(fd)
+            continue
+        if pid == 0:
+            _preload_call(fds, n, ctx)
+        for fd in fds[:3]:
+            close(fd)
+        children[pid] = (fds[3], n)
+
+
+def _remove_tree(path):
+    """Removes a call's directory, whatever modes the call left on what it made there."""
+    try:
+        entries = list(posix.scandir(path))
+    except FileNotFoundError:
+        return
+    except OSError:
+        try:
+            posix.chmod(path, 0o700)
+            entries = list(posix.scandir(path))
+        except OSError:
+            return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(entry.path)
+            else:
+                posix.unlink(entry.path)
+        except OSError:
+            pass
+    try:
+        posix.rmdir(path)
+    except OSError:
+        pass
+
+
+def _preload_call(fds, n, ctx):
+    """A call's process: restrict itself further, say hello, wait for the daemon, run the call."""
+    import signal
+
+    libc, nr, prog, landlock, top, ctypes, path_beneath = ctx
+    stdin, stdout, stderr, call = fds
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd, to in ((stdin, 0), (stdout, 1), (stderr, 2), (call, 3)):
+            posix.dup2(fd, to)
+        posix.closerange(4, 1 << 30)
+        posix.setsid()
+        tmp = "/tmp/.falra-call-%d" % n
+        posix.mkdir(tmp, 0o700)
+        if landlock:
+            rules = [("/" + name, landlock["read_only"]) for name in top]
+            rules += [("/dev", landlock["devices"]), (tmp, landlock["read_write"])]
+            _landlock_call(libc, nr, ctypes, landlock, rules, path_beneath)
+        rc = libc.syscall(ctypes.c_long(nr["seccomp"]), ctypes.c_ulong(1), ctypes.c_ulong(0),
+                          ctypes.byref(prog))
+        _check(rc, ctypes)
+        for key in (b"TMPDIR", b"HOME"):
+            posix.environ[key] = tmp.encode()
+            posix.putenv(key, tmp.encode())
+        os = sys.modules.get("os")
+        if os is not None:
+            os.environ._data.update({b"TMPDIR": tmp.encode(), b"HOME": tmp.encode()})
+        tempfile = sys.modules.get("tempfile")
+        if tempfile is not None:
+            tempfile.tempdir = None
+        # Random generators the preloaded modules hold: reseeded per call (`random` reseeds
+        # itself at fork).
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            try:
+                numpy.random.seed()
+            except BaseException:
+                pass
+        posix.write(3, b"h")  # the kernel tells the daemon who says it
+        if posix.read(3, 16) != b"g":
+            posix._exit(1)
+        posix.close(3)
+        del sys.argv[1:]  # what an exec'd interpreter's would be
+    except BaseException as e:
+        try:
+            posix.write(3, ("e%s: %s" % (type(e).__name__, e)).encode()[:200])
+        except BaseException:
+            pass
+        posix._exit(126)
+    _main()
+
+
+def _landlock_call(libc, nr, ctypes, landlock, rules, path_beneath):
+    class _Attr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64),
+                    ("scoped", ctypes.c_uint64)]
+
+    if landlock["scoped"]:
+        attr, size = _Attr(landlock["handled"], 0, landlock["scoped"]), ctypes.sizeof(_Attr)
+    else:
+        attr, size = ctypes.c_uint64(landlock["handled"]), 8
+    # Directories only: a rule on a file may not carry directory rights.
+    _restrict(libc, nr, ctypes, ctypes.byref(attr), size, rules, path_beneath, posix.O_DIRECTORY)
+
+
 if len(sys.argv) == 3 and sys.argv[1] == "--zygote":
     _zygote(int(sys.argv[2]))
+elif len(sys.argv) == 2 and sys.argv[1] == "--preload":
+    _preload()
 else:
     _main()

@@ -46,6 +46,10 @@ pub struct ChildSpec {
     /// [`crate::zygote`]). `program` and `args` are then only what the forked process is told
     /// it runs.
     pub zygote: Option<Arc<crate::zygote::Zygote>>,
+    /// The child's stdin instead of a pipe from the supervisor (a preload zygote's channel,
+    /// see [`crate::preload`]); the request written to [`Prepared::run`]'s stdin then goes
+    /// nowhere.
+    pub stdin_fd: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,8 @@ pub enum SandboxError {
     Wait(#[source] io::Error),
     #[error("could not fork the child from the zygote")]
     Zygote(#[source] crate::zygote::ZygoteError),
+    #[error("could not fork the child from its preload zygote")]
+    Preload(#[source] crate::preload::PreloadError),
 }
 
 /// Starts the child described by `spec`, gives it `spec.stdin`, and waits until it is gone.
@@ -117,7 +123,7 @@ pub async fn spawn_and_wait(spec: ChildSpec) -> Result<Finished, SandboxError> {
 /// Dropping it kills it.
 #[derive(Debug)]
 pub struct Prepared {
-    pid: libc::pid_t,
+    target: Target,
     guard: KillOnDrop,
     init: tokio::task::JoinHandle<io::Result<(libc::c_int, libc::rusage)>>,
     stdin: tokio::net::unix::pipe::Sender,
@@ -177,6 +183,10 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     }
     let spawn_err = SandboxError::Spawn;
     let (stdin_r, stdin_w) = pipe().map_err(spawn_err)?;
+    let stdin_r = match &spec.stdin_fd {
+        Some(fd) => fd.try_clone().map_err(spawn_err)?,
+        None => stdin_r,
+    };
     let (stdout_r, stdout_w) = pipe().map_err(spawn_err)?;
     let (stderr_r, stderr_w) = pipe().map_err(spawn_err)?;
     let (report_r, report_w) = pipe().map_err(spawn_err)?;
@@ -347,7 +357,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         init = tokio::spawn(async move { done.map_err(io::Error::other)? });
     }
     // Should this child be dropped before it is reaped, it dies.
-    let guard = KillOnDrop(Some(pid));
+    let guard = KillOnDrop(Some(Target::Init(pid)));
     cell_guard.0 = None;
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);
     let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r);
@@ -357,7 +367,7 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(SandboxError::Spawn(e)),
     };
     Ok(Prepared {
-        pid,
+        target: Target::Init(pid),
         guard,
         init,
         stdin,
@@ -367,10 +377,66 @@ pub async fn prepare(spec: &ChildSpec) -> Result<Prepared, SandboxError> {
     })
 }
 
+/// Whom a [`Prepared`] kills.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// The child's init, by pid: the supervisor reaps it, so until then the pid is its own.
+    Init(libc::pid_t),
+    /// A program forked by a preload zygote, by pidfd: its parent is the zygote, which reaps
+    /// it, so its pid may name another process once it is gone.
+    Forked(Arc<OwnedFd>),
+}
+
+impl Target {
+    fn kill(&self) {
+        match self {
+            Target::Init(pid) => kill_child(*pid),
+            Target::Forked(pidfd) => {
+                signal_pidfd(pidfd, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Prepared {
+    /// A program forked by a preload zygote ([`crate::preload`]): `exited` resolves with its
+    /// wait status once it is gone (and whatever it left in its cgroup is killed).
+    pub(crate) fn forked(
+        pidfd: Arc<OwnedFd>,
+        exited: tokio::task::JoinHandle<io::Result<(libc::c_int, libc::rusage)>>,
+        stdin_w: OwnedFd,
+        stdout_r: OwnedFd,
+        stderr_r: OwnedFd,
+    ) -> Result<Prepared, SandboxError> {
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w);
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r);
+        let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_r);
+        let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
+            (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                signal_pidfd(&pidfd, libc::SIGKILL);
+                return Err(SandboxError::Spawn(e));
+            }
+        };
+        // No status of init's: the pipe's write end is closed at once.
+        let (status_r, _) = pipe().map_err(SandboxError::Spawn)?;
+        let target = Target::Forked(pidfd);
+        Ok(Prepared {
+            guard: KillOnDrop(Some(target.clone())),
+            target,
+            init: exited,
+            stdin,
+            stdout,
+            stderr,
+            status: status_r,
+        })
+    }
+}
+
 impl Prepared {
     /// Kills the child and waits until it is reaped.
     pub async fn kill_and_wait(self) {
-        kill_child(self.pid);
+        self.target.kill();
         let _ = self.init.await;
     }
 
@@ -383,7 +449,7 @@ impl Prepared {
     /// usage's wall time count from now.
     pub async fn run(self, request: Vec<u8>, limits: &Limits) -> Result<Finished, SandboxError> {
         let Prepared {
-            pid,
+            target,
             mut guard,
             mut init,
             stdin,
@@ -403,7 +469,7 @@ impl Prepared {
         let out = tokio::spawn(collect(
             stdout,
             limits.stdout_bytes,
-            Overflow::Kill(pid),
+            Overflow::Kill(target.clone()),
             stop_rx.clone(),
             Some(crate::progress::Records::new(limits.progress.clone())),
         ));
@@ -420,11 +486,11 @@ impl Prepared {
             r = &mut init => r,
             _ = tokio::time::sleep(limits.wall) => {
                 timed_out = true;
-                kill_child(pid);
+                target.kill();
                 init.await
             }
             () = cancelled(limits.cancel.clone()) => {
-                kill_child(pid);
+                target.kill();
                 init.await
             }
         };
@@ -434,8 +500,11 @@ impl Prepared {
         guard.0 = None;
         let wall = started.elapsed();
         // Without a PID namespace, whatever the program left in its process group goes with it
-        // (with one, the kernel has already killed everything when init exited).
-        kill_group(pid);
+        // (with one, the kernel has already killed everything when init exited; a preload
+        // zygote's fork leaves nothing in its cgroup once `init` is done).
+        if let Target::Init(pid) = target {
+            kill_group(pid);
+        }
 
         // Normally both pipes reach EOF as the child exits. If something that escaped the group
         // still holds them, stop reading after a short grace: the child's own output is in by then.
@@ -474,10 +543,10 @@ impl Prepared {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Overflow {
     /// Past the cap the output is useless (an answer too large): stop the child at once.
-    Kill(libc::pid_t),
+    Kill(Target),
     /// Past the cap the output is only counted (logs).
     Discard,
 }
@@ -535,8 +604,8 @@ async fn collect(
         if n > room {
             c.overflowed = true;
             c.dropped += (n - room) as u64;
-            if let Overflow::Kill(pid) = overflow {
-                kill_child(pid);
+            if let Overflow::Kill(target) = &overflow {
+                target.kill();
                 break;
             }
         }
@@ -609,27 +678,28 @@ fn pid_of(pidfd: &OwnedFd) -> Option<libc::pid_t> {
 }
 
 #[allow(unsafe_code)]
-fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
+pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) -> bool {
     // SAFETY: pidfd_send_signal takes a descriptor and integers; no info struct is passed.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
             signal,
             std::ptr::null::<libc::siginfo_t>(),
             0 as libc::c_uint,
-        );
-    }
+        )
+    };
+    rc == 0
 }
 
 /// Kills the child when dropped while still armed.
 #[derive(Debug)]
-struct KillOnDrop(Option<libc::pid_t>);
+struct KillOnDrop(Option<Target>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            kill_child(pid);
+        if let Some(target) = &self.0 {
+            target.kill();
         }
     }
 }
@@ -745,7 +815,7 @@ struct Open {
 }
 
 #[allow(unsafe_code)]
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
@@ -1105,6 +1175,7 @@ mod tests {
             seccomp: false,
             hold: Vec::new(),
             zygote: None,
+            stdin_fd: None,
         }
     }
 
@@ -1194,7 +1265,9 @@ mod tests {
     async fn dropping_a_prepared_child_kills_it() {
         let spec = sh("cat", 5000);
         let prepared = prepare(&spec).await.unwrap();
-        let pid = prepared.pid;
+        let Target::Init(pid) = prepared.target else {
+            panic!("an exec'd child is killed by its init's pid");
+        };
         drop(prepared);
         let gone = async {
             loop {

@@ -418,11 +418,7 @@ impl Zygote {
 
     /// The zygote's resident memory, from `/proc/<pid>/status` under `proc_root`.
     pub fn rss_bytes(&self, proc_root: &Path) -> Option<u64> {
-        let status =
-            std::fs::read_to_string(proc_root.join(self.pid.to_string()).join("status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        rss_of(self.pid, proc_root)
     }
 }
 
@@ -442,6 +438,14 @@ impl Process {
     }
 }
 
+/// The resident memory of process `pid`, from `/proc/<pid>/status` under `proc_root`.
+pub(crate) fn rss_of(pid: impl std::fmt::Display, proc_root: &Path) -> Option<u64> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Landlock's ABI on this kernel, as a forked child would find it (`None`: no Landlock). Asked
 /// of the kernel once: it cannot change while the daemon runs, and every forked call needs it.
 pub fn landlock_abi() -> Option<i32> {
@@ -449,7 +453,7 @@ pub fn landlock_abi() -> Option<i32> {
     *ABI.get_or_init(crate::landlock::abi_version)
 }
 
-fn hex(filter: &[crate::seccomp::SockFilter]) -> String {
+pub(crate) fn hex(filter: &[crate::seccomp::SockFilter]) -> String {
     let mut out = String::with_capacity(filter.len() * 16);
     for insn in filter {
         let mut bytes = Vec::with_capacity(8);
@@ -467,7 +471,7 @@ fn hex(filter: &[crate::seccomp::SockFilter]) -> String {
 use std::os::fd::AsFd;
 
 #[allow(unsafe_code)]
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors socketpair writes.
     let rc = unsafe {
@@ -486,7 +490,7 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 #[allow(unsafe_code)]
-fn set_receive_timeout(sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+pub(crate) fn set_receive_timeout(sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -509,7 +513,7 @@ fn set_receive_timeout(sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<()
 
 /// One message, with `fds` passed along as `SCM_RIGHTS`.
 #[allow(unsafe_code)]
-fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),

@@ -185,6 +185,8 @@ pub(super) async fn run_runner_mode(
         netns: None,
         cwd: None,
         fork: false,
+        stdin_fd: None,
+        preload: None,
     };
     let mut limits = state.runtime.limits(0);
     // The tenant's own time limit: importing its modules is its code running, as in a call.

@@ -266,6 +266,8 @@ pub(super) async fn pip_stage(
         netns,
         cwd: Some(wheel_dir),
         fork: false,
+        stdin_fd: None,
+        preload: None,
     };
     let mounts = CodeMounts {
         code: code.to_path_buf(),

@@ -16,6 +16,7 @@ mod hosts;
 mod jobs;
 mod operators;
 mod packages;
+mod preload;
 mod probes;
 mod schedules;
 mod secrets;

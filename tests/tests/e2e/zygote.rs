@@ -107,7 +107,7 @@ def add(a, b):
     return a + b
 "##;
 
-fn metric(d: &Daemon, name: &str) -> u64 {
+pub(crate) fn metric(d: &Daemon, name: &str) -> u64 {
     let m = http("GET", &format!("{}/metrics", d.url), &[], None);
     let text = m.body.as_str().unwrap_or_default().to_owned();
     text.lines()
