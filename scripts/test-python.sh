@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python environment the end-to-end tests drive real services with: an S3-compatible
 # server (moto_server), pandas for the ETL reference, boto3 to read objects back, and
-# schemathesis to fuzz the API from its OpenAPI document. Made once in target/test-venv (from
+# schemathesis to fuzz the API from its OpenAPI document; and numpy's wheel. Made once in target/test-venv (from
 # PyPI), reused while it still imports. Prints its python's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +19,13 @@ if ! "$fuzz/bin/schemathesis" --version >/dev/null 2>&1; then
   rm -rf "$fuzz"
   /usr/bin/python3 -m venv "$fuzz"
   "$fuzz/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.*' >&2
+fi
+# numpy's wheel, for the test that preloads it (served to the daemon's builds from loopback).
+wheels=target/test-wheels
+if ! compgen -G "$wheels/numpy-*.whl" >/dev/null; then
+  echo "downloading numpy's wheel into $wheels" >&2
+  mkdir -p "$wheels"
+  /usr/bin/python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
+    --no-deps -d "$wheels" 'numpy<3' >&2
 fi
 echo "$(pwd)/$venv/bin/python"

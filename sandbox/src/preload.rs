@@ -518,6 +518,31 @@ mod tests {
         assert_eq!(new.read_write, new.handled);
     }
 
+    #[test]
+    fn an_emptied_cgroup_v2_is_killed_at_once_and_a_v1_one_process_by_process() {
+        let root = tempfile::tempdir().unwrap();
+        // v2: one directory with cgroup.kill beside cgroup.procs.
+        let v2 = root.path().join("v2");
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::write(v2.join("cgroup.procs"), "").unwrap();
+        std::fs::write(v2.join("cgroup.kill"), "0").unwrap();
+        // v1: one per hierarchy, no cgroup.kill; an empty one is left as it is.
+        let v1 = root.path().join("memory");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join("cgroup.procs"), "\n").unwrap();
+        let started = Instant::now();
+        kill_cgroup(&[v2.join("cgroup.procs"), v1.join("cgroup.procs")]);
+        assert_eq!(
+            std::fs::read_to_string(v2.join("cgroup.kill")).unwrap(),
+            "1"
+        );
+        assert!(!v1.join("cgroup.kill").exists());
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "nothing to wait for"
+        );
+    }
+
     #[tokio::test]
     async fn the_kernel_names_the_sender_of_a_message() {
         let (ours, theirs) = channel().unwrap();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use falra_tests::{eventually, Daemon, GitRepo};
+use falra_tests::{eventually, static_files, Daemon, GitRepo};
 
 use crate::zygote::metric;
 use serde_json::{json, Value};
@@ -95,6 +95,18 @@ def peek():
     own = os.environ["TMPDIR"]
     return sorted({_err(lambda n=n: os.listdir("/tmp/.falra-call-%d" % n))
                    for n in range(200) if "/tmp/.falra-call-%d" % n != own})
+
+def forkbomb():
+    made = 0
+    try:
+        for _ in range(1000):
+            if __import__("posix").fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            made += 1
+    except OSError as e:
+        return {"made": made, "stopped_by": errno.errorcode.get(e.errno)}
+    return {"made": made, "stopped_by": None}
 
 def look(child, tmpdir):
     import heavy
@@ -214,7 +226,11 @@ fn a_preloaded_call_cannot_reach_its_zygote_or_leave_anything_for_the_next_call(
     let repo = GitRepo::with_files(&[("heavy.py", HEAVY), ("probe.py", PROBE), ("evil.py", EVIL)]);
     let token = d.tenant("caro", &repo);
     let other = d.tenant("dora", &GitRepo::with_files(&[("heavy.py", HEAVY)]));
-    set_policy(&d, "caro", json!({"preload": ["heavy", "probe", "evil"]}));
+    set_policy(
+        &d,
+        "caro",
+        json!({"preload": ["heavy", "probe", "evil"], "pids": 16}),
+    );
     let at = forked_import(&d, &token);
     let tried = ok(&d, &token, "probe.tamper", json!({}));
     // Every other process is out of its reach: the zygote, its init, other calls.
@@ -242,6 +258,12 @@ fn a_preloaded_call_cannot_reach_its_zygote_or_leave_anything_for_the_next_call(
         json!({"child_alive": false, "other_tmpdir": "ENOENT", "own_tmpdir": [], "threads": 1,
                "state": 1, "shm_segment": false}),
     );
+    // A call that forks until it cannot is stopped by its own cgroup's pids limit; its
+    // processes go with it, and the zygote serves on.
+    let bomb = ok(&d, &token, "probe.forkbomb", json!({}));
+    assert_eq!(bomb["stopped_by"], json!("EAGAIN"), "{bomb}");
+    assert!(bomb["made"].as_u64().unwrap() <= 16, "{bomb}");
+    assert_eq!(ok(&d, &token, "heavy.imported_at", json!({})), json!(at));
     // While another call runs, its directory is there and out of reach.
     let holder = d.call_in_background(json!({"token": token, "fn": "probe.hold", "s": 2}));
     std::thread::sleep(Duration::from_millis(700));
@@ -361,4 +383,57 @@ fn deploys_rollbacks_and_policy_changes_replace_the_zygote_while_calls_run() {
         Duration::from_secs(10),
         || metric(&d, "falra_preload_zygotes_alive") == 1,
     );
+}
+
+#[test]
+fn numpy_preloads_single_threaded_and_reseeds_its_generator_in_every_call() {
+    let wheels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-wheels");
+    assert!(
+        std::fs::read_dir(&wheels).is_ok_and(|mut d| d.next().is_some()),
+        "no wheels in {} (scripts/test-python.sh downloads them)",
+        wheels.display()
+    );
+    let index = static_files(&wheels);
+    let links = format!("http://127.0.0.1:{}/", index.port);
+    let d = Daemon::start_with(&[
+        "--pip-index-url",
+        "none",
+        "--pip-find-links",
+        &links,
+        "--egress-allow-private",
+    ]);
+    let module = "import numpy as np, threading\n\
+def draw():\n    return float(np.random.random())\n\
+def threads():\n    return threading.active_count()\n\
+def dot(n):\n    a = np.ones((n, n))\n    return float((a @ a).sum())\n";
+    let repo = GitRepo::with_files(&[("requirements.txt", "numpy<3\n"), ("mat.py", module)]);
+    let token = d.tenant("caro", &repo);
+    set_policy(
+        &d,
+        "caro",
+        json!({"preload": ["mat"], "memory_mb": 512, "timeout_ms": 20000}),
+    );
+    eventually("numpy is preloaded", Duration::from_secs(60), || {
+        ok(&d, &token, "mat.threads", json!({}));
+        metric(&d, "falra_preload_zygotes_alive") == 1
+    });
+    let forks = metric(&d, "falra_preload_forks_total");
+    let mut draws: Vec<String> = (0..4)
+        .map(|_| ok(&d, &token, "mat.draw", json!({})).to_string())
+        .collect();
+    draws.sort();
+    draws.dedup();
+    assert_eq!(
+        draws.len(),
+        4,
+        "numpy's generator is reseeded per call: {draws:?}"
+    );
+    assert_eq!(
+        ok(&d, &token, "mat.dot", json!({"n": 64})),
+        json!(64.0 * 64.0 * 64.0)
+    );
+    assert_eq!(ok(&d, &token, "mat.threads", json!({})), json!(1));
+    // Children are forked ahead of calls: at least the calls after the first were forked.
+    assert!(metric(&d, "falra_preload_forks_total") >= forks + 4);
+    assert!(!d.log().contains("threads running"), "{}", d.log());
 }
