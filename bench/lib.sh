@@ -29,7 +29,7 @@ start_daemon() {
   local bin=${DAEMON_BIN:-$FALRA}
   export FALRA_ADMIN_TOKEN
   FALRA_ADMIN_TOKEN=$("$bin" admin init --data-dir "$WORK/$name")
-  FALRA_LOG=warn "$bin" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" "$@" \
+  FALRA_LOG=${FALRA_LOG:-warn} "$bin" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" "$@" \
     2> "$WORK/$name.log" &
   PIDS+=($!)
   export FALRA_URL=http://127.0.0.1:$port

@@ -558,13 +558,13 @@ def _zygote(sock_fd):
             ready = poller.poll()
         except InterruptedError:
             continue
+        # Drained before reaping, never after: a SIGCHLD that comes once the reaping is done
+        # leaves its byte for the next poll. (Drained after, a first fork that exited in
+        # between would stay unreaped, and its call's init, which cannot finish exiting until
+        # it is, would wait for the next request.)
+        _drain(wake_r)
         _reap()
         if not any(fd == sock.fileno() for fd, _ in ready):
-            try:
-                while posix.read(wake_r, 256):
-                    pass
-            except OSError:
-                pass
             continue
         try:
             msg, ancillary, _, _ = sock.recvmsg(1 << 20, fds_space)
@@ -597,6 +597,14 @@ def _zygote(sock_fd):
         for fd in fds:
             posix.close(fd)
         sock.send(b"1" if pid > 0 else b"0")
+
+
+def _drain(fd):
+    try:
+        while posix.read(fd, 256):
+            pass
+    except OSError:
+        pass
 
 
 def _reap():
@@ -837,6 +845,7 @@ def _preload():
             ready = poller.poll()
         except InterruptedError:
             continue
+        _drain(wake_r)  # before reaping, as in `_zygote`
         while children:
             try:
                 pid, status = waitpid(-1, posix.WNOHANG)
@@ -855,11 +864,6 @@ def _preload():
                 close(done[0])
                 _remove_tree("/tmp/.falra-call-%d" % done[1])
         if not any(fd == chan.fileno() for fd, _ in ready):
-            try:
-                while posix.read(wake_r, 256):
-                    pass
-            except OSError:
-                pass
             continue
         try:
             msg, ancillary, _, _ = chan.recvmsg(4096, fds_space)
