@@ -7,6 +7,8 @@
 #     call end to end over HTTP, wrk at concurrency 1 and 8, the daemons' runs interleaved;
 #   - the reference baselines (the seed's in-process FastAPI server, a naive fresh-child server,
 #     interpreter start-up floors, fork floor) from the shared call-baseline scripts.
+#   - calls forked from a preload zygote (a module importing pandas, preloaded) against the same
+#     calls without it, by bench/preload.sh (PRELOAD=0 skips it).
 # Prints one table with ratios. Usage: bash bench/call.sh
 # Env: DUR=5 (seconds per wrk run) RUNS=2 CONCS="1 8" BASELINES=path/to/shared/bench/call
 #      (BASELINES=none: the daemons only)
@@ -142,3 +144,9 @@ if z:
           f"{int(z.get('falra_zygote_fork_microseconds_total', 0))/max(forks,1)/1e3:.2f} ms mean from asking to a sandboxed forked child")
 print(open(f"{res}/load.txt").read().strip())
 PY
+
+if [[ ${PRELOAD:-1} != 0 ]]; then
+  echo
+  echo "== preloaded imports (bench/preload.sh)"
+  RES=$RES/preload bash "$ROOT/bench/preload.sh" | grep -v '^falra_preload_'
+fi

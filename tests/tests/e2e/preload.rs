@@ -437,3 +437,31 @@ def dot(n):\n    a = np.ones((n, n))\n    return float((a @ a).sum())\n";
     assert!(metric(&d, "falra_preload_forks_total") >= forks + 4);
     assert!(!d.log().contains("threads running"), "{}", d.log());
 }
+
+#[test]
+fn past_the_node_s_cap_the_least_recently_used_zygote_is_stopped() {
+    let d = Daemon::start_with(&["--preload-zygotes", "1"]);
+    let repo = GitRepo::with_files(&[("heavy.py", HEAVY)]);
+    let caro = d.tenant("caro", &repo);
+    let dora = d.tenant("dora", &repo);
+    for tenant in ["caro", "dora"] {
+        set_policy(&d, tenant, json!({"preload": ["heavy"]}));
+    }
+    let caros = forked_import(&d, &caro);
+    assert_eq!(metric(&d, "falra_preload_zygote_starts_total"), 1);
+    // dora's zygote takes the only place: caro's goes.
+    let doras = forked_import(&d, &dora);
+    assert_ne!(doras, caros);
+    assert_eq!(metric(&d, "falra_preload_zygote_starts_total"), 2);
+    assert_eq!(metric(&d, "falra_preload_zygotes_alive"), 1);
+    // caro is served meanwhile, then from a zygote of its own again (and dora's goes).
+    let again = forked_import(&d, &caro);
+    assert_ne!(again, caros);
+    assert_eq!(metric(&d, "falra_preload_zygote_starts_total"), 3);
+    assert_eq!(metric(&d, "falra_preload_zygotes_alive"), 1);
+    assert!(
+        d.log().matches("preload zygote evicted").count() >= 2,
+        "{}",
+        d.log()
+    );
+}
