@@ -30,6 +30,9 @@ use crate::Runtime;
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// A zygote no call used for this long is stopped.
 pub const IDLE: Duration = Duration::from_secs(10 * 60);
+/// The most zygotes one tenant keeps (its active version and one pinned by `?version=`, say):
+/// a tenant calling many versions in turn replaces its own zygotes, not other tenants'.
+pub const MAX_PER_TENANT: usize = 2;
 /// The longest a zygote serves (its forks share its address-space layout, as the node
 /// zygote's do).
 pub const MAX_AGE: Duration = Duration::from_secs(60 * 60);
@@ -131,7 +134,8 @@ impl Preloads {
             Some(Slot::Starting) => return None,
             Some(Slot::Failed { until }) if Instant::now() < *until => return None,
             Some(Slot::Ready(_)) => {
-                tracing::info!(uid = key.uid, version = %key.version, "a preload zygote is gone or has served its time; starting another");
+                // Debug, not info: a tenant's module can make its own zygote die at will.
+                tracing::debug!(uid = key.uid, version = %key.version, "a preload zygote is gone or has served its time; starting another");
             }
             _ => {}
         }
@@ -157,7 +161,7 @@ impl Preloads {
                             .expect("preloads poisoned")
                             .remove(&key);
                         preloads.counters.starts.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(pid = running.zygote.pid(), "preload zygote ready");
+                        tracing::debug!(pid = running.zygote.pid(), "preload zygote ready");
                         slots.insert(key, Slot::Ready(Arc::new(running)));
                         let evicted = preloads.evict(&mut slots);
                         drop(slots);
@@ -205,9 +209,24 @@ impl Preloads {
             })
             .collect();
         ready.sort_by_key(|(used, _, _)| *used);
+        let mut gone = Vec::new();
+        // A tenant's own least recently used zygotes go first, past its share.
+        let mut per_tenant: HashMap<u32, usize> = HashMap::new();
+        for (_, _, key) in &ready {
+            *per_tenant.entry(key.uid).or_default() += 1;
+        }
+        ready.retain(|(_, _, key)| {
+            let n = per_tenant.get_mut(&key.uid).expect("counted");
+            if *n > MAX_PER_TENANT {
+                *n -= 1;
+                tracing::debug!(uid = key.uid, version = %key.version, "preload zygote evicted: its tenant's share");
+                gone.extend(slots.remove(key));
+                return false;
+            }
+            true
+        });
         let mut count = ready.len();
         let mut memory: u64 = ready.iter().map(|(_, rss, _)| rss).sum();
-        let mut gone = Vec::new();
         for (_, rss, key) in ready {
             // The newest always stays, even alone over the memory cap.
             if count <= 1 || (count <= self.max && memory <= self.max_memory_bytes) {

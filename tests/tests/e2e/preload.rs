@@ -46,7 +46,7 @@ def hog(mb):
 
 /// What a hostile call tries from inside a preload zygote's fork.
 const PROBE: &str = r##"
-import ctypes, errno, os, signal, threading, time
+import ctypes, errno, fcntl, os, signal, threading, time
 
 def _err(f):
     try:
@@ -80,6 +80,8 @@ def tamper():
     pid = __import__("posix").fork()  # evil.py, preloaded too, took os.fork away
     if pid == 0:
         os.setsid()
+        # A lock on a file every call can open, held by a process meant to outlive the call.
+        fcntl.flock(os.open("/code/probe.py", os.O_RDONLY), fcntl.LOCK_EX)
         time.sleep(30)
         os._exit(0)
     tried["child"] = pid
@@ -117,6 +119,8 @@ def look(child, tmpdir):
         "threads": threading.active_count(),
         "state": heavy.bump(),
         "shm_segment": ctypes.CDLL(None).shmget(0x5eed, 0, 0) >= 0,
+        "lock": _err(lambda: fcntl.flock(os.open("/code/probe.py", os.O_RDONLY),
+                                         fcntl.LOCK_EX | fcntl.LOCK_NB)),
     }
 "##;
 
@@ -256,7 +260,7 @@ fn a_preloaded_call_cannot_reach_its_zygote_or_leave_anything_for_the_next_call(
     assert_eq!(
         after,
         json!({"child_alive": false, "other_tmpdir": "ENOENT", "own_tmpdir": [], "threads": 1,
-               "state": 1, "shm_segment": false}),
+               "state": 1, "shm_segment": false, "lock": "allowed"}),
     );
     // A call that forks until it cannot is stopped by its own cgroup's pids limit; its
     // processes go with it, and the zygote serves on.
@@ -464,4 +468,90 @@ fn past_the_node_s_cap_the_least_recently_used_zygote_is_stopped() {
         "{}",
         d.log()
     );
+}
+
+/// The preload zygotes of `d`: its descendants started with `--preload` (the calls they fork
+/// carry the same command line, and are their children).
+fn preload_zygotes(d: &Daemon) -> Vec<u32> {
+    let preloading = |p: u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).ends_with("\0--preload\0"))
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&p| {
+            crate::hostile::descends_from(p, d.pid())
+                && preloading(p)
+                && !crate::hostile::parent_of(p).is_some_and(preloading)
+        })
+        .collect()
+}
+
+#[test]
+fn a_preload_zygote_that_dies_is_replaced_while_its_calls_are_served() {
+    let d = Daemon::start_with(&[]);
+    let repo = GitRepo::with_files(&[("heavy.py", HEAVY)]);
+    let token = d.tenant("caro", &repo);
+    set_policy(&d, "caro", json!({"preload": ["heavy"]}));
+    let first = forked_import(&d, &token);
+    let zygotes = preload_zygotes(&d);
+    assert_eq!(zygotes.len(), 1, "{zygotes:?}");
+    std::process::Command::new("kill")
+        .args(["-9", &zygotes[0].to_string()])
+        .status()
+        .unwrap();
+    // Every call is answered meanwhile, then a new zygote forks them.
+    for _ in 0..5 {
+        assert_eq!(ok(&d, &token, "heavy.bump", json!({})), json!(1));
+    }
+    let second = forked_import(&d, &token);
+    assert_ne!(second, first);
+    assert_eq!(metric(&d, "falra_preload_zygote_starts_total"), 2);
+    let now = preload_zygotes(&d);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], zygotes[0]);
+}
+
+#[test]
+fn a_tenant_calling_many_versions_replaces_its_own_zygotes_not_another_tenant_s() {
+    let d = Daemon::start_with(&["--preload-zygotes", "3"]);
+    let repo = GitRepo::with_files(&[("heavy.py", HEAVY)]);
+    let caro = d.tenant("caro", &repo);
+    let dora = d.tenant("dora", &GitRepo::with_files(&[("heavy.py", HEAVY)]));
+    for tenant in ["caro", "dora"] {
+        set_policy(&d, tenant, json!({"preload": ["heavy"]}));
+    }
+    let doras = forked_import(&d, &dora);
+    for n in 2..=3 {
+        repo.commit(&[("heavy.py", &format!("{HEAVY}\nN = {n}\n"))]);
+        d.sync("caro");
+    }
+    let versions = d.with_token("GET", "/v1/versions", &caro, None).body;
+    let ids: Vec<String> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{versions}");
+    // Each of caro's versions, pinned, gets a zygote; caro keeps two at most.
+    for id in &ids {
+        let body = json!({"token": caro, "fn": "heavy.imported_at"}).to_string();
+        eventually(
+            &format!("version {id} is forked from a zygote"),
+            Duration::from_secs(30),
+            || {
+                let before = metric(&d, "falra_preload_forks_total");
+                let a = d.post(&format!("/v1/call?version={id}"), &[], body.as_bytes());
+                assert_eq!(a.body["ok"], json!(true), "{:?}", a.body);
+                metric(&d, "falra_preload_forks_total") > before
+            },
+        );
+    }
+    assert!(metric(&d, "falra_preload_zygote_starts_total") >= 4);
+    assert_eq!(metric(&d, "falra_preload_zygotes_alive"), 3);
+    // dora's zygote, the least recently used of all, is the one still serving her.
+    assert_eq!(ok(&d, &dora, "heavy.imported_at", json!({})), json!(doras));
 }
