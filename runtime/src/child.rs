@@ -31,6 +31,12 @@ pub struct Child {
 }
 
 impl Child {
+    /// Whether the child still waits for its request: it is alive, and so is the preload
+    /// zygote it was forked from (whose end ends it).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.prepared.is_alive() && self.zygote.as_ref().is_none_or(|z| z.alive())
+    }
+
     /// Stops the child and gives its cgroup back once it is gone (in the background).
     pub fn discard(self) {
         let Child {
@@ -130,7 +136,7 @@ pub(crate) async fn prepare(
                         .unwrap_or_default();
                     match running.zygote.fork(procs).await {
                         Ok(prepared) => {
-                            state.preloads.forked(asked.elapsed());
+                            state.preloads.forked(key, asked.elapsed());
                             return Ok(Child {
                                 prepared,
                                 cgroup,
@@ -139,7 +145,7 @@ pub(crate) async fn prepare(
                             });
                         }
                         // Started as any other call instead.
-                        Err(e) => state.preloads.fell_back(key, Some(&e)),
+                        Err(e) => state.preloads.fell_back(key, Some((&running, &e))),
                     }
                 }
                 None => state.preloads.fell_back(key, None),

@@ -57,7 +57,8 @@ pub struct Running {
 }
 
 impl Running {
-    fn alive(&self) -> bool {
+    /// Whether the zygote still serves: in service, and its process (init) still there.
+    pub(crate) fn alive(&self) -> bool {
         self.zygote.is_usable()
             && self
                 .process
@@ -92,19 +93,29 @@ pub struct Preloads {
     max: usize,
     max_memory_bytes: u64,
     slots: Mutex<HashMap<ChildKey, Slot>>,
-    /// Keys whose zygote could not be made and that were warned of: once per episode.
+    /// Keys whose zygote could not be made, or could not fork, and that were warned of: once
+    /// per episode.
     warned: Mutex<std::collections::HashSet<ChildKey>>,
+    fork_warned: Mutex<std::collections::HashSet<ChildKey>>,
     pub counters: PreloadCounters,
 }
 
 impl Preloads {
     pub fn new(enabled: bool, max: usize, max_memory_bytes: u64) -> Preloads {
+        let supported = falra_sandbox::preload::supported();
+        if enabled && max > 0 && !supported {
+            tracing::warn!(
+                min_landlock_abi = falra_sandbox::preload::MIN_LANDLOCK_ABI,
+                "this kernel's Landlock cannot keep preloaded calls apart: policies' preload is ignored"
+            );
+        }
         Preloads {
-            enabled: enabled && max > 0,
+            enabled: enabled && max > 0 && supported,
             max,
             max_memory_bytes,
             slots: Mutex::new(HashMap::new()),
             warned: Mutex::new(std::collections::HashSet::new()),
+            fork_warned: Mutex::new(std::collections::HashSet::new()),
             counters: PreloadCounters::default(),
         }
     }
@@ -127,7 +138,11 @@ impl Preloads {
         // A policy changed since: the zygotes of its older policies serve no call again.
         slots.retain(|k, _| !(k.uid == key.uid && k.version == key.version && k != key));
         match slots.get(key) {
-            Some(Slot::Ready(running)) if running.alive() && running.zygote.age() < MAX_AGE => {
+            Some(Slot::Ready(running))
+                if running.alive()
+                    && running.zygote.age() < MAX_AGE
+                    && running.zygote.is_one_thread(Path::new("/proc")) =>
+            {
                 *running.last_used.lock().expect("preload zygote poisoned") = Instant::now();
                 return Some(Arc::clone(running));
             }
@@ -240,31 +255,60 @@ impl Preloads {
         gone
     }
 
-    /// A call's child was forked from a preload zygote in `took`.
-    pub fn forked(&self, took: Duration) {
+    /// A call's child of `key` was forked from a preload zygote in `took`.
+    pub fn forked(&self, key: &ChildKey, took: Duration) {
+        if self
+            .fork_warned
+            .lock()
+            .expect("preloads poisoned")
+            .remove(key)
+        {
+            tracing::info!(uid = key.uid, version = %key.version, "calls are forked from a preload zygote again");
+        }
         self.counters.forks.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fork_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// A call of a preloading policy was not forked from its zygote (none ready, or the fork
-    /// failed with `error`, which takes the zygote out of service).
-    pub fn fell_back(&self, key: &ChildKey, error: Option<&falra_sandbox::SandboxError>) {
+    /// A call of a preloading policy was not forked from its zygote: none was ready, or
+    /// forking from `failed` went wrong with `error`. That zygote is taken out of service and
+    /// the key gets no new one for [`RETRY_AFTER`] (a tenant's module that makes every fork
+    /// fail does not get a zygote started per call); one warning per key and episode.
+    pub fn fell_back(
+        &self,
+        key: &ChildKey,
+        failed: Option<(&Arc<Running>, &falra_sandbox::SandboxError)>,
+    ) {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-        let Some(error) = error else {
+        let Some((running, error)) = failed else {
             return;
         };
+        running.zygote.retire();
         let mut slots = self.slots.lock().expect("preloads poisoned");
-        if let Some(Slot::Ready(running)) = slots.get(key) {
-            running.zygote.retire();
+        if matches!(slots.get(key), Some(Slot::Ready(r)) if Arc::ptr_eq(r, running)) {
+            slots.insert(
+                key.clone(),
+                Slot::Failed {
+                    until: Instant::now() + RETRY_AFTER,
+                },
+            );
+        }
+        drop(slots);
+        let first = self
+            .fork_warned
+            .lock()
+            .expect("preloads poisoned")
+            .insert(key.clone());
+        if first {
             tracing::warn!(
                 uid = key.uid,
                 version = %key.version,
                 error = %crate::ErrorChain(error),
-                "a call could not be forked from its preload zygote; it is replaced"
+                "a call could not be forked from its preload zygote; calls of this version start without one for a while"
             );
-            slots.remove(key);
+        } else {
+            tracing::debug!(error = %crate::ErrorChain(error), "a call could not be forked from its preload zygote");
         }
     }
 

@@ -111,7 +111,7 @@ impl Pool {
             .lock()
             .expect("prestart pool poisoned")
             .remove(key)?;
-        child.prepared.is_alive().then_some(child)
+        child.is_alive().then_some(child)
     }
 
     /// Prepares a child for `request` in the background, unless one is ready or on its way.
@@ -164,7 +164,7 @@ impl Pool {
 
     /// Stops the children nobody took within [`IDLE`] (or that died waiting).
     fn expire(&self) {
-        self.discard_matching(|_, c| c.made.elapsed() > IDLE || !c.prepared.is_alive());
+        self.discard_matching(|_, c| c.made.elapsed() > IDLE || !c.is_alive());
     }
 
     fn discard_matching(&self, doomed: impl Fn(&ChildKey, &Child) -> bool) {

@@ -88,21 +88,34 @@ struct CallLandlock {
     scoped: u64,
     read_only: u64,
     read_write: u64,
-    devices: u64,
+    /// On each device node (not on `/dev`: `/dev/shm` is beneath it).
+    device_file: u64,
 }
 
 /// `LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL`.
 const SCOPES: u64 = 0b11;
 
+/// The Landlock ABI from which a call of a preload zygote gets a domain of its own that also
+/// scopes signals and abstract sockets (Linux 6.12): without it, the calls of one zygote could
+/// signal each other and their zygote, so no preload zygote is made.
+pub const MIN_LANDLOCK_ABI: i32 = 6;
+
+/// Whether this kernel lets preloaded calls be kept apart ([`MIN_LANDLOCK_ABI`]).
+pub fn supported() -> bool {
+    crate::zygote::landlock_abi().is_some_and(|abi| abi >= MIN_LANDLOCK_ABI)
+}
+
 fn call_landlock(abi: Option<i32>) -> Option<CallLandlock> {
-    use crate::landlock::{handled, rights, Grant};
+    use crate::landlock::{access, handled, rights, Grant};
     let abi = abi?;
+    let all = handled(abi);
     Some(CallLandlock {
-        handled: handled(abi),
-        scoped: if abi >= 6 { SCOPES } else { 0 },
+        handled: all,
+        scoped: if abi >= MIN_LANDLOCK_ABI { SCOPES } else { 0 },
         read_only: rights(Grant::ReadOnly, abi),
         read_write: rights(Grant::ReadWrite, abi),
-        devices: rights(Grant::Devices, abi),
+        device_file: (access::READ_FILE | access::WRITE_FILE)
+            | (all & (access::TRUNCATE | access::IOCTL_DEV)),
     })
 }
 
@@ -239,6 +252,8 @@ impl PreloadZygote {
         };
         let pidfd = Arc::new(pidfd_open(pid).map_err(io_err)?);
         let placed = (|| {
+            // By number, but the pidfd pins the process: checked alive after the writes, it
+            // was the process at that number all along.
             if pid_namespace(pid).map_err(PreloadError::Channel)? != self.pid_ns {
                 return Err(PreloadError::Stranger);
             }
@@ -252,9 +267,15 @@ impl PreloadZygote {
             }
             Ok(())
         })();
-        if let Err(e) = placed {
-            crate::spawn::signal_pidfd(&pidfd, libc::SIGKILL);
-            return Err(fail(e));
+        match placed {
+            Ok(()) => {}
+            // Not the zygote's (its pid was taken by another process since it spoke): nothing
+            // is done to it.
+            Err(e @ PreloadError::Stranger) => return Err(fail(e)),
+            Err(e) => {
+                crate::spawn::signal_pidfd(&pidfd, libc::SIGKILL);
+                return Err(fail(e));
+            }
         }
         if let Err(e) = send(call.get_ref().as_fd(), b"g", &[]) {
             crate::spawn::signal_pidfd(&pidfd, libc::SIGKILL);
@@ -268,6 +289,20 @@ impl PreloadZygote {
     /// Whether the zygote still takes requests (its process may have died: the holder checks).
     pub fn is_usable(&self) -> bool {
         !self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether the zygote is still one thread (`/proc/<pid>/status` under `proc_root`): a
+    /// preloaded module's at-fork hooks run in it before every fork, and a thread they leave
+    /// would be copied into no call (and its fork could hold a lock forever).
+    pub fn is_one_thread(&self, proc_root: &Path) -> bool {
+        std::fs::read_to_string(proc_root.join(self.pid.to_string()).join("status")).is_ok_and(
+            |status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .is_some_and(|n| n.trim() == "1")
+            },
+        )
     }
 
     /// Takes the zygote out of service.
@@ -513,6 +548,9 @@ mod tests {
         assert_eq!(old.scoped, 0);
         let new = call_landlock(Some(6)).unwrap();
         assert_eq!(new.scoped, SCOPES);
+        // A device node gets file rights only (a rule on a file may carry no others).
+        assert_eq!(new.device_file & crate::landlock::access::READ_DIR, 0);
+        assert_ne!(new.device_file & crate::landlock::access::WRITE_FILE, 0);
         // Read-only grants no write, and a call's own directory everything handled.
         assert_eq!(new.read_only & crate::landlock::access::WRITE_FILE, 0);
         assert_eq!(new.read_write, new.handled);

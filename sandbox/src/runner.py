@@ -804,7 +804,12 @@ def _preload():
     buf = ctypes.create_string_buffer(raw, len(raw))
     prog = _Fprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))
     # The top of the root as the zygote sees it, but /tmp: each call reads only its own part.
-    top = sorted(n for n in posix.listdir("/") if n not in ("tmp", "dev"))
+    top = sorted(n for n in posix.listdir("/") if n not in ("tmp", "dev") and _is_dir("/" + n))
+    # The device nodes one by one, so that /dev/shm (and anything made there at import) is
+    # not a place calls of this zygote can leave things for each other.
+    devices = sorted("/dev/" + e.name for e in posix.scandir("/dev")
+                     if not e.is_dir(follow_symlinks=False)
+                     and not e.is_symlink())
     for name in _ONE_THREAD:
         posix.putenv(name, "1")
         posix.environ[name.encode()] = b"1"
@@ -827,7 +832,7 @@ def _preload():
         chan.send(("{\"error\": \"the preloaded modules left %d threads running; a forked "
                    "call would have only one of them\"}" % threads).encode())
         posix._exit(1)
-    ctx = (libc, hello["nr"], prog, hello.get("landlock"), top, ctypes, _PathBeneath)
+    ctx = (libc, hello["nr"], prog, hello.get("landlock"), top, devices, ctypes, _PathBeneath)
     wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -900,29 +905,78 @@ def _preload():
         children[pid] = (fds[3], n)
 
 
+# The most entries one call's directory removal visits: what is left past it stays, in a
+# directory no later call can name (every call's number is new).
+_REMOVE_AT_MOST = 20000
+
+
+def _is_dir(path):
+    try:
+        return posix.stat(path).st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
+
+
 def _remove_tree(path):
-    """Removes a call's directory, whatever modes the call left on what it made there."""
+    """Removes a call's directory, whatever the call left there, without following a symbolic
+    link anywhere (each step is relative to an open directory, opened with O_NOFOLLOW), without
+    recursion, within a bounded number of entries, and without ever raising: this runs in the
+    zygote's loop."""
+    flags = posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
     try:
-        entries = list(posix.scandir(path))
-    except FileNotFoundError:
+        top = posix.open(path, flags)
+    except BaseException:
         return
-    except OSError:
-        try:
-            posix.chmod(path, 0o700)
-            entries = list(posix.scandir(path))
-        except OSError:
-            return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                _remove_tree(entry.path)
-            else:
-                posix.unlink(entry.path)
-        except OSError:
-            pass
+    budget = _REMOVE_AT_MOST
+    stack = [(top, None, None)]  # (directory fd, parent fd, name in parent)
     try:
+        while stack and budget > 0:
+            fd, parent, name = stack[-1]
+            child = None
+            try:
+                posix.fchmod(fd, 0o700)
+            except BaseException:
+                pass
+            try:
+                with posix.scandir(fd) as entries:
+                    for entry in entries:
+                        budget -= 1
+                        if budget <= 0:
+                            break
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                child = entry.name
+                                break
+                            posix.unlink(entry.name, dir_fd=fd)
+                        except BaseException:
+                            pass
+            except BaseException:
+                pass
+            if child is not None:
+                try:
+                    posix.chmod(child, 0o700, dir_fd=fd)
+                except BaseException:
+                    pass
+                try:
+                    stack.append((posix.open(child, flags, dir_fd=fd), fd, child))
+                    continue
+                except BaseException:
+                    try:
+                        posix.rmdir(child, dir_fd=fd)  # empty, or not ours to open
+                    except BaseException:
+                        pass
+                    continue
+            stack.pop()
+            posix.close(fd)
+            if parent is not None:
+                try:
+                    posix.rmdir(name, dir_fd=parent)
+                except BaseException:
+                    pass
+        for fd, _, _ in stack:
+            posix.close(fd)
         posix.rmdir(path)
-    except OSError:
+    except BaseException:
         pass
 
 
@@ -930,7 +984,7 @@ def _preload_call(fds, n, ctx):
     """A call's process: restrict itself further, say hello, wait for the daemon, run the call."""
     import signal
 
-    libc, nr, prog, landlock, top, ctypes, path_beneath = ctx
+    libc, nr, prog, landlock, top, devices, ctypes, path_beneath = ctx
     stdin, stdout, stderr, call = fds
     try:
         signal.set_wakeup_fd(-1)
@@ -943,7 +997,8 @@ def _preload_call(fds, n, ctx):
         posix.mkdir(tmp, 0o700)
         if landlock:
             rules = [("/" + name, landlock["read_only"]) for name in top]
-            rules += [("/dev", landlock["devices"]), (tmp, landlock["read_write"])]
+            rules += [(device, landlock["device_file"]) for device in devices]
+            rules += [(tmp, landlock["read_write"])]
             _landlock_call(libc, nr, ctypes, landlock, rules, path_beneath)
         rc = libc.syscall(ctypes.c_long(nr["seccomp"]), ctypes.c_ulong(1), ctypes.c_ulong(0),
                           ctypes.byref(prog))
@@ -988,8 +1043,8 @@ def _landlock_call(libc, nr, ctypes, landlock, rules, path_beneath):
         attr, size = _Attr(landlock["handled"], 0, landlock["scoped"]), ctypes.sizeof(_Attr)
     else:
         attr, size = ctypes.c_uint64(landlock["handled"]), 8
-    # Directories only: a rule on a file may not carry directory rights.
-    _restrict(libc, nr, ctypes, ctypes.byref(attr), size, rules, path_beneath, posix.O_DIRECTORY)
+    # Directories with directory rights, device files with file rights (the zygote's lists).
+    _restrict(libc, nr, ctypes, ctypes.byref(attr), size, rules, path_beneath, 0)
 
 
 if len(sys.argv) == 3 and sys.argv[1] == "--zygote":

@@ -294,11 +294,17 @@ fn filter() -> Result<ScmpFilterContext, CompileError> {
 
 /// What a call forked from a preload zygote may not do on top of [`ALLOWED`]: it shares its
 /// zygote's IPC namespace with the other calls of that zygote, so System V shared memory,
-/// semaphores and message queues (which outlive the process that makes them) are refused,
-/// rather than left for the next call to find (see docs/security.md).
+/// semaphores and message queues (which outlive the process that makes them) cannot be made,
+/// rather than left for the next call to find, and those the zygote itself made at import
+/// cannot be used (see docs/security.md).
 pub const DENIED_TO_PRELOADED_CALLS: &[Syscall] = syscalls! {
     SYS_shmget: "a segment would outlive the call", SYS_semget: "a set would outlive the call",
     SYS_msgget: "a queue would outlive the call",
+    // And those the zygote made at import are nobody's call's to use.
+    SYS_shmat: "shared with the zygote's other calls", SYS_shmctl: "shared with the zygote's other calls",
+    SYS_semop: "shared with the zygote's other calls", SYS_semtimedop: "shared with the zygote's other calls",
+    SYS_semctl: "shared with the zygote's other calls", SYS_msgsnd: "shared with the zygote's other calls",
+    SYS_msgrcv: "shared with the zygote's other calls", SYS_msgctl: "shared with the zygote's other calls",
 };
 
 /// The filter a preloaded call adds to the policy's (filters stack: both apply).
@@ -455,7 +461,14 @@ mod tests {
                 },
             )
         };
-        for nr in [libc::SYS_shmget, libc::SYS_semget, libc::SYS_msgget] {
+        for nr in [
+            libc::SYS_shmget,
+            libc::SYS_semget,
+            libc::SYS_msgget,
+            libc::SYS_shmat,
+            libc::SYS_semop,
+            libc::SYS_msgrcv,
+        ] {
             assert_eq!(on(nr), EPERM, "{nr}");
         }
         for s in ALLOWED

@@ -75,6 +75,7 @@ def tamper():
     tried["write_tmp"] = _err(lambda: open("/tmp/left", "w").write("x"))
     tried["list_tmp"] = _err(lambda: os.listdir("/tmp"))
     tried["write_shm"] = _err(lambda: open("/dev/shm/left", "w").write("x"))
+    tried["write_null"] = _err(lambda: open("/dev/null", "w").write("x"))
     tried["write_own"] = _err(lambda: open(os.path.join(os.environ["TMPDIR"], "left"), "w").write("x"))
     threading.Thread(target=lambda: time.sleep(30), daemon=False).start()
     pid = __import__("posix").fork()  # evil.py, preloaded too, took os.fork away
@@ -87,6 +88,20 @@ def tamper():
     tried["child"] = pid
     tried["tmpdir"] = os.environ["TMPDIR"]
     return tried
+
+def litter(depth):
+    """A deep tree, a locked-up directory and symbolic links out of its own directory."""
+    here = os.environ["TMPDIR"]
+    for i in range(depth):
+        here = os.path.join(here, "d")
+        os.mkdir(here)
+    os.symlink("/tmp", os.path.join(os.environ["TMPDIR"], "up"))
+    os.symlink("/code", os.path.join(here, "code"))
+    locked = os.path.join(os.environ["TMPDIR"], "locked")
+    os.mkdir(locked)
+    open(os.path.join(locked, "f"), "w").write("x")
+    os.chmod(locked, 0)
+    return depth
 
 def hold(s):
     open(os.path.join(os.environ["TMPDIR"], "mine"), "w").write("x")
@@ -249,6 +264,7 @@ fn a_preloaded_call_cannot_reach_its_zygote_or_leave_anything_for_the_next_call(
     assert_eq!(tried["write_tmp"], json!("EACCES"), "{tried}");
     assert_eq!(tried["list_tmp"], json!("EACCES"), "{tried}");
     assert_eq!(tried["write_shm"], json!("EACCES"), "{tried}");
+    assert_eq!(tried["write_null"], json!("allowed"), "{tried}");
     assert_eq!(tried["write_own"], json!("allowed"), "{tried}");
     let look = json!({"child": tried["child"], "tmpdir": tried["tmpdir"]});
     eventually(
@@ -268,6 +284,14 @@ fn a_preloaded_call_cannot_reach_its_zygote_or_leave_anything_for_the_next_call(
     assert_eq!(bomb["stopped_by"], json!("EAGAIN"), "{bomb}");
     assert!(bomb["made"].as_u64().unwrap() <= 16, "{bomb}");
     assert_eq!(ok(&d, &token, "heavy.imported_at", json!({})), json!(at));
+    // What a call leaves in its directory is removed without the zygote following a link out of
+    // it or giving up: the zygote serves on, and the code is intact.
+    assert_eq!(
+        ok(&d, &token, "probe.litter", json!({"depth": 1500})),
+        json!(1500)
+    );
+    assert_eq!(ok(&d, &token, "heavy.imported_at", json!({})), json!(at));
+    assert_eq!(ok(&d, &token, "heavy.bump", json!({})), json!(1));
     // While another call runs, its directory is there and out of reach.
     let holder = d.call_in_background(json!({"token": token, "fn": "probe.hold", "s": 2}));
     std::thread::sleep(Duration::from_millis(700));
@@ -502,7 +526,11 @@ fn a_preload_zygote_that_dies_is_replaced_while_its_calls_are_served() {
         .args(["-9", &zygotes[0].to_string()])
         .status()
         .unwrap();
-    // Every call is answered meanwhile, then a new zygote forks them.
+    // Its end ends what it forked (a child prepared for the next call among them); once the
+    // node has seen it go, every call is answered, then a new zygote forks them.
+    eventually("the zygote is seen gone", Duration::from_secs(5), || {
+        metric(&d, "falra_preload_zygotes_alive") == 0
+    });
     for _ in 0..5 {
         assert_eq!(ok(&d, &token, "heavy.bump", json!({})), json!(1));
     }
