@@ -24,3 +24,10 @@ cargo build --release -p falra
 
 echo "== tests (beside a throwaway PostgreSQL cluster: the store's tests run on both backends)"
 bash scripts/with-postgres.sh cargo test --release --workspace
+
+echo "== the Python client (sdk/python): its sdist and wheel built, the wheel installed, its tests against the real daemon"
+rm -rf target/sdk-dist
+"$FALRA_TEST_PYTHON" -m build -q --outdir target/sdk-dist sdk/python
+"$FALRA_TEST_PYTHON" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+  target/sdk-dist/falra-*.whl
+FALRA_BIN=$(pwd)/target/release/falra "$FALRA_TEST_PYTHON" -m pytest -q -p no:cacheprovider sdk/python/tests
