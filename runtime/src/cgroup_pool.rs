@@ -192,6 +192,12 @@ impl CgroupLease {
             .unwrap_or_default()
     }
 
+    /// The cgroup's membership, to place a process forked elsewhere in it and to empty it.
+    pub fn members(&self) -> Option<falra_sandbox::cgroup::Members> {
+        let fs = Arc::clone(&self.pool.0.fs);
+        self.cgroup.as_ref().map(|c| c.members(fs))
+    }
+
     /// What the child used; read once its processes are gone.
     pub fn usage(&self) -> CallUsage {
         let Some(cgroup) = &self.cgroup else {

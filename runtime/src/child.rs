@@ -130,11 +130,8 @@ pub(crate) async fn prepare(
             match state.preloads.get(state, key, mounts, policy) {
                 Some(running) => {
                     let asked = Instant::now();
-                    let procs = cgroup
-                        .as_ref()
-                        .map(CgroupLease::procs_files)
-                        .unwrap_or_default();
-                    match running.zygote.fork(procs).await {
+                    let members = cgroup.as_ref().and_then(CgroupLease::members);
+                    match running.zygote.fork(members).await {
                         Ok(prepared) => {
                             state.preloads.forked(key, asked.elapsed());
                             return Ok(Child {

@@ -335,37 +335,31 @@ impl Preloads {
 
     /// Stops the zygotes matching `doomed` (calls forked from them run to their end).
     pub fn forget_where(&self, doomed: impl Fn(&ChildKey) -> bool) {
-        let gone: Vec<Slot> = {
-            let mut slots = self.slots.lock().expect("preloads poisoned");
-            let keys: Vec<ChildKey> = slots.keys().filter(|k| doomed(k)).cloned().collect();
-            keys.iter().filter_map(|k| slots.remove(k)).collect()
-        };
-        for slot in &gone {
-            if let Slot::Ready(r) = slot {
-                r.zygote.retire();
-            }
-        }
+        self.remove_where(|k, _| doomed(k));
     }
 
     /// Stops the zygotes nobody used within [`IDLE`], and those that died.
     pub fn expire(&self) {
-        self.forget_where_slot(|s| match s {
+        self.remove_where(|_, s| match s {
             Slot::Ready(r) => !r.alive() || r.last_used.lock().expect("poisoned").elapsed() > IDLE,
             _ => false,
         });
     }
 
-    fn forget_where_slot(&self, doomed: impl Fn(&Slot) -> bool) {
+    fn remove_where(&self, doomed: impl Fn(&ChildKey, &Slot) -> bool) {
         let gone: Vec<Slot> = {
             let mut slots = self.slots.lock().expect("preloads poisoned");
-            let keys: Vec<ChildKey> = slots
-                .iter()
-                .filter(|(_, s)| doomed(s))
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| slots.remove(k)).collect()
+            slots
+                .extract_if(|k, s| doomed(k, s))
+                .map(|(_, s)| s)
+                .collect()
         };
-        drop(gone);
+        // Dropped here, outside the lock: the last holder of a zygote stops its process.
+        for slot in &gone {
+            if let Slot::Ready(r) = slot {
+                r.zygote.retire();
+            }
+        }
     }
 }
 

@@ -501,6 +501,21 @@ impl CallCgroup {
             .collect()
     }
 
+    /// Its membership, detached from it: what a process forked by a preload zygote needs to be
+    /// placed in this cgroup and to have what it left emptied out (`crate::preload`), while the
+    /// cgroup itself stays with the call.
+    pub fn members(&self, fs: std::sync::Arc<dyn CgroupFs>) -> Members {
+        let kill = match &self.hierarchy {
+            Hierarchy::V2 { base } => Some(base.join(&self.relative).join("cgroup.kill")),
+            Hierarchy::V1 { .. } => None,
+        };
+        Members {
+            fs,
+            procs: self.procs_files(),
+            kill,
+        }
+    }
+
     /// What the call used. Missing files read as unknown, not as errors.
     pub fn usage(&self, fs: &dyn CgroupFs) -> CgroupUsage {
         let num = |p: PathBuf| fs.read(&p).ok().and_then(|s| s.trim().parse::<u64>().ok());
@@ -552,6 +567,69 @@ impl CallCgroup {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The processes of one call cgroup: placing one there, killing all of them.
+pub struct Members {
+    fs: std::sync::Arc<dyn CgroupFs>,
+    procs: Vec<PathBuf>,
+    /// `cgroup.kill` (v2); v1 has none, and its processes are killed one by one.
+    kill: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Members {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Members")
+            .field("procs", &self.procs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Members {
+    /// Moves process `pid` (in the daemon's PID namespace) into the cgroup.
+    pub fn place(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
+        for file in &self.procs {
+            self.fs
+                .write(file, &pid.to_string())
+                .map_err(|source| CgroupError::Io {
+                    action: "join",
+                    path: file.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process in the cgroup, until it is empty or about a second has passed.
+    pub fn kill_all(&self) {
+        if let Some(kill) = &self.kill {
+            let _ = self.fs.write(kill, "1");
+        }
+        for _ in 0..200 {
+            let pids: Vec<libc::pid_t> = self
+                .procs
+                .iter()
+                .filter_map(|file| self.fs.read(file).ok())
+                .flat_map(|text| {
+                    text.lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .collect::<Vec<libc::pid_t>>()
+                })
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids.into_iter().filter(|&p| p > 0) {
+                // SAFETY: kill takes integers; the pid was in the call's cgroup a moment ago
+                // (on v1, which has no cgroup.kill; on v2 it is already dying).
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
@@ -814,5 +892,54 @@ mod tests {
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape_octal("/a\\040b"), "/a b");
         assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+
+    #[test]
+    fn members_are_placed_in_every_hierarchy_and_a_v2_cgroup_is_killed_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let call = |h: Hierarchy| CallCgroup {
+            hierarchy: h,
+            relative: PathBuf::from("t7/c1"),
+        };
+        let v2 = call(Hierarchy::V2 {
+            base: root.path().join("v2"),
+        });
+        let v1 = call(Hierarchy::V1 {
+            memory: root.path().join("memory"),
+            pids: root.path().join("pids"),
+            cpu: root.path().join("cpu"),
+            cpuacct: None,
+        });
+        for dir in ["v2", "memory", "pids", "cpu"] {
+            std::fs::create_dir_all(root.path().join(dir).join("t7/c1")).unwrap();
+        }
+        std::fs::write(root.path().join("v2/t7/c1/cgroup.kill"), "0").unwrap();
+        let fs: std::sync::Arc<dyn CgroupFs> = std::sync::Arc::new(HostFs);
+        let v2_members = v2.members(fs.clone());
+        v2_members.place(4242).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("v2/t7/c1/cgroup.procs")).unwrap(),
+            "4242"
+        );
+        let v1_members = v1.members(fs);
+        v1_members.place(4243).unwrap();
+        for dir in ["memory", "pids", "cpu"] {
+            let procs = root.path().join(dir).join("t7/c1/cgroup.procs");
+            assert_eq!(std::fs::read_to_string(&procs).unwrap(), "4243");
+            std::fs::write(&procs, "\n").unwrap();
+        }
+        std::fs::write(root.path().join("v2/t7/c1/cgroup.procs"), "").unwrap();
+        let started = std::time::Instant::now();
+        v2_members.kill_all();
+        v1_members.kill_all();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("v2/t7/c1/cgroup.kill")).unwrap(),
+            "1"
+        );
+        assert!(!root.path().join("memory/t7/c1/cgroup.kill").exists());
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(100),
+            "nothing to wait for"
+        );
     }
 }

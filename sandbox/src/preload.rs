@@ -34,13 +34,14 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
+use crate::cgroup::Members;
 use crate::zygote::{hex, send, seqpacket_pair, set_receive_timeout};
 use crate::{Prepared, SandboxError};
 
@@ -68,7 +69,7 @@ pub enum PreloadError {
     #[error("the forked call's process is not in its zygote's PID namespace")]
     Stranger,
     #[error("could not place the forked call's process in its cgroup")]
-    Cgroup(#[source] io::Error),
+    Cgroup(#[source] crate::cgroup::CgroupError),
 }
 
 /// What the zygote is told at its start: the modules, and what each call adds to its sandbox.
@@ -199,9 +200,9 @@ impl PreloadZygote {
         })
     }
 
-    /// Forks a call's process: placed in the cgroup whose `cgroup.procs` files are `procs`,
+    /// Forks a call's process: placed among `members` (the call's cgroup, when it has one),
     /// waiting for its request on stdin.
-    pub async fn fork(&self, procs: Vec<PathBuf>) -> Result<Prepared, SandboxError> {
+    pub async fn fork(&self, members: Option<Members>) -> Result<Prepared, SandboxError> {
         let fail = |e: PreloadError| SandboxError::Preload(e);
         if self.retired.load(Ordering::Relaxed) {
             return Err(fail(PreloadError::Retired));
@@ -257,8 +258,8 @@ impl PreloadZygote {
             if pid_namespace(pid).map_err(PreloadError::Channel)? != self.pid_ns {
                 return Err(PreloadError::Stranger);
             }
-            for file in &procs {
-                std::fs::write(file, pid.to_string()).map_err(PreloadError::Cgroup)?;
+            if let Some(members) = &members {
+                members.place(pid).map_err(PreloadError::Cgroup)?;
             }
             // Alive after the writes: the pid was this process's all along (a pid is not
             // reused while its process lives, and the pidfd was opened before the checks).
@@ -282,7 +283,7 @@ impl PreloadZygote {
             return Err(io_err(e));
         }
         self.forks.fetch_add(1, Ordering::Relaxed);
-        let exited = tokio::spawn(exited(Arc::clone(&pidfd), call, self.pid, procs));
+        let exited = tokio::spawn(exited(Arc::clone(&pidfd), call, self.pid, members));
         Prepared::forked(pidfd, exited, stdin_w, stdout_r, stderr_r)
     }
 
@@ -334,7 +335,7 @@ async fn exited(
     pidfd: Arc<OwnedFd>,
     call: AsyncFd<OwnedFd>,
     zygote: libc::pid_t,
-    procs: Vec<PathBuf>,
+    members: Option<Members>,
 ) -> io::Result<(libc::c_int, libc::rusage)> {
     // A pidfd polls readable once its process has exited.
     let gone = register(Arc::clone(&pidfd), tokio::io::Interest::READABLE)?;
@@ -356,50 +357,14 @@ async fn exited(
     .ok()
     .flatten()
     .unwrap_or(KILLED);
-    let _ = tokio::task::spawn_blocking(move || kill_cgroup(&procs)).await;
+    if let Some(members) = members {
+        let _ = tokio::task::spawn_blocking(move || members.kill_all()).await;
+    }
     // SAFETY: rusage is a plain C struct for which all-zero is a valid value; the usage comes
     // from the call's cgroup.
     #[allow(unsafe_code)]
     let rusage: libc::rusage = unsafe { std::mem::zeroed() };
     Ok((status, rusage))
-}
-
-/// Kills every process in the cgroup whose `cgroup.procs` files are `procs` (what a call left
-/// behind), until it is empty or about a second has passed.
-fn kill_cgroup(procs: &[PathBuf]) {
-    for file in procs {
-        if let Some(kill) = file.parent().map(|d| d.join("cgroup.kill")) {
-            if kill.exists() {
-                let _ = std::fs::write(kill, "1");
-            }
-        }
-    }
-    for _ in 0..200 {
-        let mut any = false;
-        for file in procs {
-            let Ok(text) = std::fs::read_to_string(file) else {
-                continue;
-            };
-            for pid in text
-                .lines()
-                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
-            {
-                any = true;
-                if pid > 0 {
-                    // SAFETY: kill takes integers; the pid was in the call's cgroup a moment
-                    // ago (v1 has no cgroup.kill).
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
-        if !any {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `fd` registered with the runtime's reactor.
@@ -554,31 +519,6 @@ mod tests {
         // Read-only grants no write, and a call's own directory everything handled.
         assert_eq!(new.read_only & crate::landlock::access::WRITE_FILE, 0);
         assert_eq!(new.read_write, new.handled);
-    }
-
-    #[test]
-    fn an_emptied_cgroup_v2_is_killed_at_once_and_a_v1_one_process_by_process() {
-        let root = tempfile::tempdir().unwrap();
-        // v2: one directory with cgroup.kill beside cgroup.procs.
-        let v2 = root.path().join("v2");
-        std::fs::create_dir(&v2).unwrap();
-        std::fs::write(v2.join("cgroup.procs"), "").unwrap();
-        std::fs::write(v2.join("cgroup.kill"), "0").unwrap();
-        // v1: one per hierarchy, no cgroup.kill; an empty one is left as it is.
-        let v1 = root.path().join("memory");
-        std::fs::create_dir(&v1).unwrap();
-        std::fs::write(v1.join("cgroup.procs"), "\n").unwrap();
-        let started = Instant::now();
-        kill_cgroup(&[v2.join("cgroup.procs"), v1.join("cgroup.procs")]);
-        assert_eq!(
-            std::fs::read_to_string(v2.join("cgroup.kill")).unwrap(),
-            "1"
-        );
-        assert!(!v1.join("cgroup.kill").exists());
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "nothing to wait for"
-        );
     }
 
     #[tokio::test]

@@ -566,19 +566,10 @@ def _zygote(sock_fd):
         _reap()
         if not any(fd == sock.fileno() for fd, _ in ready):
             continue
-        try:
-            msg, ancillary, _, _ = sock.recvmsg(1 << 20, fds_space)
-        except InterruptedError:
+        received = _receive(sock, 1 << 20, fds_space, _socket)
+        if received is None:
             continue
-        except OSError:
-            posix._exit(0)
-        if not msg:
-            posix._exit(0)  # the daemon is gone
-        fds = []
-        for level, kind, data in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+        msg, fds = received
         pid = -1
         if len(fds) == 5:
             try:
@@ -597,6 +588,25 @@ def _zygote(sock_fd):
         for fd in fds:
             posix.close(fd)
         sock.send(b"1" if pid > 0 else b"0")
+
+
+def _receive(sock, size, fds_space, _socket):
+    """One request from the daemon and the descriptors passed with it; `None` to try again.
+    Exits when the daemon is gone."""
+    try:
+        msg, ancillary, _, _ = sock.recvmsg(size, fds_space)
+    except (InterruptedError, BlockingIOError):
+        return None
+    except OSError:
+        posix._exit(0)
+    if not msg:
+        posix._exit(0)  # the daemon is gone
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    return msg, fds
 
 
 def _drain(fd):
@@ -870,19 +880,10 @@ def _preload():
                 _remove_tree("/tmp/.falra-call-%d" % done[1])
         if not any(fd == chan.fileno() for fd, _ in ready):
             continue
-        try:
-            msg, ancillary, _, _ = chan.recvmsg(4096, fds_space)
-        except (InterruptedError, BlockingIOError):
+        received = _receive(chan, 4096, fds_space, _socket)
+        if received is None:
             continue
-        except OSError:
-            posix._exit(0)
-        if not msg:
-            posix._exit(0)  # the daemon is gone
-        fds = []
-        for level, kind, data in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+        msg, fds = received
         if len(fds) != 4:
             for fd in fds:
                 close(fd)
