@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 FALRA_TEST_PYTHON=$(bash scripts/test-python.sh)
 export FALRA_TEST_PYTHON
+bash scripts/test-tools.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -24,6 +25,9 @@ cargo build --release -p falra
 
 echo "== tests (beside a throwaway PostgreSQL cluster: the store's tests run on both backends)"
 bash scripts/with-postgres.sh cargo test --release --workspace
+
+echo "== the zip reader under cargo fuzz (bounded: FUZZ_SECONDS, default 60)"
+bash scripts/fuzz.sh
 
 echo "== the Python client (sdk/python): its sdist and wheel built, the wheel installed, its tests against the real daemon"
 rm -rf target/sdk-dist

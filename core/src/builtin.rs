@@ -94,24 +94,51 @@ pub struct BuiltinOutcome {
     pub peak_memory_bytes: u64,
 }
 
+/// The fields an S3 secret may hold; the first two are required.
+const SECRET_FIELDS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "region",
+    "endpoint",
+    "addressing",
+    "checksums",
+];
+
 fn credentials(value: Value, key: &str) -> Result<Value, BuiltinError> {
-    let bad = || {
+    use falra_builtins::etl::s3::{Addressing, Checksums};
+    let bad = |why: String| {
         BuiltinError::BadRequest {
         message: format!(
-            "secret {key:?} must be {{\"access_key_id\", \"secret_access_key\", \"region\"?, \"endpoint\"?}}"
+            "secret {key:?} {why}: it must be {{\"access_key_id\", \"secret_access_key\", \
+             \"session_token\"?, \"region\"?, \"endpoint\"?, \"addressing\"?: \"path\" | \"virtual\", \
+             \"checksums\"?: \"when_required\" | \"when_supported\"}}"
         ),
         detail: json!({"field": "s3_key"}),
     }
     };
-    let obj = value.as_object().ok_or_else(bad)?;
-    let text = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-    if text("access_key_id").is_none() || text("secret_access_key").is_none() {
-        return Err(bad());
-    }
+    let obj = value
+        .as_object()
+        .ok_or_else(|| bad("is not a JSON object".into()))?;
     for k in obj.keys() {
-        if !["access_key_id", "secret_access_key", "region", "endpoint"].contains(&k.as_str()) {
-            return Err(bad());
+        if !SECRET_FIELDS.contains(&k.as_str()) {
+            return Err(bad(format!("has an unknown field {k:?}")));
         }
+        if !obj[k].is_string() {
+            return Err(bad(format!("field {k:?} is not a string")));
+        }
+    }
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    for k in ["access_key_id", "secret_access_key"] {
+        if text(k).is_none() {
+            return Err(bad(format!("has no {k:?}")));
+        }
+    }
+    if let Some(a) = obj.get("addressing").and_then(Value::as_str) {
+        Addressing::parse(a).ok_or_else(|| bad(format!("has addressing {a:?}")))?;
+    }
+    if let Some(c) = obj.get("checksums").and_then(Value::as_str) {
+        Checksums::parse(c).ok_or_else(|| bad(format!("has checksums {c:?}")))?;
     }
     Ok(value)
 }
@@ -324,14 +351,17 @@ fn run_job(req: BuiltinRequest) -> Value {
         Ok(j) => j,
         Err(e) => return fail("bad_request", "PlanError", e.to_string(), e.detail()),
     };
-    let credentials = req.credentials.map(|c| s3::Credentials {
-        access_key_id: c["access_key_id"].as_str().unwrap_or_default().to_owned(),
-        secret_access_key: c["secret_access_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        region: c["region"].as_str().map(str::to_owned),
-        endpoint: c["endpoint"].as_str().map(str::to_owned),
+    let credentials = req.credentials.map(|c| {
+        let text = |k: &str| c[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        s3::Credentials {
+            access_key_id: text("access_key_id").unwrap_or_default(),
+            secret_access_key: text("secret_access_key").unwrap_or_default(),
+            session_token: text("session_token"),
+            region: text("region"),
+            endpoint: text("endpoint"),
+            addressing: c["addressing"].as_str().and_then(s3::Addressing::parse),
+            checksums: c["checksums"].as_str().and_then(s3::Checksums::parse),
+        }
     });
     let env = job::Env {
         credentials,

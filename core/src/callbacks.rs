@@ -162,7 +162,7 @@ async fn signing_key(state: &Core, job: &JobRow) -> Result<String, String> {
 /// An agent whose every connection passes the egress rule, following no redirect.
 fn agent(egress: falra_builtins::etl::net::Egress) -> ureq::Agent {
     ureq::AgentBuilder::new()
-        .resolver(egress)
+        .resolver(falra_builtins::etl::net::Resolver(egress))
         .timeout(TIMEOUT)
         .redirects(0)
         .user_agent(concat!("falra-callback/", env!("CARGO_PKG_VERSION")))

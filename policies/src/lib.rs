@@ -4,6 +4,7 @@
 //! token format and hashing, scopes, and the per-tenant policy. It knows nothing of HTTP or of
 //! the store; `daemon` persists what this crate produces and asks it for decisions.
 
+pub mod address;
 pub mod admission;
 pub mod egress;
 pub mod policy;

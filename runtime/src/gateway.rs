@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn the_address_rule_is_the_built_ins_rule() {
-        use falra_builtins::etl::net::Egress;
+        use falra_policies::address::Egress;
         let strict = Egress::default();
         let open = Egress {
             allow_private: true,

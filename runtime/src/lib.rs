@@ -48,7 +48,7 @@ pub struct RuntimeConfig {
     pub max_result_bytes: usize,
     pub max_log_bytes: usize,
     /// The address rule the egress gateways apply.
-    pub egress: falra_builtins::etl::net::Egress,
+    pub egress: falra_policies::address::Egress,
     /// Fork calls' processes from a zygote (`--no-zygote`: exec each one, and no preload
     /// zygotes either).
     pub zygote: bool,

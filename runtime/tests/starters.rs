@@ -56,7 +56,7 @@ fn runtime(f: &Fixture, starter: Box<dyn Starter>) -> Runtime {
         runner_dir: f.runner.clone(),
         max_result_bytes: 1 << 20,
         max_log_bytes: 1 << 16,
-        egress: falra_builtins::etl::net::Egress::default(),
+        egress: falra_policies::address::Egress::default(),
         zygote: true,
         preload_zygotes: 4,
         preload_memory_bytes: 1 << 30,

@@ -322,8 +322,13 @@ impl<R: Read> Read for Counted<R> {
 
 /// `data/out/x/` + `dir/name.csv` → `data/out/x/dir/name/`. The member's name comes from the
 /// archive: only its plain components are kept (no `..`, no root, no backslashes), so it
-/// cannot steer an object out of `directory`.
+/// cannot steer an object out of `directory`, and control characters become `_`.
 fn member_prefix(directory: &str, member: &str) -> String {
+    let member: String = member
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    let member = member.as_str();
     let stem = member
         .strip_suffix(".csv")
         .or_else(|| member.strip_suffix(".CSV"))
@@ -375,7 +380,7 @@ pub fn run(job: &Job, env: &Env) -> Result<Value, JobError> {
                 target,
                 creds,
                 env.egress.clone(),
-            ))))
+            )?)))
         }
         Writer::Dir { directory } => {
             let root = env.out_root.clone().ok_or_else(|| {
@@ -645,6 +650,7 @@ mod tests {
         assert_eq!(member_prefix("", "/abs/x.csv"), "abs/x/");
         assert_eq!(member_prefix("", "..\\..\\x.csv"), "x/");
         assert_eq!(member_prefix("d/", "../.csv"), "d/member/");
+        assert_eq!(member_prefix("d/", "a\nb\u{7}/c\0.csv"), "d/a_b_/c_/");
         assert!(contained("a/b/c"));
         assert!(!contained("../a"));
         assert!(!contained("/a"));

@@ -32,7 +32,7 @@ impl S3Sink {
     }
 
     pub fn requests(&self) -> u64 {
-        self.client.requests
+        self.client.requests()
     }
 
     fn flush_part(&mut self) -> io::Result<()> {
@@ -43,7 +43,8 @@ impl S3Sink {
         }
         let (id, etags) = self.upload.as_mut().expect("set above");
         let number = etags.len() as u32 + 1;
-        match self.client.upload_part(&self.key, id, number, &self.buf) {
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(s3::PART_BYTES));
+        match self.client.upload_part(&self.key, id, number, part) {
             Ok(etag) => etags.push(etag),
             Err(e) => {
                 let id = id.clone();
@@ -52,7 +53,6 @@ impl S3Sink {
                 return Err(to_io(e));
             }
         }
-        self.buf.clear();
         Ok(())
     }
 }
@@ -99,7 +99,7 @@ impl Sink for S3Sink {
         match self.upload.take() {
             None => {
                 let body = std::mem::take(&mut self.buf);
-                self.client.put_object(&self.key, &body).map_err(to_io)?;
+                self.client.put_object(&self.key, body).map_err(to_io)?;
             }
             Some(upload) => {
                 self.upload = Some(upload);
