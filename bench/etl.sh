@@ -62,21 +62,7 @@ start_daemon falra-etl "$port" --egress-allow-private --etl-output-dir "$OUT/dae
 # Every peer uses both cores as it likes; the tenant gets them too (cpu_percent=200).
 "$FALRA" policy set caro builtins=true timeout_ms=900000 memory_mb=4096 cpu_percent=200 > /dev/null
 token=$("$FALRA" token issue caro --json | sed -n 's/.*"token": "\(flr_[0-9a-f]*\)".*/\1/p')
-job() {
-  cat <<JSON
-{"token": "$token", "fn": "read_zip_csv_chunk.read_zip_csv_chunk",
- "zip_url": "http://127.0.0.1:$web/$1",
- "lst_fn": [
-  {"fn": "cameo_df.rename_col", "dic_mapping": {"PM2_5(mg/m3)": "pm2_5", "HUMIDITY(%)": "humidity"}},
-  {"fn": "cameo_df.horizontal_to_vertical",
-   "lst_horizontal_col": ["TVOCSA()", "PM2_5(mg/m3)", "PM10(mg/m3)", "TEMPERATURE(℃)", "HUMIDITY(%)",
-                          "WIND_SPEED(m/sec)", "VOC()", "WIND_DIRECT(degrees)"],
-   "vertical_col": "sensorId"},
-  {"fn": "cameo_df.clone_col", "dic_mapping": {"TIME": "createTime"}},
-  $2
- ]}
-JSON
-}
+job() { etl_job "$token" "http://127.0.0.1:$web/$1" "$2"; }
 job aq_synth.zip '{"fn": "cameo_df.write_to_dir", "directory": "falra/"}' > "$WORK/job.json"
 for _ in $(seq "$RUNS"); do
   rm -rf "$OUT/daemon/caro/falra"

@@ -55,3 +55,21 @@ bench_wrk() {
   # A figure with failed requests in it measures the failures, not the calls.
   if [[ $line != *" errors=0 "* ]]; then echo "bench: $1 c=$2 had failed requests" >&2; exit 1; fi
 }
+
+# etl_job TOKEN ZIP_URL WRITER_STEP: the seed's ETL call (rename → melt → clone) ending in
+# WRITER_STEP, a JSON object.
+etl_job() {
+  cat <<JSON
+{"token": "$1", "fn": "read_zip_csv_chunk.read_zip_csv_chunk",
+ "zip_url": "$2",
+ "lst_fn": [
+  {"fn": "cameo_df.rename_col", "dic_mapping": {"PM2_5(mg/m3)": "pm2_5", "HUMIDITY(%)": "humidity"}},
+  {"fn": "cameo_df.horizontal_to_vertical",
+   "lst_horizontal_col": ["TVOCSA()", "PM2_5(mg/m3)", "PM10(mg/m3)", "TEMPERATURE(℃)", "HUMIDITY(%)",
+                          "WIND_SPEED(m/sec)", "VOC()", "WIND_DIRECT(degrees)"],
+   "vertical_col": "sensorId"},
+  {"fn": "cameo_df.clone_col", "dic_mapping": {"TIME": "createTime"}},
+  $3
+ ]}
+JSON
+}

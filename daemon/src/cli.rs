@@ -61,7 +61,7 @@ pub enum Command {
 /// A tenant client: the daemon's URL and a token with the `jobs` scope.
 #[derive(Debug, Args)]
 pub struct JobClient {
-    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700")]
+    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700", value_parser = base_url)]
     pub url: String,
     #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -538,11 +538,34 @@ pub struct CallArgs {
     pub function: String,
     /// Keyword arguments as key=value; values are JSON when they parse, strings otherwise.
     pub kwargs: Vec<String>,
-    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700")]
+    #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700", value_parser = base_url)]
     pub url: String,
     #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Lower the time limit for this call.
     #[arg(long)]
     pub timeout_ms: Option<u32>,
+    /// Run this version instead of the active one (`?version=`).
+    #[arg(long)]
+    pub version: Option<String>,
+}
+
+/// The daemon's base URL as the clients take it (the Python client too): a scheme is
+/// optional (`localhost:8700` means `http://localhost:8700`), a trailing `/` is dropped, and
+/// it must have a host.
+pub fn base_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let parsed = url::Url::parse(&url).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{raw:?}: the URL must be http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{raw:?} has no host"));
+    }
+    Ok(url)
 }

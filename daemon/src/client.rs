@@ -407,13 +407,24 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
 
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
     let mut body = key_values(&args.kwargs)?;
+    if body.contains_key("fn") || body.contains_key("token") {
+        bail!("'fn' and 'token' cannot be keyword arguments of a call");
+    }
     body.insert("fn".into(), json!(args.function));
     let token = args
         .token
         .context("no token: pass --token or set FALRA_TOKEN")?;
-    let mut url = format!("{}/v1/call", args.url.trim_end_matches('/'));
+    let mut query = Vec::new();
     if let Some(t) = args.timeout_ms {
-        url.push_str(&format!("?timeout_ms={t}"));
+        query.push(format!("timeout_ms={t}"));
+    }
+    if let Some(v) = &args.version {
+        query.push(format!("version={}", encode(v)));
+    }
+    let mut url = format!("{}/v1/call", args.url);
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
     }
     let answer = request("POST", &url, Some(&token), Some(&Value::Object(body)))?;
     if answer.body["ok"] == json!(true) {

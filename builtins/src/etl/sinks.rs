@@ -43,9 +43,14 @@ impl S3Sink {
         }
         let (id, etags) = self.upload.as_mut().expect("set above");
         let number = etags.len() as u32 + 1;
-        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(s3::PART_BYTES));
+        // The part's buffer goes to the SDK (no copy); the next one is allocated only once it
+        // is sent and freed, so at most one part is held.
+        let part = std::mem::take(&mut self.buf);
         match self.client.upload_part(&self.key, id, number, part) {
-            Ok(etag) => etags.push(etag),
+            Ok(etag) => {
+                etags.push(etag);
+                self.buf.reserve_exact(s3::PART_BYTES);
+            }
             Err(e) => {
                 let id = id.clone();
                 self.client.abort_multipart(&self.key, &id);
