@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python environment the end-to-end tests drive real services with: an S3-compatible
 # server (moto_server), pandas for the ETL reference, boto3 to read objects back, and
-# schemathesis to fuzz the API from its OpenAPI document; numpy's wheel; pytest, httpx and
+# schemathesis to fuzz the API from its OpenAPI document and openapi-spec-validator to check it; numpy's wheel; pytest, httpx and
 # build for the Python client (sdk/python). Made once in target/test-venv (from
 # PyPI), reused while it still imports. Prints its python's path.
 set -euo pipefail
@@ -20,11 +20,12 @@ if ! "$venv/bin/python" -c "import pytest, httpx, build" >/dev/null 2>&1; then
 fi
 # schemathesis beside it, in an environment of its own (its pins and moto's need not agree).
 fuzz=target/fuzz-venv
-if ! "$fuzz/bin/schemathesis" --version >/dev/null 2>&1; then
-  echo "making $fuzz (schemathesis)" >&2
+if ! "$fuzz/bin/schemathesis" --version >/dev/null 2>&1 || [[ ! -x "$fuzz/bin/openapi-spec-validator" ]]; then
+  echo "making $fuzz (schemathesis, openapi-spec-validator)" >&2
   rm -rf "$fuzz"
   /usr/bin/python3 -m venv "$fuzz"
-  "$fuzz/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.*' >&2
+  "$fuzz/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.*' \
+    'openapi-spec-validator==0.7.*' >&2
 fi
 # numpy's wheel, for the test that preloads it (served to the daemon's builds from loopback).
 wheels=target/test-wheels

@@ -9,6 +9,7 @@ use falra_policies::{PolicyPatch, Scopes};
 use falra_tenants::TenantName;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::api_error::ApiError;
 use crate::audit::audit;
@@ -24,18 +25,25 @@ use falra_core::secrets::seal_webhook_secret;
 const DEFAULT_BRANCH: &str = "main";
 use falra_core::plans::DEFAULT_PLAN;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
+    /// Lowercase letters, digits and `_`, starting with a letter (at most 32).
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,31}$")]
     name: String,
+    /// A git URL (`https://`, `ssh://`, `git@`, `file://`); none: uploads only.
     repo: Option<String>,
+    /// Default `main`.
     branch: Option<String>,
+    /// The folder of the repository that holds the code.
     subdir: Option<String>,
+    /// Default `default`.
     plan: Option<String>,
+    /// Checks `X-Hub-Signature-256` on pushes.
     webhook_secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantChanges {
     repo: Option<String>,
@@ -113,6 +121,16 @@ pub(crate) async fn load_tenant(
     Ok((parsed, row))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants",
+    operation_id = "admin_create_tenant",
+    tag = "tenants",
+    summary = "Create a tenant",
+    request_body = NewTenant,
+    responses((status = 201, description = "Created", body = crate::schemas::Tenant), (status = 409, description = "The tenant exists", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn create_tenant(
     op: Operator,
     State(state): State<AppState>,
@@ -151,6 +169,15 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant_json(&state, &row))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants",
+    operation_id = "admin_list_tenants",
+    tag = "tenants",
+    summary = "List tenants",
+    responses((status = 200, description = "OK", body = crate::schemas::TenantList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_tenants(
     _op: Operator,
     State(state): State<AppState>,
@@ -161,6 +188,16 @@ pub async fn list_tenants(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}",
+    operation_id = "admin_show_tenant",
+    tag = "tenants",
+    summary = "Show a tenant",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Tenant), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn show_tenant(
     _op: Operator,
     State(state): State<AppState>,
@@ -170,6 +207,17 @@ pub async fn show_tenant(
     Ok(Json(tenant_json(&state, &row)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/v1/tenants/{name}",
+    operation_id = "admin_update_tenant",
+    tag = "tenants",
+    summary = "Change a tenant's repo, branch, subdir, plan or webhook secret",
+    params(("name" = String, Path, description = "A tenant name")),
+    request_body = TenantChanges,
+    responses((status = 200, description = "OK", body = crate::schemas::Tenant), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn update_tenant(
     op: Operator,
     State(state): State<AppState>,
@@ -213,6 +261,16 @@ pub async fn update_tenant(
     Ok(Json(tenant_json(&state, &row)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/tenants/{name}",
+    operation_id = "admin_delete_tenant",
+    tag = "tenants",
+    summary = "Remove a tenant, its tokens, secrets, uploads and files",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Deleted), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn delete_tenant(
     op: Operator,
     State(state): State<AppState>,
@@ -233,6 +291,16 @@ pub async fn delete_tenant(
     Ok(Json(json!({"deleted": name.as_str()})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants/{name}/sync",
+    operation_id = "admin_sync_tenant",
+    tag = "tenants",
+    summary = "Fetch the branch and make it the active version",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Deployed), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn sync_tenant(
     op: Operator,
     State(state): State<AppState>,
@@ -252,14 +320,28 @@ pub async fn sync_tenant(
     Ok(Json(json!({"version": deployed.version.as_str()})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// Some of `call`, `deploy`, `jobs`.
     scopes: Vec<String>,
+    #[schema(minimum = 1)]
     expires_in_days: Option<u32>,
+    /// An RFC 3339 time.
     expires_at: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants/{name}/tokens",
+    operation_id = "admin_issue_token",
+    tag = "tokens",
+    summary = "Issue a token (shown this once)",
+    params(("name" = String, Path, description = "A tenant name")),
+    request_body = NewToken,
+    responses((status = 201, description = "Created", body = crate::schemas::IssuedToken), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn issue_token(
     op: Operator,
     State(state): State<AppState>,
@@ -326,6 +408,16 @@ fn expiry(now: i64, days: Option<u32>, at: Option<&str>) -> Result<Option<i64>, 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/tokens",
+    operation_id = "admin_list_tokens",
+    tag = "tokens",
+    summary = "List a tenant's tokens, without secrets",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::TokenList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_tokens(
     _op: Operator,
     State(state): State<AppState>,
@@ -350,6 +442,16 @@ pub async fn list_tokens(
     Ok(Json(json!({"tokens": list})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/tokens/{id}",
+    operation_id = "admin_revoke_token",
+    tag = "tokens",
+    summary = "Revoke a token",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 200, description = "OK", body = crate::schemas::Revoked), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn revoke_token(
     op: Operator,
     State(state): State<AppState>,
@@ -372,6 +474,17 @@ pub async fn revoke_token(
 
 /// `PUT /admin/v1/tenants/{name}/policy`: overrides fields of the tenant's plan (and
 /// `"reset": [fields]` gives fields back to the plan). Answers the effective policy.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/tenants/{name}/policy",
+    operation_id = "admin_set_policy",
+    tag = "policies",
+    summary = "Override fields of the tenant's plan; applies to the next call",
+    params(("name" = String, Path, description = "A tenant name")),
+    request_body = crate::schemas::PolicyChange,
+    responses((status = 200, description = "The effective policy", body = crate::schemas::Policy), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn set_policy(
     op: Operator,
     State(state): State<AppState>,
@@ -386,6 +499,12 @@ pub async fn set_policy(
                 .with_detail(json!({"field": "reset"}))
         })?,
     };
+    if let Some(both) = reset.iter().find(|f| body.contains_key(f.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "{both:?} is both set and reset: do one or the other"
+        ))
+        .with_detail(json!({"field": both})));
+    }
     let patch: PolicyPatch = serde_json::from_value(Value::Object(body.clone()))
         .map_err(|e| ApiError::bad_request(format!("invalid policy: {e}")))?;
     let policy = tenants::set_overrides(&state, &row, &patch, &reset).await?;
@@ -403,13 +522,25 @@ pub async fn set_policy(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rollback {
+    /// A version id of the tenant's.
     version: String,
 }
 
 /// Makes an earlier version of the tenant's code the active one again.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants/{name}/rollback",
+    operation_id = "admin_rollback_tenant",
+    tag = "tenants",
+    summary = "Make an earlier version active again",
+    params(("name" = String, Path, description = "A tenant name")),
+    request_body = Rollback,
+    responses((status = 200, description = "OK", body = crate::schemas::Deployed), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn rollback_tenant(
     op: Operator,
     State(state): State<AppState>,
@@ -434,6 +565,15 @@ pub async fn rollback_tenant(
 }
 
 /// `GET /admin/v1/nodes`: the nodes serving this store, whether each is alive, which is this.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/nodes",
+    operation_id = "admin_list_nodes",
+    tag = "node",
+    summary = "List the nodes serving the store",
+    responses((status = 200, description = "OK", body = crate::schemas::NodeList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_nodes(
     _op: Operator,
     State(state): State<AppState>,

@@ -15,15 +15,32 @@ use crate::server::AppState;
 pub use falra_core::audit::audit;
 use falra_core::clock::{format_ms, parse_rfc3339};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     tenant: Option<String>,
+    /// An RFC 3339 time.
     since: Option<String>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
 }
 
+/// The most events one request returns.
+const MAX_EVENTS: u32 = 10_000;
+
 /// `GET /admin/v1/audit?tenant=&since=&limit=`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/audit",
+    operation_id = "audit_list_audit",
+    tag = "audit",
+    summary = "Operator actions and deploys, newest first",
+    params(AuditQuery),
+    responses((status = 200, description = "OK", body = crate::schemas::AuditList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_audit(
     _op: Operator,
     State(state): State<AppState>,
@@ -37,7 +54,14 @@ pub async fn list_audit(
         })?,
         None => 0,
     };
-    let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 10_000));
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        return Err(
+            ApiError::bad_request(format!("limit must be between 1 and {MAX_EVENTS}"))
+                .with_detail(json!({"parameter": "limit"})),
+        );
+    }
+    let limit = i64::from(limit);
     let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
     let rows = state.store.audit(tenant.as_ref(), since, limit).await?;
     let events: Vec<Value> = rows

@@ -81,10 +81,14 @@ impl CallRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CallQuery {
+    /// Pin a version (`GET /v1/versions`).
     version: Option<String>,
+    /// Lower the time limit of this call.
+    #[param(minimum = 1)]
     timeout_ms: Option<u32>,
 }
 
@@ -124,6 +128,18 @@ struct CallOk<'a> {
 
 /// The handler: every failure carries the call id; every call that reached a tenant is
 /// metered and counted.
+#[utoipa::path(
+    post,
+    path = "/v1/call",
+    operation_id = "call_call",
+    tag = "calls",
+    summary = "Run a function now",
+    description = "Runs a function of the caller's tenant, or a built-in (read_zip_csv_chunk.read_zip_csv_chunk, see docs/builtins.md) when the tenant's policy allows built-ins.",
+    params(CallQuery),
+    request_body = crate::schemas::CallBody,
+    responses((status = 200, description = "The function's result", body = crate::schemas::CallOk), (status = 400, description = "Malformed body, fn or parameter", body = crate::schemas::Error), (status = 404, description = "fn_not_found", body = crate::schemas::Error), (status = 409, description = "not_deployed", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "function_error, result_not_serializable, result_too_large, memory_limit_exceeded, process_exited", body = crate::schemas::Error), (status = 504, description = "timeout", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn call(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -146,7 +146,9 @@ impl FromRequest<AppState> for LimitedBody {
     }
 }
 
-/// A JSON body deserialised into `T`, with the body limit applied.
+/// A JSON object body deserialised into `T`, with the body limit applied. Every body of the
+/// API is an object: an array is refused here, before serde's derive would take one as the
+/// struct's fields in order.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
@@ -159,7 +161,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         } else {
             &bytes[..]
         };
-        serde_json::from_slice(bytes)
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }

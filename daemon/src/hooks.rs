@@ -56,6 +56,16 @@ impl RecentDeliveries {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/hooks/github/{tenant}",
+    operation_id = "hooks_github",
+    tag = "code",
+    summary = "GitHub push webhook (X-Hub-Signature-256 checked)",
+    params(("tenant" = String, Path, description = "A tenant name")),
+    request_body(content = serde_json::Value, description = "GitHub's push or ping event (JSON, or form-encoded with a payload field)"),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "ping answered or push ignored", body = crate::schemas::HookAnswer), (status = 401, description = "Missing or wrong signature", body = crate::schemas::Error), (status = 403, description = "The tenant has no webhook_secret", body = crate::schemas::Error), (status = 404, description = "No such tenant", body = crate::schemas::Error), (status = 202, description = "Push to the tracked branch: deploying in the background", body = crate::schemas::HookAnswer))
+)]
 pub async fn github(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,

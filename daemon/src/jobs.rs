@@ -25,15 +25,31 @@ use crate::server::AppState;
 /// The most jobs one page lists.
 const MAX_PAGE: i64 = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubmitQuery {
+    /// Pin a version.
     version: Option<String>,
+    /// Attempts for failures of the node.
+    #[param(minimum = 1, maximum = 10)]
     max_attempts: Option<u32>,
+    /// POSTed the job once it ends, signed with the tenant's webhook secret.
     callback_url: Option<String>,
 }
 
 /// `POST /v1/jobs`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "jobs_submit",
+    tag = "jobs",
+    summary = "Run a function in the background",
+    params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "A resubmission with a key the tenant used before returns the first job")),
+    request_body = crate::schemas::CallBody,
+    responses((status = 202, description = "The job, queued", body = crate::schemas::Job), (status = 200, description = "The job submitted before with this Idempotency-Key", body = crate::schemas::Job), (status = 400, description = "Malformed body, fn, parameter or Idempotency-Key", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -80,6 +96,16 @@ pub async fn submit(
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "jobs_show",
+    tag = "jobs",
+    summary = "A job, with the call's answer once it ended",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "The job", body = crate::schemas::Job), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -91,6 +117,16 @@ pub async fn show(
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels the job unless it has ended; the job as it is then.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "jobs_cancel",
+    tag = "jobs",
+    summary = "Cancel a job (its processes stop within a second on whichever node runs it)",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "The job as it is after the cancel", body = crate::schemas::Job), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -101,15 +137,29 @@ pub async fn cancel(
     Ok(Json(jobs::view(&job)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(value_type = Option<crate::schemas::JobStatus>)]
     status: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /v1/jobs`: the tenant's jobs, newest first; `next_cursor` fetches the next page.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "jobs_list",
+    tag = "jobs",
+    summary = "List the tenant's jobs, newest first",
+    params(ListQuery),
+    responses((status = 200, description = "A page of jobs", body = crate::schemas::JobList), (status = 400, description = "A bad status, limit or cursor", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -27,6 +27,7 @@ mod plans;
 #[cfg(test)]
 mod router_tests;
 mod schedules;
+mod schemas;
 mod secrets;
 mod server;
 use falra_store as store;

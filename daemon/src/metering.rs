@@ -16,17 +16,32 @@ use crate::store::UsageRow;
 use falra_core::clock::{format_ms, month_bounds, now_ms, parse_time};
 use falra_core::metering::is_deploy_child;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     tenant: Option<String>,
+    /// An RFC 3339 time or date; default: the start of this month.
     from: Option<String>,
+    /// An RFC 3339 time or date (exclusive); default: now.
     to: Option<String>,
+    /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 
 /// `GET /admin/v1/usage?tenant=&from=&to=&format=json|csv`: calls per tenant and function in
 /// `[from, to)` (RFC 3339 times or dates; default: this month so far).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/usage",
+    operation_id = "metering_usage",
+    tag = "metering",
+    summary = "Calls aggregated per tenant and function",
+    params(UsageQuery),
+    responses((status = 200, description = "Usage", content((crate::schemas::Usage = "application/json"), (String = "text/csv"))), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn usage(
     _op: Operator,
     State(state): State<AppState>,

@@ -15,6 +15,15 @@ use crate::server::AppState;
 pub use falra_core::plans::{check_plan, effective_policy, DEFAULT_PLAN};
 
 /// `GET /admin/v1/plans`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/plans",
+    operation_id = "plans_list_plans",
+    tag = "policies",
+    summary = "List plans",
+    responses((status = 200, description = "OK", body = crate::schemas::PlanList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_plans(_op: Operator, State(state): State<AppState>) -> Json<Value> {
     let plans: Vec<Value> = state
         .plans
@@ -26,6 +35,17 @@ pub async fn list_plans(_op: Operator, State(state): State<AppState>) -> Json<Va
 }
 
 /// `PUT /admin/v1/plans/{name}`: creates the plan from the defaults, or changes it.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/plans/{name}",
+    operation_id = "plans_put_plan",
+    tag = "policies",
+    summary = "Create a plan (from the defaults) or change one",
+    params(("name" = String, Path, description = "A plan name")),
+    request_body = crate::schemas::PolicyPatch,
+    responses((status = 200, description = "OK", body = crate::schemas::Plan), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn put_plan(
     op: Operator,
     State(state): State<AppState>,
@@ -45,6 +65,16 @@ pub async fn put_plan(
 }
 
 /// `DELETE /admin/v1/plans/{name}`: only a plan no tenant is on.
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/plans/{name}",
+    operation_id = "plans_delete_plan",
+    tag = "policies",
+    summary = "Remove a plan no tenant is on",
+    params(("name" = String, Path, description = "A plan name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Deleted), (status = 409, description = "Tenants are on the plan", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn delete_plan(
     op: Operator,
     State(state): State<AppState>,

@@ -143,9 +143,20 @@ async fn tenant_bodies_are_checked_at_the_boundary_and_name_the_field() {
     assert_eq!(body["error"]["detail"]["field"], json!("plan"));
     let (status, body) = create(json!({"name": "caro", "colour": "red"})).await;
     assert_eq!((status, code(&body)), (400, "bad_request"));
+    // The fields in order, as an array: not an object, so not a body.
+    let (status, body) = create(json!(["caro"])).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
     let (status, body) = create(json!({"name": "caro"})).await;
     assert_eq!(status, 201, "{body}");
     assert!(body["uid"].as_u64().unwrap() >= 200_000);
+    let (status, body) = n
+        .admin(
+            "PUT",
+            "/admin/v1/tenants/caro/secrets/s3",
+            Some(json!([[]])),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
     let (status, body) = create(json!({"name": "caro"})).await;
     assert_eq!((status, code(&body)), (409, "conflict"));
     let (status, body) = n.admin("GET", "/admin/v1/tenants/nobody", None).await;
@@ -195,4 +206,87 @@ async fn plans_are_named_checked_and_the_default_one_stays() {
         .await;
     assert_eq!(status, 200);
     assert!(n.state.plans.contains("small"));
+}
+
+#[test]
+fn every_route_is_registered_with_its_operation() {
+    // Routes are added only through `routes!` in `server::routes`, which registers the handler's
+    // `#[utoipa::path]` operation with it; a plain `.route(` would be a route the document
+    // never hears of.
+    let source = include_str!("server.rs");
+    let code: String = source
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !code.contains(".route("),
+        "server.rs adds a route outside routes!"
+    );
+    assert!(
+        !code.contains(".nest("),
+        "server.rs nests a router outside routes!"
+    );
+    // And the document names every operation the router was given.
+    let doc: Value = serde_json::from_str(crate::openapi::document_json()).unwrap();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    let handlers: usize = code
+        .split("routes!(")
+        .skip(1)
+        .map(|rest| {
+            rest[..rest.find(')').unwrap()]
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        handlers, operations,
+        "each handler is one documented operation"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_field_set_and_reset_at_once_is_refused_and_limits_are_bounded() {
+    let n = node().await;
+    let (status, _) = n
+        .admin("POST", "/admin/v1/tenants", Some(json!({"name": "caro"})))
+        .await;
+    assert_eq!(status, 201);
+    // An invalid value hidden behind a reset of the same field is not quietly dropped.
+    let (status, body) = n
+        .admin(
+            "PUT",
+            "/admin/v1/tenants/caro/policy",
+            Some(json!({"preload": ["not a module*"], "reset": ["preload"]})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    assert_eq!(body["error"]["detail"]["field"], json!("preload"));
+    let (status, body) = n
+        .admin(
+            "PUT",
+            "/admin/v1/tenants/caro/policy",
+            Some(json!({"reset": ["preload"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The audit log's page size is bounded, not clamped in silence.
+    for bad in ["0", "10001", "4294967296"] {
+        let (status, body) = n
+            .admin("GET", &format!("/admin/v1/audit?limit={bad}"), None)
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "bad_request"),
+            "limit={bad}: {body}"
+        );
+    }
+    let (status, _) = n.admin("GET", "/admin/v1/audit?limit=10000", None).await;
+    assert_eq!(status, 200);
 }

@@ -20,16 +20,29 @@ use crate::call::CallRequest;
 use crate::extract::{bearer, BodyReader};
 use crate::server::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewSchedule)]
 pub struct CreateBody {
+    /// Five fields, or six with seconds first; UTC.
     cron: String,
     /// The job's body, as `POST /v1/jobs` takes it (without a token).
+    #[schema(value_type = crate::schemas::CallBody)]
     body: Value,
     version: Option<String>,
 }
 
 /// `POST /v1/schedules`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    operation_id = "schedules_create",
+    tag = "schedules",
+    summary = "Run a job on a cron schedule",
+    request_body = CreateBody,
+    responses((status = 201, description = "The schedule", body = crate::schemas::Schedule), (status = 400, description = "A bad cron, body or version", body = crate::schemas::Error), (status = 409, description = "The tenant has 100 schedules", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -86,6 +99,15 @@ pub async fn create(
 }
 
 /// `GET /v1/schedules`.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    operation_id = "schedules_list",
+    tag = "schedules",
+    summary = "List the tenant's schedules",
+    responses((status = 200, description = "The schedules", body = crate::schemas::ScheduleList), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -98,6 +120,16 @@ pub async fn list(
 }
 
 /// `GET /v1/schedules/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{id}",
+    operation_id = "schedules_show",
+    tag = "schedules",
+    summary = "A schedule",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "The schedule", body = crate::schemas::Schedule), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -109,6 +141,16 @@ pub async fn show(
 }
 
 /// `POST /v1/schedules/{id}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{id}/pause",
+    operation_id = "schedules_pause",
+    tag = "schedules",
+    summary = "Stop a schedule's ticks from making jobs",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "The schedule", body = crate::schemas::Schedule), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn pause(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -118,6 +160,16 @@ pub async fn pause(
 }
 
 /// `POST /v1/schedules/{id}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{id}/resume",
+    operation_id = "schedules_resume",
+    tag = "schedules",
+    summary = "Start a paused schedule again from its next tick",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "The schedule", body = crate::schemas::Schedule), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -138,6 +190,16 @@ async fn set_paused(
 }
 
 /// `DELETE /v1/schedules/{id}`: the jobs it queued stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{id}",
+    operation_id = "schedules_remove",
+    tag = "schedules",
+    summary = "Remove a schedule (its jobs stay)",
+    params(("id" = String, Path, description = "Its id")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "Removed", body = crate::schemas::ScheduleRemoved), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn remove(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -16,12 +16,24 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::server::AppState;
 use falra_core::clock::format_ms;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretBody {
+    /// Any JSON value; sealed at rest, never shown again.
     value: Value,
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/v1/tenants/{name}/secrets/{key}",
+    operation_id = "secrets_put_secret",
+    tag = "secrets",
+    summary = "Set a secret, sealed at rest",
+    params(("name" = String, Path, description = "A tenant name"), ("key" = String, Path, description = "The secret's name")),
+    request_body = SecretBody,
+    responses((status = 200, description = "OK", body = crate::schemas::SecretStored), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn put_secret(
     op: Operator,
     State(state): State<AppState>,
@@ -44,6 +56,16 @@ pub async fn put_secret(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/tenants/{name}/secrets/{key}",
+    operation_id = "secrets_delete_secret",
+    tag = "secrets",
+    summary = "Remove a secret",
+    params(("name" = String, Path, description = "A tenant name"), ("key" = String, Path, description = "The secret's name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Deleted), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn delete_secret(
     op: Operator,
     State(state): State<AppState>,
@@ -67,6 +89,16 @@ pub async fn delete_secret(
     Ok(Json(json!({"deleted": key})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/secrets",
+    operation_id = "secrets_list_secrets",
+    tag = "secrets",
+    summary = "A tenant's secret names (never values)",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::SecretList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn list_secrets(
     _op: Operator,
     State(state): State<AppState>,

@@ -8,7 +8,6 @@ use axum::extract::Request;
 use axum::extract::State;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use falra_core::plans::PlanTable;
 use falra_core::Core;
@@ -16,6 +15,9 @@ use falra_policies::admission::FailureLimiter;
 use falra_policies::SecretKey;
 use serde_json::{json, Value};
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
@@ -88,70 +90,51 @@ impl AppState {
     }
 }
 
+/// Every route, each registered with its OpenAPI operation (`#[utoipa::path]` on the
+/// handler): the router and the document are made from the same list, so no route can be left
+/// out of the document and no documented operation can be missing from the router.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(call::call))
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::show, jobs::cancel))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::show, schedules::remove))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(tenant_api::list_versions))
+        .routes(routes!(tenant_api::list_functions))
+        .routes(routes!(uploads::tenant_list))
+        .routes(routes!(uploads::tenant_put, uploads::tenant_delete))
+        .routes(routes!(hooks::github))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(
+            admin::show_tenant,
+            admin::update_tenant,
+            admin::delete_tenant
+        ))
+        .routes(routes!(admin::sync_tenant))
+        .routes(routes!(admin::rollback_tenant))
+        .routes(routes!(admin::issue_token, admin::list_tokens))
+        .routes(routes!(admin::set_policy))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(secrets::put_secret, secrets::delete_secret))
+        .routes(routes!(uploads::admin_list))
+        .routes(routes!(uploads::admin_put, uploads::admin_delete))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(plans::list_plans))
+        .routes(routes!(plans::put_plan, plans::delete_plan))
+        .routes(routes!(metering::usage))
+        .routes(routes!(admin::list_nodes))
+        .routes(routes!(audit::list_audit))
+}
+
 pub fn router(state: AppState) -> Router {
-    let admin = Router::new()
-        .route(
-            "/tenants",
-            post(admin::create_tenant).get(admin::list_tenants),
-        )
-        .route(
-            "/tenants/{name}",
-            get(admin::show_tenant)
-                .patch(admin::update_tenant)
-                .delete(admin::delete_tenant),
-        )
-        .route("/tenants/{name}/sync", post(admin::sync_tenant))
-        .route("/tenants/{name}/rollback", post(admin::rollback_tenant))
-        .route(
-            "/tenants/{name}/tokens",
-            post(admin::issue_token).get(admin::list_tokens),
-        )
-        .route("/tenants/{name}/policy", put(admin::set_policy))
-        .route("/tenants/{name}/secrets", get(secrets::list_secrets))
-        .route(
-            "/tenants/{name}/secrets/{key}",
-            put(secrets::put_secret).delete(secrets::delete_secret),
-        )
-        .route("/tenants/{name}/modules", get(uploads::admin_list))
-        .route(
-            "/tenants/{name}/modules/{module}",
-            put(uploads::admin_put).delete(uploads::admin_delete),
-        )
-        .route("/tokens/{id}", delete(admin::revoke_token))
-        .route("/plans", get(plans::list_plans))
-        .route(
-            "/plans/{name}",
-            put(plans::put_plan).delete(plans::delete_plan),
-        )
-        .route("/usage", get(metering::usage))
-        .route("/nodes", get(admin::list_nodes))
-        .route("/audit", get(audit::list_audit));
-    Router::new()
-        .route("/v1/call", post(call::call))
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
-        .route(
-            "/v1/schedules",
-            post(schedules::create).get(schedules::list),
-        )
-        .route(
-            "/v1/schedules/{id}",
-            get(schedules::show).delete(schedules::remove),
-        )
-        .route("/v1/schedules/{id}/pause", post(schedules::pause))
-        .route("/v1/schedules/{id}/resume", post(schedules::resume))
-        .route("/v1/versions", get(tenant_api::list_versions))
-        .route("/v1/functions", get(tenant_api::list_functions))
-        .route("/v1/modules", get(uploads::tenant_list))
-        .route(
-            "/v1/modules/{module}",
-            put(uploads::tenant_put).delete(uploads::tenant_delete),
-        )
-        .route("/hooks/github/{tenant}", post(hooks::github))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/openapi.json", get(openapi::document))
-        .nest("/admin/v1", admin)
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_span))
@@ -160,6 +143,14 @@ pub fn router(state: AppState) -> Router {
 
 /// Healthy while the store answers this node's beat (`falra_core::nodes`); `503` otherwise, so
 /// a load balancer sends calls to the nodes that can authorise them.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "server_healthz",
+    tag = "node",
+    summary = "Health: the node and its store",
+    responses((status = 200, description = "OK", body = crate::schemas::Health), (status = 503, description = "The store does not answer this node", body = crate::schemas::Health))
+)]
 async fn healthz(State(state): State<AppState>) -> (axum::http::StatusCode, Json<Value>) {
     let node = state.node.id();
     if state.node.is_healthy() {

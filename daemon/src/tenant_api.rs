@@ -28,6 +28,15 @@ async fn reader(
 }
 
 /// `GET /v1/versions`: the caller's tenant's versions, newest first, the active one marked.
+#[utoipa::path(
+    get,
+    path = "/v1/versions",
+    operation_id = "tenant_api_list_versions",
+    tag = "code",
+    summary = "The tenant's versions, newest first, the active one marked",
+    responses((status = 200, description = "OK", body = crate::schemas::Versions), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn list_versions(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -50,14 +59,26 @@ pub async fn list_versions(
     ))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FunctionsQuery {
+    /// Another version than the active one.
     version: Option<String>,
 }
 
 /// `GET /v1/functions`: the callable functions of the caller's tenant (its active version, or
 /// `?version=`), as listed in a sandboxed child when the version was made.
+#[utoipa::path(
+    get,
+    path = "/v1/functions",
+    operation_id = "tenant_api_list_functions",
+    tag = "code",
+    summary = "The tenant's callable functions",
+    params(FunctionsQuery),
+    responses((status = 200, description = "OK", body = crate::schemas::Functions), (status = 400, description = "No such version", body = crate::schemas::Error), (status = 409, description = "not_deployed", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn list_functions(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

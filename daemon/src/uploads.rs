@@ -106,6 +106,17 @@ async fn audit_upload(
 }
 
 /// `PUT /v1/modules/{module}`.
+#[utoipa::path(
+    put,
+    path = "/v1/modules/{module}",
+    operation_id = "uploads_tenant_put",
+    tag = "code",
+    summary = "Upload a private module: makes a new active version",
+    params(("module" = String, Path, description = "A dotted module name")),
+    request_body(content = String, content_type = "text/x-python", description = "The module's source, UTF-8"),
+    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 400, description = "Bad name (stdlib, private, not an identifier, a built-in), not UTF-8, or does not compile (detail.line)", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn tenant_put(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -127,6 +138,16 @@ pub async fn tenant_put(
 }
 
 /// `DELETE /v1/modules/{module}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/modules/{module}",
+    operation_id = "uploads_tenant_delete",
+    tag = "code",
+    summary = "Remove an upload: makes a new active version",
+    params(("module" = String, Path, description = "A dotted module name")),
+    responses((status = 400, description = "A malformed path parameter (a tenant, module or secret name)", body = crate::schemas::Error), (status = 200, description = "OK", body = crate::schemas::ModuleRemoved), (status = 404, description = "No such upload", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn tenant_delete(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,6 +168,15 @@ pub async fn tenant_delete(
 }
 
 /// `GET /v1/modules`.
+#[utoipa::path(
+    get,
+    path = "/v1/modules",
+    operation_id = "uploads_tenant_list",
+    tag = "code",
+    summary = "The tenant's uploaded modules",
+    responses((status = 200, description = "OK", body = crate::schemas::Modules), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
 pub async fn tenant_list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,6 +186,17 @@ pub async fn tenant_list(
 }
 
 /// `PUT /admin/v1/tenants/{name}/modules/{module}`.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/tenants/{name}/modules/{module}",
+    operation_id = "uploads_admin_put",
+    tag = "code",
+    summary = "Upload a module for a tenant",
+    params(("name" = String, Path, description = "A tenant name"), ("module" = String, Path, description = "A dotted module name")),
+    request_body(content = String, content_type = "text/x-python", description = "The module's source, UTF-8"),
+    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn admin_put(
     op: Operator,
     State(state): State<AppState>,
@@ -170,6 +211,16 @@ pub async fn admin_put(
 }
 
 /// `DELETE /admin/v1/tenants/{name}/modules/{module}`.
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/tenants/{name}/modules/{module}",
+    operation_id = "uploads_admin_delete",
+    tag = "code",
+    summary = "Remove a tenant's upload",
+    params(("name" = String, Path, description = "A tenant name"), ("module" = String, Path, description = "A dotted module name")),
+    responses((status = 200, description = "OK", body = crate::schemas::ModuleRemoved), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn admin_delete(
     op: Operator,
     State(state): State<AppState>,
@@ -183,6 +234,16 @@ pub async fn admin_delete(
 }
 
 /// `GET /admin/v1/tenants/{name}/modules`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/modules",
+    operation_id = "uploads_admin_list",
+    tag = "code",
+    summary = "A tenant's uploads",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Modules), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
 pub async fn admin_list(
     _op: Operator,
     State(state): State<AppState>,

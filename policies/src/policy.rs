@@ -85,23 +85,59 @@ impl Default for Policy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub memory_mb: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub timeout_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub cpu_percent: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub pids: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub tmp_mb: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub max_concurrency: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub calls_per_minute: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub network: Option<Network>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub builtins: Option<bool>,
     /// `Some(None)` (JSON `null`) removes the quota.
     #[serde(
@@ -110,12 +146,30 @@ pub struct PolicyPatch {
         deserialize_with = "present"
     )]
     pub cpu_seconds_per_month: Option<Option<u64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub max_unzipped_mb: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub job_timeout_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
     pub preload: Option<Vec<String>>,
+}
+
+/// A field that is present must hold a value: `null` is refused (a field goes back to its plan's
+/// value through `reset`, not through `null`).
+fn value<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A field that is present, even as `null`, is `Some`.
@@ -202,7 +256,31 @@ impl PolicyError {
     }
 }
 
-fn check(field: &'static str, value: Option<u32>, min: u32, max: u32) -> Result<(), PolicyError> {
+/// The bounds of every integer field of a policy but the quota, inclusive: what `apply`
+/// enforces and what the API's schema documents (`falra` builds it from this table).
+pub const RANGES: [(&str, u32, u32); 9] = [
+    ("memory_mb", 16, 65_536),
+    ("timeout_ms", 10, 900_000),
+    ("cpu_percent", 1, 6_400),
+    ("pids", 1, 32_768),
+    ("tmp_mb", 1, 65_536),
+    ("max_concurrency", 1, 10_000),
+    ("calls_per_minute", 1, 10_000_000),
+    ("max_unzipped_mb", 1, 1_048_576),
+    ("job_timeout_ms", 10, MAX_JOB_TIMEOUT_MS),
+];
+
+/// `field`'s bounds in [`RANGES`].
+pub fn range(field: &str) -> (u32, u32) {
+    RANGES
+        .iter()
+        .find(|(f, _, _)| *f == field)
+        .map(|&(_, lo, hi)| (lo, hi))
+        .expect("every bounded field is in RANGES")
+}
+
+fn check(field: &'static str, value: Option<u32>) -> Result<(), PolicyError> {
+    let (min, max) = range(field);
     match value {
         Some(v) if v < min || v > max => Err(PolicyError::OutOfRange {
             field,
@@ -217,20 +295,15 @@ fn check(field: &'static str, value: Option<u32>, min: u32, max: u32) -> Result<
 impl Policy {
     /// Applies `patch` if every field in it is valid; otherwise changes nothing.
     pub fn apply(&mut self, patch: &PolicyPatch) -> Result<(), PolicyError> {
-        check("memory_mb", patch.memory_mb, 16, 65_536)?;
-        check("timeout_ms", patch.timeout_ms, 10, 900_000)?;
-        check("cpu_percent", patch.cpu_percent, 1, 6_400)?;
-        check("pids", patch.pids, 1, 32_768)?;
-        check("tmp_mb", patch.tmp_mb, 1, 65_536)?;
-        check("max_concurrency", patch.max_concurrency, 1, 10_000)?;
-        check("calls_per_minute", patch.calls_per_minute, 1, 10_000_000)?;
-        check("max_unzipped_mb", patch.max_unzipped_mb, 1, 1_048_576)?;
-        check(
-            "job_timeout_ms",
-            patch.job_timeout_ms,
-            10,
-            MAX_JOB_TIMEOUT_MS,
-        )?;
+        check("memory_mb", patch.memory_mb)?;
+        check("timeout_ms", patch.timeout_ms)?;
+        check("cpu_percent", patch.cpu_percent)?;
+        check("pids", patch.pids)?;
+        check("tmp_mb", patch.tmp_mb)?;
+        check("max_concurrency", patch.max_concurrency)?;
+        check("calls_per_minute", patch.calls_per_minute)?;
+        check("max_unzipped_mb", patch.max_unzipped_mb)?;
+        check("job_timeout_ms", patch.job_timeout_ms)?;
         if let Some(Some(q)) = patch.cpu_seconds_per_month {
             if q == 0 || q > MAX_QUOTA_SECONDS {
                 return Err(PolicyError::QuotaOutOfRange(q));
@@ -321,6 +394,21 @@ pub fn builtin_plans() -> Vec<(&'static str, Policy)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_is_not_a_value_but_removes_the_quota() {
+        for field in ["memory_mb", "network", "builtins", "preload"] {
+            let text = format!("{{\"{field}\": null}}");
+            assert!(
+                serde_json::from_str::<PolicyPatch>(&text).is_err(),
+                "{field}"
+            );
+        }
+        let p: PolicyPatch = serde_json::from_str(r#"{"cpu_seconds_per_month": null}"#).unwrap();
+        assert_eq!(p.cpu_seconds_per_month, Some(None));
+        let p: PolicyPatch = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, PolicyPatch::default());
+    }
 
     #[test]
     fn patch_changes_only_named_fields() {
