@@ -363,6 +363,28 @@ mod tests {
     }
 
     #[test]
+    fn zip64_members_with_descriptors_stream_out() {
+        // Written to a sink that cannot seek: sizes in a zip64 data descriptor after the data.
+        let zip = python(
+            "import io, sys, zipfile\n\
+             class W(io.RawIOBase):\n\
+             \x20   def __init__(s): s.b = io.BytesIO()\n\
+             \x20   def writable(s): return True\n\
+             \x20   def write(s, d): return s.b.write(d)\n\
+             \x20   def tell(s): return s.b.tell()\n\
+             w = W()\n\
+             with zipfile.ZipFile(w, 'w', zipfile.ZIP_DEFLATED) as z:\n\
+             \x20   with z.open('big.csv', 'w', force_zip64=True) as f: f.write(b'a,b\\n' * 5000)\n\
+             \x20   with z.open('after.txt', 'w') as f: f.write(b'still here')\n\
+             sys.stdout.buffer.write(w.b.getvalue())\n",
+        );
+        let all = members(&zip, 1 << 20).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].1, b"a,b\n".repeat(5000));
+        assert_eq!(all[1], ("after.txt".to_owned(), b"still here".to_vec()));
+    }
+
+    #[test]
     fn the_zip_crate_agrees_where_it_can_read_and_refuses_descriptors() {
         let plain = python_zip(false);
         assert_eq!(

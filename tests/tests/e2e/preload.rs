@@ -37,6 +37,10 @@ def sleep(s):
     time.sleep(s)
     return s
 
+def whoami_after(s):
+    time.sleep(s)
+    return whoami()
+
 def hog(mb):
     block = bytearray(mb << 20)
     for i in range(0, len(block), 4096):
@@ -206,10 +210,14 @@ fn preloaded_modules_are_imported_once_and_every_call_starts_from_their_fresh_st
     draws.sort();
     draws.dedup();
     assert_eq!(draws.len(), 4, "random is reseeded per call: {draws:?}");
-    // Each call has a process, a directory and a cgroup of its own, the tenant's uid, and
-    // the policy's filter under its own.
-    let a = ok(&d, &token, "heavy.whoami", json!({}));
-    let b = ok(&d, &token, "heavy.whoami", json!({}));
+    // Two calls at once each have a process, a directory and a cgroup of their own (one after
+    // the other they may reuse an emptied cgroup), the tenant's uid, and the policy's filter
+    // under their own.
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| ok(&d, &token, "heavy.whoami_after", json!({"s": 0.6})));
+        let two = s.spawn(|| ok(&d, &token, "heavy.whoami_after", json!({"s": 0.6})));
+        (one.join().unwrap(), two.join().unwrap())
+    });
     assert_ne!(a["pid"], b["pid"]);
     assert_ne!(a["tmpdir"], b["tmpdir"]);
     assert_ne!(a["cgroup"], b["cgroup"]);
