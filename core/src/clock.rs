@@ -8,6 +8,24 @@ pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Like [`now_ms`], but never the same value twice in this process and never going back:
+/// rows listed newest first by creation time (jobs) keep the order they were made in, even when
+/// two are made within one millisecond. Across nodes two rows can still share a millisecond;
+/// their order is then by id, as the listing documents.
+pub fn now_ms_unique() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 pub fn format_ms(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
@@ -31,6 +49,16 @@ mod tests {
         let ms = parse_rfc3339("2027-01-02T03:04:05Z").unwrap();
         assert_eq!(format_ms(ms), "2027-01-02T03:04:05Z");
         assert_eq!(parse_rfc3339("2027-01-02"), None);
+    }
+
+    #[test]
+    fn unique_times_strictly_increase() {
+        let mut last = now_ms_unique();
+        for _ in 0..10_000 {
+            let t = now_ms_unique();
+            assert!(t > last, "{t} after {last}");
+            last = t;
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::Caller;
 use crate::calls::{self, Background, CallError, CallOptions, Metered};
-use crate::clock::{format_ms, now_ms};
+use crate::clock::{format_ms, now_ms, now_ms_unique};
 use crate::Core;
 
 /// How this node runs jobs.
@@ -239,7 +239,7 @@ pub async fn submit(
         max_attempts: i64::from(max_attempts),
         idempotency_key: submit.idempotency_key,
         callback_url,
-        created_at: now_ms(),
+        created_at: now_ms_unique(),
     };
     let (row, created) = state.store.insert_job(&job).await?;
     if created {
