@@ -12,9 +12,10 @@ use std::num::NonZeroU32;
 
 use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
 use falra_runtime::{CallChild, ChildKey};
+use falra_sandbox::logs::Logs;
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
 use falra_sandbox::{ChildFailure, ProtocolRequest};
-use falra_store::{CallRecord, StoreError};
+use falra_store::{CallLog, CallRecord, StoreError};
 use falra_tenants::{resolve_module, FnName, TenantName, VersionId};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -66,6 +67,12 @@ pub struct Metered {
     pub peak_memory_bytes: u64,
     pub bytes_in: usize,
     pub bytes_out: usize,
+    /// What the function printed.
+    pub logs: Logs,
+    /// The answer's error message, when it failed.
+    pub error: Option<String>,
+    /// How long and how much of the tenant's logs are kept (its policy's), once known.
+    pub keep_logs: Option<(i64, i64)>,
 }
 
 /// What a call used, as its answer reports it.
@@ -160,6 +167,10 @@ pub async fn run(
         .await?
         .ok_or(CallError::UnknownTenant)?;
     let policy = effective_policy(state, &tenant);
+    metered.keep_logs = Some((
+        i64::from(policy.log_retention_hours) * 3_600_000,
+        i64::from(policy.log_mb) << 20,
+    ));
     check_quota(state, &caller.tenant, policy.cpu_seconds_per_month).await?;
     let permit = state
         .admission
@@ -301,7 +312,13 @@ pub async fn run(
         )
         .await?;
     let finished = &ran.finished;
-    let logs = logs_text(&finished.stderr, finished.stderr_dropped);
+    let kept = Logs::from_pipe(
+        &finished.stderr,
+        finished.stderr_dropped,
+        &finished.stderr_tail,
+    );
+    let logs = kept.text();
+    metered.logs = kept;
     let usage = Usage {
         wall_ms: ran.wall_ms,
         cpu_ms: ran.cpu_ms,
@@ -506,6 +523,15 @@ pub fn record(state: &Core, call_id: String, metered: Metered, outcome: &str) {
         bytes_in: i64::try_from(metered.bytes_in).unwrap_or(i64::MAX),
         bytes_out: i64::try_from(metered.bytes_out).unwrap_or(i64::MAX),
         at,
+        log: (!metered.logs.is_empty() || metered.error.is_some()).then(|| {
+            let (keep_ms, keep_bytes) = metered.keep_logs.unwrap_or((7 * 86_400_000, 64 << 20));
+            CallLog {
+                logs: metered.logs.stored().to_owned(),
+                error: metered.error,
+                keep_ms,
+                keep_bytes,
+            }
+        }),
     });
 }
 
@@ -522,17 +548,6 @@ pub fn failure_code(f: &ChildFailure) -> ErrorCode {
     }
 }
 
-/// What the function printed, marked when it was cut at the cap.
-fn logs_text(kept: &[u8], dropped: u64) -> String {
-    let mut logs = String::from_utf8_lossy(kept).into_owned();
-    if dropped > 0 {
-        logs.push_str(&format!(
-            "\n[falra: logs cut here, {dropped} more bytes not kept]"
-        ));
-    }
-    logs
-}
-
 /// A call id: `c_` and 16 random hex digits.
 pub fn new_call_id() -> String {
     let mut b = [0u8; 8];
@@ -543,12 +558,6 @@ pub fn new_call_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cut_logs_are_marked() {
-        assert_eq!(logs_text(b"hi", 0), "hi");
-        assert!(logs_text(b"hi", 5).ends_with("5 more bytes not kept]"));
-    }
 
     #[test]
     fn call_ids_are_distinct_and_shaped() {

@@ -686,6 +686,8 @@ async fn run(
             v["error"]["code"].as_str().unwrap_or("internal").to_owned()
         }
     };
+    let (End::Done(_, v) | End::Retry { outcome: v, .. }) = &end;
+    metered.error = v["error"]["message"].as_str().map(str::to_owned);
     let stopped = *why.lock().expect("stop reason poisoned");
     // What to write: nothing (the store says it all already: cancelled, or rescued for another
     // node), the end, or a retry.

@@ -25,7 +25,7 @@ const QUEUE: usize = 100_000;
 const BATCH: usize = 2_000;
 
 enum Message {
-    Call(CallRecord),
+    Call(Box<CallRecord>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -63,7 +63,7 @@ impl Meter {
     /// the record and counts it.
     pub fn record(&self, record: CallRecord) {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(Message::Call(record)).is_err() {
+        if self.tx.try_send(Message::Call(Box::new(record))).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -85,14 +85,18 @@ impl Meter {
     }
 }
 
+/// How often, at most, one tenant's kept logs are pruned to its policy's age and size.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Arc<AtomicUsize>) {
+    let mut pruned: HashMap<TenantName, std::time::Instant> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Message::Call(c) => batch.push(c),
+                Message::Call(c) => batch.push(*c),
                 Message::Flush(done) => flushes.push(done),
             }
             if batch.len() < BATCH {
@@ -122,10 +126,45 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Message>, queued: Ar
                 }
             }
             queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            prune_logs(&store, &batch, &mut pruned).await;
         }
         for done in flushes {
             let _ = done.send(());
         }
+    }
+}
+
+/// Prunes the kept logs of the batch's tenants that were not pruned in the last
+/// [`PRUNE_EVERY`]: those past their policy's age, then the oldest past its size. A tenant's
+/// logs exceed its size by at most what it logs in that time.
+async fn prune_logs(
+    store: &Store,
+    batch: &[CallRecord],
+    pruned: &mut HashMap<TenantName, std::time::Instant>,
+) {
+    let now = now_ms();
+    let mut due: HashMap<&TenantName, (i64, i64)> = HashMap::new();
+    for c in batch {
+        if let Some(log) = &c.log {
+            let recent = pruned
+                .get(&c.tenant)
+                .is_some_and(|at| at.elapsed() < PRUNE_EVERY);
+            if !recent {
+                due.insert(&c.tenant, (log.keep_ms, log.keep_bytes));
+            }
+        }
+    }
+    for (tenant, (keep_ms, keep_bytes)) in due {
+        pruned.insert(tenant.clone(), std::time::Instant::now());
+        if let Err(e) = store
+            .prune_call_logs(tenant, now.saturating_sub(keep_ms), keep_bytes)
+            .await
+        {
+            tracing::warn!(tenant = %tenant, error = %falra_runtime::ErrorChain(&e), "could not prune call logs");
+        }
+    }
+    if pruned.len() > 100_000 {
+        pruned.retain(|_, at| at.elapsed() < PRUNE_EVERY);
     }
 }
 
@@ -246,6 +285,7 @@ pub fn record_deploy_child(
         bytes_in: 0,
         bytes_out: 0,
         at,
+        log: None,
     });
 }
 

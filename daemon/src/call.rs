@@ -42,7 +42,7 @@ impl CallRequest {
         let Value::Object(mut map) = value else {
             return Err(ApiError::bad_request("body must be a JSON object"));
         };
-        let token = match map.remove("token") {
+        let token = match map.shift_remove("token") {
             None => None,
             Some(Value::String(t)) => Some(t),
             Some(_) => {
@@ -50,7 +50,7 @@ impl CallRequest {
                     .with_detail(json!({"field": "token"})))
             }
         };
-        let function = match map.remove("fn") {
+        let function = match map.shift_remove("fn") {
             Some(Value::String(f)) => FnName::parse(&f).map_err(|e| {
                 ApiError::bad_request(format!("invalid \"fn\": {e}"))
                     .with_detail(json!({"field": "fn"}))
@@ -156,6 +156,7 @@ pub async fn call(
             Err(mut e) => {
                 e.call_id = Some(call_id.clone());
                 metered.bytes_out = e.body().to_string().len();
+                metered.error = Some(e.message.clone());
                 let code = e.code.as_str();
                 (e.into_response(), code)
             }

@@ -45,6 +45,9 @@ pub enum Command {
     Usage(UsageArgs),
     /// Operator actions and deploys, newest first (talks to a running daemon).
     Audit(AuditArgs),
+    /// A call's status, error, usage and logs by its call id, or `--tenant T --follow` for
+    /// every new call's as it ends.
+    Logs(LogsArgs),
     /// Call a function: `falra call falra_test_add.add int_a=1 int_b=2`.
     Call(CallArgs),
     /// Background jobs: submit, follow, cancel, list (talks to a running daemon).
@@ -229,6 +232,21 @@ pub struct AuditArgs {
     /// At most this many events.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    #[command(flatten)]
+    pub client: AdminClient,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The call's id (`call_id` in its answer).
+    #[arg(required_unless_present = "follow", conflicts_with = "follow")]
+    pub call_id: Option<String>,
+    /// The tenant to follow.
+    #[arg(long, requires = "follow")]
+    pub tenant: Option<String>,
+    /// Print each new call of `--tenant` with its logs as it ends, until interrupted.
+    #[arg(long, requires = "tenant")]
+    pub follow: bool,
     #[command(flatten)]
     pub client: AdminClient,
 }
@@ -425,7 +443,8 @@ pub struct AdminClient {
         long,
         env = "FALRA_URL",
         default_value = "http://127.0.0.1:8700",
-        global = true
+        global = true,
+        value_parser = base_url
     )]
     pub url: String,
     /// Operator token (from `falra admin init`).

@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, NodeCommand, PlanCommand,
+    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, LogsArgs, NodeCommand, PlanCommand,
     PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs,
     UsageArgs,
 };
@@ -76,6 +76,22 @@ fn finish_as(answer: Answer, output: Output) -> anyhow::Result<()> {
 }
 
 impl AdminClient {
+    fn token(&self) -> anyhow::Result<&str> {
+        self.admin_token
+            .as_deref()
+            .context("no operator token: pass --admin-token or set FALRA_ADMIN_TOKEN (see `falra admin init`)")
+    }
+
+    /// A GET whose successful answer is returned, not printed.
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/v1{path}", self.url.trim_end_matches('/'));
+        let answer = request("GET", &url, Some(self.token()?), None)?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        finish(answer).map(|()| Value::Null)
+    }
+
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<()> {
         self.send_raw(
             method,
@@ -223,6 +239,112 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
         path.push_str(&format!("&tenant={}", encode(t)));
     }
     args.client.send("GET", &path, None)
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    match (&args.call_id, &args.tenant) {
+        (Some(id), _) => {
+            let answer = client.get(&format!("/calls/{}", encode(id)))?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", call_text(&answer));
+            }
+            Ok(())
+        }
+        (None, Some(tenant)) => follow(client, tenant),
+        (None, None) => bail!("give a call id, or --tenant T --follow"),
+    }
+}
+
+/// Streams a tenant's new calls (server-sent events) and prints each; follows again when the
+/// daemon ends a stream.
+fn follow(client: &AdminClient, tenant: &str) -> anyhow::Result<()> {
+    let token = client.token()?;
+    let url = format!(
+        "{}/admin/v1/tenants/{}/calls/follow",
+        client.url.trim_end_matches('/'),
+        encode(tenant)
+    );
+    let mut announced = false;
+    loop {
+        let sent = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Accept", "text/event-stream")
+            .call();
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // An error answer says why; a stream cut by a restart is followed again.
+                let answer = read_answer(Err(e), &url)?;
+                finish(answer)?;
+                bail!("the daemon ended the stream");
+            }
+        };
+        if !announced {
+            if !client.json {
+                println!("following {tenant}'s calls (Ctrl-C to stop)");
+            }
+            announced = true;
+        }
+        use std::io::BufRead;
+        let mut data = String::new();
+        for line in std::io::BufReader::new(response.into_reader()).lines() {
+            let line = line.context("the stream of calls broke off")?;
+            if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim_start());
+            } else if line.is_empty() && !data.is_empty() {
+                let call: Value = serde_json::from_str(&data).context("a call event not JSON")?;
+                if client.json {
+                    println!("{call}");
+                } else {
+                    print!("{}", call_text(&call));
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                data.clear();
+            }
+        }
+    }
+}
+
+/// A call for people: a header line, its error, then each line of its logs with its stream.
+/// Everything the tenant wrote has its control characters taken out (no terminal escapes).
+fn call_text(call: &Value) -> String {
+    let s = |v: &Value| printable(v.as_str().unwrap_or("-"));
+    let mut out = format!(
+        "{}  {}  {}  {}  version {}  wall {} ms  cpu {} ms\n",
+        s(&call["call_id"]),
+        s(&call["fn"]),
+        s(&call["status"]),
+        s(&call["at"]),
+        s(&call["version"]),
+        call["usage"]["wall_ms"],
+        call["usage"]["cpu_ms"],
+    );
+    if call["error"].is_object() {
+        out.push_str(&format!(
+            "error {}: {}\n",
+            s(&call["error"]["code"]),
+            s(&call["error"]["message"])
+        ));
+    }
+    for line in call["lines"].as_array().into_iter().flatten() {
+        let tag = match line["stream"].as_str() {
+            Some("stderr") => "err",
+            Some("stdout") => "out",
+            _ => "---",
+        };
+        out.push_str(&format!("{tag} | {}\n", s(&line["text"])));
+    }
+    out
+}
+
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || *c == '\t')
+        .collect()
 }
 
 pub fn node(cmd: NodeCommand) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ mod api_error;
 mod audit;
 mod auth;
 mod call;
+mod call_logs;
 mod cli;
 mod client;
 mod config;
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Node(cmd) => client::node(cmd),
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
+        Command::Logs(args) => client::logs(args),
         Command::Call(args) => client::call(args),
         Command::Job(cmd) => client::job(cmd),
         Command::Schedule(cmd) => client::schedule(cmd),

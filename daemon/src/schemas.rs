@@ -205,6 +205,56 @@ pub struct CallOk {
     usage: CallUsage,
 }
 
+/// A recorded call's status.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum CallStatus {
+    Succeeded,
+    Failed,
+}
+
+/// Which stream a line of logs was written to (`falra`: the marker where logs were cut).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    Falra,
+}
+
+#[derive(ToSchema)]
+pub struct LogLine {
+    stream: LogStream,
+    text: String,
+}
+
+#[derive(ToSchema)]
+pub struct CallError {
+    /// The answer's error code.
+    code: String,
+    message: Option<String>,
+}
+
+/// A recorded call (`GET /v1/calls/{call_id}`).
+#[derive(ToSchema)]
+pub struct CallRecordView {
+    call_id: String,
+    tenant: String,
+    #[schema(rename = "fn")]
+    function: String,
+    version: Option<String>,
+    status: CallStatus,
+    error: Option<CallError>,
+    usage: CallUsage,
+    at: String,
+    /// What the call printed, stdout and stderr in the order written (empty once pruned).
+    logs: String,
+    /// The same, line by line with each line's stream.
+    lines: Vec<LogLine>,
+}
+
 #[derive(ToSchema)]
 pub struct VersionEntry {
     id: String,

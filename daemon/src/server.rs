@@ -23,8 +23,8 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{
-    admin, audit, call, hooks, jobs, metering, metrics, openapi, plans, schedules, secrets,
-    tenant_api, uploads,
+    admin, audit, call, call_logs, hooks, jobs, metering, metrics, openapi, plans, schedules,
+    secrets, tenant_api, uploads,
 };
 use falra_runtime::prestart::{Fresh, PrestartPool};
 use falra_runtime::{Runtime, SandboxSettings, Starter};
@@ -96,6 +96,9 @@ impl AppState {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(call::call))
+        .routes(routes!(call_logs::tenant_show))
+        .routes(routes!(call_logs::admin_show))
+        .routes(routes!(call_logs::admin_follow))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show, jobs::cancel))
         .routes(routes!(schedules::create, schedules::list))

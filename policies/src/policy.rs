@@ -33,6 +33,12 @@ pub struct Policy {
     /// (empty: every call imports its module afresh). See docs/security.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preload: Vec<String>,
+    /// How long a call's logs are kept, in hours.
+    #[serde(default = "default_log_retention_hours")]
+    pub log_retention_hours: u32,
+    /// How many MiB of its calls' logs a tenant keeps; past it the oldest go.
+    #[serde(default = "default_log_mb")]
+    pub log_mb: u32,
 }
 
 /// The most modules a policy may preload, and the longest name.
@@ -60,6 +66,14 @@ fn default_job_timeout_ms() -> u32 {
     900_000
 }
 
+fn default_log_retention_hours() -> u32 {
+    168
+}
+
+fn default_log_mb() -> u32 {
+    64
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -76,6 +90,8 @@ impl Default for Policy {
             max_unzipped_mb: default_max_unzipped_mb(),
             job_timeout_ms: default_job_timeout_ms(),
             preload: Vec::new(),
+            log_retention_hours: default_log_retention_hours(),
+            log_mb: default_log_mb(),
         }
     }
 }
@@ -164,6 +180,18 @@ pub struct PolicyPatch {
         deserialize_with = "value"
     )]
     pub preload: Option<Vec<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
+    pub log_retention_hours: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value"
+    )]
+    pub log_mb: Option<u32>,
 }
 
 /// A field that is present must hold a value: `null` is refused (a field goes back to its plan's
@@ -194,6 +222,8 @@ impl PolicyPatch {
         self.max_unzipped_mb = l.max_unzipped_mb.or(self.max_unzipped_mb);
         self.job_timeout_ms = l.job_timeout_ms.or(self.job_timeout_ms);
         self.preload = l.preload.or(self.preload.take());
+        self.log_retention_hours = l.log_retention_hours.or(self.log_retention_hours);
+        self.log_mb = l.log_mb.or(self.log_mb);
     }
 
     /// Drops the named fields (they fall back to the plan's values); unknown names are
@@ -214,6 +244,8 @@ impl PolicyPatch {
                 "max_unzipped_mb" => self.max_unzipped_mb = None,
                 "job_timeout_ms" => self.job_timeout_ms = None,
                 "preload" => self.preload = None,
+                "log_retention_hours" => self.log_retention_hours = None,
+                "log_mb" => self.log_mb = None,
                 other => return Err(other.to_owned()),
             }
         }
@@ -258,7 +290,7 @@ impl PolicyError {
 
 /// The bounds of every integer field of a policy but the quota, inclusive: what `apply`
 /// enforces and what the API's schema documents (`falra` builds it from this table).
-pub const RANGES: [(&str, u32, u32); 9] = [
+pub const RANGES: [(&str, u32, u32); 11] = [
     ("memory_mb", 16, 65_536),
     ("timeout_ms", 10, 900_000),
     ("cpu_percent", 1, 6_400),
@@ -268,6 +300,8 @@ pub const RANGES: [(&str, u32, u32); 9] = [
     ("calls_per_minute", 1, 10_000_000),
     ("max_unzipped_mb", 1, 1_048_576),
     ("job_timeout_ms", 10, MAX_JOB_TIMEOUT_MS),
+    ("log_retention_hours", 1, 8_760),
+    ("log_mb", 1, 65_536),
 ];
 
 /// `field`'s bounds in [`RANGES`].
@@ -304,6 +338,8 @@ impl Policy {
         check("calls_per_minute", patch.calls_per_minute)?;
         check("max_unzipped_mb", patch.max_unzipped_mb)?;
         check("job_timeout_ms", patch.job_timeout_ms)?;
+        check("log_retention_hours", patch.log_retention_hours)?;
+        check("log_mb", patch.log_mb)?;
         if let Some(Some(q)) = patch.cpu_seconds_per_month {
             if q == 0 || q > MAX_QUOTA_SECONDS {
                 return Err(PolicyError::QuotaOutOfRange(q));
@@ -334,6 +370,8 @@ impl Policy {
         }
         self.max_unzipped_mb = p.max_unzipped_mb.unwrap_or(self.max_unzipped_mb);
         self.job_timeout_ms = p.job_timeout_ms.unwrap_or(self.job_timeout_ms);
+        self.log_retention_hours = p.log_retention_hours.unwrap_or(self.log_retention_hours);
+        self.log_mb = p.log_mb.unwrap_or(self.log_mb);
         if let Some(preload) = p.preload {
             let mut seen = std::collections::BTreeSet::new();
             self.preload = preload

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod landlock;
+pub mod logs;
 pub mod mountns;
 pub mod netns;
 pub mod preload;

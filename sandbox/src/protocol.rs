@@ -161,6 +161,7 @@ mod tests {
             stdout: stdout.as_bytes().to_vec(),
             stdout_overflow: false,
             stderr: Vec::new(),
+            stderr_tail: Vec::new(),
             stderr_dropped: 0,
             usage: Usage::default(),
         }

@@ -413,12 +413,106 @@ def _install_module():
     sys.modules["falra"] = module
 
 
+# The byte that begins a line written through `sys.stderr` in the logs; the daemon takes it out
+# and marks the line as stderr's (`falra_sandbox::logs`). Everything else is stdout's.
+_STDERR_MARK = b"\x02"
+
+
+class _LogBytes:
+    """The bytes side of a call's `sys.stdout` or `sys.stderr` (its `.buffer`)."""
+
+    def __init__(self, log):
+        self._log = log
+
+    def write(self, data):
+        data = bytes(data)
+        self._log._put(data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+class _Log:
+    """A call's `sys.stdout` or `sys.stderr`: every write goes straight to the logs (descriptor
+    2, where descriptor 1 points too), nothing is held in a buffer, so the logs keep the order
+    things were written in and a call stopped at its deadline keeps what it printed."""
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+    closed = False
+    line_buffering = True
+    write_through = True
+    mode = "w"
+    newlines = None
+
+    def __init__(self, fd, mark):
+        self.name = "<stdout>" if fd == 1 else "<stderr>"
+        self._fd = fd
+        self._mark = mark
+        self._at_start = True
+        self.buffer = _LogBytes(self)
+
+    def _put(self, data):
+        if self._mark:
+            out = []
+            start = self._at_start
+            for i, piece in enumerate(data.split(b"\n")):
+                if i:
+                    out.append(b"\n")
+                    start = True
+                if piece:
+                    if start:
+                        out.append(self._mark)
+                    out.append(piece)
+                    start = False
+            self._at_start = start
+            data = b"".join(out)
+        while data:
+            data = data[posix.write(2, data):]
+
+    def write(self, text):
+        if type(text) is not str:
+            if not isinstance(text, str):
+                raise TypeError("write() argument must be str, not " + type(text).__name__)
+            text = str.__str__(text)
+        self._put(text.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    def reconfigure(self, **_):
+        pass
+
+
 def _main():
     global _ANSWER_FD
     _find_code()
     answer_fd = posix.dup(1)  # the answer channel, kept from tenant code (not inherited)
     _ANSWER_FD = answer_fd
     posix.dup2(2, 1)  # from here on, print() and fd 1 go to the logs
+    sys.stdout = _Log(1, b"")
+    sys.stderr = _Log(2, _STDERR_MARK)
     _install_module()
     try:
         request = _decode(_read_all(0))
@@ -451,7 +545,7 @@ def _main():
             {"type": type(e).__name__, "path": "result"},
         )
         data = "".join(_encode(_error(refused), 0)).encode("utf-8")
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
         except BaseException:

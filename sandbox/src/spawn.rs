@@ -90,7 +90,11 @@ pub struct Finished {
     pub termination: Termination,
     pub stdout: Vec<u8>,
     pub stdout_overflow: bool,
+    /// The first half of the logs' cap (all of them, when they fit).
     pub stderr: Vec<u8>,
+    /// The last bytes of logs past the cap's first half, at most its other half.
+    pub stderr_tail: Vec<u8>,
+    /// Bytes between `stderr` and `stderr_tail`, read and not kept.
     pub stderr_dropped: u64,
     pub usage: Usage,
 }
@@ -533,6 +537,7 @@ impl Prepared {
             stdout: out.kept,
             stdout_overflow: out.overflowed,
             stderr: err.kept,
+            stderr_tail: err.tail.into(),
             stderr_dropped: err.dropped,
             usage: Usage {
                 wall_ms: wall.as_millis() as u64,
@@ -555,6 +560,8 @@ struct Collected {
     kept: Vec<u8>,
     overflowed: bool,
     dropped: u64,
+    /// The last bytes read past the head (logs only).
+    tail: std::collections::VecDeque<u8>,
 }
 
 /// Resolves once `cancel` is set; never without one (or once its sender is gone unset).
@@ -580,6 +587,13 @@ async fn collect(
         kept: Vec::new(),
         overflowed: false,
         dropped: 0,
+        tail: std::collections::VecDeque::new(),
+    };
+    // An answer is kept whole or not at all; logs keep their first half of the cap and their
+    // last half, where a failure shows.
+    let (head_cap, tail_cap) = match overflow {
+        Overflow::Kill(_) => (cap, 0),
+        Overflow::Discard => (cap - cap / 2, cap / 2),
     };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -599,14 +613,22 @@ async fn collect(
             None => &buf[..n],
         };
         let n = data.len();
-        let room = cap.saturating_sub(c.kept.len());
+        let room = head_cap.saturating_sub(c.kept.len());
         c.kept.extend_from_slice(&data[..n.min(room)]);
         if n > room {
             c.overflowed = true;
-            c.dropped += (n - room) as u64;
             if let Overflow::Kill(target) = &overflow {
+                c.dropped += (n - room) as u64;
                 target.kill();
                 break;
+            }
+            // Logs: the newest bytes past the head are the tail; what the tail lets go of is
+            // dropped (and counted).
+            c.tail.extend(&data[room..]);
+            if c.tail.len() > tail_cap {
+                let excess = c.tail.len() - tail_cap;
+                c.tail.drain(..excess);
+                c.dropped += excess as u64;
             }
         }
     }
@@ -1234,11 +1256,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stderr_is_capped_and_counted() {
-        let f = spawn_and_wait(sh("printf '%040d' 0 >&2", 5000))
+    async fn stderr_keeps_its_head_and_tail_and_counts_the_middle() {
+        let f = spawn_and_wait(sh("printf 'head%032dtail' 0 >&2", 5000))
             .await
             .unwrap();
-        assert_eq!(f.stderr.len(), 16);
+        assert_eq!(f.stderr, b"head0000");
+        assert_eq!(f.stderr_tail, b"0000tail");
         assert_eq!(f.stderr_dropped, 24);
     }
 

@@ -172,6 +172,7 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
             bytes_in: 5,
             bytes_out: 7,
             at,
+            log: None,
         };
         store
             .insert_calls(&[
@@ -192,6 +193,59 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
         assert_eq!(store.usage(None, 0, 10_000).await.unwrap().len(), 2);
         assert_eq!(store.cpu_ms_since(&c, 150).await.unwrap(), 9, "{backend}");
         assert_eq!(store.cpu_ms_since(&name("jc"), 0).await.unwrap(), 0);
+
+        // Logs and errors are kept beside the record, read by call id, listed after a point,
+        // and pruned by age and then by size, oldest first.
+        let logged = |id: &str, at, logs: &str, error: Option<&str>| CallRecord {
+            log: Some(falra_store_log(logs, error)),
+            ..call(
+                id,
+                "m.f",
+                if error.is_some() { "timeout" } else { "ok" },
+                1,
+                at,
+            )
+        };
+        store
+            .insert_calls(&[
+                logged("c_4", 6_000, "one\n", None),
+                logged("c_5", 7_000, "two\n", Some("ran out of time")),
+                logged("c_6", 8_000, "three\n", None),
+            ])
+            .await
+            .unwrap();
+        let v = store.call_view(Some(&c), "c_5").await.unwrap().unwrap();
+        assert_eq!(
+            (v.logs.as_deref(), v.error.as_deref(), v.outcome.as_str()),
+            (Some("two\n"), Some("ran out of time"), "timeout"),
+            "{backend}"
+        );
+        assert!(store
+            .call_view(Some(&name("jc")), "c_5")
+            .await
+            .unwrap()
+            .is_none());
+        let bare = store.call_view(None, "c_1").await.unwrap().unwrap();
+        assert_eq!((bare.logs, bare.error), (None, None), "{backend}");
+        let after: Vec<_> = store
+            .calls_after(&c, 6_000, "c_4", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.call_id)
+            .collect();
+        assert_eq!(after, ["c_5", "c_6"], "{backend}");
+        assert_eq!(store.prune_call_logs(&c, 6_500, 1 << 20).await.unwrap(), 1);
+        // "two\n" + the error is 19 bytes, "three\n" 6: a cap of 10 keeps only the newest.
+        assert_eq!(
+            store.prune_call_logs(&c, 0, 10).await.unwrap(),
+            1,
+            "{backend}"
+        );
+        let v = store.call_view(Some(&c), "c_6").await.unwrap().unwrap();
+        assert_eq!(v.logs.as_deref(), Some("three\n"));
+        let v = store.call_view(Some(&c), "c_5").await.unwrap().unwrap();
+        assert_eq!(v.logs, None, "{backend}");
 
         // Reopening applies no migration twice and keeps the data.
         drop(store);
@@ -781,4 +835,13 @@ async fn admissions_and_releases_at_once_never_deadlock_and_leave_nothing_held()
             .unwrap()
             .slot
     );
+}
+
+fn falra_store_log(logs: &str, error: Option<&str>) -> crate::CallLog {
+    crate::CallLog {
+        logs: logs.into(),
+        error: error.map(Into::into),
+        keep_ms: 0,
+        keep_bytes: 0,
+    }
 }

@@ -414,6 +414,36 @@ impl Store {
         backend!(self.insert_calls(calls))
     }
 
+    /// Removes the tenant's call logs older than `before`, then the oldest past `keep_bytes`.
+    pub async fn prune_call_logs(
+        &self,
+        tenant: &TenantName,
+        before: i64,
+        keep_bytes: i64,
+    ) -> Result<u64, StoreError> {
+        backend!(self.prune_call_logs(tenant, before, keep_bytes))
+    }
+
+    /// One recorded call with what was kept of its logs; of one tenant only, when given.
+    pub async fn call_view(
+        &self,
+        tenant: Option<&TenantName>,
+        call_id: &str,
+    ) -> Result<Option<CallView>, StoreError> {
+        backend!(self.call_view(tenant, call_id))
+    }
+
+    /// A tenant's calls recorded after `(after_at, after_id)`, oldest first.
+    pub async fn calls_after(
+        &self,
+        tenant: &TenantName,
+        after_at: i64,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CallView>, StoreError> {
+        backend!(self.calls_after(tenant, after_at, after_id, limit))
+    }
+
     /// Calls per tenant and function in `[from, to)`, optionally of one tenant.
     pub async fn usage(
         &self,

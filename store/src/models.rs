@@ -170,6 +170,37 @@ pub struct CallRecord {
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub at: i64,
+    /// What the call printed and its error, kept when there is either.
+    pub log: Option<CallLog>,
+}
+
+/// A call's logs (in `falra_sandbox::logs`' stored form) and error message, and how much of
+/// its tenant's logs the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLog {
+    pub logs: String,
+    pub error: Option<String>,
+    /// Logs older than this (milliseconds) are removed.
+    pub keep_ms: i64,
+    /// Past this many bytes of a tenant's logs, the oldest are removed.
+    pub keep_bytes: i64,
+}
+
+/// One recorded call, as `GET /v1/calls/{call_id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallView {
+    pub call_id: String,
+    pub tenant: String,
+    pub function: String,
+    pub version: Option<String>,
+    pub outcome: String,
+    pub wall_ms: i64,
+    pub cpu_ms: i64,
+    pub peak_memory_bytes: i64,
+    pub at: i64,
+    pub error: Option<String>,
+    /// `None`: nothing kept (the call printed nothing, or its logs were pruned).
+    pub logs: Option<String>,
 }
 
 /// Calls of one tenant's function over a time range.

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call slots",
         include_str!("../migrations/postgres/0006_call_slots.sql"),
     ),
+    (
+        7,
+        "call logs",
+        include_str!("../migrations/postgres/0007_call_logs.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

@@ -8,6 +8,10 @@ const TENANT_COLUMNS: &str =
     "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at, uid";
 const TOKEN_COLUMNS: &str =
     "id, tenant, kind, hash, prefix, scopes, expires_at, revoked_at, created_at, last_used_at";
+/// A call's record with what is kept of its logs, as [`call_view_from_row`] reads it.
+const CALL_VIEW: &str = "SELECT c.call_id, c.tenant, c.fn, c.version, c.outcome, c.wall_ms, \
+     c.cpu_ms, c.peak_memory_bytes, c.at, l.error, l.logs FROM calls c \
+     LEFT JOIN call_logs l ON l.call_id = c.call_id";
 const VERSION_COLUMNS: &str = "id, source, created_at, git_commit, functions";
 
 impl Backend {
@@ -345,9 +349,87 @@ impl Backend {
             .bind(c.at)
             .execute(&mut *tx)
             .await?;
+            if let Some(log) = &c.log {
+                sqlx::query(
+                    "INSERT INTO call_logs (call_id, tenant, at, error, logs, bytes) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (call_id) DO NOTHING",
+                )
+                .bind(&c.call_id)
+                .bind(c.tenant.as_str())
+                .bind(c.at)
+                .bind(&log.error)
+                .bind(&log.logs)
+                .bind(log.logs.len() as i64 + log.error.as_ref().map_or(0, |e| e.len() as i64))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Removes the tenant's call logs older than `before`, then the oldest past `keep_bytes`
+    /// in all; returns how many went.
+    pub async fn prune_call_logs(
+        &self,
+        tenant: &TenantName,
+        before: i64,
+        keep_bytes: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let old = sqlx::query("DELETE FROM call_logs WHERE tenant = $1 AND at < $2")
+            .bind(tenant.as_str())
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let over = sqlx::query(
+            "DELETE FROM call_logs WHERE tenant = $1 AND call_id IN (SELECT call_id FROM \
+             (SELECT call_id, CAST(SUM(bytes) OVER (ORDER BY at DESC, call_id DESC) AS BIGINT) \
+             AS total FROM call_logs WHERE tenant = $1) AS newest_first WHERE total > $2)",
+        )
+        .bind(tenant.as_str())
+        .bind(keep_bytes)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(old.rows_affected() + over.rows_affected())
+    }
+
+    /// One recorded call with what was kept of its logs; of one tenant only, when given.
+    pub async fn call_view(
+        &self,
+        tenant: Option<&TenantName>,
+        call_id: &str,
+    ) -> Result<Option<CallView>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{CALL_VIEW} WHERE c.call_id = $1 AND ($2 = '' OR c.tenant = $2)"
+        ))
+        .bind(call_id)
+        .bind(tenant.map_or("", TenantName::as_str))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_view_from_row).transpose()
+    }
+
+    /// A tenant's calls recorded after `(after_at, after_id)`, oldest first, at most `limit`.
+    pub async fn calls_after(
+        &self,
+        tenant: &TenantName,
+        after_at: i64,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CallView>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{CALL_VIEW} WHERE c.tenant = $1 AND (c.at > $2 OR (c.at = $2 AND c.call_id > $3)) \
+             ORDER BY c.at, c.call_id LIMIT $4"
+        ))
+        .bind(tenant.as_str())
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_view_from_row).collect()
     }
 
     pub async fn usage(
@@ -755,3 +837,19 @@ fn token_from_row(r: &DbRow) -> Result<TokenRow, StoreError> {
     })
 }
 
+
+fn call_view_from_row(r: &DbRow) -> Result<CallView, StoreError> {
+    Ok(CallView {
+        call_id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        function: r.try_get(2)?,
+        version: r.try_get(3)?,
+        outcome: r.try_get(4)?,
+        wall_ms: r.try_get(5)?,
+        cpu_ms: r.try_get(6)?,
+        peak_memory_bytes: r.try_get(7)?,
+        at: r.try_get(8)?,
+        error: r.try_get(9)?,
+        logs: r.try_get(10)?,
+    })
+}

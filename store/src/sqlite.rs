@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedules callbacks",
         include_str!("../migrations/sqlite/0008_schedules_callbacks.sql"),
     ),
+    (
+        9,
+        "call logs",
+        include_str!("../migrations/sqlite/0009_call_logs.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -197,7 +202,7 @@ mod tests {
             .await
             .unwrap();
         // Adopted, then migrated on from where it was.
-        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
         // And it opens again as any other store does.
         drop(store);
         SqliteStore::open(&path).await.unwrap();

@@ -8,6 +8,7 @@ mod calls;
 mod cluster;
 mod cluster_jobs;
 mod deploy;
+mod devex;
 mod errors;
 mod etl;
 mod fuzz;

@@ -1,0 +1,196 @@
+//! Recorded calls and their logs over HTTP: `GET /v1/calls/{call_id}` for the tenant's own
+//! tokens, `GET /admin/v1/calls/{call_id}` for operators, and
+//! `GET /admin/v1/tenants/{name}/calls/follow`, a server-sent event per new call of a tenant
+//! (what `falra logs --follow` prints). What is kept, and for how long, is
+//! `falra_core::calls::record`'s and the tenant's policy's (`log_retention_hours`, `log_mb`).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use falra_core::clock::{format_ms, now_ms};
+use falra_policies::Scope;
+use falra_sandbox::logs::Logs;
+use falra_store::CallView;
+use falra_tenants::TenantName;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::admin::load_tenant;
+use crate::api_error::ApiError;
+use crate::auth::{tenant_caller_any, Operator};
+use crate::extract::{bearer, ApiPath, ApiQuery};
+use crate::server::AppState;
+
+/// How often a follow looks for new calls.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// Calls one look of a follow sends, at most.
+const FOLLOW_BATCH: i64 = 100;
+
+/// A call as the API shows it.
+pub fn call_json(v: &CallView) -> Value {
+    let logs = v.logs.clone().map(Logs::from_stored);
+    let ok = v.outcome == "ok";
+    json!({
+        "call_id": v.call_id,
+        "tenant": v.tenant,
+        "fn": v.function,
+        "version": v.version,
+        "status": if ok { "succeeded" } else { "failed" },
+        "error": (!ok).then(|| json!({"code": v.outcome, "message": v.error})),
+        "usage": {
+            "wall_ms": v.wall_ms,
+            "cpu_ms": v.cpu_ms,
+            "peak_memory_bytes": v.peak_memory_bytes,
+        },
+        "at": format_ms(v.at),
+        "logs": logs.as_ref().map(Logs::text).unwrap_or_default(),
+        "lines": logs.as_ref().map(Logs::lines).unwrap_or_default(),
+    })
+}
+
+fn check_call_id(id: &str) -> Result<(), ApiError> {
+    let ok =
+        id.len() == 18 && id.starts_with("c_") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{:?} is not a call id (c_ and 16 hex digits, as answers carry it)",
+            id.chars().take(40).collect::<String>()
+        ))
+        .with_detail(json!({"parameter": "call_id"})))
+    }
+}
+
+async fn lookup(
+    state: &AppState,
+    tenant: Option<&TenantName>,
+    id: &str,
+) -> Result<Json<Value>, ApiError> {
+    check_call_id(id)?;
+    // This node's own calls are written off the call path: in the store once flushed.
+    state.meter.flush().await;
+    let view = state.store.call_view(tenant, id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no call {id:?}{}",
+            if tenant.is_some() {
+                " of this tenant"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    Ok(Json(call_json(&view)))
+}
+
+/// `GET /v1/calls/{call_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{call_id}",
+    operation_id = "calls_show",
+    tag = "calls",
+    summary = "A call of the caller's tenant: status, error, usage and logs",
+    params(("call_id" = String, Path, description = "The call's id, from its answer")),
+    responses((status = 200, description = "The call", body = crate::schemas::CallRecordView), (status = 400, description = "Not a call id", body = crate::schemas::Error), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    security(("tenant" = []))
+)]
+pub async fn tenant_show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = tenant_caller_any(&state, bearer(&headers), &Scope::ALL).await?;
+    lookup(&state, Some(&caller.tenant), &id).await
+}
+
+/// `GET /admin/v1/calls/{call_id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/calls/{call_id}",
+    operation_id = "admin_show_call",
+    tag = "calls",
+    summary = "Any tenant's call: status, error, usage and logs",
+    params(("call_id" = String, Path, description = "The call's id, from its answer")),
+    responses((status = 200, description = "The call", body = crate::schemas::CallRecordView), (status = 400, description = "Not a call id", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_show(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    lookup(&state, None, &id).await
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FollowQuery {
+    /// How long the stream stays open, in seconds (default 3600); follow again after.
+    #[param(minimum = 1, maximum = 86400)]
+    seconds: Option<u32>,
+}
+
+/// `GET /admin/v1/tenants/{name}/calls/follow`: every call of the tenant recorded from now on,
+/// one server-sent event (`call`, its data the call as `GET /admin/v1/calls/{id}` shows it)
+/// each, in the order recorded, on every node of the store.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/calls/follow",
+    operation_id = "admin_follow_calls",
+    tag = "calls",
+    summary = "Follow a tenant's calls and their logs live (server-sent events)",
+    params(("name" = String, Path, description = "A tenant name"), FollowQuery),
+    responses((status = 200, description = "One `call` event per new call", content_type = "text/event-stream", body = String), (status = 400, description = "A bad parameter", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_follow(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    query: Result<ApiQuery<FollowQuery>, ApiError>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let ApiQuery(query) = query?;
+    let seconds = query.seconds.unwrap_or(3600);
+    if !(1..=86_400).contains(&seconds) {
+        return Err(
+            ApiError::bad_request(format!("seconds must be 1–86400, got {seconds}"))
+                .with_detail(json!({"parameter": "seconds"})),
+        );
+    }
+    let (tenant, _) = load_tenant(&state, &name).await?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(seconds));
+    let start = (now_ms(), String::new());
+    let events = stream::unfold(
+        (state, tenant, start),
+        move |(state, tenant, (at, id))| async move {
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+            state.meter.flush().await;
+            // A store that does not answer now may answer at the next look.
+            let found = state
+                .store
+                .calls_after(&tenant, at, &id, FOLLOW_BATCH)
+                .await
+                .unwrap_or_default();
+            let cursor = found.last().map_or((at, id), |v| (v.at, v.call_id.clone()));
+            let batch: Vec<Result<Event, std::convert::Infallible>> = found
+                .iter()
+                .map(|v| {
+                    Ok(Event::default()
+                        .event("call")
+                        .id(v.call_id.clone())
+                        .data(call_json(v).to_string()))
+                })
+                .collect();
+            Some((stream::iter(batch), (state, tenant, cursor)))
+        },
+    )
+    .flatten();
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
