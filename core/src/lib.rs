@@ -30,6 +30,7 @@ pub mod plans;
 pub mod schedules;
 pub mod secrets;
 pub mod tenants;
+pub mod versions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -67,7 +67,11 @@ pub async fn rollback(
 ) -> Result<(), TenantError> {
     let name = &tenant.name;
     let _lock = state.store.deploy_lock(name).await?;
-    if !state.store.set_active_version(name, version).await? {
+    if !state
+        .store
+        .set_active_version(name, version, crate::clock::now_ms())
+        .await?
+    {
         return Err(TenantError::NoSuchVersion {
             tenant: name.clone(),
             version: version.clone(),

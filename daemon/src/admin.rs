@@ -548,9 +548,14 @@ pub async fn rollback_tenant(
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, row) = load_tenant(&state, &name).await?;
-    let version = falra_tenants::VersionId::parse(&body.version).map_err(|e| {
-        ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
-    })?;
+    let version = falra_core::versions::resolve(&state.store, &name, &body.version)
+        .await
+        .map_err(|e| match e {
+            falra_core::versions::VersionRefError::NotFound(_) => {
+                ApiError::not_found(e.to_string()).with_detail(json!({"version": body.version}))
+            }
+            e => crate::api_error::version_ref_error(e, "field"),
+        })?;
     tenants::rollback(&state, &row, &version).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, version = %version, "rolled back");
     audit(

@@ -354,6 +354,22 @@ impl From<falra_core::secrets::SecretSetError> for ApiError {
     }
 }
 
+/// A version reference that names no version, or several commits, as the answer for the
+/// request's `key` (`parameter` or `field`) `version`.
+pub fn version_ref_error(e: falra_core::versions::VersionRefError, key: &str) -> ApiError {
+    use falra_core::versions::VersionRefError;
+    use serde_json::json;
+    let message = e.to_string();
+    match e {
+        VersionRefError::NotFound(_) | VersionRefError::Malformed(_) => {
+            ApiError::bad_request(message).with_detail(json!({ key: "version" }))
+        }
+        VersionRefError::Ambiguous { candidates, .. } => ApiError::bad_request(message)
+            .with_detail(json!({ key: "version", "candidates": candidates })),
+        VersionRefError::Store(e) => e.into(),
+    }
+}
+
 impl From<falra_core::tenants::TenantError> for ApiError {
     fn from(e: falra_core::tenants::TenantError) -> ApiError {
         use falra_core::tenants::TenantError;

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use falra_core::calls::{self, CallOptions, Metered, Usage};
 use falra_policies::Scope;
 use falra_tenants::function::is_identifier;
-use falra_tenants::{FnName, TenantName, VersionId};
+use falra_tenants::{FnName, TenantName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -93,14 +93,9 @@ pub struct CallQuery {
 }
 
 impl CallQuery {
-    /// The call's options, validated.
-    fn options(self) -> Result<CallOptions, ApiError> {
-        let version = match self.version.as_deref() {
-            Some(pinned) => Some(VersionId::parse(pinned).map_err(|e| {
-                ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
-            })?),
-            None => None,
-        };
+    /// The call's options, validated (the version is resolved once the tenant is known).
+    fn options(&self) -> Result<CallOptions, ApiError> {
+        let version = None;
         let timeout_ms = match self.timeout_ms {
             Some(t) => Some(NonZeroU32::new(t).ok_or_else(|| {
                 ApiError::bad_request("timeout_ms must be at least 1")
@@ -252,9 +247,14 @@ async fn run_call(
 ) -> Result<Response, ApiError> {
     calls::accepting(state)?;
     let ApiQuery(query) = query?;
-    let options = query.options()?;
+    let mut options = query.options()?;
     let (request, body_len, caller) =
         authenticated_request(state, headers, body, Scope::Call).await?;
+    if let Some(given) = &query.version {
+        options.version = Some(
+            crate::tenant_api::resolve_version(state, &caller.tenant, given, "parameter").await?,
+        );
+    }
     let span = tracing::Span::current();
     span.record("tenant", caller.tenant.as_str());
     span.record("fn", request.function.as_str());

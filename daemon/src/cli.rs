@@ -45,6 +45,12 @@ pub enum Command {
     Usage(UsageArgs),
     /// Operator actions and deploys, newest first (talks to a running daemon).
     Audit(AuditArgs),
+    /// A tenant's versions, newest first: commit, uploads, when made and last activated.
+    Versions {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
     /// A call's status, error, usage and logs by its call id, or `--tenant T --follow` for
     /// every new call's as it ends.
     Logs(LogsArgs),
@@ -496,9 +502,29 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: AdminClient,
     },
+    /// Change a tenant's repository, branch, code root, plan or webhook secret.
+    Set {
+        name: String,
+        /// Git repository URL (file:// or https://).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        /// The code root inside the repository.
+        #[arg(long)]
+        subdir: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        /// The secret GitHub signs push webhooks with.
+        #[arg(long)]
+        webhook_secret: Option<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
     /// Make an earlier version the active one again.
     Rollback {
         name: String,
+        /// A version id, or a commit: its SHA or a unique prefix of at least 7 hex digits.
         version: String,
         #[command(flatten)]
         client: AdminClient,
@@ -537,6 +563,13 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// A tenant's effective policy, each field with its plan's value and whether the tenant
+    /// overrides it.
+    Show {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
     /// Override fields of the tenant's plan: `falra policy set caro timeout_ms=500 memory_mb=256`.
     Set {
         tenant: String,
@@ -555,8 +588,13 @@ pub enum PolicyCommand {
 pub struct CallArgs {
     /// `module.function`.
     pub function: String,
-    /// Keyword arguments as key=value; values are JSON when they parse, strings otherwise.
+    /// Keyword arguments as key=value (values are JSON when they parse, strings otherwise),
+    /// `@file.json` for a JSON object of them in a file, `-` for one on stdin.
     pub kwargs: Vec<String>,
+    /// Print the daemon's whole JSON answer (result, call_id, version, logs, usage) instead of
+    /// the result alone (with the logs on stderr).
+    #[arg(long)]
+    pub json: bool,
     #[arg(long, env = "FALRA_URL", default_value = "http://127.0.0.1:8700", value_parser = base_url)]
     pub url: String,
     #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
@@ -564,7 +602,8 @@ pub struct CallArgs {
     /// Lower the time limit for this call.
     #[arg(long)]
     pub timeout_ms: Option<u32>,
-    /// Run this version instead of the active one (`?version=`).
+    /// Run this version instead of the active one (`?version=`): a version id, or a commit's
+    /// SHA or unique prefix of at least 7 hex digits.
     #[arg(long)]
     pub version: Option<String>,
 }

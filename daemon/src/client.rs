@@ -120,6 +120,26 @@ impl AdminClient {
     }
 }
 
+/// A tenant's policy as a table: field, value, the plan's value, overridden or not.
+fn policy_text(tenant: &Value, plan: &Value) -> String {
+    let rows: Vec<Value> = tenant["policy"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(field, value)| {
+            let overridden = tenant["overrides"].get(field).is_some();
+            json!({"field": field, "value": value, "plan": plan.get(field).cloned().unwrap_or(Value::Null),
+                "set_here": if overridden { "yes" } else { "" }})
+        })
+        .collect();
+    format!(
+        "tenant {} on plan {}\n{}",
+        tenant["name"].as_str().unwrap_or("-"),
+        tenant["plan"].as_str().unwrap_or("-"),
+        table(&rows)
+    )
+}
+
 /// An answer for people: each list of objects as a table, other fields as `key: value`.
 fn human(body: &Value) -> String {
     let Value::Object(map) = body else {
@@ -241,6 +261,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     args.client.send("GET", &path, None)
 }
 
+pub fn versions(tenant: &str, client: &AdminClient) -> anyhow::Result<()> {
+    client.send(
+        "GET",
+        &format!("/tenants/{}/versions", encode(tenant)),
+        None,
+    )
+}
+
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = &args.client;
     match (&args.call_id, &args.tenant) {
@@ -339,6 +367,13 @@ fn call_text(call: &Value) -> String {
         out.push_str(&format!("{tag} | {}\n", s(&line["text"])));
     }
     out
+}
+
+/// Text with its control characters taken out but for line ends and tabs.
+fn printable_lines(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect()
 }
 
 fn printable(text: &str) -> String {
@@ -461,6 +496,36 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
             client.send("POST", "/tenants", Some(body))
         }
         TenantCommand::List { client } => client.send("GET", "/tenants", None),
+        TenantCommand::Set {
+            name,
+            repo,
+            branch,
+            subdir,
+            plan,
+            webhook_secret,
+            client,
+        } => {
+            let mut body = Map::new();
+            for (key, value) in [
+                ("repo", repo),
+                ("branch", branch),
+                ("subdir", subdir),
+                ("plan", plan),
+                ("webhook_secret", webhook_secret),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.into(), json!(v));
+                }
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --repo, --branch, --subdir, --plan or --webhook-secret");
+            }
+            client.send(
+                "PATCH",
+                &format!("/tenants/{name}"),
+                Some(Value::Object(body)),
+            )
+        }
         TenantCommand::Show { name, client } => {
             client.send("GET", &format!("/tenants/{name}"), None)
         }
@@ -511,6 +576,26 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 pub fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
+        PolicyCommand::Show { tenant, client } => {
+            let t = client.get(&format!("/tenants/{}", encode(&tenant)))?;
+            let plan_name = t["plan"].as_str().unwrap_or_default().to_owned();
+            let plans = client.get("/plans")?;
+            let plan = plans["plans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == plan_name.as_str())
+                .map(|p| p["policy"].clone())
+                .unwrap_or(Value::Null);
+            if client.json {
+                let shown = json!({"tenant": tenant, "plan": plan_name, "policy": t["policy"],
+                    "overrides": t["overrides"], "plan_policy": plan});
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+                return Ok(());
+            }
+            print!("{}", policy_text(&t, &plan));
+            Ok(())
+        }
         PolicyCommand::Set {
             tenant,
             fields,
@@ -527,8 +612,36 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A call's keyword arguments from the command line: `key=value` pairs, `@file.json` or `-`
+/// (stdin) for a JSON object of them; later ones win.
+fn call_kwargs(args: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut kwargs = Map::new();
+    for arg in args {
+        let object = |text: &str, from: &str| -> anyhow::Result<Map<String, Value>> {
+            match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => bail!("{from} must hold a JSON object of keyword arguments"),
+                Err(e) => bail!("{from} is not JSON: {e}"),
+            }
+        };
+        if arg == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("could not read the arguments from stdin")?;
+            kwargs.extend(object(&text, "stdin")?);
+        } else if let Some(path) = arg.strip_prefix('@') {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read the arguments from {path}"))?;
+            kwargs.extend(object(&text, path)?);
+        } else {
+            kwargs.extend(key_values(std::slice::from_ref(arg))?);
+        }
+    }
+    Ok(kwargs)
+}
+
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
-    let mut body = key_values(&args.kwargs)?;
+    let mut body = call_kwargs(&args.kwargs)?;
     if body.contains_key("fn") || body.contains_key("token") {
         bail!("'fn' and 'token' cannot be keyword arguments of a call");
     }
@@ -550,7 +663,15 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     }
     let answer = request("POST", &url, Some(&token), Some(&Value::Object(body)))?;
     if answer.body["ok"] == json!(true) {
-        println!("{}", serde_json::to_string_pretty(&answer.body)?);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer.body)?);
+        } else {
+            eprint!(
+                "{}",
+                printable_lines(answer.body["logs"].as_str().unwrap_or_default())
+            );
+            println!("{}", serde_json::to_string_pretty(&answer.body["result"])?);
+        }
         return Ok(());
     }
     eprintln!("{}", serde_json::to_string_pretty(&answer.body)?);

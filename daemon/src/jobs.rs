@@ -13,7 +13,6 @@ use axum::Json;
 use falra_core::jobs::{self, Submit};
 use falra_policies::Scope;
 use falra_store::{JobFilter, JobStatus};
-use falra_tenants::VersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -57,12 +56,6 @@ pub async fn submit(
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ApiQuery(query) = query?;
-    let version = match query.version.as_deref() {
-        Some(v) => Some(VersionId::parse(v).map_err(|e| {
-            ApiError::bad_request(e.to_string()).with_detail(json!({"parameter": "version"}))
-        })?),
-        None => None,
-    };
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -74,6 +67,12 @@ pub async fn submit(
     let (request, _, caller) =
         crate::call::authenticated_request(&state, &headers, body, Scope::Jobs).await?;
     tracing::Span::current().record("tenant", caller.tenant.as_str());
+    let version = match query.version.as_deref() {
+        Some(v) => {
+            Some(crate::tenant_api::resolve_version(&state, &caller.tenant, v, "parameter").await?)
+        }
+        None => None,
+    };
     let (job, created) = jobs::submit(
         &state,
         &caller,

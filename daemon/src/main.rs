@@ -45,8 +45,20 @@ use crate::server::{AppState, ServeConfig};
 use crate::store::{Store, TokenKind};
 use falra_runtime::SandboxSettings;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Ordinary failures are one line on stderr (`error: what: why`) and exit status 1, whatever
+/// `RUST_BACKTRACE` says: a backtrace is for panics, not for a refused request.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let text = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Admin(AdminCommand::Init { data_dir, store }) => {
@@ -62,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args),
         Command::Audit(args) => client::audit(args),
         Command::Logs(args) => client::logs(args),
+        Command::Versions { tenant, client } => client::versions(&tenant, &client),
         Command::Call(args) => client::call(args),
         Command::Job(cmd) => client::job(cmd),
         Command::Schedule(cmd) => client::schedule(cmd),

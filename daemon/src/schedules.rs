@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use falra_core::schedules::{self, Create, ScheduleError};
 use falra_policies::Scope;
-use falra_tenants::VersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -79,9 +78,9 @@ pub async fn create(
         e
     })?;
     let version = match body.version.as_deref() {
-        Some(v) => Some(VersionId::parse(v).map_err(|e| {
-            ApiError::bad_request(e.to_string()).with_detail(json!({"field": "version"}))
-        })?),
+        Some(v) => {
+            Some(crate::tenant_api::resolve_version(&state, &caller.tenant, v, "field").await?)
+        }
         None => None,
     };
     let row = schedules::create(

@@ -260,7 +260,13 @@ pub struct VersionEntry {
     id: String,
     /// `git`, `upload` or `builtin`.
     source: String,
+    /// The git commit it was built from (none: uploads only).
+    commit: Option<String>,
+    /// The modules it holds from uploads.
+    uploads: Vec<String>,
     created_at: String,
+    /// When it last became the active version.
+    activated_at: Option<String>,
     active: bool,
 }
 

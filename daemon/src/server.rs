@@ -106,6 +106,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
         .routes(routes!(tenant_api::list_versions))
+        .routes(routes!(tenant_api::admin_list_versions))
         .routes(routes!(tenant_api::list_functions))
         .routes(routes!(uploads::tenant_list))
         .routes(routes!(uploads::tenant_put, uploads::tenant_delete))

@@ -13,6 +13,19 @@ use crate::store::TenantRow;
 use falra_core::clock::format_ms;
 use falra_tenants::VersionId;
 
+/// The tenant's version that `given` names: a version id, or a commit (full SHA or a unique
+/// prefix of at least 7 hex digits); a failure answers for the request's `key` `version`.
+pub(crate) async fn resolve_version(
+    state: &AppState,
+    tenant: &falra_tenants::TenantName,
+    given: &str,
+    key: &str,
+) -> Result<VersionId, ApiError> {
+    falra_core::versions::resolve(&state.store, tenant, given)
+        .await
+        .map_err(|e| crate::api_error::version_ref_error(e, key))
+}
+
 /// The caller (a `call` or `deploy` token) and its tenant.
 async fn reader(
     state: &AppState,
@@ -41,22 +54,49 @@ pub async fn list_versions(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (caller, tenant) = reader(&state, &headers).await?;
-    let versions = state.store.versions_of(&caller.tenant).await?;
+    let (_, tenant) = reader(&state, &headers).await?;
+    versions_json(&state, &tenant).await.map(Json)
+}
+
+/// A tenant's versions, newest first: what made each, its commit and uploads, when it was made
+/// and last activated, the active one marked.
+pub(crate) async fn versions_json(state: &AppState, tenant: &TenantRow) -> Result<Value, ApiError> {
+    let versions = state.store.versions_of(&tenant.name).await?;
     let list: Vec<Value> = versions
         .iter()
         .map(|v| {
             json!({
                 "id": v.id,
                 "source": v.source,
+                "commit": v.git_commit,
+                "uploads": v.uploads,
                 "created_at": format_ms(v.created_at),
+                "activated_at": v.activated_at.map(format_ms),
                 "active": tenant.active_version.as_ref() == Some(&v.id),
             })
         })
         .collect();
-    Ok(Json(
-        json!({"versions": list, "active": tenant.active_version}),
-    ))
+    Ok(json!({"versions": list, "active": tenant.active_version}))
+}
+
+/// `GET /admin/v1/tenants/{name}/versions`: a tenant's versions, as its own tokens see them.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/versions",
+    operation_id = "admin_list_versions",
+    tag = "tenants",
+    summary = "A tenant's versions, newest first, the active one marked",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "OK", body = crate::schemas::Versions), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_list_versions(
+    _op: crate::auth::Operator,
+    State(state): State<AppState>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, tenant) = crate::admin::load_tenant(&state, &name).await?;
+    versions_json(&state, &tenant).await.map(Json)
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -91,7 +131,7 @@ pub async fn list_functions(
             .with_detail(json!({"parameter": "version"}))
     };
     let id = match (query.version, tenant.active_version) {
-        (Some(asked), _) => VersionId::parse(&asked).map_err(|_| no_version(&asked))?,
+        (Some(asked), _) => resolve_version(&state, &caller.tenant, &asked, "parameter").await?,
         (None, Some(active)) => active,
         (None, None) => {
             return Err(ApiError::new(

@@ -95,6 +95,7 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
             source: "git",
             git_commit: Some("abcdef1234567890"),
             functions,
+            uploads: None,
             now: 2,
         };
         let c = name("caro");

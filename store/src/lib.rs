@@ -363,8 +363,9 @@ impl Store {
         &self,
         tenant: &TenantName,
         version: &VersionId,
+        now: i64,
     ) -> Result<bool, StoreError> {
-        let done = backend!(self.set_active_version(tenant, version))?;
+        let done = backend!(self.set_active_version(tenant, version, now))?;
         self.changed(&[Change::Tenant(tenant.clone())]).await;
         Ok(done)
     }

@@ -118,6 +118,10 @@ pub struct VersionRow {
     pub git_commit: Option<String>,
     /// The version's callable functions as JSON, found when it was made.
     pub functions: Option<String>,
+    /// When it last became the active version.
+    pub activated_at: Option<i64>,
+    /// The modules it holds from uploads.
+    pub uploads: Vec<String>,
 }
 
 /// A version about to become active.
@@ -128,6 +132,8 @@ pub struct NewVersion<'a> {
     pub source: &'a str,
     pub git_commit: Option<&'a str>,
     pub functions: Option<&'a str>,
+    /// The modules it holds from uploads, as a JSON list of names.
+    pub uploads: Option<&'a str>,
     pub now: i64,
 }
 

@@ -12,7 +12,8 @@ const TOKEN_COLUMNS: &str =
 const CALL_VIEW: &str = "SELECT c.call_id, c.tenant, c.fn, c.version, c.outcome, c.wall_ms, \
      c.cpu_ms, c.peak_memory_bytes, c.at, l.error, l.logs FROM calls c \
      LEFT JOIN call_logs l ON l.call_id = c.call_id";
-const VERSION_COLUMNS: &str = "id, source, created_at, git_commit, functions";
+const VERSION_COLUMNS: &str =
+    "id, source, created_at, git_commit, functions, activated_at, uploads";
 
 impl Backend {
     #[cfg(test)]
@@ -162,8 +163,9 @@ impl Backend {
             }
         }
         sqlx::query(
-            "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, id) DO NOTHING",
+            "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions, \
+             activated_at, uploads) VALUES ($1, $2, $3, $4, $5, $6, $4, $7) \
+             ON CONFLICT (tenant, id) DO UPDATE SET activated_at = $4",
         )
         .bind(tenant)
         .bind(version.id.as_str())
@@ -171,6 +173,7 @@ impl Backend {
         .bind(version.now)
         .bind(version.git_commit)
         .bind(version.functions)
+        .bind(version.uploads)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
@@ -224,15 +227,24 @@ impl Backend {
         &self,
         tenant: &TenantName,
         version: &VersionId,
+        now: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE tenants SET active_version = $2 WHERE name = $1 \
              AND EXISTS (SELECT 1 FROM versions WHERE tenant = $1 AND id = $2)",
         )
         .bind(tenant.as_str())
         .bind(version.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query("UPDATE versions SET activated_at = $3 WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(version.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -802,6 +814,11 @@ fn version_from_row(tenant: &TenantName, r: &DbRow) -> Result<VersionRow, StoreE
         created_at: r.try_get(2)?,
         git_commit: r.try_get(3)?,
         functions: r.try_get(4)?,
+        activated_at: r.try_get(5)?,
+        uploads: r
+            .try_get::<Option<String>, _>(6)?
+            .and_then(|u| serde_json::from_str(&u).ok())
+            .unwrap_or_default(),
     })
 }
 

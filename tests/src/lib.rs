@@ -490,6 +490,16 @@ impl GitRepo {
         self.git(&["commit", "-q", "--allow-empty", "-m", "change"]);
     }
 
+    /// The commit `HEAD` is at, in full.
+    pub fn head(&self) -> String {
+        let out = Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run git");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     pub fn git(&self, args: &[&str]) {
         let out = Command::new("git")
             .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])

@@ -322,11 +322,19 @@ async fn deploy_now(
             module: module.as_str(),
         },
     };
+    let upload_names = serde_json::to_string(
+        &uploads
+            .iter()
+            .map(|u| u.module.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .expect("names serialise");
     let record = NewVersion {
         id: &version,
         source: label,
         git_commit: commit.as_deref(),
         functions: Some(&functions_text),
+        uploads: Some(&upload_names),
         now,
     };
     step("activate", async {

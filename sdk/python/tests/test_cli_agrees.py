@@ -14,7 +14,7 @@ from falra import Client
 
 def cli(*args, env):
     return subprocess.run(
-        [os.environ["FALRA_BIN"], "call", *args],
+        [os.environ["FALRA_BIN"], "call", "--json", *args],
         capture_output=True,
         text=True,
         env=dict(os.environ, RUST_BACKTRACE="0", **env),

@@ -10,3 +10,8 @@ CREATE TABLE call_logs (
 );
 
 CREATE INDEX call_logs_tenant_at ON call_logs (tenant, at);
+
+-- When each version last became the active one (deployed, or rolled back to), and the modules
+-- it holds from uploads (a JSON list of names).
+ALTER TABLE versions ADD COLUMN activated_at BIGINT;
+ALTER TABLE versions ADD COLUMN uploads TEXT;

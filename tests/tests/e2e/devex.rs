@@ -149,6 +149,10 @@ fn a_call_is_found_only_by_its_own_tenant_and_bad_ids_are_refused() {
     assert_eq!(anon.status, 401, "{:?}", anon.body);
     let missing = d.admin("GET", "/calls/c_0000000000000000", None);
     assert_eq!(missing.status, 404);
+    let follow = d.admin("GET", "/tenants/caro/calls/follow?seconds=0", None);
+    assert_eq!(follow.status, 400, "{:?}", follow.body);
+    let follow = d.admin("GET", "/tenants/nobody/calls/follow", None);
+    assert_eq!(follow.status, 404, "{:?}", follow.body);
 }
 
 #[test]
@@ -235,4 +239,177 @@ fn the_cli_shows_a_call_s_logs_and_follows_a_tenant_live() {
     let seen = seen.expect("the follow printed the new call");
     assert!(seen.contains(&b_id), "{seen}");
     assert!(seen.contains("err | err1"), "{seen}");
+}
+
+#[test]
+fn versions_are_named_by_commit_wherever_a_version_is_taken() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("v.py", "def get():\n    return 1\n")]);
+    let token = d.tenant("caro", &repo);
+    let first = repo.head();
+    repo.commit(&[("v.py", "def get():\n    return 2\n")]);
+    d.sync("caro");
+    let second = repo.head();
+    let jobs = d.token("caro", &["jobs"]);
+
+    let pinned = |version: &str| {
+        d.post(
+            &format!("/v1/call?version={version}"),
+            &[],
+            json!({"token": token, "fn": "v.get"})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    assert_eq!(pinned(&first).body["result"], 1, "full SHA");
+    assert_eq!(pinned(&first[..7]).body["result"], 1, "short SHA");
+    assert_eq!(pinned(&second[..10].to_uppercase()).body["result"], 2);
+    let short = pinned(&first[..6]);
+    assert_eq!(
+        short.status, 400,
+        "six digits are too few: {:?}",
+        short.body
+    );
+    assert_eq!(short.body["error"]["detail"]["parameter"], "version");
+    let none = pinned("0000000");
+    assert_eq!(none.status, 400);
+    assert!(none.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no version"));
+
+    // The versions list shows commit, uploads and activation, to tenants and operators alike.
+    let versions = d.admin("GET", "/tenants/caro/versions", None);
+    assert_eq!(versions.status, 200, "{:?}", versions.body);
+    let listed = versions.body["versions"].as_array().unwrap();
+    assert_eq!(listed[0]["commit"], second.as_str());
+    assert_eq!(listed[1]["commit"], first.as_str());
+    assert!(listed[0]["activated_at"].is_string());
+    let own = d.with_token("GET", "/v1/versions", &token, None);
+    assert_eq!(own.body["versions"], versions.body["versions"]);
+
+    // Rollback, functions and jobs take a commit too.
+    let back = d.admin(
+        "POST",
+        "/tenants/caro/rollback",
+        Some(json!({"version": &first[..8]})),
+    );
+    assert_eq!(back.status, 200, "{:?}", back.body);
+    assert_eq!(back.body["version"], listed[1]["id"]);
+    let r = d.call(json!({"token": token, "fn": "v.get"}));
+    assert_eq!(r.body["result"], 1);
+    let fns = d.with_token(
+        "GET",
+        &format!("/v1/functions?version={}", &second[..9]),
+        &token,
+        None,
+    );
+    assert_eq!(fns.status, 200, "{:?}", fns.body);
+    let job = d.with_token(
+        "POST",
+        &format!("/v1/jobs?version={}", &second[..7]),
+        &jobs,
+        Some(br#"{"fn": "v.get"}"#),
+    );
+    assert_eq!(job.status, 202, "{:?}", job.body);
+    assert_eq!(job.body["version"], listed[0]["id"]);
+    let gone = d.admin(
+        "POST",
+        "/tenants/caro/rollback",
+        Some(json!({"version": "1234567"})),
+    );
+    assert_eq!(gone.status, 404, "{:?}", gone.body);
+
+    // On the command line.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(falra_bin())
+            .args(args)
+            .args(["--url", d.url.trim_start_matches("http://")])
+            .env("FALRA_ADMIN_TOKEN", &d.admin_token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["versions", "caro"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&second) && out.contains(&first), "{out}");
+    let (ok, _, err) = cli(&["tenant", "rollback", "caro", &second[..7]]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "v.get"})).body["result"],
+        2
+    );
+    let (ok, _, err) = cli(&["tenant", "set", "caro", "--plan", "free"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["policy", "show", "caro"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("on plan free") && out.contains("timeout_ms"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["tenant", "set", "caro", "--plan", "nope"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "one line, no backtrace: {err}");
+}
+
+#[test]
+fn falra_call_takes_arguments_from_a_file_or_stdin_and_prints_the_result_or_the_answer() {
+    let (d, token) = setup();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(falra_bin())
+            .arg("call")
+            .args(args)
+            .args(["--url", &d.url])
+            .env("FALRA_TOKEN", &token)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["dev.kw", "-"], r#"{"q": 1, "p": [2]}"#);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!(["q", "p"])
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"b": 1, "a": 2}"#).unwrap();
+    let at = format!("@{}", file.path().display());
+    let (ok, out, _) = run(&["dev.kw", &at, "c=3", "--json"], "");
+    assert!(ok);
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["result"], json!(["b", "a", "c"]));
+    assert!(answer["call_id"].is_string());
+    // The result on stdout, the logs on stderr.
+    let (ok, out, err) = run(&["dev.noisy"], "");
+    assert!(ok);
+    assert_eq!(out.trim(), "1");
+    assert!(err.contains("out1\nerr1\n"), "{err}");
+    // Ordinary errors: one line, no backtrace, non-zero exit.
+    let (ok, _, err) = run(&["dev.kw", "-"], "[1, 2]");
+    assert!(!ok);
+    assert!(
+        err.contains("JSON object") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

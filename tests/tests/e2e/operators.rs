@@ -244,7 +244,7 @@ fn the_command_line_drives_a_running_daemon() {
 
     let (ok, out, err) = cli(
         &d,
-        &["call", "falra_test_add.add", "int_a=1", "int_b=2"],
+        &["call", "falra_test_add.add", "int_a=1", "int_b=2", "--json"],
         Some(token),
     );
     assert!(ok, "{err}");
@@ -253,7 +253,7 @@ fn the_command_line_drives_a_running_daemon() {
     // Values that are not JSON are strings.
     let (ok, out, _) = cli(
         &d,
-        &["call", "falra_test_add.echo", "x=hello world"],
+        &["call", "falra_test_add.echo", "x=hello world", "--json"],
         Some(token),
     );
     assert!(ok);
