@@ -217,6 +217,8 @@ impl From<falra_core::deploy::DeployError> for ApiError {
             DeployError::NoRepository(_) => {
                 ApiError::bad_request(message).with_detail(json!({"field": "repo"}))
             }
+            DeployError::WouldReplace { module, path } => ApiError::new(ErrorCode::Conflict, message)
+                .with_detail(json!({"module": module.as_str(), "path": path, "reason": "replaces_repository_module"})),
             DeployError::NoUpload { module, .. } => {
                 ApiError::not_found(message).with_detail(json!({"module": module.as_str()}))
             }

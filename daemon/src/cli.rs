@@ -35,6 +35,9 @@ pub enum Command {
     Secret(SecretCommand),
     /// Upload a private module for a tenant: `falra upload caro helpers.py [--as pkg.helpers]`.
     Upload(UploadArgs),
+    /// A tenant's uploaded modules: list, remove (talks to a running daemon).
+    #[command(subcommand)]
+    Modules(ModulesCommand),
     /// Named plans: complete policies tenants are on (talks to a running daemon).
     #[command(subcommand)]
     Plan(PlanCommand),
@@ -265,8 +268,35 @@ pub struct UploadArgs {
     /// The dotted module name (default: the file's name without `.py`).
     #[arg(long = "as")]
     pub module: Option<String>,
+    /// Upload even over a module or package of the tenant's repository of that name.
+    #[arg(long)]
+    pub replace: bool,
+    /// A tenant token with the `deploy` scope, used when no operator token is given (the
+    /// upload then goes to the token's own tenant, which must be TENANT).
+    #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub client: AdminClient,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModulesCommand {
+    /// A tenant's uploaded modules.
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Remove an upload (a new version is made without it).
+    Remove {
+        tenant: String,
+        module: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        client: AdminClient,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -490,9 +520,12 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: AdminClient,
     },
-    /// Remove a tenant, its tokens and its files.
+    /// Remove a tenant, its tokens and its files (asks first, unless `--yes`).
     Remove {
         name: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: AdminClient,
     },

@@ -4,9 +4,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, LogsArgs, NodeCommand, PlanCommand,
-    PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand, TokenCommand, UploadArgs,
-    UsageArgs,
+    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, LogsArgs, ModulesCommand, NodeCommand,
+    PlanCommand, PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand, TokenCommand,
+    UploadArgs, UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -431,11 +431,67 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
             .map(str::to_owned)
             .context("cannot name the module after the file: pass --as NAME")?,
     };
-    args.client.send_raw(
-        "PUT",
-        &format!("/tenants/{}/modules/{module}", args.tenant),
-        Some((source, "text/x-python")),
-    )
+    let query = if args.replace { "?replace=true" } else { "" };
+    match (&args.client.admin_token, &args.token) {
+        (None, Some(token)) => {
+            let url = format!("{}/v1/modules/{module}{query}", args.client.url);
+            let answer = request_raw("PUT", &url, Some(token), Some((source, "text/x-python")))?;
+            let output = if args.client.json {
+                Output::Json
+            } else {
+                Output::Human
+            };
+            finish_as(answer, output)
+        }
+        _ => args.client.send_raw(
+            "PUT",
+            &format!("/tenants/{}/modules/{module}{query}", args.tenant),
+            Some((source, "text/x-python")),
+        ),
+    }
+}
+
+pub fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModulesCommand::List { tenant, client } => client.send(
+            "GET",
+            &format!("/tenants/{}/modules", encode(&tenant)),
+            None,
+        ),
+        ModulesCommand::Remove {
+            tenant,
+            module,
+            yes,
+            client,
+        } => {
+            confirm(yes, &format!("Remove {module} from {tenant}'s uploads?"))?;
+            client.send(
+                "DELETE",
+                &format!("/tenants/{}/modules/{}", encode(&tenant), encode(&module)),
+                None,
+            )
+        }
+    }
+}
+
+/// Asks on the terminal before something is destroyed, unless `--yes`; without a terminal to
+/// ask on, refuses (a script passes `--yes`).
+fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Pass --yes to confirm (stdin is not a terminal to ask on)");
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed: nothing changed")
+    }
 }
 
 pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
@@ -529,7 +585,11 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Show { name, client } => {
             client.send("GET", &format!("/tenants/{name}"), None)
         }
-        TenantCommand::Remove { name, client } => {
+        TenantCommand::Remove { name, yes, client } => {
+            confirm(
+                yes,
+                &format!("Remove tenant {name} with its tokens, secrets, uploads and files?"),
+            )?;
             client.send("DELETE", &format!("/tenants/{name}"), None)
         }
         TenantCommand::Sync { name, client } => {

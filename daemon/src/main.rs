@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => client::policy(cmd),
         Command::Secret(cmd) => client::secret(cmd),
         Command::Upload(args) => client::upload(args),
+        Command::Modules(cmd) => client::modules(cmd),
         Command::Plan(cmd) => client::plan(cmd),
         Command::Node(cmd) => client::node(cmd),
         Command::Usage(args) => client::usage(args),

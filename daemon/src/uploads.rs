@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::admin::load_tenant;
 use crate::api_error::ApiError;
 use crate::auth::{tenant_caller, Operator};
-use crate::extract::{bearer, ApiPath, LimitedBody};
+use crate::extract::{bearer, ApiPath, ApiQuery, LimitedBody};
 use crate::server::AppState;
 use falra_core::clock::format_ms;
 use falra_core::deploy::{deploy, Change, Deployed};
@@ -32,14 +32,30 @@ fn module_name(state: &AppState, name: &str) -> Result<ModuleName, ApiError> {
     .map_err(|e| ApiError::bad_request(e.to_string()).with_detail(json!({"module": name})))
 }
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PutQuery {
+    /// Upload even over a module (or package) of the tenant's repository of that name.
+    replace: Option<bool>,
+}
+
 async fn put(
     state: &AppState,
     tenant: &TenantName,
     module: &str,
+    query: Result<ApiQuery<PutQuery>, ApiError>,
     body: Result<LimitedBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let module = module_name(state, module)?;
+    let ApiQuery(query) = query?;
     let LimitedBody(bytes) = body?;
+    if !query.replace.unwrap_or(false) {
+        let (_, row) = load_tenant(state, tenant.as_str()).await?;
+        if let Some(path) = falra_core::deploy::replaced_by_upload(state, &row, &module).await? {
+            return Err(falra_core::deploy::DeployError::WouldReplace { module, path }.into());
+        }
+    }
     let source = String::from_utf8(bytes.to_vec()).map_err(|e| {
         ApiError::bad_request(format!(
             "the module's source is not UTF-8 (byte {})",
@@ -112,19 +128,20 @@ async fn audit_upload(
     operation_id = "uploads_tenant_put",
     tag = "code",
     summary = "Upload a private module: makes a new active version",
-    params(("module" = String, Path, description = "A dotted module name")),
+    params(("module" = String, Path, description = "A dotted module name"), PutQuery),
     request_body(content = String, content_type = "text/x-python", description = "The module's source, UTF-8"),
-    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 400, description = "Bad name (stdlib, private, not an identifier, a built-in), not UTF-8, or does not compile (detail.line)", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::TenantErrors),
+    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 400, description = "Bad name (stdlib, private, not an identifier, a built-in), not UTF-8, or does not compile (detail.line)", body = crate::schemas::Error), (status = 409, description = "conflict: it would replace a module of the repository (detail.path); pass replace=true", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::TenantErrors),
     security(("tenant" = []))
 )]
 pub async fn tenant_put(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(module): ApiPath<String>,
+    query: Result<ApiQuery<PutQuery>, ApiError>,
     body: Result<LimitedBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = tenant_caller(&state, bearer(&headers), Scope::Deploy).await?;
-    let answer = put(&state, &caller.tenant, &module, body).await?;
+    let answer = put(&state, &caller.tenant, &module, query, body).await?;
     tracing::info!(tenant = %caller.tenant, token = %caller.token_id, %module, "module uploaded");
     audit_upload(
         &state,
@@ -192,19 +209,20 @@ pub async fn tenant_list(
     operation_id = "uploads_admin_put",
     tag = "code",
     summary = "Upload a module for a tenant",
-    params(("name" = String, Path, description = "A tenant name"), ("module" = String, Path, description = "A dotted module name")),
+    params(("name" = String, Path, description = "A tenant name"), ("module" = String, Path, description = "A dotted module name"), PutQuery),
     request_body(content = String, content_type = "text/x-python", description = "The module's source, UTF-8"),
-    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    responses((status = 200, description = "OK", body = crate::schemas::Uploaded), (status = 409, description = "conflict: it would replace a module of the repository (detail.path); pass replace=true", body = crate::schemas::Error), (status = 413, description = "payload_too_large", body = crate::schemas::Error), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
     security(("operator" = []))
 )]
 pub async fn admin_put(
     op: Operator,
     State(state): State<AppState>,
     ApiPath((name, module)): ApiPath<(String, String)>,
+    query: Result<ApiQuery<PutQuery>, ApiError>,
     body: Result<LimitedBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let answer = put(&state, &name, &module, body).await?;
+    let answer = put(&state, &name, &module, query, body).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, %module, "module uploaded");
     audit_upload(&state, &op.token_id, &name, "deploy.upload", &answer).await;
     Ok(answer)

@@ -196,6 +196,36 @@ pub fn has_commit(layout: &Layout, tenant: &TenantName, commit: &str) -> bool {
     Repository::open_bare(layout.mirror(tenant)).is_ok_and(|repo| repo.find_commit(oid).is_ok())
 }
 
+/// The path in `commit` (under `subdir`) of a module of the repository that `module` would
+/// replace or shadow — `pkg/mod.py` or the package `pkg/mod/` — if there is one.
+pub fn repository_module(
+    layout: &Layout,
+    tenant: &TenantName,
+    commit: &str,
+    subdir: Option<&str>,
+    module: &crate::ModuleName,
+) -> Result<Option<String>, SyncError> {
+    let repo = Repository::open_bare(layout.mirror(tenant))
+        .map_err(|_| SyncError::NoCommit(commit.to_owned()))?;
+    let oid = git2::Oid::from_str(commit)?;
+    let tree = repo
+        .find_commit(oid)
+        .map_err(|_| SyncError::NoCommit(commit.to_owned()))?
+        .tree()?;
+    let file = module.relative_path();
+    let package = file.with_extension("");
+    for candidate in [file, package] {
+        let path = match subdir {
+            Some(s) => Path::new(s).join(&candidate),
+            None => candidate.clone(),
+        };
+        if tree.get_path(&path).is_ok() {
+            return Ok(Some(candidate.display().to_string()));
+        }
+    }
+    Ok(None)
+}
+
 pub fn build_version(
     layout: &Layout,
     tenant: &TenantName,

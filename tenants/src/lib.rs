@@ -16,7 +16,10 @@ pub mod requirements;
 pub mod upload;
 
 pub use function::{resolve_module, FnName, FnNameError, ResolveError};
-pub use git::{build_version, fetch, has_commit, Credentials, GitSource, SyncError, VersionPlan};
+pub use git::{
+    build_version, fetch, has_commit, repository_module, Credentials, GitSource, SyncError,
+    VersionPlan,
+};
 pub use layout::Layout;
 pub use names::{NameError, TenantName, VersionId};
 pub use upload::{ModuleName, ModuleNameError, StdlibNames, Upload};

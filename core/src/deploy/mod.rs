@@ -48,6 +48,11 @@ pub enum DeployError {
     NoTenant(TenantName),
     #[error("tenant {0} has no repository to sync")]
     NoRepository(TenantName),
+    /// An upload would replace (or shadow, as a package) a module of the tenant's repository.
+    #[error(
+        "{module} would replace {path} of the tenant's repository; upload it with replace=true to do so"
+    )]
+    WouldReplace { module: ModuleName, path: String },
     #[error("tenant {tenant} has no upload named {module}")]
     NoUpload {
         tenant: TenantName,
@@ -206,6 +211,45 @@ pub async fn deploy_in(
     })
     .await
     .map_err(node("the deploy's task failed"))?
+}
+
+/// The path of the repository module in the tenant's active commit that an upload of `module`
+/// would replace, unless `module` is already an upload (replacing an upload is an upload's
+/// business).
+pub async fn replaced_by_upload(
+    state: &Core,
+    tenant: &falra_store::TenantRow,
+    module: &ModuleName,
+) -> Result<Option<String>, DeployError> {
+    let Some(active) = &tenant.active_version else {
+        return Ok(None);
+    };
+    let uploads = state.store.uploads_of(&tenant.name).await?;
+    if uploads.iter().any(|u| u.module == module.as_str()) {
+        return Ok(None);
+    }
+    let Some(commit) = state
+        .store
+        .version(&tenant.name, active)
+        .await?
+        .and_then(|v| v.git_commit)
+    else {
+        return Ok(None);
+    };
+    let (layout, name, subdir, module) = (
+        state.layout.clone(),
+        tenant.name.clone(),
+        tenant.subdir.clone(),
+        module.clone(),
+    );
+    let found = falra_runtime::task::spawn_blocking(move || {
+        falra_tenants::repository_module(&layout, &name, &commit, subdir.as_deref(), &module)
+    })
+    .await
+    .map_err(node("the repository lookup failed"))?;
+    // A mirror this node does not have yet (the version was made elsewhere): nothing known to
+    // replace here; the listing after the deploy shows what is there.
+    Ok(found.unwrap_or(None))
 }
 
 #[tracing::instrument(name = "deploy", skip_all, fields(tenant = %name, change = change.label()))]

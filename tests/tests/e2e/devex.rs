@@ -413,3 +413,85 @@ fn falra_call_takes_arguments_from_a_file_or_stdin_and_prints_the_result_or_the_
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn an_upload_over_a_repository_module_is_refused_unless_it_says_replace() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[
+        ("utils.py", "def which():\n    return 'repo'\n"),
+        ("pkg/__init__.py", ""),
+        ("pkg/tool.py", "def which():\n    return 'repo tool'\n"),
+    ]);
+    let token = d.tenant("caro", &repo);
+    let deploy = d.token("caro", &["deploy"]);
+    let put = |module: &str, query: &str| {
+        d.with_token(
+            "PUT",
+            &format!("/v1/modules/{module}{query}"),
+            &deploy,
+            Some(b"def which():\n    return 'upload'\n"),
+        )
+    };
+    for (module, path) in [
+        ("utils", "utils.py"),
+        ("pkg", "pkg"),
+        ("pkg.tool", "pkg/tool.py"),
+    ] {
+        let a = put(module, "");
+        assert_eq!(a.status, 409, "{module}: {:?}", a.body);
+        assert_eq!(a.body["error"]["code"], "conflict");
+        assert_eq!(a.body["error"]["detail"]["path"], path);
+        assert!(a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("replace=true"));
+    }
+    let which = |f: &str| d.call(json!({"token": token, "fn": f})).body["result"].clone();
+    assert_eq!(which("utils.which"), "repo", "nothing changed");
+    let a = put("utils", "?replace=true");
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(which("utils.which"), "upload");
+    // Replacing one's own upload needs nothing more; a new name is no conflict.
+    assert_eq!(put("utils", "").status, 200);
+    assert_eq!(put("helpers", "").status, 200);
+    let bad = put("helpers", "?replace=maybe");
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+
+    // The CLI: a deploy token uploads, --replace says so, modules are listed and removed.
+    let file = tempfile::Builder::new().suffix(".py").tempfile().unwrap();
+    std::fs::write(file.path(), "def which():\n    return 'cli'\n").unwrap();
+    let cli = |args: &[&str], admin: bool| {
+        let mut cmd = std::process::Command::new(falra_bin());
+        cmd.args(args)
+            .args(["--url", &d.url])
+            .stdin(std::process::Stdio::null())
+            .env_remove("FALRA_ADMIN_TOKEN")
+            .env("FALRA_TOKEN", &deploy);
+        if admin {
+            cmd.env("FALRA_ADMIN_TOKEN", &d.admin_token);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = file.path().to_str().unwrap();
+    let (ok, _, err) = cli(&["upload", "caro", path, "--as", "pkg.tool"], false);
+    assert!(!ok && err.contains("replace"), "{err}");
+    let (ok, _, err) = cli(
+        &["upload", "caro", path, "--as", "pkg.tool", "--replace"],
+        false,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(which("pkg.tool.which"), "cli");
+    let (ok, out, err) = cli(&["modules", "list", "caro"], true);
+    assert!(ok, "{err}");
+    assert!(out.contains("pkg.tool") && out.contains("helpers"), "{out}");
+    let (ok, _, err) = cli(&["modules", "remove", "caro", "pkg.tool"], true);
+    assert!(!ok && err.contains("--yes"), "{err}");
+    let (ok, _, err) = cli(&["modules", "remove", "caro", "pkg.tool", "--yes"], true);
+    assert!(ok, "{err}");
+    assert_eq!(which("pkg.tool.which"), "repo tool");
+}

@@ -187,6 +187,7 @@ fn policy_changes_apply_to_the_next_call_and_bad_values_are_refused() {
 fn cli(d: &Daemon, args: &[&str], token: Option<&str>) -> (bool, String, String) {
     let mut cmd = Command::new(falra_bin());
     cmd.args(args)
+        .stdin(std::process::Stdio::null())
         .env("FALRA_URL", &d.url)
         .env("FALRA_ADMIN_TOKEN", &d.admin_token);
     if let Some(t) = token {
@@ -283,6 +284,9 @@ fn the_command_line_drives_a_running_daemon() {
     );
     assert!(!ok && err.contains("token_revoked"), "{err}");
     let (ok, _, err) = cli(&d, &["tenant", "remove", "caro"], None);
+    assert!(!ok && err.contains("--yes"), "asks first: {err}");
+    assert_eq!(d.admin("GET", "/tenants/caro", None).status, 200);
+    let (ok, _, err) = cli(&d, &["tenant", "remove", "caro", "--yes"], None);
     assert!(ok, "{err}");
 }
 
