@@ -307,7 +307,22 @@ pub async fn sync_tenant(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let deployed = deploy(&state, &name, Change::Sync).await?;
+    let deployed = match deploy(&state, &name, Change::Sync).await {
+        Ok(d) => d,
+        Err(e) => {
+            let answer = ApiError::from(e);
+            audit(
+                &state,
+                &op.token_id,
+                "deploy.sync_failed",
+                Some(name.as_str()),
+                json!({"code": answer.code.as_str(),
+                    "error": answer.message.chars().take(2000).collect::<String>()}),
+            )
+            .await;
+            return Err(answer);
+        }
+    };
     tracing::info!(operator = %op.token_id, tenant = %name, version = %deployed.version, "synced");
     audit(
         &state,

@@ -88,7 +88,12 @@ pub async fn github(
             "missing or wrong X-Hub-Signature-256",
         ));
     }
-    let event = header("x-github-event").unwrap_or("push");
+    let Some(event) = header("x-github-event") else {
+        return Err(ApiError::bad_request(
+            "no X-GitHub-Event header: this endpoint takes GitHub's webhook deliveries",
+        )
+        .with_detail(json!({"header": "X-GitHub-Event"})));
+    };
     match event {
         "ping" => return Ok((StatusCode::OK, Json(json!({"ok": true, "event": "ping"})))),
         "push" => {}
@@ -99,8 +104,7 @@ pub async fn github(
             ))
         }
     }
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("push payload is not JSON: {e}")))?;
+    let payload = payload(header("content-type"), &body)?;
     let pushed = payload["ref"].as_str().unwrap_or_default();
     let tracked = format!("refs/heads/{}", tenant.branch);
     if pushed != tracked {
@@ -143,7 +147,11 @@ pub async fn github(
         ));
     };
     let task_state = state.clone();
-    falra_runtime::task::spawn(async move {
+    let origin = crate::server::client_addr();
+    let commit = payload["after"]
+        .as_str()
+        .map(|c| c.chars().take(64).collect::<String>());
+    falra_runtime::task::spawn(falra_core::audit::with_origin(origin, async move {
         match deploy_in(&task_state, &tenant_name, Change::Sync, slot).await {
             Ok(d) => {
                 tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");
@@ -152,23 +160,70 @@ pub async fn github(
                     "webhook",
                     "deploy.push",
                     Some(tenant_name.as_str()),
-                    json!({"version": d.version.as_str()}),
+                    json!({"version": d.version.as_str(), "commit": commit}),
                 )
                 .await;
             }
             Err(e) => {
-                tracing::warn!(tenant = %tenant_name, error = %crate::api_error::ErrorChain(&e), "push deploy failed")
+                tracing::warn!(tenant = %tenant_name, error = %crate::api_error::ErrorChain(&e), "push deploy failed");
+                let answer = ApiError::from(e);
+                crate::audit::audit(
+                    &task_state,
+                    "webhook",
+                    "deploy.push_failed",
+                    Some(tenant_name.as_str()),
+                    json!({"commit": commit, "code": answer.code.as_str(),
+                        "error": answer.message.chars().take(2000).collect::<String>()}),
+                )
+                .await;
             }
         }
-    });
+    }));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"ok": true, "event": "push", "deploying": true})),
     ))
 }
 
+/// The push event's payload: the body itself (`application/json`, GitHub's choice for new
+/// hooks) or the `payload` field of a form (`application/x-www-form-urlencoded`, its default).
+fn payload(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+    let media = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    let json_text: std::borrow::Cow<'_, [u8]> = match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            let field = url::form_urlencoded::parse(body)
+                .find(|(k, _)| k == "payload")
+                .map(|(_, v)| v.into_owned())
+                .ok_or_else(|| {
+                    ApiError::bad_request("a form-encoded push has no payload field")
+                        .with_detail(json!({"field": "payload"}))
+                })?;
+            field.into_bytes().into()
+        }
+        _ => body.into(),
+    };
+    serde_json::from_slice(&json_text)
+        .map_err(|e| ApiError::bad_request(format!("push payload is not JSON: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payloads_come_as_json_or_as_a_form_field() {
+        let p = super::payload(Some("application/json"), br#"{"ref": "refs/heads/main"}"#);
+        assert_eq!(p.unwrap()["ref"], "refs/heads/main");
+        let form = b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%7D";
+        let p = super::payload(
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            form,
+        );
+        assert_eq!(p.unwrap()["ref"], "refs/heads/main");
+        assert!(super::payload(Some("application/x-www-form-urlencoded"), b"x=1").is_err());
+        assert!(super::payload(None, b"payload=1").is_err());
+    }
+
     #[test]
     fn a_delivery_is_taken_once_per_tenant_and_the_table_is_bounded() {
         let seen = super::RecentDeliveries::default();

@@ -495,3 +495,88 @@ fn an_upload_over_a_repository_module_is_refused_unless_it_says_replace() {
     assert!(ok, "{err}");
     assert_eq!(which("pkg.tool.which"), "repo tool");
 }
+
+#[test]
+fn form_encoded_pushes_deploy_and_failed_pushes_are_audited_with_their_address() {
+    use falra_policies::webhook::hmac_sha256;
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("v.py", "def get():\n    return 1\n")]);
+    let made = d.admin(
+        "POST",
+        "/tenants",
+        Some(json!({"name": "caro", "repo": repo.url(), "webhook_secret": "s3cret"})),
+    );
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    d.sync("caro");
+    let token = d.token("caro", &["call"]);
+    let push = |event: Option<&str>, body: &str, content_type: &str| {
+        let sig = format!(
+            "sha256={}",
+            hex::encode(hmac_sha256(b"s3cret", body.as_bytes()))
+        );
+        let mut headers = vec![
+            ("X-Hub-Signature-256", sig.as_str()),
+            ("Content-Type", content_type),
+        ];
+        if let Some(e) = event {
+            headers.push(("X-GitHub-Event", e));
+        }
+        d.post("/hooks/github/caro", &headers, body.as_bytes())
+    };
+    let form = |payload: &Value| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish()
+    };
+    let form_type = "application/x-www-form-urlencoded";
+
+    repo.commit(&[("v.py", "def get():\n    return 2\n")]);
+    let body = form(&json!({"ref": "refs/heads/main", "after": repo.head()}));
+    let none = push(None, &body, form_type);
+    assert_eq!(none.status, 400, "{:?}", none.body);
+    assert_eq!(none.body["error"]["detail"]["header"], "X-GitHub-Event");
+    let a = push(Some("push"), &body, form_type);
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    falra_tests::eventually("the push deploys", Duration::from_secs(30), || {
+        d.call(json!({"token": token, "fn": "v.get"})).body["result"] == 2
+    });
+
+    // A push whose commit cannot deploy (the code root is gone) fails, in the audit log too.
+    d.admin("PATCH", "/tenants/caro", Some(json!({"subdir": "missing"})));
+    let body = form(&json!({"ref": "refs/heads/main", "after": repo.head()}));
+    let a = push(Some("push"), &body, form_type);
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    let find = |action: &str| {
+        d.admin("GET", "/audit?tenant=caro", None).body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .cloned()
+    };
+    falra_tests::eventually(
+        "the failed push is audited",
+        Duration::from_secs(30),
+        || find("deploy.push_failed").is_some(),
+    );
+    let failed = find("deploy.push_failed").unwrap();
+    assert_eq!(failed["remote"], "127.0.0.1", "{failed:?}");
+    assert!(
+        failed["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{failed:?}"
+    );
+    let pushed = find("deploy.push").unwrap();
+    assert_eq!(pushed["remote"], "127.0.0.1", "{pushed:?}");
+    // A failed sync by an operator is audited as well.
+    let s = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(s.status, 422, "{:?}", s.body);
+    let log = d.admin("GET", "/audit?tenant=caro&limit=1", None);
+    assert_eq!(
+        log.body["events"][0]["action"], "deploy.sync_failed",
+        "{:?}",
+        log.body
+    );
+}
