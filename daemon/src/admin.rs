@@ -440,18 +440,46 @@ pub async fn list_tokens(
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
     let tokens = state.store.tokens_of(&name).await?;
+    Ok(Json(
+        json!({"tokens": tokens.iter().map(token_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// A token as listings show it: never its secret.
+fn token_json(t: &crate::store::TokenRow) -> Value {
+    json!({
+        "id": t.id,
+        "prefix": t.prefix,
+        "scopes": t.scopes.split(',').collect::<Vec<_>>(),
+        "expires_at": t.expires_at.map(format_ms),
+        "revoked_at": t.revoked_at.map(format_ms),
+        "created_at": format_ms(t.created_at),
+        "last_used_at": t.last_used_at.map(format_ms),
+    })
+}
+
+/// `GET /admin/v1/operator-tokens`: the operator tokens (revoke one with `DELETE
+/// /admin/v1/tokens/{id}`).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/operator-tokens",
+    operation_id = "admin_list_operator_tokens",
+    tag = "tokens",
+    summary = "List the operator tokens, without secrets",
+    responses((status = 200, description = "OK", body = crate::schemas::TokenList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn list_operator_tokens(
+    op: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = state.store.operator_tokens().await?;
     let list: Vec<Value> = tokens
         .iter()
         .map(|t| {
-            json!({
-                "id": t.id,
-                "prefix": t.prefix,
-                "scopes": t.scopes.split(',').collect::<Vec<_>>(),
-                "expires_at": t.expires_at.map(format_ms),
-                "revoked_at": t.revoked_at.map(format_ms),
-                "created_at": format_ms(t.created_at),
-                "last_used_at": t.last_used_at.map(format_ms),
-            })
+            let mut v = token_json(t);
+            v["this"] = json!(t.id == op.token_id);
+            v
         })
         .collect();
     Ok(Json(json!({"tokens": list})))
@@ -464,7 +492,7 @@ pub async fn list_tokens(
     tag = "tokens",
     summary = "Revoke a token",
     params(("id" = String, Path, description = "Its id")),
-    responses((status = 200, description = "OK", body = crate::schemas::Revoked), crate::schemas::OperatorErrors),
+    responses((status = 200, description = "OK", body = crate::schemas::Revoked), (status = 409, description = "conflict: the last live operator token", body = crate::schemas::Error), crate::schemas::OperatorErrors),
     security(("operator" = []))
 )]
 pub async fn revoke_token(
@@ -472,7 +500,22 @@ pub async fn revoke_token(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.store.revoke_token(&id, now_ms()).await? {
+    let now = now_ms();
+    let live = |t: &&crate::store::TokenRow| {
+        t.revoked_at.is_none() && t.expires_at.is_none_or(|at| at > now)
+    };
+    let operators = state.store.operator_tokens().await?;
+    if operators.iter().filter(live).count() == 1
+        && operators.iter().filter(live).any(|t| t.id == id)
+    {
+        return Err(ApiError::new(
+            crate::api_error::ErrorCode::Conflict,
+            "this is the last operator token: revoking it would leave no one to administer the \
+             node (make another with `falra admin init --force` first)",
+        )
+        .with_detail(json!({"token": id})));
+    }
+    if !state.store.revoke_token(&id, now).await? {
         return Err(ApiError::not_found(format!("no token with id {id:?}")));
     }
     tracing::info!(operator = %op.token_id, token = %id, "token revoked");

@@ -448,10 +448,19 @@ pub enum SandboxMode {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Create an operator token and print it, alone, on stdout.
+    /// The operator tokens, without their secrets (revoke with `falra token revoke ID`).
+    Tokens {
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Create the first operator token and print it, alone, on stdout (`--force`: another one,
+    /// on a store that has one already).
     Init {
         #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
         data_dir: PathBuf,
+        /// Make another operator token even though the store has a live one.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         store: StoreArgs,
     },

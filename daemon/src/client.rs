@@ -261,6 +261,10 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     args.client.send("GET", &path, None)
 }
 
+pub fn operator_tokens(client: &AdminClient) -> anyhow::Result<()> {
+    client.send("GET", "/operator-tokens", None)
+}
+
 pub fn versions(tenant: &str, client: &AdminClient) -> anyhow::Result<()> {
     client.send(
         "GET",

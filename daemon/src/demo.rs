@@ -29,7 +29,9 @@ const DEMO_FILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Makes sure the demo tenant exists with the bundled code active; returns a fresh call token.
+/// Makes sure the demo tenant exists with the bundled code active; returns its call token:
+/// the one kept in `<data dir>/demo-token` (owner-only) while it is live, else a new one
+/// written there, so serving the demo again mints no further token.
 pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
     let name = TenantName::parse(DEMO_TENANT).expect("a valid name");
     let source_dir = state.config.data_dir.join("demo-source");
@@ -55,10 +57,36 @@ pub async fn prepare(state: &AppState) -> anyhow::Result<String> {
     falra_core::deploy::deploy(state, &name, falra_core::deploy::Change::Sync)
         .await
         .context("could not deploy the demo tenant")?;
+    let token_file = state.config.data_dir.join("demo-token");
+    if let Ok(kept) = std::fs::read_to_string(&token_file) {
+        let kept = kept.trim().to_owned();
+        let hash = falra_policies::token::TokenHash::of(&kept);
+        let live = state.store.token_by_hash(hash.as_str()).await?.filter(|t| {
+            t.revoked_at.is_none() && t.tenant.as_ref() == Some(&name) && t.expires_at.is_none()
+        });
+        if live.is_some() {
+            return Ok(kept);
+        }
+    }
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
     let (row, secret) = new_token(Some(&name), TokenKind::Tenant, &scopes, None, now_ms());
     state.store.insert_token(&row).await?;
+    write_private(&token_file, secret.expose())
+        .with_context(|| format!("could not keep the demo token in {}", token_file.display()))?;
     Ok(secret.expose().to_owned())
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{text}")
 }
 
 /// Commits the bundled files to the repository at `dir` when they differ from its head.

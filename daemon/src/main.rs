@@ -61,9 +61,12 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
-        Command::Admin(AdminCommand::Init { data_dir, store }) => {
-            runtime()?.block_on(admin_init(&data_dir, &store))
-        }
+        Command::Admin(AdminCommand::Init {
+            data_dir,
+            store,
+            force,
+        }) => runtime()?.block_on(admin_init(&data_dir, &store, force)),
+        Command::Admin(AdminCommand::Tokens { client }) => client::operator_tokens(&client),
         Command::Tenant(cmd) => client::tenant(cmd),
         Command::Token(cmd) => client::token(cmd),
         Command::Policy(cmd) => client::policy(cmd),
@@ -174,7 +177,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             r#"{{"token": "{token}", "fn": "falra_test_add.add", "int_a": 1, "int_b": 2}}"#
         );
         println!("Falra is serving http://{addr} with a demo tenant \"demo\".");
-        println!("Its call token (shown once): {token}");
+        println!(
+            "Its token (kept in {}): {token}",
+            state.config.data_dir.join("demo-token").display()
+        );
         println!("Try it:\n");
         println!("  curl -s http://{addr}/v1/call -d '{body}'\n");
         println!("Stop with Ctrl-C.");
@@ -223,9 +229,25 @@ fn load_secret_key(
     }
 }
 
-async fn admin_init(data_dir: &std::path::Path, args: &cli::StoreArgs) -> anyhow::Result<()> {
+async fn admin_init(
+    data_dir: &std::path::Path,
+    args: &cli::StoreArgs,
+    force: bool,
+) -> anyhow::Result<()> {
     let store = open_store(data_dir, args).await?;
     load_secret_key(data_dir, args)?;
+    let now = falra_core::clock::now_ms();
+    let live = store
+        .operator_tokens()
+        .await?
+        .iter()
+        .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|at| at > now))
+        .count();
+    if live > 0 && !force {
+        anyhow::bail!(
+            "this store is initialised already: it has {live} live operator token(s) (`falra admin tokens` lists them); pass --force to make another"
+        );
+    }
     let scopes = Scopes::parse(["call", "deploy", "jobs"]).expect("valid scopes");
     let (row, secret) = falra_core::tenants::new_token(
         None,

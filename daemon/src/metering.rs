@@ -61,6 +61,14 @@ pub async fn usage(
     };
     let from = time("from", q.from.as_deref(), month_bounds(now).0)?;
     let to = time("to", q.to.as_deref(), now + 1)?;
+    if from > to {
+        return Err(ApiError::bad_request(format!(
+            "from ({}) is after to ({})",
+            falra_core::clock::format_ms(from),
+            falra_core::clock::format_ms(to)
+        ))
+        .with_detail(json!({"parameter": "from"})));
+    }
     let csv = match q.format.as_deref() {
         Some("csv") => true,
         Some("json") => false,
@@ -77,6 +85,12 @@ pub async fn usage(
     };
     state.meter.flush().await;
     let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
+    if let Some(t) = &tenant {
+        if state.store.tenant(t).await?.is_none() {
+            return Err(ApiError::not_found(format!("no tenant named {t:?}"))
+                .with_detail(json!({"parameter": "tenant"})));
+        }
+    }
     let rows = state.store.usage(tenant.as_ref(), from, to).await?;
     if csv {
         return Ok((

@@ -523,6 +523,11 @@ impl Store {
     }
 
     /// Marks a token revoked; false if there is no such token.
+    /// Every operator token, oldest first.
+    pub async fn operator_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        backend!(self.operator_tokens())
+    }
+
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let done = backend!(self.revoke_token(id, now))?;
         self.changed(&[Change::Tokens]).await;

@@ -662,6 +662,15 @@ impl Backend {
         rows.iter().map(token_from_row).collect()
     }
 
+    /// Every operator token, oldest first.
+    pub async fn operator_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")

@@ -170,7 +170,8 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let out = Command::new(falra_bin())
-            .args(["admin", "init", "--data-dir"])
+            // Each node of a shared store makes its own operator token.
+            .args(["admin", "init", "--force", "--data-dir"])
             .arg(&data_dir)
             .envs(envs.iter().copied())
             .env("FALRA_LOG", "warn")

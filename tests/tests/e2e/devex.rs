@@ -580,3 +580,128 @@ fn form_encoded_pushes_deploy_and_failed_pushes_are_audited_with_their_address()
         log.body
     );
 }
+
+#[test]
+fn operator_tokens_are_listed_revoked_and_init_and_demo_mint_no_token_they_need_not() {
+    let d = Daemon::start();
+    let data = d.data_dir.clone();
+    let init = |force: bool| {
+        let mut c = std::process::Command::new(falra_bin());
+        c.args(["admin", "init", "--data-dir"]).arg(&data);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let again = init(false);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("--force") && err.lines().count() == 1, "{err}");
+    let second = init(true);
+    assert!(second.status.success());
+    let second = String::from_utf8(second.stdout).unwrap().trim().to_owned();
+
+    let listed = d.admin("GET", "/operator-tokens", None);
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let tokens = listed.body["tokens"].as_array().unwrap().clone();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(tokens
+        .iter()
+        .all(|t| t.get("hash").is_none() && t["prefix"].is_string()));
+    let mine = tokens.iter().find(|t| t["this"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = tokens.iter().find(|t| t["this"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The second operator revokes the first; the first is refused from then on.
+    let revoked = d.with_token("DELETE", &format!("/admin/v1/tokens/{mine}"), &second, None);
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert_eq!(d.admin("GET", "/tenants", None).status, 401);
+    // The last live one is not revoked.
+    let last = d.with_token(
+        "DELETE",
+        &format!("/admin/v1/tokens/{other}"),
+        &second,
+        None,
+    );
+    assert_eq!(last.status, 409, "{:?}", last.body);
+    let out = std::process::Command::new(falra_bin())
+        .args(["admin", "tokens", "--url", &d.url])
+        .env("FALRA_ADMIN_TOKEN", &second)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&other));
+
+    // Usage refuses what cannot be right.
+    let get = |path: &str| d.with_token("GET", &format!("/admin/v1{path}"), &second, None);
+    assert_eq!(get("/usage?from=2026-12-01&to=2026-11-01").status, 400);
+    assert_eq!(get("/usage?tenant=nobody").status, 404);
+}
+
+#[test]
+fn the_demo_keeps_its_tenant_and_token_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = || {
+        let port = falra_tests::free_port();
+        let mut child = std::process::Command::new(falra_bin())
+            .args([
+                "serve",
+                "--demo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("FALRA_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut token = String::new();
+        for line in lines.by_ref().take(20) {
+            let line = line.unwrap();
+            if let Some(at) = line.find("flr_") {
+                token = line[at..]
+                    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                break;
+            }
+        }
+        let answer = falra_tests::http(
+            "POST",
+            &format!("http://127.0.0.1:{port}/v1/call"),
+            &[],
+            Some(
+                json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_eq!(answer.body["result"], 3, "{:?}", answer.body);
+        stop(&mut child);
+        token
+    };
+    let first = serve();
+    let second = serve();
+    assert_eq!(first, second, "the same token both times");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("data/demo-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "owner only: {mode:o}");
+}
+
+/// Stops a daemon as an operator would (SIGTERM) and waits for it.
+fn stop(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
