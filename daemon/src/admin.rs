@@ -14,12 +14,12 @@ use utoipa::ToSchema;
 use crate::api_error::ApiError;
 use crate::audit::audit;
 use crate::auth::Operator;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::plans::{check_plan, effective_policy};
 use crate::server::AppState;
 use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind};
 use falra_core::clock::{format_ms, now_ms, parse_rfc3339};
-use falra_core::deploy::{deploy, Change};
+use falra_core::deploy::Change;
 use falra_core::secrets::seal_webhook_secret;
 
 const DEFAULT_BRANCH: &str = "main";
@@ -297,7 +297,7 @@ pub async fn delete_tenant(
     operation_id = "admin_sync_tenant",
     tag = "tenants",
     summary = "Fetch the branch and make it the active version",
-    params(("name" = String, Path, description = "A tenant name")),
+    params(("name" = String, Path, description = "A tenant name"), crate::uploads::ForceQuery),
     responses((status = 200, description = "OK", body = crate::schemas::Deployed), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
     security(("operator" = []))
 )]
@@ -305,9 +305,12 @@ pub async fn sync_tenant(
     op: Operator,
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
+    query: Result<ApiQuery<crate::uploads::ForceQuery>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(query) = query?;
     let (name, _) = load_tenant(&state, &name).await?;
-    let deployed = match deploy(&state, &name, Change::Sync).await {
+    let force = query.force.unwrap_or(false);
+    let deployed = match falra_core::deploy::deploy_with(&state, &name, Change::Sync, force).await {
         Ok(d) => d,
         Err(e) => {
             let answer = ApiError::from(e);

@@ -217,6 +217,8 @@ impl From<falra_core::deploy::DeployError> for ApiError {
             DeployError::NoRepository(_) => {
                 ApiError::bad_request(message).with_detail(json!({"field": "repo"}))
             }
+            DeployError::Broken { modules } => ApiError::new(ErrorCode::SyncFailed, message)
+                .with_detail(json!({"reason": "modules_broken", "modules": modules, "force": "pass force=true to activate it anyway"})),
             DeployError::WouldReplace { module, path } => ApiError::new(ErrorCode::Conflict, message)
                 .with_detail(json!({"module": module.as_str(), "path": path, "reason": "replaces_repository_module"})),
             DeployError::NoUpload { module, .. } => {

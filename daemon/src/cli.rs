@@ -271,6 +271,9 @@ pub struct UploadArgs {
     /// Upload even over a module or package of the tenant's repository of that name.
     #[arg(long)]
     pub replace: bool,
+    /// Activate the new version even if some of its modules fail to compile or import.
+    #[arg(long)]
+    pub force: bool,
     /// A tenant token with the `deploy` scope, used when no operator token is given (the
     /// upload then goes to the token's own tenant, which must be TENANT).
     #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
@@ -541,6 +544,9 @@ pub enum TenantCommand {
     /// Fetch the tenant's branch and make it the active version.
     Sync {
         name: String,
+        /// Activate the new version even if some of its modules fail to compile or import.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: AdminClient,
     },

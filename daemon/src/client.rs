@@ -435,7 +435,12 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
             .map(str::to_owned)
             .context("cannot name the module after the file: pass --as NAME")?,
     };
-    let query = if args.replace { "?replace=true" } else { "" };
+    let query = match (args.replace, args.force) {
+        (false, false) => "",
+        (true, false) => "?replace=true",
+        (false, true) => "?force=true",
+        (true, true) => "?replace=true&force=true",
+    };
     match (&args.client.admin_token, &args.token) {
         (None, Some(token)) => {
             let url = format!("{}/v1/modules/{module}{query}", args.client.url);
@@ -596,8 +601,13 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
             )?;
             client.send("DELETE", &format!("/tenants/{name}"), None)
         }
-        TenantCommand::Sync { name, client } => {
-            client.send("POST", &format!("/tenants/{name}/sync"), None)
+        TenantCommand::Sync {
+            name,
+            force,
+            client,
+        } => {
+            let query = if force { "?force=true" } else { "" };
+            client.send("POST", &format!("/tenants/{name}/sync{query}"), None)
         }
         TenantCommand::Rollback {
             name,

@@ -152,7 +152,7 @@ pub async fn github(
         .as_str()
         .map(|c| c.chars().take(64).collect::<String>());
     falra_runtime::task::spawn(falra_core::audit::with_origin(origin, async move {
-        match deploy_in(&task_state, &tenant_name, Change::Sync, slot).await {
+        match deploy_in(&task_state, &tenant_name, Change::Sync, slot, false).await {
             Ok(d) => {
                 tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");
                 crate::audit::audit(

@@ -38,6 +38,17 @@ fn module_name(state: &AppState, name: &str) -> Result<ModuleName, ApiError> {
 pub struct PutQuery {
     /// Upload even over a module (or package) of the tenant's repository of that name.
     replace: Option<bool>,
+    /// Activate the new version even if some of its modules fail to compile or import.
+    force: Option<bool>,
+}
+
+/// `?force=true`: activate a version whose modules do not all compile and import.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Activate the new version even if some of its modules fail to compile or import.
+    pub force: Option<bool>,
 }
 
 async fn put(
@@ -68,7 +79,9 @@ async fn put(
         source,
     };
     let sha256 = upload.sha256();
-    let Deployed { version, functions } = deploy(state, tenant, Change::Put(upload)).await?;
+    let force = query.force.unwrap_or(false);
+    let Deployed { version, functions } =
+        falra_core::deploy::deploy_with(state, tenant, Change::Put(upload), force).await?;
     let listed = crate::tenant_api::functions_of_module(&functions, module.as_str());
     Ok(Json(json!({
         "module": module.as_str(),

@@ -215,6 +215,15 @@ def _introspect():
         try:
             entry = _decode(data)
         except BaseException:
+            if posix.WIFSIGNALED(status) and posix.WTERMSIG(status) == signal.SIGALRM:
+                entry = {"module": name, "error": {
+                    "type": "ImportTimeout",
+                    "message": "importing the module took longer than %d s, the import time "
+                               "limit (work at import time belongs in a function)"
+                               % _MODULE_SECONDS,
+                }}
+                modules.append(entry)
+                continue
             if posix.WIFSIGNALED(status):
                 how = "was killed by signal %d" % posix.WTERMSIG(status)
             else:

@@ -328,7 +328,8 @@ impl Daemon {
         http("POST", &format!("{}{path}", self.url), headers, Some(body))
     }
 
-    /// Creates a tenant whose code is `repo`, syncs it, and returns a `call` token.
+    /// Creates a tenant whose code is `repo`, syncs it (activating it even when some of its
+    /// modules fail to import: many suites test exactly those), and returns a `call` token.
     pub fn tenant(&self, name: &str, repo: &GitRepo) -> String {
         let a = self.admin(
             "POST",
@@ -340,8 +341,9 @@ impl Daemon {
         self.token(name, &["call"])
     }
 
+    /// Syncs the tenant with `?force=true` (see [`Daemon::tenant`]).
     pub fn sync(&self, name: &str) -> String {
-        let a = self.admin("POST", &format!("/tenants/{name}/sync"), None);
+        let a = self.admin("POST", &format!("/tenants/{name}/sync?force=true"), None);
         assert_eq!(a.status, 200, "sync: {:?}", a.body);
         a.body["version"].as_str().unwrap().to_owned()
     }

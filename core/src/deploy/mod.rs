@@ -48,6 +48,10 @@ pub enum DeployError {
     NoTenant(TenantName),
     #[error("tenant {0} has no repository to sync")]
     NoRepository(TenantName),
+    /// Modules of the new version fail to compile or import: it is not activated, the active
+    /// version stays.
+    #[error("{}", broken_message(modules))]
+    Broken { modules: Vec<BrokenModule> },
     /// An upload would replace (or shadow, as a package) a module of the tenant's repository.
     #[error(
         "{module} would replace {path} of the tenant's repository; upload it with replace=true to do so"
@@ -96,6 +100,62 @@ impl DeployError {
             detail: None,
         }
     }
+}
+
+/// A module of a version that does not compile or import.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokenModule {
+    pub module: String,
+    /// `compile` or `import`.
+    pub stage: &'static str,
+    /// The exception's type (`SyntaxError`, `ImportError`, `ImportTimeout`, …).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub message: String,
+    pub line: Option<u64>,
+}
+
+fn broken_message(modules: &[BrokenModule]) -> String {
+    let mut text = String::from("not activated: ");
+    for (i, m) in modules.iter().take(5).enumerate() {
+        if i > 0 {
+            text.push_str("; ");
+        }
+        let at = m.line.map(|l| format!(" line {l}")).unwrap_or_default();
+        text.push_str(&format!(
+            "{}{at} does not {}: {}: {}",
+            m.module, m.stage, m.type_name, m.message
+        ));
+    }
+    if modules.len() > 5 {
+        text.push_str(&format!("; and {} more", modules.len() - 5));
+    }
+    text.push_str(" (the active version stays; force=true activates it anyway)");
+    text
+}
+
+/// The modules the listing of a version reports as failing to compile or import.
+fn broken_modules(functions: &Value) -> Vec<BrokenModule> {
+    functions["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["error"].is_object())
+        .map(|m| {
+            let e = &m["error"];
+            BrokenModule {
+                module: m["module"].as_str().unwrap_or_default().to_owned(),
+                stage: if e["stage"] == "compile" {
+                    "compile"
+                } else {
+                    "import"
+                },
+                type_name: e["type"].as_str().unwrap_or("Error").to_owned(),
+                message: e["message"].as_str().unwrap_or_default().to_owned(),
+                line: e["line"].as_u64(),
+            }
+        })
+        .collect()
 }
 
 /// The node's failure at `context`, for `map_err`.
@@ -184,16 +244,29 @@ impl Drop for DeploySlot {
 /// Makes and activates the tenant's next version; a failure changes nothing. The work runs in a
 /// task of its own, so a client that hangs up does not stop a deploy halfway (with a cgroup on
 /// loan, a half-built virtualenv or a tree written but not recorded).
+/// A version whose modules do not all compile and import is not activated
+/// ([`DeployError::Broken`]); see [`deploy_with`] to activate it anyway.
 pub async fn deploy(
     state: &Core,
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, DeployError> {
+    deploy_with(state, name, change, false).await
+}
+
+/// [`deploy`], with `force`: a version whose modules fail to compile or import is activated
+/// all the same (its listing says which).
+pub async fn deploy_with(
+    state: &Core,
+    name: &TenantName,
+    change: Change,
+    force: bool,
+) -> Result<Deployed, DeployError> {
     let slot = state
         .deploy_slots
         .try_take(name)
         .ok_or_else(|| DeployError::Queued(name.clone()))?;
-    deploy_in(state, name, change, slot).await
+    deploy_in(state, name, change, slot, force).await
 }
 
 /// [`deploy`] with its place in the tenant's queue already taken.
@@ -202,10 +275,11 @@ pub async fn deploy_in(
     name: &TenantName,
     change: Change,
     slot: DeploySlot,
+    force: bool,
 ) -> Result<Deployed, DeployError> {
     let (task_state, task_name) = (state.clone(), name.clone());
     falra_runtime::task::spawn(async move {
-        let deployed = deploy_now(&task_state, &task_name, change).await;
+        let deployed = deploy_now(&task_state, &task_name, change, force).await;
         drop(slot);
         deployed
     })
@@ -257,6 +331,7 @@ async fn deploy_now(
     state: &Core,
     name: &TenantName,
     change: Change,
+    force: bool,
 ) -> Result<Deployed, DeployError> {
     let _lock = state.store.deploy_lock(name).await?;
     let tenant = state
@@ -338,6 +413,28 @@ async fn deploy_now(
         known.and_then(|v| v.functions),
     )
     .await;
+    // What is broken already in the active version (activated by force) does not hold back
+    // a new one; what the new one breaks does.
+    let broken_before: Vec<String> = match &tenant.active_version {
+        Some(active) => state
+            .store
+            .version(name, active)
+            .await?
+            .and_then(|v| v.functions)
+            .and_then(|f| serde_json::from_str::<Value>(&f).ok())
+            .map(|f| broken_modules(&f).into_iter().map(|m| m.module).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let prepared = prepared.and_then(|functions| {
+        let mut broken = broken_modules(&functions);
+        broken.retain(|m| !broken_before.contains(&m.module));
+        if broken.is_empty() || force || tenant.active_version.as_ref() == Some(&version) {
+            Ok(functions)
+        } else {
+            Err(DeployError::Broken { modules: broken })
+        }
+    });
     let functions = match prepared {
         Ok(functions) => functions,
         Err(e) => {

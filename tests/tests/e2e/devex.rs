@@ -705,3 +705,67 @@ fn stop(child: &mut std::process::Child) {
         .status();
     let _ = child.wait();
 }
+
+#[test]
+fn a_version_whose_modules_do_not_import_is_not_activated_unless_forced() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("v.py", "def get():\n    return 1\n")]);
+    let token = d.tenant("caro", &repo);
+    let before = d.admin("GET", "/tenants/caro", None).body["active_version"].clone();
+    repo.commit(&[
+        ("v.py", "def get():\n    return 2\n"),
+        ("broken.py", "import json\n\ndef f(:\n    pass\n"),
+        ("fails.py", "raise RuntimeError('no config at import')\n"),
+    ]);
+    let a = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.body["error"]["code"], "sync_failed");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("broken line 3 does not compile: SyntaxError"),
+        "{message}"
+    );
+    assert!(
+        message.contains("fails does not import: RuntimeError: no config at import"),
+        "{message}"
+    );
+    let modules = a.body["error"]["detail"]["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 2, "{modules:?}");
+    assert_eq!(
+        d.admin("GET", "/tenants/caro", None).body["active_version"],
+        before
+    );
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "v.get"})).body["result"],
+        1
+    );
+    let log = d.admin("GET", "/audit?tenant=caro&limit=1", None);
+    assert_eq!(log.body["events"][0]["action"], "deploy.sync_failed");
+
+    // Forced, it is active, and its listing says what is wrong.
+    let a = d.admin("POST", "/tenants/caro/sync?force=true", None);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        d.call(json!({"token": token, "fn": "v.get"})).body["result"],
+        2
+    );
+    // What was broken already does not hold back an upload that breaks nothing new.
+    let deploy = d.token("caro", &["deploy"]);
+    let up = d.with_token(
+        "PUT",
+        "/v1/modules/extra",
+        &deploy,
+        Some(b"def g():\n    return 3\n"),
+    );
+    assert_eq!(up.status, 200, "{:?}", up.body);
+    // One that does is refused unless forced.
+    let bad = b"import nonexistent_module_xyz\n";
+    let up = d.with_token("PUT", "/v1/modules/worse", &deploy, Some(bad));
+    assert_eq!(up.status, 422, "{:?}", up.body);
+    assert!(up.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("worse does not import"));
+    let up = d.with_token("PUT", "/v1/modules/worse?force=true", &deploy, Some(bad));
+    assert_eq!(up.status, 200, "{:?}", up.body);
+}

@@ -257,9 +257,16 @@ fn function_listings_report_what_is_callable_and_what_failed_to_import() {
     let boom = errors.iter().find(|e| e["module"] == "boom").unwrap();
     assert_eq!(boom["type"], json!("RuntimeError"));
     assert_eq!(boom["message"], json!("no config"));
-    for (module, how) in [("quits", "status 3"), ("spins", "signal 14")] {
+    for (module, kind, how) in [
+        ("quits", "ImportAborted", "status 3"),
+        (
+            "spins",
+            "ImportTimeout",
+            "took longer than 10 s, the import time limit",
+        ),
+    ] {
         let e = errors.iter().find(|e| e["module"] == module).unwrap();
-        assert_eq!(e["type"], json!("ImportAborted"), "{e}");
+        assert_eq!(e["type"], json!(kind), "{e}");
         assert!(e["message"].as_str().unwrap().contains(how), "{e}");
     }
     let syntax = errors.iter().find(|e| e["module"] == "syntax").unwrap();
