@@ -231,6 +231,7 @@ mod tests {
             active_version: None,
             created_at: 1,
             uid: TenantUid::new(i64::from(TenantUid::FIRST)).unwrap(),
+            env: Vec::new(),
         }
     }
 

@@ -287,6 +287,7 @@ pub async fn run(
         call_id,
         function: function.as_str(),
         kwargs,
+        env: &tenant.env,
     }
     .encode();
     metered.version = Some(version.as_str().to_owned());

@@ -40,6 +40,17 @@ fn node<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// Replaces the tenant's environment variables (already validated); its next call and job
+/// get them: they travel in each call's request, so no prepared child or zygote holds old
+/// ones.
+pub async fn set_env(
+    state: &Core,
+    tenant: &TenantName,
+    env: &falra_policies::env::Env,
+) -> Result<bool, TenantError> {
+    Ok(state.store.set_env(tenant, env.vars()).await?)
+}
+
 /// Sets the tenant's policy overrides: `patch` over the current ones, then the `reset`
 /// fields given back to the plan. Checked against the plan as a whole, so a bad field changes
 /// nothing. Returns the tenant's effective policy.

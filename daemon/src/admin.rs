@@ -461,6 +461,70 @@ fn token_json(t: &crate::store::TokenRow) -> Value {
     })
 }
 
+/// `PUT /admin/v1/tenants/{name}/env`: replaces the tenant's environment variables (a JSON
+/// object of names to text); its next call and job get them.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/tenants/{name}/env",
+    operation_id = "admin_set_env",
+    tag = "tenants",
+    summary = "Replace the environment variables of the tenant's calls and jobs",
+    params(("name" = String, Path, description = "A tenant name")),
+    request_body(content = std::collections::BTreeMap<String, String>, description = "Names ([A-Za-z_][A-Za-z0-9_]*, not PATH, HOME, TMPDIR, LANG, LC_ALL or FALRA_…) to values"),
+    responses((status = 200, description = "The tenant's variables", body = crate::schemas::EnvVars), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn set_env(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = load_tenant(&state, &name).await?;
+    let env = falra_policies::env::Env::parse(&body)?;
+    if !falra_core::tenants::set_env(&state, &name, &env).await? {
+        return Err(ApiError::not_found(format!("no tenant named {name}")));
+    }
+    let names: Vec<&str> = env.vars().iter().map(|(k, _)| k.as_str()).collect();
+    audit(
+        &state,
+        &op.token_id,
+        "tenant.env",
+        Some(name.as_str()),
+        json!({"names": names}),
+    )
+    .await;
+    Ok(Json(env_json(env.vars())))
+}
+
+/// `GET /admin/v1/tenants/{name}/env`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/env",
+    operation_id = "admin_show_env",
+    tag = "tenants",
+    summary = "The environment variables of the tenant's calls and jobs",
+    params(("name" = String, Path, description = "A tenant name")),
+    responses((status = 200, description = "The tenant's variables", body = crate::schemas::EnvVars), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn show_env(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, row) = load_tenant(&state, &name).await?;
+    Ok(Json(env_json(&row.env)))
+}
+
+fn env_json(vars: &[(String, String)]) -> Value {
+    let object: serde_json::Map<String, Value> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({"env": object})
+}
+
 /// `GET /admin/v1/operator-tokens`: the operator tokens (revoke one with `DELETE
 /// /admin/v1/tokens/{id}`).
 #[utoipa::path(

@@ -358,6 +358,16 @@ impl From<falra_core::secrets::SecretSetError> for ApiError {
     }
 }
 
+impl From<falra_policies::env::EnvError> for ApiError {
+    fn from(e: falra_policies::env::EnvError) -> ApiError {
+        let detail = match e.name() {
+            Some(name) => serde_json::json!({"field": name}),
+            None => serde_json::json!({"field": "env"}),
+        };
+        ApiError::bad_request(e.to_string()).with_detail(detail)
+    }
+}
+
 /// A version reference that names no version, or several commits, as the answer for the
 /// request's `key` (`parameter` or `field`) `version`.
 pub fn version_ref_error(e: falra_core::versions::VersionRefError, key: &str) -> ApiError {

@@ -35,6 +35,10 @@ pub enum Command {
     Secret(SecretCommand),
     /// Upload a private module for a tenant: `falra upload caro helpers.py [--as pkg.helpers]`.
     Upload(UploadArgs),
+    /// Environment variables of a tenant's calls and jobs: set, list, remove (talks to a
+    /// running daemon).
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// A tenant's uploaded modules: list, remove (talks to a running daemon).
     #[command(subcommand)]
     Modules(ModulesCommand),
@@ -280,6 +284,33 @@ pub struct UploadArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub client: AdminClient,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Set variables: `falra env set caro REGION=eu LEVEL=debug` (the others stay).
+    Set {
+        tenant: String,
+        /// NAME=value pairs.
+        #[arg(required = true)]
+        vars: Vec<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// The tenant's variables.
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Remove variables by name.
+    Remove {
+        tenant: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,9 +4,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AdminClient, AuditArgs, CallArgs, JobClient, JobCommand, LogsArgs, ModulesCommand, NodeCommand,
-    PlanCommand, PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand, TokenCommand,
-    UploadArgs, UsageArgs,
+    AdminClient, AuditArgs, CallArgs, EnvCommand, JobClient, JobCommand, LogsArgs, ModulesCommand,
+    NodeCommand, PlanCommand, PolicyCommand, ScheduleCommand, SecretCommand, TenantCommand,
+    TokenCommand, UploadArgs, UsageArgs,
 };
 
 /// An HTTP answer: status and JSON body.
@@ -457,6 +457,53 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
             &format!("/tenants/{}/modules/{module}{query}", args.tenant),
             Some((source, "text/x-python")),
         ),
+    }
+}
+
+pub fn env(cmd: EnvCommand) -> anyhow::Result<()> {
+    let current = |client: &AdminClient, tenant: &str| -> anyhow::Result<Map<String, Value>> {
+        let answer = client.get(&format!("/tenants/{}/env", encode(tenant)))?;
+        Ok(answer["env"].as_object().cloned().unwrap_or_default())
+    };
+    match cmd {
+        EnvCommand::List { tenant, client } => {
+            client.send("GET", &format!("/tenants/{}/env", encode(&tenant)), None)
+        }
+        EnvCommand::Set {
+            tenant,
+            vars,
+            client,
+        } => {
+            let mut env = current(&client, &tenant)?;
+            for pair in &vars {
+                let Some((name, value)) = pair.split_once('=') else {
+                    bail!("{pair:?} is not NAME=value");
+                };
+                env.insert(name.to_owned(), Value::String(value.to_owned()));
+            }
+            client.send(
+                "PUT",
+                &format!("/tenants/{}/env", encode(&tenant)),
+                Some(Value::Object(env)),
+            )
+        }
+        EnvCommand::Remove {
+            tenant,
+            names,
+            client,
+        } => {
+            let mut env = current(&client, &tenant)?;
+            for name in &names {
+                if env.shift_remove(name).is_none() {
+                    bail!("{tenant} has no variable {name}");
+                }
+            }
+            client.send(
+                "PUT",
+                &format!("/tenants/{}/env", encode(&tenant)),
+                Some(Value::Object(env)),
+            )
+        }
     }
 }
 

@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => client::secret(cmd),
         Command::Upload(args) => client::upload(args),
         Command::Modules(cmd) => client::modules(cmd),
+        Command::Env(cmd) => client::env(cmd),
         Command::Plan(cmd) => client::plan(cmd),
         Command::Node(cmd) => client::node(cmd),
         Command::Usage(args) => client::usage(args),

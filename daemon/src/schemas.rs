@@ -205,6 +205,12 @@ pub struct CallOk {
     usage: CallUsage,
 }
 
+/// A tenant's environment variables.
+#[derive(ToSchema)]
+pub struct EnvVars {
+    env: std::collections::BTreeMap<String, String>,
+}
+
 /// A recorded call's status.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]

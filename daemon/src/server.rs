@@ -130,6 +130,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(uploads::admin_put, uploads::admin_delete))
         .routes(routes!(admin::revoke_token))
         .routes(routes!(admin::list_operator_tokens))
+        .routes(routes!(admin::set_env, admin::show_env))
         .routes(routes!(plans::list_plans))
         .routes(routes!(plans::put_plan, plans::delete_plan))
         .routes(routes!(metering::usage))

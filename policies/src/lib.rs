@@ -7,6 +7,7 @@
 pub mod address;
 pub mod admission;
 pub mod egress;
+pub mod env;
 pub mod policy;
 pub mod secrets;
 pub mod token;

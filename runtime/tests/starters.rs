@@ -93,6 +93,7 @@ async fn call(rt: &Runtime, req: CallChild, function: &str, kwargs: Value) -> Va
         call_id: "c_test",
         function,
         kwargs: &kwargs,
+        env: &[],
     }
     .encode();
     let child = rt.start_call(req).await.unwrap();
@@ -192,6 +193,7 @@ async fn a_childs_usage_and_limits_come_back_with_it() {
         call_id: "c_slow",
         function: "m.add",
         kwargs: &Map::new(),
+        env: &[],
     }
     .encode();
     // A missing argument is the function's error, answered by the runner, not a run error.

@@ -24,6 +24,10 @@ pub struct ProtocolRequest<'a> {
     #[serde(rename = "fn")]
     pub function: &'a str,
     pub kwargs: &'a Map<String, Value>,
+    /// The tenant's environment variables, set in the call's process before its module is
+    /// imported.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub env: &'a [(String, String)],
 }
 
 impl ProtocolRequest<'_> {
@@ -239,10 +243,16 @@ mod tests {
             call_id: "c1",
             function: "m.f",
             kwargs: &kwargs,
+            env: &[],
         };
         assert_eq!(
             String::from_utf8(req.encode()).unwrap(),
             r#"{"protocol":1,"call_id":"c1","fn":"m.f","kwargs":{"int_a":1}}"#
         );
+        let env = [("REGION".to_owned(), "eu".to_owned())];
+        let req = ProtocolRequest { env: &env, ..req };
+        assert!(String::from_utf8(req.encode())
+            .unwrap()
+            .ends_with(r#""env":[["REGION","eu"]]}"#));
     }
 }

@@ -534,6 +534,7 @@ def _main():
         elif request.get("mode") == "compile":
             result = _compile(request["out"])
         else:
+            _add_environment(request.get("env") or ())
             func = _resolve(request["fn"])
             result = func(**request["kwargs"])
         try:
@@ -565,6 +566,17 @@ def _main():
             data = data[posix.write(answer_fd, data):]
     finally:
         posix._exit(0)
+
+
+def _add_environment(pairs):
+    """The tenant's environment variables (validated by the daemon), for the function and
+    whatever it starts; set before its module is imported."""
+    os = sys.modules.get("os")
+    for key, value in pairs:
+        posix.putenv(key, value)
+        posix.environ[key.encode()] = value.encode()
+        if os is not None:
+            os.environ._data[key.encode()] = value.encode()
 
 
 def _read_all(fd):

@@ -370,6 +370,17 @@ impl Store {
         Ok(done)
     }
 
+    /// Replaces the tenant's environment variables; false if there is no such tenant.
+    pub async fn set_env(
+        &self,
+        tenant: &TenantName,
+        env: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let done = backend!(self.set_env(tenant, env))?;
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(done)
+    }
+
     /// Replaces the tenant's policy overrides; false if there is no such tenant.
     pub async fn set_overrides(
         &self,

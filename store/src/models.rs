@@ -94,6 +94,8 @@ pub struct TenantRow {
     pub created_at: i64,
     /// Allocated by [`crate::Store::insert_tenant`], never changed.
     pub uid: TenantUid,
+    /// Environment variables its calls and jobs get, in the order set.
+    pub env: Vec<(String, String)>,
 }
 
 /// A tenant about to be created: everything but what the store allocates.

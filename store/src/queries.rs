@@ -5,7 +5,8 @@
 // cast to BIGINT (PostgreSQL sums BIGINTs as NUMERIC), no functions only one of them has.
 
 const TENANT_COLUMNS: &str =
-    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at, uid";
+    "name, repo, branch, subdir, plan, webhook_secret, policy, active_version, created_at, uid, \
+     env";
 const TOKEN_COLUMNS: &str =
     "id, tenant, kind, hash, prefix, scopes, expires_at, revoked_at, created_at, last_used_at";
 /// A call's record with what is kept of its logs, as [`call_view_from_row`] reads it.
@@ -27,7 +28,7 @@ impl Backend {
     pub async fn insert_tenant(&self, t: &NewTenant) -> Result<TenantRow, StoreError> {
         let sql = format!(
             "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, \
-             (SELECT COALESCE(MAX(uid) + 1, $9) FROM tenants))"
+             (SELECT COALESCE(MAX(uid) + 1, $9) FROM tenants), NULL)"
         );
         let overrides = serde_json::to_string(&PolicyPatch::default()).expect("serialises");
         let mut attempts = 0;
@@ -245,6 +246,24 @@ impl Backend {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces the tenant's environment variables; false if there is no such tenant.
+    pub async fn set_env(
+        &self,
+        tenant: &TenantName,
+        env: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let object: serde_json::Map<String, serde_json::Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let done = sqlx::query("UPDATE tenants SET env = $2 WHERE name = $1")
+            .bind(tenant.as_str())
+            .bind(serde_json::Value::Object(object).to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -796,6 +815,16 @@ fn tenant_from_row(r: &DbRow) -> Result<TenantRow, StoreError> {
         None => return Err(invalid("it has no uid".into())),
         Some(uid) => TenantUid::new(uid).map_err(invalid)?,
     };
+    let env = match r.try_get::<Option<String>, _>(10)? {
+        None => Vec::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(m)) => m
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            _ => return Err(invalid("its environment does not parse".into())),
+        },
+    };
     Ok(TenantRow {
         name,
         repo: r.try_get(1)?,
@@ -807,6 +836,7 @@ fn tenant_from_row(r: &DbRow) -> Result<TenantRow, StoreError> {
         active_version,
         created_at: r.try_get(8)?,
         uid,
+        env,
     })
 }
 

@@ -15,3 +15,6 @@ CREATE INDEX call_logs_tenant_at ON call_logs (tenant, at);
 -- it holds from uploads (a JSON list of names).
 ALTER TABLE versions ADD COLUMN activated_at BIGINT;
 ALTER TABLE versions ADD COLUMN uploads TEXT;
+
+-- The environment variables a tenant's calls and jobs get (a JSON object of names to values).
+ALTER TABLE tenants ADD COLUMN env TEXT;

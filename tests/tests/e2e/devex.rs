@@ -769,3 +769,102 @@ fn a_version_whose_modules_do_not_import_is_not_activated_unless_forced() {
     let up = d.with_token("PUT", "/v1/modules/worse?force=true", &deploy, Some(bad));
     assert_eq!(up.status, 200, "{:?}", up.body);
 }
+
+#[test]
+fn environment_variables_reach_their_tenant_s_calls_only_and_change_on_the_next_call() {
+    let d = Daemon::start();
+    let code = "import os, subprocess\n\ndef get(name):\n    return os.environ.get(name)\n\ndef child(name):\n    return subprocess.run(['/bin/sh', '-c', 'printf %s \"$' + name + '\"'], capture_output=True, text=True).stdout\n";
+    let repo = GitRepo::with_files(&[("e.py", code)]);
+    let token = d.tenant("caro", &repo);
+    let other = d.tenant("dan", &GitRepo::with_files(&[("e.py", code)]));
+    let get = |token: &str, name: &str| {
+        d.call(json!({"token": token, "fn": "e.get", "name": name}))
+            .body["result"]
+            .clone()
+    };
+    assert_eq!(get(&token, "REGION"), Value::Null);
+    let set = d.admin(
+        "PUT",
+        "/tenants/caro/env",
+        Some(json!({"REGION": "eu-west", "LEVEL": "debug"})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    // The next call has them, though a child was already prepared for it.
+    assert_eq!(get(&token, "REGION"), "eu-west");
+    let r = d.call(json!({"token": token, "fn": "e.child", "name": "LEVEL"}));
+    assert_eq!(r.body["result"], "debug", "{:?}", r.body);
+    assert_eq!(
+        get(&other, "REGION"),
+        Value::Null,
+        "another tenant's calls never see them"
+    );
+    assert_eq!(get(&token, "PATH"), "/usr/local/bin:/usr/bin:/bin");
+    let shown = d.admin("GET", "/tenants/caro/env", None);
+    assert_eq!(
+        shown.body["env"],
+        json!({"REGION": "eu-west", "LEVEL": "debug"})
+    );
+
+    for (body, field) in [
+        (json!({"PATH": "/evil"}), "PATH"),
+        (json!({"FALRA_VENV": "/x"}), "FALRA_VENV"),
+        (json!({"bad-name": "x"}), "bad-name"),
+        (json!({"N": 3}), "N"),
+    ] {
+        let bad = d.admin("PUT", "/tenants/caro/env", Some(body));
+        assert_eq!(bad.status, 400, "{:?}", bad.body);
+        assert_eq!(bad.body["error"]["detail"]["field"], field);
+    }
+    assert_eq!(
+        get(&token, "REGION"),
+        "eu-west",
+        "a refused change changes nothing"
+    );
+
+    // Jobs and preloaded calls get them too.
+    let jobs = d.token("caro", &["jobs"]);
+    let job = d.with_token(
+        "POST",
+        "/v1/jobs",
+        &jobs,
+        Some(br#"{"fn": "e.get", "name": "LEVEL"}"#),
+    );
+    let id = job.body["job_id"].as_str().unwrap().to_owned();
+    falra_tests::eventually("the job ends", Duration::from_secs(30), || {
+        d.with_token("GET", &format!("/v1/jobs/{id}"), &jobs, None)
+            .body["status"]
+            == "succeeded"
+    });
+    assert_eq!(
+        d.with_token("GET", &format!("/v1/jobs/{id}"), &jobs, None)
+            .body["result"],
+        "debug"
+    );
+    d.admin(
+        "PUT",
+        "/tenants/caro/policy",
+        Some(json!({"preload": ["e"]})),
+    );
+    assert_eq!(get(&token, "LEVEL"), "debug");
+
+    // The command line sets, lists and removes.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(falra_bin())
+            .args(args)
+            .args(["--url", &d.url])
+            .env("FALRA_ADMIN_TOKEN", &d.admin_token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(cli(&["env", "set", "caro", "REGION=us"]).0);
+    assert_eq!(get(&token, "REGION"), "us");
+    assert_eq!(get(&token, "LEVEL"), "debug", "the others stay");
+    assert!(cli(&["env", "remove", "caro", "LEVEL"]).0);
+    assert_eq!(get(&token, "LEVEL"), Value::Null);
+    let (ok, out) = cli(&["env", "list", "caro"]);
+    assert!(ok && out.contains("REGION"), "{out}");
+}
