@@ -1,5 +1,5 @@
-//! What the call path reads on every call — the presented token's row and the tenant's row —
-//! kept in memory on a shared store, so a call does not pay two database round trips for
+//! What the call path reads on every call — the presented token's row, the tenant's row and
+//! its secrets exposed to code (still sealed) — kept in memory on a shared store, so a call does not pay two database round trips for
 //! rows that rarely change.
 //!
 //! Every write that changes them notifies all nodes (`falra_store::Change`, PostgreSQL
@@ -37,6 +37,8 @@ pub struct Cache {
     generation: AtomicU64,
     tokens: Table<String, TokenRow>,
     tenants: Table<TenantName, TenantRow>,
+    /// Each tenant's secrets marked `expose: env`, sealed (most tenants: none).
+    code_secrets: Table<TenantName, Vec<(String, falra_policies::Sealed)>>,
 }
 
 impl Cache {
@@ -74,6 +76,21 @@ impl Cache {
         Ok(row)
     }
 
+    /// The tenant's secrets exposed to its code, sealed, from memory or the store.
+    pub async fn code_secrets(
+        &self,
+        store: &Store,
+        name: &TenantName,
+    ) -> Result<Vec<(String, falra_policies::Sealed)>, StoreError> {
+        if let Some(rows) = self.get(&self.code_secrets, name) {
+            return Ok(rows);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let rows = store.exposed_secrets(name, "env").await?;
+        self.put(&self.code_secrets, name.clone(), rows.clone(), generation);
+        Ok(rows)
+    }
+
     /// Records that the token was just used (its row in the store was touched), so the cached
     /// row does not ask for another touch on every call.
     pub fn touched(&self, hash: &str, now: i64) {
@@ -100,6 +117,10 @@ impl Cache {
                     .lock()
                     .expect("tenant cache poisoned")
                     .remove(name);
+                self.code_secrets
+                    .lock()
+                    .expect("secret cache poisoned")
+                    .remove(name);
             }
             Change::Lost => self.clear(),
             Change::Jobs | Change::JobCancelled(_) => {}
@@ -109,6 +130,10 @@ impl Cache {
     fn clear(&self) {
         self.tokens.lock().expect("token cache poisoned").clear();
         self.tenants.lock().expect("tenant cache poisoned").clear();
+        self.code_secrets
+            .lock()
+            .expect("secret cache poisoned")
+            .clear();
     }
 
     fn get<K, Q, V>(&self, table: &Table<K, V>, key: &Q) -> Option<V>

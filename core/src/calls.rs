@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 
 use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
 use falra_runtime::{CallChild, ChildKey};
-use falra_sandbox::logs::Logs;
+use falra_sandbox::logs::{mask, Logs};
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
 use falra_sandbox::{ChildFailure, ProtocolRequest};
 use falra_store::{CallLog, CallRecord, StoreError};
@@ -128,6 +128,9 @@ pub enum CallError {
     /// something that is not an answer).
     #[error("the function failed")]
     Failed(Box<Failed>),
+    /// The tenant's secrets for code could not be opened.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretUseError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -140,6 +143,8 @@ pub struct Failed {
     pub memory_mb: u32,
     pub timeout_ms: u32,
     pub result_cap: usize,
+    /// What the call used before it failed.
+    pub usage: Usage,
 }
 
 /// Refuses new calls while the node is shutting down.
@@ -282,12 +287,13 @@ pub async fn run(
             module: function.module().to_owned(),
         })?;
 
+    let code_env = crate::secrets::code_env(state, &caller.tenant, &tenant.env).await?;
     let stdin = ProtocolRequest {
         protocol: PROTOCOL_VERSION,
         call_id,
         function: function.as_str(),
         kwargs,
-        env: &tenant.env,
+        env: &code_env.vars,
     }
     .encode();
     metered.version = Some(version.as_str().to_owned());
@@ -317,7 +323,8 @@ pub async fn run(
         &finished.stderr,
         finished.stderr_dropped,
         &finished.stderr_tail,
-    );
+    )
+    .masked(&code_env.masked);
     let logs = kept.text();
     metered.logs = kept;
     let usage = Usage {
@@ -337,6 +344,15 @@ pub async fn run(
         {
             Err(ChildFailure::MemoryLimitExceeded)
         }
+        Err(ChildFailure::FunctionError {
+            type_name,
+            message,
+            traceback,
+        }) => Err(ChildFailure::FunctionError {
+            type_name,
+            message: mask(&message, &code_env.masked),
+            traceback: mask(&traceback, &code_env.masked),
+        }),
         other => other,
     };
     tracing::info!(
@@ -360,6 +376,7 @@ pub async fn run(
             memory_mb: policy.memory_mb,
             timeout_ms,
             result_cap,
+            usage,
         }))),
     }
 }

@@ -974,6 +974,11 @@ mod tests {
                 memory_mb: 1,
                 timeout_ms: 1,
                 result_cap: 1,
+                usage: calls::Usage {
+                    wall_ms: 1,
+                    cpu_ms: 1,
+                    peak_memory_bytes: 1,
+                },
             }))
         };
         let exited = ChildFailure::ProcessExited {

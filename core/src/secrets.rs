@@ -1,6 +1,8 @@
 //! Tenant secrets: sealed with the node's key before they reach the store, opened only where
 //! the node uses one (the https credentials of a tenant's repository, secret `git`; the S3
-//! credentials a built-in names). No service returns a value and none is logged.
+//! credentials a built-in names) or, for a secret marked `"expose": "env"`, as an environment
+//! variable of the tenant's own calls and jobs ([`code_env`]). No service returns a value and
+//! none is logged; a call's logs and error have exposed values masked.
 
 use falra_policies::secrets::{check_name, MAX_SECRET_BYTES};
 use falra_tenants::{Credentials, TenantName};
@@ -22,8 +24,39 @@ pub enum SecretSetError {
     TooLarge,
     #[error(transparent)]
     Invalid(SecretUseError),
+    /// Marked for code but not a valid environment variable (its name or value).
+    #[error("{0}")]
+    NotAVariable(falra_policies::env::EnvError),
     #[error(transparent)]
     Store(#[from] falra_store::StoreError),
+}
+
+/// Where a secret goes besides the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expose {
+    /// Only the node uses it (git credentials, a built-in's S3 credentials).
+    #[default]
+    None,
+    /// The tenant's calls and jobs read it as the environment variable of its name.
+    Env,
+}
+
+impl Expose {
+    fn stored(self) -> Option<&'static str> {
+        match self {
+            Expose::None => None,
+            Expose::Env => Some("env"),
+        }
+    }
+
+    /// As the store keeps it.
+    pub fn from_stored(stored: Option<&str>) -> Expose {
+        match stored {
+            Some("env") => Expose::Env,
+            _ => Expose::None,
+        }
+    }
 }
 
 /// Seals `value` as the tenant's secret `key`; returns when it was set.
@@ -32,8 +65,14 @@ pub async fn put(
     tenant: &TenantName,
     key: &str,
     value: &Value,
+    expose: Expose,
 ) -> Result<i64, SecretSetError> {
     check_name(key).map_err(|e| SecretSetError::BadKey(e.to_string()))?;
+    if expose == Expose::Env {
+        // Checked as the variable it becomes, so a call never meets one it cannot set.
+        let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
+        falra_policies::env::Env::parse(&one).map_err(SecretSetError::NotAVariable)?;
+    }
     let plain = serde_json::to_vec(value).expect("a JSON value serialises");
     if plain.len() > MAX_SECRET_BYTES {
         return Err(SecretSetError::TooLarge);
@@ -43,7 +82,10 @@ pub async fn put(
     }
     let sealed = state.secret_key.seal(tenant.as_str(), key, &plain);
     let now = now_ms();
-    state.store.put_secret(tenant, key, &sealed, now).await?;
+    state
+        .store
+        .put_secret(tenant, key, &sealed, expose.stored(), now)
+        .await?;
     Ok(now)
 }
 
@@ -76,6 +118,62 @@ pub async fn open_secret(
         .map_err(SecretUseError::Unsealed)?;
     let value = serde_json::from_slice(&plain).map_err(SecretUseError::NotJson)?;
     Ok(Some(value))
+}
+
+/// The environment a tenant's code gets: its environment variables, then its secrets marked
+/// for code (a secret wins over a variable of its name), and the values to mask wherever the
+/// call's logs or error are shown.
+#[derive(Debug, Default)]
+pub struct CodeEnv {
+    pub vars: Vec<(String, String)>,
+    /// The exposed secrets' values long enough to mask without masking ordinary text.
+    pub masked: Vec<String>,
+}
+
+/// Values shorter than this are not masked: replacing every "1" or "on" in a call's logs
+/// would hide more than it protects.
+pub const MIN_MASKED_BYTES: usize = 4;
+
+/// The environment of the tenant's next call or job: read per call, so a change reaches the
+/// next one whatever child runs it.
+pub async fn code_env(
+    state: &Core,
+    tenant: &TenantName,
+    vars: &[(String, String)],
+) -> Result<CodeEnv, SecretUseError> {
+    let exposed = state.cache.code_secrets(&state.store, tenant).await?;
+    if exposed.is_empty() {
+        return Ok(CodeEnv {
+            vars: vars.to_vec(),
+            masked: Vec::new(),
+        });
+    }
+    let mut secrets = Vec::with_capacity(exposed.len());
+    for (key, sealed) in exposed {
+        let plain = state
+            .secret_key
+            .open(tenant.as_str(), &key, &sealed)
+            .map_err(SecretUseError::Unsealed)?;
+        match serde_json::from_slice(&plain).map_err(SecretUseError::NotJson)? {
+            Value::String(value) => secrets.push((key, value)),
+            // Checked when set; a value that is not text is skipped rather than sent.
+            _ => continue,
+        }
+    }
+    let mut out: Vec<(String, String)> = vars
+        .iter()
+        .filter(|(k, _)| !secrets.iter().any(|(s, _)| s == k))
+        .cloned()
+        .collect();
+    let mut masked: Vec<String> = secrets
+        .iter()
+        .filter(|(_, v)| v.len() >= MIN_MASKED_BYTES)
+        .map(|(_, v)| v.clone())
+        .collect();
+    // Longest first, so a secret that contains another is masked whole.
+    masked.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    out.extend(secrets);
+    Ok(CodeEnv { vars: out, masked })
 }
 
 /// The name a tenant's webhook secret is sealed under (not a valid secret name, so no

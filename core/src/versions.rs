@@ -114,6 +114,7 @@ mod tests {
             functions: None,
             activated_at: None,
             uploads: uploads.iter().map(|u| u.to_string()).collect(),
+            deploy_log: None,
         }
     }
 

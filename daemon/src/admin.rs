@@ -19,7 +19,7 @@ use crate::plans::{check_plan, effective_policy};
 use crate::server::AppState;
 use crate::store::{NewTenant as NewTenantRow, TenantRow, TokenKind};
 use falra_core::clock::{format_ms, now_ms, parse_rfc3339};
-use falra_core::deploy::Change;
+use falra_core::deploy::{deploy_with, Change, DeployEvent, DeployLog};
 use falra_core::secrets::seal_webhook_secret;
 
 const DEFAULT_BRANCH: &str = "main";
@@ -298,44 +298,110 @@ pub async fn delete_tenant(
     tag = "tenants",
     summary = "Fetch the branch and make it the active version",
     params(("name" = String, Path, description = "A tenant name"), crate::uploads::ForceQuery),
-    responses((status = 200, description = "OK", body = crate::schemas::Deployed), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    responses((status = 200, description = "OK (with `Accept: text/event-stream`: `step` events as each step starts and ends, then one `done` or `failed` event)", body = crate::schemas::Deployed), (status = 422, description = "sync_failed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
     security(("operator" = []))
 )]
 pub async fn sync_tenant(
     op: Operator,
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
+    headers: axum::http::HeaderMap,
     query: Result<ApiQuery<crate::uploads::ForceQuery>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let ApiQuery(query) = query?;
     let (name, _) = load_tenant(&state, &name).await?;
     let force = query.force.unwrap_or(false);
-    let deployed = match falra_core::deploy::deploy_with(&state, &name, Change::Sync, force).await {
-        Ok(d) => d,
-        Err(e) => {
-            let answer = ApiError::from(e);
-            audit(
-                &state,
-                &op.token_id,
-                "deploy.sync_failed",
-                Some(name.as_str()),
-                json!({"code": answer.code.as_str(),
-                    "error": answer.message.chars().take(2000).collect::<String>()}),
-            )
-            .await;
-            return Err(answer);
-        }
-    };
-    tracing::info!(operator = %op.token_id, tenant = %name, version = %deployed.version, "synced");
-    audit(
-        &state,
+    let streaming = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if streaming {
+        return Ok(sync_stream(state, op, name, force).into_response());
+    }
+    let answer = sync_audited(&state, &op, &name, force, DeployLog::new()).await?;
+    tracing::info!(operator = %op.token_id, tenant = %name, version = %answer["version"], "synced");
+    Ok(Json(answer).into_response())
+}
+
+/// An operator's sync, audited with its steps whatever its outcome.
+async fn sync_audited(
+    state: &AppState,
+    op: &Operator,
+    name: &TenantName,
+    force: bool,
+    log: DeployLog,
+) -> Result<Value, ApiError> {
+    let outcome = deploy_with(state, name, Change::Sync, force, log.clone()).await;
+    crate::audit::audit_deploy(
+        state,
         &op.token_id,
         "deploy.sync",
-        Some(name.as_str()),
-        json!({"version": deployed.version.as_str()}),
+        name,
+        outcome,
+        &log,
+        json!({}),
     )
-    .await;
-    Ok(Json(json!({"version": deployed.version.as_str()})))
+    .await
+}
+
+/// A sync whose steps are sent as they start and end (`step` events, `{"step", "state":
+/// "started"}` then the step's record with `"state": "finished"`), then one `done` event with
+/// the answer or one `failed` event with the error's body. The deploy runs in a task of its
+/// own, so a client that hangs up stops nothing.
+fn sync_stream(
+    state: AppState,
+    op: Operator,
+    name: TenantName,
+    force: bool,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let (log, events) = DeployLog::streaming();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Event>();
+    let origin = crate::server::client_addr();
+    falra_runtime::task::spawn(falra_core::audit::with_origin(origin, async move {
+        // The log's last sender goes with this call, ending the step stream before the
+        // outcome is sent.
+        let answer = sync_audited(&state, &op, &name, force, log).await;
+        let event = match answer {
+            Ok(body) => Event::default().event("done").data(body.to_string()),
+            Err(e) => Event::default().event("failed").data(e.body().to_string()),
+        };
+        let _ = done_tx.send(event);
+    }));
+    let steps = tokio_stream_of(events).map(|e| {
+        let data = match e {
+            DeployEvent::Started(step) => json!({"step": step, "state": "started"}),
+            DeployEvent::Finished(record) => {
+                let mut v = serde_json::to_value(record).expect("a step serialises");
+                v["state"] = json!("finished");
+                v
+            }
+        };
+        Ok(Event::default().event("step").data(data.to_string()))
+    });
+    let outcome = futures_util::stream::once(async move {
+        Ok(done_rx.await.unwrap_or_else(|_| {
+            Event::default().event("failed").data(
+                ApiError::new(
+                    falra_core::ErrorCode::Internal,
+                    "the deploy's task ended without an outcome",
+                )
+                .body()
+                .to_string(),
+            )
+        }))
+    });
+    Sse::new(steps.chain(outcome)).keep_alive(KeepAlive::default())
+}
+
+/// The receiver as a stream that ends when every sender is gone.
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -51,6 +51,8 @@ pub struct ApiErrorFields {
     pub call_id: Option<String>,
     /// Extra fields of a call's answer (the function's logs), beside `error`.
     pub logs: Option<String>,
+    /// What a failed call used, beside `error`.
+    pub usage: Option<falra_core::calls::Usage>,
     /// Seconds after which a retry may succeed (`Retry-After`).
     pub retry_after: Option<u64>,
 }
@@ -76,6 +78,7 @@ impl ApiError {
             detail: None,
             call_id: None,
             logs: None,
+            usage: None,
             retry_after: None,
         }))
     }
@@ -113,6 +116,8 @@ impl ApiError {
             call_id: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             logs: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            usage: Option<falra_core::calls::Usage>,
         }
         #[derive(serde::Serialize)]
         struct Error<'a> {
@@ -130,6 +135,7 @@ impl ApiError {
             },
             call_id: self.call_id.as_deref(),
             logs: self.logs.as_deref(),
+            usage: self.usage,
         };
         serde_json::to_value(body).expect("an error body serialises")
     }
@@ -353,6 +359,14 @@ impl From<falra_core::secrets::SecretSetError> for ApiError {
                 ApiError::bad_request(e.to_string()).with_detail(json!({"field": "value"}))
             }
             SecretSetError::Invalid(e) => e.into(),
+            SecretSetError::NotAVariable(e) => {
+                let field = match e {
+                    falra_policies::env::EnvError::BadName(_)
+                    | falra_policies::env::EnvError::Reserved(_) => "key",
+                    _ => "value",
+                };
+                ApiError::bad_request(e.to_string()).with_detail(json!({"field": field}))
+            }
             SecretSetError::Store(e) => e.into(),
         }
     }
@@ -453,6 +467,7 @@ impl From<falra_core::calls::CallError> for ApiError {
             CallError::Run(e) => e.into(),
             CallError::Materialise(e) => e.into(),
             CallError::Failed(failed) => failure_error(*failed),
+            CallError::Secrets(e) => e.into(),
             CallError::Store(e) => e.into(),
         }
     }
@@ -468,6 +483,7 @@ fn failure_error(failed: falra_core::calls::Failed) -> ApiError {
         memory_mb,
         timeout_ms,
         result_cap,
+        usage,
     } = failed;
     let code = falra_core::calls::failure_code(&failure);
     let mut e = match failure {
@@ -513,6 +529,7 @@ fn failure_error(failed: falra_core::calls::Failed) -> ApiError {
         .with_detail(json!({"timeout_ms": timeout_ms})),
     };
     e.logs = Some(logs);
+    e.usage = Some(usage);
     e
 }
 
@@ -689,6 +706,11 @@ mod tests {
                     memory_mb: 256,
                     timeout_ms: 500,
                     result_cap: 1,
+                    usage: falra_core::calls::Usage {
+                        wall_ms: 1,
+                        cpu_ms: 1,
+                        peak_memory_bytes: 1,
+                    },
                 }))
                 .into(),
                 ErrorCode::Timeout,
@@ -702,6 +724,11 @@ mod tests {
                     memory_mb: 256,
                     timeout_ms: 500,
                     result_cap: 1,
+                    usage: falra_core::calls::Usage {
+                        wall_ms: 1,
+                        cpu_ms: 1,
+                        peak_memory_bytes: 1,
+                    },
                 }))
                 .into(),
                 ErrorCode::MemoryLimitExceeded,
@@ -776,8 +803,14 @@ mod tests {
             memory_mb: 256,
             timeout_ms: 500,
             result_cap: 1,
+            usage: falra_core::calls::Usage {
+                wall_ms: 1,
+                cpu_ms: 1,
+                peak_memory_bytes: 1,
+            },
         })));
         assert_eq!(failed.logs.as_deref(), Some("tick"));
+        assert_eq!(failed.body()["usage"]["wall_ms"], 1);
         assert_eq!(
             ApiError::from(AuthError::Expired(0)).message,
             "this token expired at 1970-01-01T00:00:00Z"

@@ -80,3 +80,62 @@ pub async fn list_audit(
         .collect();
     Ok(Json(json!({ "events": events })))
 }
+
+/// Records a deploy's outcome in the audit log (`<action>` or `<action>_failed`, with its
+/// steps and `extra`) and turns it into the answer: `{"version", "steps"}`, or the error with
+/// the steps in its detail. One place for operator syncs and pushes alike.
+pub async fn audit_deploy(
+    state: &AppState,
+    actor: &str,
+    action: &str,
+    tenant: &falra_tenants::TenantName,
+    outcome: Result<falra_core::deploy::Deployed, falra_core::deploy::DeployError>,
+    log: &falra_core::deploy::DeployLog,
+    extra: Value,
+) -> Result<Value, ApiError> {
+    let steps = serde_json::to_value(log.steps()).expect("steps serialise");
+    let mut entry = match extra {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    entry.insert("steps".into(), steps.clone());
+    match outcome {
+        Ok(deployed) => {
+            entry.insert("version".into(), json!(deployed.version.as_str()));
+            audit(
+                state,
+                actor,
+                action,
+                Some(tenant.as_str()),
+                Value::Object(entry),
+            )
+            .await;
+            Ok(json!({"version": deployed.version.as_str(), "steps": steps}))
+        }
+        Err(e) => {
+            let mut answer = ApiError::from(e);
+            entry.insert("code".into(), json!(answer.code.as_str()));
+            entry.insert(
+                "error".into(),
+                json!(answer.message.chars().take(2000).collect::<String>()),
+            );
+            let failed = format!("{action}_failed");
+            audit(
+                state,
+                actor,
+                &failed,
+                Some(tenant.as_str()),
+                Value::Object(entry),
+            )
+            .await;
+            let mut detail = match answer.detail.take() {
+                Some(Value::Object(map)) => map,
+                Some(other) => serde_json::Map::from_iter([("cause".to_owned(), other)]),
+                None => serde_json::Map::new(),
+            };
+            detail.insert("steps".into(), steps);
+            answer.detail = Some(Value::Object(detail));
+            Err(answer)
+        }
+    }
+}

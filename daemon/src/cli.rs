@@ -52,6 +52,20 @@ pub enum Command {
     Usage(UsageArgs),
     /// Operator actions and deploys, newest first (talks to a running daemon).
     Audit(AuditArgs),
+    /// A tenant's callable functions with their signatures, and the modules that fail to
+    /// load (its active version, or `--version` by id or commit).
+    Functions {
+        tenant: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        client: AdminClient,
+    },
+    /// Shell completions: `falra completions bash > /etc/bash_completion.d/falra`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// A tenant's versions, newest first: commit, uploads, when made and last activated.
     Versions {
         tenant: String,
@@ -81,6 +95,9 @@ pub struct JobClient {
     pub url: String,
     #[arg(long, env = "FALRA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Print the daemon's JSON answer instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,9 +154,6 @@ pub enum JobCommand {
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         client: JobClient,
     },
@@ -178,9 +192,12 @@ pub enum ScheduleCommand {
         #[command(flatten)]
         client: JobClient,
     },
-    /// Remove a schedule (the jobs it made stay).
+    /// Remove a schedule (the jobs it made stay; asks first, unless `--yes`).
     Remove {
         id: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: JobClient,
     },
@@ -211,9 +228,12 @@ pub enum PlanCommand {
         #[command(flatten)]
         client: AdminClient,
     },
-    /// Remove a plan no tenant is on.
+    /// Remove a plan no tenant is on (asks first, unless `--yes`).
     Remove {
         name: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: AdminClient,
     },
@@ -245,6 +265,10 @@ pub struct AuditArgs {
     /// At most this many events.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Only events since: an RFC 3339 time, a date (2026-12-01, UTC), or a span back from
+    /// now (30m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
     #[command(flatten)]
     pub client: AdminClient,
 }
@@ -341,13 +365,20 @@ pub enum SecretCommand {
         key: String,
         /// JSON, or a plain string; `-` reads the value from stdin.
         value: String,
+        /// Hand it to the tenant's code too, as the environment variable KEY (the value is
+        /// taken as text; masked as *** in the calls' logs and errors).
+        #[arg(long)]
+        env: bool,
         #[command(flatten)]
         client: AdminClient,
     },
-    /// Remove a secret.
+    /// Remove a secret (asks first, unless `--yes`).
     Remove {
         tenant: String,
         key: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: AdminClient,
     },
@@ -361,6 +392,15 @@ pub enum SecretCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of these options: keys are the flags' names (`max-children = 32`, `-` or
+    /// `_`), lists for repeatable ones. A flag given wins over its FALRA_* variable, which
+    /// wins over the file. See packaging/falra.toml.
+    #[arg(long, env = "FALRA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds calls in flight at shutdown (SIGTERM, SIGINT) may take to finish; those still
+    /// running then are stopped. A second signal stops them at once.
+    #[arg(long, env = "FALRA_SHUTDOWN_GRACE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace: u64,
     /// Where the store, versions and checkouts live.
     #[arg(long, env = "FALRA_DATA_DIR", default_value = "./falra-data")]
     pub data_dir: PathBuf,
@@ -377,42 +417,42 @@ pub struct ServeArgs {
     pub max_children: usize,
     /// Failed authentications a client address may make per minute before it is refused
     /// (`429 rate_limited`) until its allowance refills.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, env = "FALRA_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: u32,
     /// Let built-ins reach loopback, private and link-local addresses (their downloads and S3
     /// endpoints); off by default so a tenant cannot aim them at internal services.
-    #[arg(long)]
+    #[arg(long, env = "FALRA_EGRESS_ALLOW_PRIVATE")]
     pub egress_allow_private: bool,
     /// A network (`address/prefix`) tenants' outbound connections may reach although it is not
     /// public: an internal package index, a private S3 endpoint. Repeatable; narrower than
     /// --egress-allow-private.
-    #[arg(long)]
+    #[arg(long, env = "FALRA_EGRESS_ALLOW_NET", value_delimiter = ',')]
     pub egress_allow_net: Vec<falra_builtins::etl::net::IpNet>,
     /// The largest archive a built-in downloads, in bytes.
-    #[arg(long, default_value_t = 4 << 30)]
+    #[arg(long, default_value_t = 4 << 30, env = "FALRA_ETL_MAX_DOWNLOAD_BYTES")]
     pub etl_max_download_bytes: u64,
     /// A directory where the `write_to_dir` step may write (each tenant under its own name).
-    #[arg(long)]
+    #[arg(long, env = "FALRA_ETL_OUTPUT_DIR")]
     pub etl_output_dir: Option<PathBuf>,
     /// Open client connections on this node, at most (kept below the descriptor limit, with a
     /// reserve for children); one past it is closed at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "FALRA_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// Open client connections from one address (an IPv6 client by its /64), at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, env = "FALRA_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: usize,
     /// Seconds a client may take to send a request's head, or stay idle between requests.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "FALRA_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: u64,
     /// Seconds a client may take to send a request's body.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, env = "FALRA_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: u64,
     /// The package index virtualenv builds download wheels from, through the egress gateway
     /// (`none`: only the --pip-find-links locations). Tenants cannot name another.
     #[arg(long, env = "FALRA_PIP_INDEX_URL", default_value = crate::config::DEFAULT_PIP_INDEX)]
     pub pip_index_url: String,
     /// A page or directory URL of wheels builds may also use (pip's --find-links); repeatable.
-    #[arg(long)]
+    #[arg(long, env = "FALRA_PIP_FIND_LINKS", value_delimiter = ',')]
     pub pip_find_links: Vec<String>,
     /// Background jobs this node runs at once, at most (each also takes a call's place in
     /// admission while it runs).
@@ -427,42 +467,42 @@ pub struct ServeArgs {
     pub job_retention_hours: u64,
     /// Attempts a job gets (for failures of the node, never of the function) unless it asks for
     /// fewer or more with `?max_attempts=` (at most 10).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, env = "FALRA_JOB_MAX_ATTEMPTS")]
     pub job_max_attempts: u32,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "FALRA_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
     /// Largest answer a function may return, in bytes of JSON.
-    #[arg(long, default_value_t = 6 << 20)]
+    #[arg(long, default_value_t = 6 << 20, env = "FALRA_MAX_RESULT_BYTES")]
     pub max_result_bytes: usize,
     /// Most bytes of a function's printed output kept as `logs`.
-    #[arg(long, default_value_t = 64 << 10)]
+    #[arg(long, default_value_t = 64 << 10, env = "FALRA_MAX_LOG_BYTES")]
     pub max_log_bytes: usize,
     /// How many versions of each tenant are kept (the active one always is); older ones are
     /// removed at the next sync once no call uses them.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "FALRA_KEEP_VERSIONS")]
     pub keep_versions: usize,
     /// Create a `demo` tenant from the bundled example and print a token and a ready curl line.
-    #[arg(long)]
+    #[arg(long, env = "FALRA_DEMO")]
     pub demo: bool,
     /// Isolate every call (namespaces, cgroups, seccomp; needs root). `off` runs calls as plain
     /// child processes with the daemon's privileges: for development and measurements only.
-    #[arg(long, value_enum, default_value = "on")]
+    #[arg(long, value_enum, default_value = "on", env = "FALRA_SANDBOX")]
     pub sandbox: SandboxMode,
     /// Leave the host's cgroup2 mount options alone. By default the daemon turns on
     /// `favordynmods` there, so that moving each call into its cgroup does not wait for an RCU
     /// grace period (see docs/security.md).
-    #[arg(long)]
+    #[arg(long, env = "FALRA_NO_CGROUP_TUNING")]
     pub no_cgroup_tuning: bool,
     /// Do not start children ahead of calls. By default, for each tenant version called in the
     /// last minute, one child is kept started and waiting, so the next call skips the
     /// interpreter's start-up.
-    #[arg(long)]
+    #[arg(long, env = "FALRA_NO_PREWARM")]
     pub no_prewarm: bool,
     /// Exec a fresh interpreter for every call's child. By default each call's process is
     /// forked from a warm interpreter that has loaded the runner and no tenant code, then
     /// sandboxed exactly as an exec'd child is (see docs/security.md).
-    #[arg(long)]
+    #[arg(long, env = "FALRA_NO_ZYGOTE")]
     pub no_zygote: bool,
     /// The most preload zygotes (one per tenant version whose policy preloads modules) this
     /// node keeps; past it, or past --preload-memory-mb, the least recently used is stopped.
@@ -632,9 +672,12 @@ pub enum TokenCommand {
         #[command(flatten)]
         client: AdminClient,
     },
-    /// Revoke a token by id.
+    /// Revoke a token by id (asks first, unless `--yes`).
     Revoke {
         id: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: AdminClient,
     },

@@ -171,8 +171,23 @@ fn human(body: &Value) -> String {
     out
 }
 
-/// Rows of objects as an aligned table; columns in order of first appearance.
+/// Rows of objects as a table fitting the terminal; columns in order of first appearance.
 fn table(items: &[Value]) -> String {
+    table_in(items, terminal_width())
+}
+
+/// The width tables are fitted to: `COLUMNS` if set, else the terminal's (found by the table
+/// library when stdout is one); output to a pipe is not wrapped.
+fn terminal_width() -> Option<u16> {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<u16>().ok())
+        .filter(|w| *w >= 20)
+}
+
+/// [`table`] at a given width: cells too long for their share are wrapped, not cut.
+fn table_in(items: &[Value], width: Option<u16>) -> String {
+    use comfy_table::{ContentArrangement, Table};
     let mut columns: Vec<&str> = Vec::new();
     for item in items {
         for key in item.as_object().into_iter().flat_map(|o| o.keys()) {
@@ -181,32 +196,22 @@ fn table(items: &[Value]) -> String {
             }
         }
     }
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(columns.iter().map(|c| c.to_uppercase()));
+    if let Some(width) = width {
+        t.set_width(width);
+    }
+    for item in items {
+        t.add_row(columns.iter().map(|c| cell(&item[*c])));
+    }
+    let mut out: String = t
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(&l).trim_end()))
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        format!("{}\n", padded.join("  ").trim_end())
-    };
-    let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
-    for row in rows {
-        out.push_str(&line(row));
+    if out.is_empty() {
+        out.push('\n');
     }
     out
 }
@@ -215,14 +220,15 @@ fn table(items: &[Value]) -> String {
 fn cell(value: &Value) -> String {
     let text = match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
             items.iter().map(cell).collect::<Vec<_>>().join(",")
         }
         other => other.to_string(),
     };
-    if text.chars().count() > 80 {
-        let cut: String = text.chars().take(79).collect();
+    // Wrapped to the column's width by the table; only a very long value is elided, marked.
+    if text.chars().count() > 200 {
+        let cut: String = text.chars().take(199).collect();
         format!("{cut}…")
     } else {
         text
@@ -258,7 +264,71 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.tenant {
         path.push_str(&format!("&tenant={}", encode(t)));
     }
+    if let Some(since) = &args.since {
+        let at = since_time(since, falra_core::clock::now_ms())?;
+        path.push_str(&format!("&since={}", encode(&at)));
+    }
     args.client.send("GET", &path, None)
+}
+
+/// `--since` as the RFC 3339 time the API takes: one already, a date (midnight UTC), or a
+/// span back from `now_ms` (`30m`, `2h`, `7d`, `45s`).
+fn since_time(given: &str, now_ms: i64) -> anyhow::Result<String> {
+    use falra_core::clock::{format_ms, parse_rfc3339};
+    if parse_rfc3339(given).is_some() {
+        return Ok(given.to_owned());
+    }
+    let midnight = format!("{given}T00:00:00Z");
+    if given.len() == 10 && parse_rfc3339(&midnight).is_some() {
+        return Ok(midnight);
+    }
+    let unit_ms = match given.chars().last() {
+        Some('s') => 1_000,
+        Some('m') => 60_000,
+        Some('h') => 3_600_000,
+        Some('d') => 86_400_000,
+        _ => 0,
+    };
+    let amount = given[..given.len().saturating_sub(1)].parse::<i64>().ok();
+    match amount {
+        Some(n) if unit_ms > 0 && (0..=100_000).contains(&n) => Ok(format_ms(now_ms - n * unit_ms)),
+        _ => bail!(
+            "--since {given:?} is not an RFC 3339 time, a date (2026-12-01) or a span (30m, 2h, 7d)"
+        ),
+    }
+}
+
+/// `falra functions TENANT`: the functions and their signatures, then what fails to load.
+pub fn functions(tenant: &str, version: Option<&str>, client: &AdminClient) -> anyhow::Result<()> {
+    let mut path = format!("/tenants/{}/functions", encode(tenant));
+    if let Some(v) = version {
+        path.push_str(&format!("?version={}", encode(v)));
+    }
+    if client.json {
+        return client.send("GET", &path, None);
+    }
+    let answer = client.get(&path)?;
+    let rows: Vec<Value> = answer["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| json!({"function": f["name"], "signature": f["signature"], "doc": f["doc"]}))
+        .collect();
+    println!(
+        "version: {}",
+        printable(answer["version"].as_str().unwrap_or("-"))
+    );
+    print!("{}", table_in(&rows, terminal_width()));
+    let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        println!("\nmodules that fail to load:");
+        let rows: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"module": e["module"], "stage": e["stage"], "line": e["line"], "error": format!("{}: {}", e["type"].as_str().unwrap_or("Error"), e["message"].as_str().unwrap_or(""))}))
+            .collect();
+        print!("{}", table_in(&rows, terminal_width()));
+    }
+    Ok(())
 }
 
 pub fn operator_tokens(client: &AdminClient) -> anyhow::Result<()> {
@@ -320,25 +390,122 @@ fn follow(client: &AdminClient, tenant: &str) -> anyhow::Result<()> {
             }
             announced = true;
         }
-        use std::io::BufRead;
-        let mut data = String::new();
-        for line in std::io::BufReader::new(response.into_reader()).lines() {
-            let line = line.context("the stream of calls broke off")?;
-            if let Some(d) = line.strip_prefix("data:") {
-                data.push_str(d.trim_start());
-            } else if line.is_empty() && !data.is_empty() {
-                let call: Value = serde_json::from_str(&data).context("a call event not JSON")?;
-                if client.json {
-                    println!("{call}");
-                } else {
-                    print!("{}", call_text(&call));
-                }
-                use std::io::Write;
-                std::io::stdout().flush()?;
-                data.clear();
+        read_events(response.into_reader(), "calls", |_, data| {
+            let call: Value = serde_json::from_str(data).context("a call event not JSON")?;
+            if client.json {
+                println!("{call}");
+            } else {
+                print!("{}", call_text(&call));
             }
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            Ok(true)
+        })?;
+    }
+}
+
+/// Reads server-sent events, handing each `(event, data)` to `on_event` until the stream
+/// ends or `on_event` says to stop (`false`).
+fn read_events(
+    reader: impl std::io::Read,
+    what: &str,
+    mut on_event: impl FnMut(&str, &str) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let (mut event, mut data) = (String::new(), String::new());
+    for line in std::io::BufReader::new(reader).lines() {
+        let line = line.with_context(|| format!("the stream of {what} broke off"))?;
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_owned();
+        } else if line.is_empty() && !data.is_empty() {
+            if !on_event(&event, &data)? {
+                return Ok(());
+            }
+            event.clear();
+            data.clear();
         }
     }
+    Ok(())
+}
+
+/// `falra tenant sync`: the deploy's steps as they happen (a spinner on a terminal, one line
+/// per finished step on stderr), then the new version on stdout.
+fn sync(client: &AdminClient, tenant: &str, query: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let url = format!(
+        "{}/admin/v1/tenants/{}/sync{query}",
+        client.url.trim_end_matches('/'),
+        encode(tenant)
+    );
+    let sent = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {}", client.token()?))
+        .set("Accept", "text/event-stream")
+        .call();
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => return finish(read_answer(Err(e), &url)?),
+    };
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.set_message(format!("syncing {tenant}"));
+        bar
+    });
+    let say = |line: String| match &spinner {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    };
+    let mut outcome: Option<anyhow::Result<()>> = None;
+    read_events(response.into_reader(), "deploy steps", |event, data| {
+        let v: Value = serde_json::from_str(data).context("a deploy event is not JSON")?;
+        match event {
+            "step" if v["state"] == "started" => {
+                if let Some(bar) = &spinner {
+                    bar.set_message(format!("{}…", printable(v["step"].as_str().unwrap_or(""))));
+                }
+            }
+            "step" => say(step_line(&v)),
+            "done" => {
+                if let Some(bar) = &spinner {
+                    bar.finish_and_clear();
+                }
+                println!(
+                    "version: {}",
+                    printable(v["version"].as_str().unwrap_or("-"))
+                );
+                outcome = Some(Ok(()));
+                return Ok(false);
+            }
+            _ => {
+                if let Some(bar) = &spinner {
+                    bar.finish_and_clear();
+                }
+                let code = v["error"]["code"].as_str().unwrap_or("error");
+                let message = v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the deploy failed");
+                outcome = Some(Err(anyhow::anyhow!("{code}: {message}")));
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    outcome.unwrap_or_else(|| bail!("the daemon ended the deploy's stream without its outcome"))
+}
+
+/// One finished deploy step for people: `✓ fetch      12 ms  commit abcdef123456`.
+fn step_line(step: &Value) -> String {
+    let mark = if step["ok"] == true { "✓" } else { "✗" };
+    format!(
+        "{mark} {:<8} {:>7} ms  {}",
+        printable(step["step"].as_str().unwrap_or("?")),
+        step["ms"],
+        printable(step["detail"].as_str().unwrap_or("")),
+    )
+    .trim_end()
+    .to_owned()
 }
 
 /// A call for people: a header line, its error, then each line of its logs with its stream.
@@ -403,7 +570,8 @@ pub fn plan(cmd: PlanCommand) -> anyhow::Result<()> {
             client.send("PUT", &format!("/plans/{name}"), Some(body))
         }
         PlanCommand::List { client } => client.send("GET", "/plans", None),
-        PlanCommand::Remove { name, client } => {
+        PlanCommand::Remove { name, yes, client } => {
+            confirm(yes, &format!("Remove plan {name}?"))?;
             client.send("DELETE", &format!("/plans/{name}"), None)
         }
     }
@@ -556,9 +724,11 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
             tenant,
             key,
             value,
+            env,
             client,
         } => {
-            // JSON when it parses (an object of credentials), a string otherwise.
+            // JSON when it parses (an object of credentials), a string otherwise; always the
+            // text given for a variable of the code's environment.
             let value = if value == "-" {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
@@ -566,18 +736,27 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
             } else {
                 value
             };
-            let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            let body = if env {
+                json!({ "value": value, "expose": "env" })
+            } else {
+                let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+                json!({ "value": value })
+            };
             client.send(
                 "PUT",
                 &format!("/tenants/{tenant}/secrets/{key}"),
-                Some(json!({ "value": value })),
+                Some(body),
             )
         }
         SecretCommand::Remove {
             tenant,
             key,
+            yes,
             client,
-        } => client.send("DELETE", &format!("/tenants/{tenant}/secrets/{key}"), None),
+        } => {
+            confirm(yes, &format!("Remove secret {key} of {tenant}?"))?;
+            client.send("DELETE", &format!("/tenants/{tenant}/secrets/{key}"), None)
+        }
         SecretCommand::List { tenant, client } => {
             client.send("GET", &format!("/tenants/{tenant}/secrets"), None)
         }
@@ -654,7 +833,10 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
             client,
         } => {
             let query = if force { "?force=true" } else { "" };
-            client.send("POST", &format!("/tenants/{name}/sync{query}"), None)
+            if client.json {
+                return client.send("POST", &format!("/tenants/{name}/sync{query}"), None);
+            }
+            sync(&client, &name, query)
         }
         TenantCommand::Rollback {
             name,
@@ -689,7 +871,11 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::List { tenant, client } => {
             client.send("GET", &format!("/tenants/{tenant}/tokens"), None)
         }
-        TokenCommand::Revoke { id, client } => {
+        TokenCommand::Revoke { id, yes, client } => {
+            confirm(
+                yes,
+                &format!("Revoke token {id}? Its holder's calls stop at once."),
+            )?;
             client.send("DELETE", &format!("/tokens/{id}"), None)
         }
     }
@@ -809,6 +995,14 @@ impl JobClient {
     fn url(&self, path: &str) -> String {
         format!("{}/v1/jobs{path}", self.url.trim_end_matches('/'))
     }
+
+    fn output(&self) -> Output {
+        if self.json {
+            Output::Json
+        } else {
+            Output::Human
+        }
+    }
 }
 
 pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
@@ -856,27 +1050,32 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
             eprintln!("job {id} queued");
             wait_for(&client, &id, None)
         }
-        JobCommand::Status { id, client } => finish(request(
-            "GET",
-            &client.url(&format!("/{}", encode(&id))),
-            Some(client.token()?),
-            None,
-        )?),
+        JobCommand::Status { id, client } => finish_as(
+            request(
+                "GET",
+                &client.url(&format!("/{}", encode(&id))),
+                Some(client.token()?),
+                None,
+            )?,
+            client.output(),
+        ),
         JobCommand::Wait {
             id,
             timeout_secs,
             client,
         } => wait_for(&client, &id, timeout_secs),
-        JobCommand::Cancel { id, client } => finish(request(
-            "DELETE",
-            &client.url(&format!("/{}", encode(&id))),
-            Some(client.token()?),
-            None,
-        )?),
+        JobCommand::Cancel { id, client } => finish_as(
+            request(
+                "DELETE",
+                &client.url(&format!("/{}", encode(&id))),
+                Some(client.token()?),
+                None,
+            )?,
+            client.output(),
+        ),
         JobCommand::List {
             status,
             limit,
-            json,
             client,
         } => {
             let mut url = client.url(&format!("?limit={limit}"));
@@ -884,7 +1083,7 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
                 url.push_str(&format!("&status={}", encode(&s)));
             }
             let answer = request("GET", &url, Some(client.token()?), None)?;
-            if json || !(200..300).contains(&answer.status) {
+            if client.json || !(200..300).contains(&answer.status) {
                 return finish(answer);
             }
             let rows: Vec<Value> = answer.body["jobs"]
@@ -943,15 +1142,18 @@ pub fn schedule(cmd: ScheduleCommand) -> anyhow::Result<()> {
             None,
             client,
         ),
-        ScheduleCommand::Remove { id, client } => (
-            "DELETE",
+        ScheduleCommand::Remove { id, yes, client } => (
+            {
+                confirm(yes, &format!("Remove schedule {id}?"))?;
+                "DELETE"
+            },
             base(&client, &format!("/{}", encode(&id))),
             None,
             client,
         ),
     };
     let answer = request(method, &url, Some(client.token()?), body.as_ref())?;
-    finish_as(answer, Output::Human)
+    finish_as(answer, client.output())
 }
 
 fn read_answer(sent: Result<ureq::Response, ureq::Error>, url: &str) -> anyhow::Result<Answer> {
@@ -1056,6 +1258,44 @@ pub fn key_values(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tables_fit_the_width_wrapping_long_cells_whole() {
+        let long = "word ".repeat(30);
+        let rows = [
+            json!({"name": "caro", "plan": "annual", "note": long.trim()}),
+            json!({"name": "dan", "plan": null}),
+        ];
+        let text = table_in(&rows, Some(40));
+        assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
+        assert!(text.starts_with("NAME"), "{text}");
+        let words: usize = text.matches("word").count();
+        assert_eq!(words, 30, "nothing cut: {text}");
+        assert!(text.contains("dan") && text.contains('-'), "{text}");
+        let wide = table_in(&rows, None);
+        assert_eq!(wide.lines().count(), 3, "{wide}");
+    }
+
+    #[test]
+    fn since_takes_a_time_a_date_or_a_span_back() {
+        let now = 1_780_000_000_000;
+        assert_eq!(
+            since_time("2026-12-01T10:00:00Z", now).unwrap(),
+            "2026-12-01T10:00:00Z"
+        );
+        assert_eq!(
+            since_time("2026-12-01", now).unwrap(),
+            "2026-12-01T00:00:00Z"
+        );
+        let hour = since_time("1h", now).unwrap();
+        assert_eq!(
+            falra_core::clock::parse_rfc3339(&hour),
+            Some(now - 3_600_000)
+        );
+        for bad in ["yesterday", "5y", "h", "-1d", "2026-13-01"] {
+            assert!(since_time(bad, now).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -155,7 +155,7 @@ pub async fn serve(
     router: Router,
     limits: FrontLimits,
     stop: impl std::future::Future<Output = ()>,
-    grace: Duration,
+    deadline: impl std::future::Future<Output = ()>,
     refused: impl Fn(),
 ) {
     let caps = ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
@@ -228,8 +228,8 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {},
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!("connections still open after the grace period; closing them");
+        () = deadline => {
+            tracing::warn!("connections still open at the shutdown deadline; closing them");
         }
     }
 }

@@ -152,32 +152,35 @@ pub async fn github(
         .as_str()
         .map(|c| c.chars().take(64).collect::<String>());
     falra_runtime::task::spawn(falra_core::audit::with_origin(origin, async move {
-        match deploy_in(&task_state, &tenant_name, Change::Sync, slot, false).await {
+        let log = falra_core::deploy::DeployLog::new();
+        let outcome = deploy_in(
+            &task_state,
+            &tenant_name,
+            Change::Sync,
+            slot,
+            false,
+            log.clone(),
+        )
+        .await;
+        match &outcome {
             Ok(d) => {
-                tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push");
-                crate::audit::audit(
-                    &task_state,
-                    "webhook",
-                    "deploy.push",
-                    Some(tenant_name.as_str()),
-                    json!({"version": d.version.as_str(), "commit": commit}),
-                )
-                .await;
+                tracing::info!(tenant = %tenant_name, version = %d.version, "deployed by push")
             }
             Err(e) => {
-                tracing::warn!(tenant = %tenant_name, error = %crate::api_error::ErrorChain(&e), "push deploy failed");
-                let answer = ApiError::from(e);
-                crate::audit::audit(
-                    &task_state,
-                    "webhook",
-                    "deploy.push_failed",
-                    Some(tenant_name.as_str()),
-                    json!({"commit": commit, "code": answer.code.as_str(),
-                        "error": answer.message.chars().take(2000).collect::<String>()}),
-                )
-                .await;
+                tracing::warn!(tenant = %tenant_name, error = %crate::api_error::ErrorChain(e), "push deploy failed")
             }
         }
+        // The answer went long ago; what the deploy came to is in the audit log.
+        let _ = crate::audit::audit_deploy(
+            &task_state,
+            "webhook",
+            "deploy.push",
+            &tenant_name,
+            outcome,
+            &log,
+            json!({"commit": commit}),
+        )
+        .await;
     }));
     Ok((
         StatusCode::ACCEPTED,

@@ -15,6 +15,7 @@ mod call_logs;
 mod cli;
 mod client;
 mod config;
+mod config_file;
 mod data_lock;
 mod demo;
 mod extract;
@@ -48,7 +49,31 @@ use falra_runtime::SandboxSettings;
 /// Ordinary failures are one line on stderr (`error: what: why`) and exit status 1, whatever
 /// `RUST_BACKTRACE` says: a backtrace is for panics, not for a refused request.
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match config_file::load_for_serve(&argv) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        // A bad value the config file gave: one line that says where it came from.
+        Err(e) if config.is_some() && e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let first = e.to_string();
+            let first = first
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            let path = config.as_deref().unwrap_or_default();
+            eprintln!("error: {first} (from the config file {path} or its FALRA_* variable)");
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let text = format!("{e:#}").replace('\n', " ");
@@ -60,7 +85,15 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Serve(args) => {
+            let rt = runtime()?;
+            let served = rt.block_on(serve(args));
+            // Calls past the grace period are dropped with their tasks (their children are
+            // killed as their handles go); a blocking task still running does not hold the
+            // exit up.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            served
+        }
         Command::Admin(AdminCommand::Init {
             data_dir,
             store,
@@ -80,6 +113,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => client::audit(args),
         Command::Logs(args) => client::logs(args),
         Command::Versions { tenant, client } => client::versions(&tenant, &client),
+        Command::Functions {
+            tenant,
+            version,
+            client,
+        } => client::functions(&tenant, version.as_deref(), &client),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "falra", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Call(args) => client::call(args),
         Command::Job(cmd) => client::job(cmd),
         Command::Schedule(cmd) => client::schedule(cmd),
@@ -203,7 +246,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections,
         ..wanted
     };
-    server::serve(listener, state, limits).await?;
+    let grace = std::time::Duration::from_secs(args.shutdown_grace);
+    server::serve(listener, state, limits, grace).await?;
     Ok(())
 }
 

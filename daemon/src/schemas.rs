@@ -29,7 +29,7 @@ fn nullable(t: Type) -> SchemaType {
     SchemaType::from_iter([t, Type::Null])
 }
 
-/// `{"ok": false, "error": {"code", "message", "detail"?}, "call_id"?, "logs"?}`.
+/// `{"ok": false, "error": {"code", "message", "detail"?}, "call_id"?, "logs"?, "usage"?}`.
 pub struct Error;
 
 impl PartialSchema for Error {
@@ -56,6 +56,14 @@ impl PartialSchema for Error {
             .required("error")
             .property("call_id", string())
             .property("logs", string())
+            .property(
+                "usage",
+                ObjectBuilder::new()
+                    .description(Some(
+                        "What a failed call used (wall_ms, cpu_ms, peak_memory_bytes)",
+                    ))
+                    .schema_type(Type::Object),
+            )
             .into()
     }
 }
@@ -274,6 +282,9 @@ pub struct VersionEntry {
     /// When it last became the active version.
     activated_at: Option<String>,
     active: bool,
+    /// The steps of the deploy that made it (`{"step", "at_ms", "ms", "ok", "detail"?}`);
+    /// null for versions made before deploys were logged.
+    deploy_log: Option<Vec<Value>>,
 }
 
 #[derive(ToSchema)]
@@ -353,6 +364,8 @@ pub struct TenantList {
 #[derive(ToSchema)]
 pub struct Deployed {
     version: String,
+    /// The deploy's steps: `{"step", "at_ms", "ms", "ok", "detail"?}` each.
+    steps: Vec<Value>,
 }
 
 #[derive(ToSchema)]
@@ -395,12 +408,16 @@ pub struct SecretStored {
     tenant: String,
     key: String,
     updated_at: String,
+    /// `env` (read by the tenant's code) or `none`.
+    expose: String,
 }
 
 #[derive(ToSchema)]
 pub struct SecretEntry {
     key: String,
     updated_at: String,
+    /// `env` (read by the tenant's code) or `none`.
+    expose: String,
 }
 
 #[derive(ToSchema)]

@@ -1,7 +1,8 @@
 //! Tenant secrets over the operator API (`falra_core::secrets` seals and opens them).
 //!
-//! `PUT /admin/v1/tenants/{name}/secrets/{key} {"value": <json>}` sets one; `DELETE` removes
-//! it; `GET …/secrets` lists names and times, never values.
+//! `PUT /admin/v1/tenants/{name}/secrets/{key} {"value": <json>, "expose": "env"?}` sets one
+//! (`expose: env` hands it to the tenant's code as an environment variable); `DELETE` removes
+//! it; `GET …/secrets` lists names, times and exposure, never values.
 
 use axum::extract::State;
 use axum::Json;
@@ -19,8 +20,14 @@ use falra_core::clock::format_ms;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretBody {
-    /// Any JSON value; sealed at rest, never shown again.
+    /// Any JSON value; sealed at rest, never shown again. A string when `expose` is `env`.
     value: Value,
+    /// `env`: the tenant's calls and jobs read it as the environment variable of its name
+    /// (from their next call; masked as `***` in their logs and errors). Absent or `none`:
+    /// only the node uses it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    expose: falra_core::secrets::Expose,
 }
 
 #[utoipa::path(
@@ -41,19 +48,19 @@ pub async fn put_secret(
     ApiJson(body): ApiJson<SecretBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let now = falra_core::secrets::put(&state, &name, &key, &body.value).await?;
+    let now = falra_core::secrets::put(&state, &name, &key, &body.value, body.expose).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, secret = %key, "secret set");
     audit(
         &state,
         &op.token_id,
         "secret.set",
         Some(name.as_str()),
-        json!({"key": key}),
+        json!({"key": key, "expose": body.expose}),
     )
     .await;
-    Ok(Json(
-        json!({"tenant": name.as_str(), "key": key, "updated_at": format_ms(now)}),
-    ))
+    Ok(Json(json!({
+        "tenant": name.as_str(), "key": key, "updated_at": format_ms(now), "expose": body.expose
+    })))
 }
 
 #[utoipa::path(
@@ -108,7 +115,10 @@ pub async fn list_secrets(
     let names = state.store.secret_names(&name).await?;
     let list: Vec<Value> = names
         .into_iter()
-        .map(|(key, at)| json!({"key": key, "updated_at": format_ms(at)}))
+        .map(|s| {
+            let expose = falra_core::secrets::Expose::from_stored(s.expose.as_deref());
+            json!({"key": s.key, "updated_at": format_ms(s.updated_at), "expose": expose})
+        })
         .collect();
     Ok(Json(json!({"secrets": list})))
 }

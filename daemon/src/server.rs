@@ -107,6 +107,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::resume))
         .routes(routes!(tenant_api::list_versions))
         .routes(routes!(tenant_api::admin_list_versions))
+        .routes(routes!(tenant_api::admin_list_functions))
         .routes(routes!(tenant_api::list_functions))
         .routes(routes!(uploads::tenant_list))
         .routes(routes!(uploads::tenant_put, uploads::tenant_delete))
@@ -217,28 +218,46 @@ async fn request_span(req: Request, next: Next) -> Response {
     .await
 }
 
-/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish for `grace`; a second
+/// signal ends the wait at once. Calls still running then are stopped with the runtime.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     limits: crate::front::FrontLimits,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
     state.runtime.start_upkeep();
+    let signals = Signals::listen()?;
+    let mut first = signals.clone();
+    let mut second = signals;
     let stopping = state.clone();
     let stop = async move {
-        shutdown_signal().await;
+        first.reached(1).await;
         // Requests still arriving on open connections are told, not started; running jobs
         // go back to the queue for the other nodes (or this one's next start).
         stopping.stop_taking_calls();
         falra_core::jobs::hand_back(&stopping).await;
-        tracing::info!("shutting down: finishing calls in flight");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: finishing calls in flight"
+        );
+    };
+    let deadline = async move {
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!("the shutdown grace period is over: stopping the calls still running");
+            }
+            () = second.reached(2) => {
+                tracing::warn!("a second signal: stopping the calls still running now");
+            }
+        }
     };
     crate::front::serve(
         listener,
         router(state.clone()),
         limits,
         stop,
-        std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS),
+        deadline,
         || {
             state
                 .http
@@ -253,24 +272,38 @@ pub async fn serve(
     Ok(())
 }
 
-/// How long requests in flight at shutdown may take to finish.
-const SHUTDOWN_GRACE_SECS: u64 = 300;
+/// SIGINT and SIGTERM counted from the start: the first stops the node taking work, the
+/// second ends the grace period. Listening begins before serving, so no signal is missed
+/// between the two.
+#[derive(Clone)]
+struct Signals(tokio::sync::watch::Receiver<u32>);
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let (tx, rx) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            // Two are all that matter; the loop ends there.
+            for n in 1..=2 {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                tracing::info!(signal = n, "shutdown signal");
+                if tx.send(n).is_err() {
+                    return;
+                }
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        });
+        Ok(Signals(rx))
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+
+    /// Returns once `n` signals have come.
+    async fn reached(&mut self, n: u32) {
+        if self.0.wait_for(|seen| *seen >= n).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

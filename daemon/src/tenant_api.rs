@@ -73,6 +73,8 @@ pub(crate) async fn versions_json(state: &AppState, tenant: &TenantRow) -> Resul
                 "created_at": format_ms(v.created_at),
                 "activated_at": v.activated_at.map(format_ms),
                 "active": tenant.active_version.as_ref() == Some(&v.id),
+                "deploy_log": v.deploy_log.as_deref()
+                    .and_then(|l| serde_json::from_str::<Value>(l).ok()),
             })
         })
         .collect();
@@ -125,14 +127,50 @@ pub async fn list_functions(
     query: Result<ApiQuery<FunctionsQuery>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let ApiQuery(query) = query?;
-    let (caller, tenant) = reader(&state, &headers).await?;
+    let (_, tenant) = reader(&state, &headers).await?;
+    functions_json(&state, &tenant, query.version.as_deref())
+        .await
+        .map(Json)
+}
+
+/// `GET /admin/v1/tenants/{name}/functions`: a tenant's functions, as its own tokens see them.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/functions",
+    operation_id = "admin_list_functions",
+    tag = "tenants",
+    summary = "A tenant's callable functions (its active version, or ?version=)",
+    params(("name" = String, Path, description = "A tenant name"), FunctionsQuery),
+    responses((status = 200, description = "OK", body = crate::schemas::Functions), (status = 400, description = "No such version", body = crate::schemas::Error), (status = 409, description = "not_deployed", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_list_functions(
+    _op: crate::auth::Operator,
+    State(state): State<AppState>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
+    query: Result<ApiQuery<FunctionsQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(query) = query?;
+    let (_, tenant) = crate::admin::load_tenant(&state, &name).await?;
+    functions_json(&state, &tenant, query.version.as_deref())
+        .await
+        .map(Json)
+}
+
+/// The functions of the tenant's active version, or of `version` (an id or a commit), with
+/// the modules that fail to load.
+async fn functions_json(
+    state: &AppState,
+    tenant: &TenantRow,
+    version: Option<&str>,
+) -> Result<Value, ApiError> {
     let no_version = |id: &str| {
         ApiError::bad_request(format!("this tenant has no version {id:?}"))
             .with_detail(json!({"parameter": "version"}))
     };
-    let id = match (query.version, tenant.active_version) {
-        (Some(asked), _) => resolve_version(&state, &caller.tenant, &asked, "parameter").await?,
-        (None, Some(active)) => active,
+    let id = match (version, &tenant.active_version) {
+        (Some(asked), _) => resolve_version(state, &tenant.name, asked, "parameter").await?,
+        (None, Some(active)) => active.clone(),
         (None, None) => {
             return Err(ApiError::new(
                 ErrorCode::NotDeployed,
@@ -142,7 +180,7 @@ pub async fn list_functions(
     };
     let version = state
         .store
-        .version(&caller.tenant, &id)
+        .version(&tenant.name, &id)
         .await?
         .ok_or_else(|| no_version(id.as_str()))?;
     let listing: Value = version
@@ -170,7 +208,7 @@ pub async fn list_functions(
     if let Some(e) = listing.get("error") {
         answer["listing_error"] = e.clone();
     }
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// The listed functions of one module, from a version's listing.

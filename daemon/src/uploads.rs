@@ -80,8 +80,14 @@ async fn put(
     };
     let sha256 = upload.sha256();
     let force = query.force.unwrap_or(false);
-    let Deployed { version, functions } =
-        falra_core::deploy::deploy_with(state, tenant, Change::Put(upload), force).await?;
+    let Deployed { version, functions } = falra_core::deploy::deploy_with(
+        state,
+        tenant,
+        Change::Put(upload),
+        force,
+        falra_core::deploy::DeployLog::new(),
+    )
+    .await?;
     let listed = crate::tenant_api::functions_of_module(&functions, module.as_str());
     Ok(Json(json!({
         "module": module.as_str(),

@@ -19,6 +19,18 @@ pub const STDERR_MARK: char = '\u{2}';
 /// Begins the line of the stored form that says where logs were cut.
 pub const CUT_MARK: char = '\u{3}';
 
+/// `text` with every occurrence of each of `values` (non-empty, longest first) replaced by
+/// `***`.
+pub fn mask(text: &str, values: &[String]) -> String {
+    let mut out = text.to_owned();
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        if out.contains(v.as_str()) {
+            out = out.replace(v.as_str(), "***");
+        }
+    }
+    out
+}
+
 /// Which stream a line was written to, or `falra` for the daemon's own cut marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +68,14 @@ impl Logs {
             out.push_str(&clean(tail));
         }
         Logs(out)
+    }
+
+    /// These logs with every occurrence of each of `values` replaced by `***`.
+    pub fn masked(self, values: &[String]) -> Logs {
+        if values.is_empty() {
+            return self;
+        }
+        Logs(mask(&self.0, values))
     }
 
     /// Logs read back from the store.
@@ -124,6 +144,16 @@ fn clean(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masking_replaces_every_occurrence_longest_first() {
+        let values = ["hunter2-long".to_owned(), "hunter2".to_owned()];
+        let logs = Logs::from_pipe(b"a hunter2-long b\n\x02hunter2 c\n", 0, b"");
+        let masked = logs.masked(&values);
+        assert_eq!(masked.text(), "a *** b\n*** c\n");
+        assert_eq!(masked.lines()[1].stream, Stream::Stderr);
+        assert_eq!(mask("nothing here", &values), "nothing here");
+    }
 
     #[test]
     fn streams_are_marked_per_line_in_the_order_written() {

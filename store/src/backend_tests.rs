@@ -96,6 +96,7 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
             git_commit: Some("abcdef1234567890"),
             functions,
             uploads: None,
+            deploy_log: Some(r#"[{"step":"fetch"}]"#),
             now: 2,
         };
         let c = name("caro");
@@ -106,6 +107,11 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
         let t = store.tenant(&c).await.unwrap().unwrap();
         assert_eq!(t.active_version.as_ref(), Some(&v1), "{backend}");
         let v = store.version(&c, &v1).await.unwrap().unwrap();
+        assert_eq!(
+            v.deploy_log.as_deref(),
+            Some(r#"[{"step":"fetch"}]"#),
+            "{backend}"
+        );
         assert_eq!(v.git_commit.as_deref(), Some("abcdef1234567890"));
         assert_eq!(v.functions.as_deref(), Some("{}"));
 

@@ -485,15 +485,20 @@ impl Store {
         backend!(self.audit(tenant, since, limit))
     }
 
-    /// Stores (or replaces) a sealed secret.
+    /// Stores (or replaces) a sealed secret; `expose` says where else than the node it goes
+    /// (`env`: the tenant's code, as an environment variable).
     pub async fn put_secret(
         &self,
         tenant: &TenantName,
         key: &str,
         sealed: &Sealed,
+        expose: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
-        backend!(self.put_secret(tenant, key, sealed, now))
+        backend!(self.put_secret(tenant, key, sealed, expose, now))?;
+        // The nodes' caches hold the secrets exposed to code with the tenant.
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(())
     }
 
     pub async fn secret(
@@ -504,16 +509,25 @@ impl Store {
         backend!(self.secret(tenant, key))
     }
 
-    /// The names of the tenant's secrets and when each was last set (never their values).
-    pub async fn secret_names(
+    /// The tenant's secrets exposed as `expose`, sealed, by name.
+    pub async fn exposed_secrets(
         &self,
         tenant: &TenantName,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+        expose: &str,
+    ) -> Result<Vec<(String, Sealed)>, StoreError> {
+        backend!(self.exposed_secrets(tenant, expose))
+    }
+
+    /// The names of the tenant's secrets, when each was last set and where it is exposed
+    /// (never their values).
+    pub async fn secret_names(&self, tenant: &TenantName) -> Result<Vec<SecretName>, StoreError> {
         backend!(self.secret_names(tenant))
     }
 
     pub async fn delete_secret(&self, tenant: &TenantName, key: &str) -> Result<bool, StoreError> {
-        backend!(self.delete_secret(tenant, key))
+        let done = backend!(self.delete_secret(tenant, key))?;
+        self.changed(&[Change::Tenant(tenant.clone())]).await;
+        Ok(done)
     }
 
     /// The tenant's uploads, by module name.

@@ -124,6 +124,18 @@ pub struct VersionRow {
     pub activated_at: Option<i64>,
     /// The modules it holds from uploads.
     pub uploads: Vec<String>,
+    /// The steps of the deploy that last made or activated it, as JSON (none before they
+    /// were kept, and for a rollback).
+    pub deploy_log: Option<String>,
+}
+
+/// A secret's name and what is known of it without opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretName {
+    pub key: String,
+    pub updated_at: i64,
+    /// Where it is exposed besides the node (`env`), if anywhere.
+    pub expose: Option<String>,
 }
 
 /// A version about to become active.
@@ -136,6 +148,8 @@ pub struct NewVersion<'a> {
     pub functions: Option<&'a str>,
     /// The modules it holds from uploads, as a JSON list of names.
     pub uploads: Option<&'a str>,
+    /// The deploy's steps, as JSON (`falra_core::deploy::StepRecord`s).
+    pub deploy_log: Option<&'a str>,
     pub now: i64,
 }
 

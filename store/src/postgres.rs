@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call logs",
         include_str!("../migrations/postgres/0007_call_logs.sql"),
     ),
+    (
+        8,
+        "secrets deploy log",
+        include_str!("../migrations/postgres/0008_secrets_deploy_log.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

@@ -14,7 +14,7 @@ const CALL_VIEW: &str = "SELECT c.call_id, c.tenant, c.fn, c.version, c.outcome,
      c.cpu_ms, c.peak_memory_bytes, c.at, l.error, l.logs FROM calls c \
      LEFT JOIN call_logs l ON l.call_id = c.call_id";
 const VERSION_COLUMNS: &str =
-    "id, source, created_at, git_commit, functions, activated_at, uploads";
+    "id, source, created_at, git_commit, functions, activated_at, uploads, deploy_log";
 
 impl Backend {
     #[cfg(test)]
@@ -165,8 +165,9 @@ impl Backend {
         }
         sqlx::query(
             "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions, \
-             activated_at, uploads) VALUES ($1, $2, $3, $4, $5, $6, $4, $7) \
-             ON CONFLICT (tenant, id) DO UPDATE SET activated_at = $4",
+             activated_at, uploads, deploy_log) VALUES ($1, $2, $3, $4, $5, $6, $4, $7, $8) \
+             ON CONFLICT (tenant, id) DO UPDATE SET activated_at = $4, \
+             deploy_log = COALESCE(excluded.deploy_log, versions.deploy_log)",
         )
         .bind(tenant)
         .bind(version.id.as_str())
@@ -175,6 +176,7 @@ impl Backend {
         .bind(version.git_commit)
         .bind(version.functions)
         .bind(version.uploads)
+        .bind(version.deploy_log)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
@@ -563,21 +565,49 @@ impl Backend {
         tenant: &TenantName,
         key: &str,
         sealed: &Sealed,
+        expose: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO secrets (tenant, key, nonce, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO secrets (tenant, key, nonce, sealed, updated_at, expose) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (tenant, key) DO UPDATE SET nonce = excluded.nonce, \
-             sealed = excluded.sealed, updated_at = excluded.updated_at",
+             sealed = excluded.sealed, updated_at = excluded.updated_at, expose = excluded.expose",
         )
         .bind(tenant.as_str())
         .bind(key)
         .bind(&sealed.nonce)
         .bind(&sealed.sealed)
         .bind(now)
+        .bind(expose)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn exposed_secrets(
+        &self,
+        tenant: &TenantName,
+        expose: &str,
+    ) -> Result<Vec<(String, Sealed)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, nonce, sealed FROM secrets WHERE tenant = $1 AND expose = $2 ORDER BY key",
+        )
+        .bind(tenant.as_str())
+        .bind(expose)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Sealed {
+                        nonce: r.try_get(1)?,
+                        sealed: r.try_get(2)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn secret(
@@ -599,17 +629,21 @@ impl Backend {
         .transpose()
     }
 
-    pub async fn secret_names(
-        &self,
-        tenant: &TenantName,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT key, updated_at FROM secrets WHERE tenant = $1 ORDER BY key")
-                .bind(tenant.as_str())
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn secret_names(&self, tenant: &TenantName) -> Result<Vec<SecretName>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, updated_at, expose FROM secrets WHERE tenant = $1 ORDER BY key",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| {
+                Ok(SecretName {
+                    key: r.try_get(0)?,
+                    updated_at: r.try_get(1)?,
+                    expose: r.try_get(2)?,
+                })
+            })
             .collect()
     }
 
@@ -858,6 +892,7 @@ fn version_from_row(tenant: &TenantName, r: &DbRow) -> Result<VersionRow, StoreE
             .try_get::<Option<String>, _>(6)?
             .and_then(|u| serde_json::from_str(&u).ok())
             .unwrap_or_default(),
+        deploy_log: r.try_get(7)?,
     })
 }
 

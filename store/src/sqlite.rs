@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call logs",
         include_str!("../migrations/sqlite/0009_call_logs.sql"),
     ),
+    (
+        10,
+        "secrets deploy log",
+        include_str!("../migrations/sqlite/0010_secrets_deploy_log.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -202,7 +207,7 @@ mod tests {
             .await
             .unwrap();
         // Adopted, then migrated on from where it was.
-        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         // And it opens again as any other store does.
         drop(store);
         SqliteStore::open(&path).await.unwrap();

@@ -283,6 +283,18 @@ impl Daemon {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Runs the command line against this daemon with its operator token, stdin closed.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(falra_bin())
+            .args(args)
+            .args(["--url", &self.url])
+            .env("FALRA_ADMIN_TOKEN", &self.admin_token)
+            .env_remove("FALRA_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("the falra binary runs")
+    }
+
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
         let auth = format!("Bearer {}", self.admin_token);
         let bytes = body.map(|b| b.to_string().into_bytes());

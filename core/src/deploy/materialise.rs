@@ -73,7 +73,16 @@ pub async fn materialise(
         )));
     }
     let policy = crate::plans::effective_policy(state, tenant);
-    let made = finish_version(state, name, tenant, &policy, version, None, row.functions).await;
+    let made = finish_version(
+        state,
+        tenant,
+        &policy,
+        version,
+        None,
+        row.functions,
+        &super::DeployLog::new(),
+    )
+    .await;
     if let Err(e) = made {
         let _ = state.layout.remove_version(name, version);
         return Err(e);

@@ -23,16 +23,17 @@ use serde_json::{json, Value};
 use crate::clock::now_ms;
 use crate::Core;
 use falra_runtime::isolation::CodeMounts;
-use falra_runtime::task::step;
 use falra_runtime::ErrorChain;
 use falra_store::{NewVersion, TenantRow, UploadChange};
 
 mod collect;
+pub mod log;
 mod materialise;
 mod runner_modes;
 mod venv;
 
 pub use collect::collect_versions;
+pub use log::{DeployEvent, DeployLog, StepRecord};
 pub use materialise::materialise;
 use runner_modes::{compile_version, introspect};
 use venv::ensure_venv;
@@ -251,22 +252,23 @@ pub async fn deploy(
     name: &TenantName,
     change: Change,
 ) -> Result<Deployed, DeployError> {
-    deploy_with(state, name, change, false).await
+    deploy_with(state, name, change, false, DeployLog::new()).await
 }
 
 /// [`deploy`], with `force`: a version whose modules fail to compile or import is activated
-/// all the same (its listing says which).
+/// all the same (its listing says which); its steps go to `log`, which the caller keeps.
 pub async fn deploy_with(
     state: &Core,
     name: &TenantName,
     change: Change,
     force: bool,
+    log: DeployLog,
 ) -> Result<Deployed, DeployError> {
     let slot = state
         .deploy_slots
         .try_take(name)
         .ok_or_else(|| DeployError::Queued(name.clone()))?;
-    deploy_in(state, name, change, slot, force).await
+    deploy_in(state, name, change, slot, force, log).await
 }
 
 /// [`deploy`] with its place in the tenant's queue already taken.
@@ -276,10 +278,11 @@ pub async fn deploy_in(
     change: Change,
     slot: DeploySlot,
     force: bool,
+    log: DeployLog,
 ) -> Result<Deployed, DeployError> {
     let (task_state, task_name) = (state.clone(), name.clone());
     falra_runtime::task::spawn(async move {
-        let deployed = deploy_now(&task_state, &task_name, change, force).await;
+        let deployed = deploy_now(&task_state, &task_name, change, force, &log).await;
         drop(slot);
         deployed
     })
@@ -332,6 +335,7 @@ async fn deploy_now(
     name: &TenantName,
     change: Change,
     force: bool,
+    log: &DeployLog,
 ) -> Result<Deployed, DeployError> {
     let _lock = state.store.deploy_lock(name).await?;
     let tenant = state
@@ -355,7 +359,14 @@ async fn deploy_now(
     let fetch_needed =
         matches!(change, Change::Sync) || needs_fetch(state, &tenant, known_commit.as_deref());
     let commit = if fetch_needed {
-        Some(step("fetch", fetch_branch(state, name, &tenant)).await?)
+        let commit = log
+            .step("fetch", fetch_branch(state, name, &tenant))
+            .await?;
+        log.note(
+            "fetch",
+            format!("commit {}", &commit[..commit.len().min(12)]),
+        );
+        Some(commit)
     } else {
         known_commit
     };
@@ -385,32 +396,34 @@ async fn deploy_now(
     let layout = state.layout.clone();
     let tenant_name = name.clone();
     let plan_uploads = uploads.clone();
-    let version = step(
-        "tree",
-        falra_runtime::task::spawn_blocking(move || {
-            let plan = VersionPlan {
-                commit: plan_commit.as_deref(),
-                subdir: subdir.as_deref(),
-                uploads: &plan_uploads,
-                max_bytes,
-            };
-            build_version(&layout, &tenant_name, &plan)
-        }),
-    )
-    .await
-    .map_err(node("version task failed"))?
-    .map_err(|e| sync_failed(name, &e))?;
+    let version = log
+        .step("tree", async {
+            falra_runtime::task::spawn_blocking(move || {
+                let plan = VersionPlan {
+                    commit: plan_commit.as_deref(),
+                    subdir: subdir.as_deref(),
+                    uploads: &plan_uploads,
+                    max_bytes,
+                };
+                build_version(&layout, &tenant_name, &plan)
+            })
+            .await
+            .map_err(node("version task failed"))?
+            .map_err(|e| sync_failed(name, &e))
+        })
+        .await?;
+    log.note("tree", format!("version {version}"));
     let known = state.store.version(name, &version).await?;
     let fresh = known.is_none();
 
     let prepared = finish_version(
         state,
-        name,
         &tenant,
         &policy,
         &version,
         upload_change.as_ref(),
         known.and_then(|v| v.functions),
+        log,
     )
     .await;
     // What is broken already in the active version (activated by force) does not hold back
@@ -470,15 +483,19 @@ async fn deploy_now(
             .collect::<Vec<_>>(),
     )
     .expect("names serialise");
+    // The log as it stands before activation: the version is kept with every step that made
+    // it; the answer shows the activation too.
+    let deploy_log = log.to_json();
     let record = NewVersion {
         id: &version,
         source: label,
         git_commit: commit.as_deref(),
         functions: Some(&functions_text),
         uploads: Some(&upload_names),
+        deploy_log: Some(&deploy_log),
         now,
     };
-    step("activate", async {
+    log.step("activate", async {
         state
             .store
             .activate_version(name, &record, stored_change)
@@ -495,6 +512,28 @@ async fn deploy_now(
     collect_versions(state, name).await;
     tracing::info!(tenant = %name, version = %version, source = label, "version active");
     Ok(Deployed { version, functions })
+}
+
+/// What a listing says of the version, for its step's record.
+fn listed(functions: &Value) -> (bool, Option<String>) {
+    if let Some(error) = functions["error"].as_str() {
+        return (false, Some(error.to_owned()));
+    }
+    let modules = functions["modules"].as_array().map_or(0, Vec::len);
+    let count: usize = functions["modules"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|e| e["functions"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    let broken = broken_modules(functions).len();
+    let detail = match broken {
+        0 => format!("{count} functions in {modules} modules"),
+        n => format!("{count} functions in {modules} modules; {n} modules fail to load"),
+    };
+    (broken == 0, Some(detail))
 }
 
 /// Whether an upload's deploy must fetch first: the tenant has a repository but this node's
@@ -557,13 +596,14 @@ async fn fetch_branch(
 /// its function listing (reused when the version was made before). Returns the listing.
 async fn finish_version(
     state: &Core,
-    name: &TenantName,
     tenant: &TenantRow,
     policy: &Policy,
     version: &VersionId,
     uploaded: Option<&ModuleName>,
     known_functions: Option<String>,
+    log: &DeployLog,
 ) -> Result<Value, DeployError> {
+    let name = &tenant.name;
     if state.runtime.sandbox.is_enabled() {
         // Only the tenant's own gid may read its versions, should a mount ever leak.
         state
@@ -572,16 +612,29 @@ async fn finish_version(
             .map_err(node("could not set the version tree's owner"))?;
     }
     let code = state.layout.version_dir(name, version);
-    let venv = step("venv", ensure_venv(state, tenant, policy, &code)).await?;
+    let venv = log
+        .step("venv", ensure_venv(state, tenant, policy, &code))
+        .await?;
+    log.note(
+        "venv",
+        match &venv {
+            Some(_) => "packages from requirements.txt ready",
+            None => "no requirements.txt",
+        },
+    );
     let mounts = CodeMounts { code, venv };
-    step(
+    log.step_with(
         "compile",
         compile_version(state, name, tenant, policy, version, &mounts),
+        |_| (true, None),
     )
     .await;
     let functions = match known_functions.and_then(|f| serde_json::from_str(&f).ok()) {
         Some(known) => known,
-        None => step("list", introspect(state, tenant, policy, &mounts)).await,
+        None => {
+            log.step_with("list", introspect(state, tenant, policy, &mounts), listed)
+                .await
+        }
     };
     if let Some(module) = uploaded {
         let entry = functions["modules"]

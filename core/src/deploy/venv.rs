@@ -309,10 +309,89 @@ pub(super) async fn pip_stage(
         PipStage::Download => "downloading the wheels of requirements.txt failed (only wheels are installed, from the operator's package index)",
         PipStage::Install => "installing requirements.txt failed",
     };
+    let mut detail = json!({"pip": output});
+    let message = match explain_pip(&output) {
+        Some(explained) => {
+            detail["reason"] = json!(explained.reason);
+            detail["requirement"] = json!(explained.requirement);
+            format!("{step}: {}: {why}: {output}", explained.text)
+        }
+        None => format!("{step}: {why}: {output}"),
+    };
     Err(DeployError::Failed {
-        message: format!("{step}: {why}: {output}"),
-        detail: Some(json!({"pip": output})),
+        message,
+        detail: Some(detail),
     })
+}
+
+/// Why pip failed, in words a tenant can act on, when its output says.
+#[derive(Debug, PartialEq, Eq)]
+struct PipExplained {
+    /// `no_wheel`, `no_wheel_of_version` or `hash_mismatch`.
+    reason: &'static str,
+    requirement: String,
+    text: String,
+}
+
+/// Reads pip's output for the failures it words least helpfully. pip is run with
+/// `--only-binary=:all:`, so "No matching distribution" means no wheel for this platform and
+/// Python (a package published only as source is never built here).
+fn explain_pip(output: &str) -> Option<PipExplained> {
+    if let Some(at) = output.find("No matching distribution found for ") {
+        let rest = &output[at + "No matching distribution found for ".len()..];
+        let requirement: String = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        let had_versions = output
+            .find("(from versions: ")
+            .map(|i| !output[i..].starts_with("(from versions: none)"))
+            .unwrap_or(false);
+        let (reason, text) = if had_versions {
+            (
+                "no_wheel_of_version",
+                format!("no wheel of the version {requirement} asks for is on the package index (other versions have wheels; only wheels are installed)"),
+            )
+        } else {
+            (
+                "no_wheel",
+                format!("no wheel of {requirement} for CPython 3.11 on Linux is on the package index (only wheels are installed: a package published only as source cannot be)"),
+            )
+        };
+        return Some(PipExplained {
+            reason,
+            requirement,
+            text,
+        });
+    }
+    if output.contains("DO NOT MATCH THE HASHES") {
+        let requirement = output
+            .lines()
+            .skip_while(|l| !l.contains("DO NOT MATCH THE HASHES"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .filter(|w| w.contains("=="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        return Some(PipExplained {
+            reason: "hash_mismatch",
+            text: format!(
+                "a downloaded file does not match the hash requirements.txt gives for {}",
+                if requirement.is_empty() {
+                    "it"
+                } else {
+                    &requirement
+                }
+            ),
+            requirement,
+        });
+    }
+    None
 }
 
 /// Makes a built virtualenv root's and read-only for everyone (it is bound read-only into
@@ -340,4 +419,29 @@ pub(super) fn seal_venv(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_failures_are_explained_when_only_wheels_are_why() {
+        let none = "ERROR: Could not find a version that satisfies the requirement srconly==1.0 (from versions: none)\nERROR: No matching distribution found for srconly==1.0";
+        let e = explain_pip(none).unwrap();
+        assert_eq!(
+            (e.reason, e.requirement.as_str()),
+            ("no_wheel", "srconly==1.0")
+        );
+        assert!(e.text.contains("only wheels are installed"));
+        let some = "ERROR: Could not find a version that satisfies the requirement six==9.9 (from versions: 1.16.0)\nERROR: No matching distribution found for six==9.9";
+        assert_eq!(explain_pip(some).unwrap().reason, "no_wheel_of_version");
+        let hashes = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n    six==1.16.0 from https://x/six.whl:\n        Expected sha256 00\n";
+        let e = explain_pip(hashes).unwrap();
+        assert_eq!(
+            (e.reason, e.requirement.as_str()),
+            ("hash_mismatch", "six==1.16.0")
+        );
+        assert_eq!(explain_pip("ERROR: something else"), None);
+    }
 }

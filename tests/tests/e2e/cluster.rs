@@ -155,6 +155,41 @@ fn two_nodes_on_one_postgres_share_tenants_tokens_plans_secrets_and_usage() {
     assert_eq!(set.status, 200, "{:?}", set.body);
     let listed = b.admin("GET", "/tenants/caro/secrets", None);
     assert_eq!(listed.body["secrets"][0]["key"], "git");
+    // One exposed to code through A reaches B's next calls within a second (B held the
+    // tenant's secrets in memory, and drops them on A's notification).
+    let uploaded = falra_tests::http(
+        "PUT",
+        &format!("{}/admin/v1/tenants/caro/modules/envget", a.url),
+        &[("Authorization", &format!("Bearer {}", a.admin_token))],
+        Some(b"import os\n\ndef get(name):\n    return os.environ.get(name)\n"),
+    );
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    let fresh = a.token("caro", &["call"]);
+    let get = json!({"token": fresh, "fn": "envget.get", "name": "SHARED_KEY"});
+    let read = |want: serde_json::Value| {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = b.call(get.clone());
+            if answer.body["result"] == want {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{:?}",
+                answer.body
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    read(serde_json::Value::Null);
+    let set = a.admin(
+        "PUT",
+        "/tenants/caro/secrets/SHARED_KEY",
+        Some(json!({"value": "across-nodes", "expose": "env"})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let took = read(json!("across-nodes"));
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
 
     // A's call is in the usage B reports (A's meter writes it off the call path).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

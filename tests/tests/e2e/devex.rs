@@ -868,3 +868,227 @@ fn environment_variables_reach_their_tenant_s_calls_only_and_change_on_the_next_
     let (ok, out) = cli(&["env", "list", "caro"]);
     assert!(ok && out.contains("REGION"), "{out}");
 }
+
+#[test]
+fn secrets_marked_for_code_reach_its_calls_masked_in_logs_and_errors() {
+    let d = Daemon::start();
+    let code = "import os\n\ndef get(name):\n    return os.environ.get(name)\n\ndef leak(name):\n    value = os.environ[name]\n    print('the key is', value)\n    raise RuntimeError('bad key ' + value)\n";
+    let token = d.tenant("caro", &GitRepo::with_files(&[("s.py", code)]));
+    let other = d.tenant("dan", &GitRepo::with_files(&[("s.py", code)]));
+    let get = |token: &str, name: &str| {
+        d.call(json!({"token": token, "fn": "s.get", "name": name}))
+            .body["result"]
+            .clone()
+    };
+    // A secret only the node uses never reaches the code.
+    let plain = d.admin(
+        "PUT",
+        "/tenants/caro/secrets/HIDDEN",
+        Some(json!({"value": "node-only-value"})),
+    );
+    assert_eq!(plain.status, 200, "{:?}", plain.body);
+    assert_eq!(get(&token, "HIDDEN"), Value::Null);
+
+    d.admin(
+        "PUT",
+        "/tenants/caro/env",
+        Some(json!({"API_KEY": "from-env"})),
+    );
+    let set = d.admin(
+        "PUT",
+        "/tenants/caro/secrets/API_KEY",
+        Some(json!({"value": "sk-live-0123456789", "expose": "env"})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    assert_eq!(set.body["expose"], "env");
+    assert_eq!(
+        get(&token, "API_KEY"),
+        "sk-live-0123456789",
+        "the secret wins over the variable, from the next call"
+    );
+    assert_eq!(
+        get(&other, "API_KEY"),
+        Value::Null,
+        "never another tenant's"
+    );
+
+    let failed = d.call(json!({"token": token, "fn": "s.leak", "name": "API_KEY"}));
+    assert_eq!(failed.body["error"]["code"], "function_error");
+    let whole = failed.body.to_string();
+    assert!(!whole.contains("sk-live-0123456789"), "{whole}");
+    assert!(failed.body["logs"]
+        .as_str()
+        .unwrap()
+        .contains("the key is ***"));
+    assert!(failed.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad key ***"));
+    assert!(
+        failed.body["usage"]["wall_ms"].is_u64(),
+        "{:?}",
+        failed.body
+    );
+    let id = failed.body["call_id"].as_str().unwrap();
+    let stored = d.with_token("GET", &format!("/v1/calls/{id}"), &token, None);
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    assert!(!stored.body.to_string().contains("sk-live-0123456789"));
+
+    let listed = d.admin("GET", "/tenants/caro/secrets", None);
+    let entries = listed.body["secrets"].as_array().unwrap();
+    let expose_of = |key: &str| entries.iter().find(|e| e["key"] == key).unwrap()["expose"].clone();
+    assert_eq!(expose_of("API_KEY"), "env");
+    assert_eq!(expose_of("HIDDEN"), "none");
+    assert!(!listed.body.to_string().contains("sk-live"));
+
+    for (body, field) in [
+        (json!({"value": 3, "expose": "env"}), "value"),
+        (json!({"value": "a\u{0}b", "expose": "env"}), "value"),
+        (json!({"value": "x", "expose": "everywhere"}), "expose"),
+    ] {
+        let bad = d.admin("PUT", "/tenants/caro/secrets/TOKEN", Some(body.clone()));
+        assert_eq!(bad.status, 400, "{body}: {:?}", bad.body);
+        if field != "expose" {
+            assert_eq!(bad.body["error"]["detail"]["field"], field, "{body}");
+        }
+    }
+    for key in ["PATH", "FALRA_X", "lower-case"] {
+        let bad = d.admin(
+            "PUT",
+            &format!("/tenants/caro/secrets/{key}"),
+            Some(json!({"value": "x", "expose": "env"})),
+        );
+        assert_eq!(bad.status, 400, "{key}: {:?}", bad.body);
+    }
+
+    // The command line marks one for code; removing it takes it away from the next call.
+    let out = d.cli(&["secret", "set", "caro", "DB_PASS", "12345678", "--env"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        get(&token, "DB_PASS"),
+        "12345678",
+        "taken as text, not a number"
+    );
+    let out = d.cli(&["secret", "remove", "caro", "API_KEY", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&token, "API_KEY"), "from-env");
+}
+
+#[test]
+fn deploys_log_their_steps_stream_them_and_keep_them_with_the_version() {
+    let d = Daemon::start();
+    let repo = GitRepo::with_files(&[("ok.py", "def f():\n    return 1\n")]);
+    d.admin(
+        "POST",
+        "/tenants",
+        Some(json!({"name": "caro", "repo": repo.url(), "branch": "main"})),
+    );
+    let synced = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(synced.status, 200, "{:?}", synced.body);
+    let names: Vec<&str> = synced.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["fetch", "tree", "venv", "compile", "list", "activate"]
+    );
+    for step in synced.body["steps"].as_array().unwrap() {
+        assert_eq!(step["ok"], true, "{step}");
+        assert!(step["ms"].is_u64() && step["at_ms"].is_u64(), "{step}");
+    }
+    let commit = repo.head();
+    assert!(synced.body["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&commit[..12]));
+    assert_eq!(
+        synced.body["steps"][4]["detail"],
+        "1 functions in 1 modules"
+    );
+
+    // Kept with the version, for its tenant and the operator.
+    let token = d.token("caro", &["call"]);
+    let versions = d.with_token("GET", "/v1/versions", &token, None);
+    let kept = &versions.body["versions"][0]["deploy_log"];
+    assert_eq!(kept[0]["step"], "fetch", "{:?}", versions.body);
+    assert_eq!(kept.as_array().unwrap().len(), 5, "kept before activation");
+
+    // Streamed: each step as it starts and ends, then the outcome.
+    repo.commit(&[("ok.py", "def f():\n    return 2\n")]);
+    let streamed = falra_tests::http(
+        "POST",
+        &format!("{}/admin/v1/tenants/caro/sync", d.url),
+        &[
+            ("Authorization", &format!("Bearer {}", d.admin_token)),
+            ("Accept", "text/event-stream"),
+        ],
+        None,
+    );
+    assert_eq!(streamed.status, 200);
+    let text = streamed.body.as_str().unwrap().to_owned();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event:"))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data:"))?;
+            Some((
+                event.trim().to_owned(),
+                serde_json::from_str(data.trim()).unwrap(),
+            ))
+        })
+        .collect();
+    assert_eq!(events[0].0, "step");
+    assert_eq!(events[0].1, json!({"step": "fetch", "state": "started"}));
+    assert_eq!(events[1].1["state"], "finished");
+    assert_eq!(events.len(), 6 * 2 + 1, "{text}");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert!(
+        done["version"].is_string() && done["steps"].is_array(),
+        "{done}"
+    );
+
+    // A broken commit: not activated, its steps in the error and in the audit log.
+    repo.commit(&[("bad.py", "def f(:\n")]);
+    let failed = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(failed.status, 422, "{:?}", failed.body);
+    let steps = failed.body["error"]["detail"]["steps"].as_array().unwrap();
+    assert_eq!(steps.last().unwrap()["step"], "list");
+    assert_eq!(steps.last().unwrap()["ok"], false);
+    assert!(failed.body["error"]["detail"]["modules"].is_array());
+    let audit = d.admin("GET", "/audit?tenant=caro", None);
+    let entry = audit.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "deploy.sync_failed")
+        .cloned()
+        .unwrap_or_else(|| panic!("{:?}", audit.body));
+    assert!(entry["detail"]["steps"].is_array(), "{entry}");
+
+    // The command line shows the steps as they happen and the error as one line.
+    let out = d.cli(&["tenant", "sync", "caro"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fetch") && err.contains("list"), "{err}");
+    assert!(err.contains("bad"), "{err}");
+    let out = d.cli(&["tenant", "sync", "caro", "--force"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("version: "), "{stdout}");
+    assert!(stderr.contains("✓ activate"), "{stderr}");
+}

@@ -585,9 +585,12 @@ fn the_command_line_submits_waits_for_lists_cancels_and_schedules_jobs() {
     let id = queued["job_id"].as_str().unwrap();
     let out = falra(&["job", "cancel", id]);
     assert!(out.status.success(), "{out:?}");
-    let status = falra(&["job", "status", id]);
+    let status = falra(&["job", "status", id, "--json"]);
     let shown: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(shown["status"], "cancelled");
+    let status = falra(&["job", "status", id]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("status: cancelled"), "{text}");
     let out = falra(&["job", "wait", id]);
     assert!(!out.status.success(), "{out:?}");
 
@@ -617,7 +620,9 @@ fn the_command_line_submits_waits_for_lists_cancels_and_schedules_jobs() {
         "{listed:?}"
     );
     assert!(falra(&["schedule", "pause", &sid]).status.success());
-    assert!(falra(&["schedule", "remove", &sid]).status.success());
+    assert!(falra(&["schedule", "remove", &sid, "--yes"])
+        .status
+        .success());
     let gone = falra(&["schedule", "pause", &sid]);
     assert!(!gone.status.success());
     assert!(

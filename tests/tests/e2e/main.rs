@@ -15,6 +15,7 @@ mod fuzz;
 mod hostile;
 mod hosts;
 mod jobs;
+mod operations;
 mod operators;
 mod packages;
 mod preload;

@@ -275,7 +275,7 @@ fn the_command_line_drives_a_running_daemon() {
     let (ok, out, _) = cli(&d, &["token", "list", "caro"], None);
     assert!(ok && !out.contains(&token[4..]));
     let id = issued["id"].as_str().unwrap();
-    let (ok, _, _) = cli(&d, &["token", "revoke", id], None);
+    let (ok, _, _) = cli(&d, &["token", "revoke", id, "--yes"], None);
     assert!(ok);
     let (ok, _, err) = cli(
         &d,

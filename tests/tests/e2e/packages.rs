@@ -135,6 +135,17 @@ fn requirements_build_a_virtualenv_for_their_tenant_only() {
     assert_eq!(a.body["error"]["code"], json!("sync_failed"));
     let message = a.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("nosuchpkg"), "{message}");
+    assert!(message.contains("only wheels are installed"), "{message}");
+    assert_eq!(a.body["error"]["detail"]["reason"], "no_wheel");
+    assert_eq!(a.body["error"]["detail"]["requirement"], "nosuchpkg==9.9");
+    let steps = a.body["error"]["detail"]["steps"].as_array().unwrap();
+    let venv = steps.iter().find(|s| s["step"] == "venv").unwrap();
+    assert_eq!(venv["ok"], false, "{steps:?}");
+    // A version with no wheel, where others have one, says so.
+    caro_repo.commit(&[("requirements.txt", &requirements("falrapkg==2.0"))]);
+    let a = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.body["error"]["detail"]["reason"], "no_wheel_of_version");
     assert_eq!(
         d.admin("GET", "/tenants/caro", None).body["active_version"],
         before

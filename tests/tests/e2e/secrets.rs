@@ -91,9 +91,9 @@ fn secrets_are_sealed_listed_by_name_and_removed() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("token") && text.contains("wasabi"), "{text}");
     assert!(!text.contains("plaintext"));
-    let out = cli(&["secret", "remove", "caro", "token"]);
+    let out = cli(&["secret", "remove", "caro", "token", "--yes"]);
     assert!(out.status.success(), "{out:?}");
-    let out = cli(&["secret", "remove", "caro", "token"]);
+    let out = cli(&["secret", "remove", "caro", "token", "--yes"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
     assert_eq!(
