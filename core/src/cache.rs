@@ -39,7 +39,15 @@ pub struct Cache {
     tenants: Table<TenantName, TenantRow>,
     /// Each tenant's secrets marked `expose: env`, sealed (most tenants: none).
     code_secrets: Table<TenantName, Vec<(String, falra_policies::Sealed)>>,
+    /// On the embedded store: whether any tenant has secrets for code (`UNKNOWN`, `NONE`,
+    /// `SOME`). Only this node writes that store, and it marks `SOME` before it writes one, so
+    /// while it knows of none no call asks the store.
+    local_code_secrets: std::sync::atomic::AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const NONE: u8 = 1;
+const SOME: u8 = 2;
 
 impl Cache {
     /// The token whose hash is `hash`, from memory or the store.
@@ -85,10 +93,36 @@ impl Cache {
         if let Some(rows) = self.get(&self.code_secrets, name) {
             return Ok(rows);
         }
+        if !store.is_shared() {
+            let mut known = self.local_code_secrets.load(Ordering::Acquire);
+            if known == UNKNOWN {
+                let any = store.any_exposed_secrets("env").await?;
+                let found = if any { SOME } else { NONE };
+                // A secret set meanwhile has marked SOME: that stands.
+                known = match self.local_code_secrets.compare_exchange(
+                    UNKNOWN,
+                    found,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => found,
+                    Err(now) => now,
+                };
+            }
+            if known == NONE {
+                return Ok(Vec::new());
+            }
+        }
         let generation = self.generation.load(Ordering::Acquire);
         let rows = store.exposed_secrets(name, "env").await?;
         self.put(&self.code_secrets, name.clone(), rows.clone(), generation);
         Ok(rows)
+    }
+
+    /// A secret for code is about to be written (before the write, so no call of the
+    /// embedded store misses it).
+    pub fn code_secret_set(&self) {
+        self.local_code_secrets.store(SOME, Ordering::Release);
     }
 
     /// Records that the token was just used (its row in the store was touched), so the cached

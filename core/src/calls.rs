@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 
 use falra_policies::admission::{Limits as AdmissionLimits, Refusal};
 use falra_runtime::{CallChild, ChildKey};
-use falra_sandbox::logs::{mask, Logs};
+use falra_sandbox::logs::Logs;
 use falra_sandbox::protocol::{interpret, PROTOCOL_VERSION};
 use falra_sandbox::{ChildFailure, ProtocolRequest};
 use falra_store::{CallLog, CallRecord, StoreError};
@@ -44,6 +44,8 @@ pub struct Background {
     pub cancel: tokio::sync::watch::Receiver<bool>,
     /// Where the child's latest progress record goes.
     pub progress: std::sync::Arc<tokio::sync::watch::Sender<Option<Vec<u8>>>>,
+    /// What the progress records must not show, once the call knows (its secrets for code).
+    pub masker: std::sync::Arc<std::sync::OnceLock<falra_sandbox::logs::Masker>>,
 }
 
 impl Background {
@@ -99,6 +101,9 @@ pub struct Answer {
 pub enum CallError {
     #[error("this node is shutting down and takes no new calls")]
     ShuttingDown,
+    /// Still running at the node's shutdown deadline, and stopped.
+    #[error("the call was stopped: this node shut down before it ended")]
+    StoppedAtShutdown { usage: Usage, logs: String },
     /// The token's tenant is gone.
     #[error("unknown token")]
     UnknownTenant,
@@ -288,6 +293,9 @@ pub async fn run(
         })?;
 
     let code_env = crate::secrets::code_env(state, &caller.tenant, &tenant.env).await?;
+    if let Some(background) = &options.background {
+        let _ = background.masker.set(code_env.masker.clone());
+    }
     let stdin = ProtocolRequest {
         protocol: PROTOCOL_VERSION,
         call_id,
@@ -324,7 +332,7 @@ pub async fn run(
         finished.stderr_dropped,
         &finished.stderr_tail,
     )
-    .masked(&code_env.masked);
+    .masked(&code_env.masker);
     let logs = kept.text();
     metered.logs = kept;
     let usage = Usage {
@@ -344,15 +352,11 @@ pub async fn run(
         {
             Err(ChildFailure::MemoryLimitExceeded)
         }
-        Err(ChildFailure::FunctionError {
-            type_name,
-            message,
-            traceback,
-        }) => Err(ChildFailure::FunctionError {
-            type_name,
-            message: mask(&message, &code_env.masked),
-            traceback: mask(&traceback, &code_env.masked),
-        }),
+        // Stopped at the node's shutdown deadline: that is the answer, whatever the child left.
+        Err(_) if state.runtime.is_stopping_calls() => {
+            return Err(CallError::StoppedAtShutdown { usage, logs })
+        }
+        Err(failure) => Err(code_env.masker.failure(failure)),
         other => other,
     };
     tracing::info!(

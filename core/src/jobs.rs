@@ -659,7 +659,13 @@ async fn run(
 ) {
     let call_id = calls::new_call_id();
     let (progress_tx, progress_rx) = watch::channel(None);
-    let forward = tokio::spawn(forward_progress(state.clone(), lease.clone(), progress_rx));
+    let masker = Arc::new(std::sync::OnceLock::new());
+    let forward = tokio::spawn(forward_progress(
+        state.clone(),
+        lease.clone(),
+        progress_rx,
+        masker.clone(),
+    ));
     let mut metered = Metered {
         tenant: Some(job.tenant.clone()),
         token_id: job.token_id.clone(),
@@ -674,6 +680,7 @@ async fn run(
         Background {
             cancel: stop,
             progress: Arc::new(progress_tx),
+            masker: masker.clone(),
         },
         &mut metered,
     )
@@ -852,7 +859,7 @@ fn classify(e: &CallError) -> Kind {
                 .max(100),
             _ => 1_000,
         }),
-        CallError::ShuttingDown => Kind::Wait(0),
+        CallError::ShuttingDown | CallError::StoppedAtShutdown { .. } => Kind::Wait(0),
         CallError::Run(_) | CallError::Materialise(_) | CallError::Store(_) => Kind::Infrastructure,
         CallError::Failed(f) if matches!(f.failure, ChildFailure::ProcessExited { .. }) => {
             Kind::Infrastructure
@@ -873,18 +880,24 @@ async fn forward_progress(
     state: Core,
     lease: Lease,
     mut records: watch::Receiver<Option<Vec<u8>>>,
+    masker: Arc<std::sync::OnceLock<falra_sandbox::logs::Masker>>,
 ) {
+    // A record is shown with the call's secrets masked (none are known before the call is).
+    let shown = |p: String| match masker.get() {
+        Some(m) => m.text(&p),
+        None => p,
+    };
     loop {
         if records.changed().await.is_err() {
             // The child is gone; its last record may not have been written yet.
             let last = records.borrow().clone();
             if let Some(p) = last.as_deref().and_then(parse_progress) {
-                let _ = state.store.job_progress(&lease, &p).await;
+                let _ = state.store.job_progress(&lease, &shown(p)).await;
             }
             return;
         }
         let latest = records.borrow_and_update().clone();
-        if let Some(p) = latest.as_deref().and_then(parse_progress) {
+        if let Some(p) = latest.as_deref().and_then(parse_progress).map(shown) {
             if let Err(e) = state.store.job_progress(&lease, &p).await {
                 tracing::debug!(error = %falra_runtime::ErrorChain(&e), "could not record progress");
             }

@@ -59,15 +59,33 @@ impl Expose {
     }
 }
 
-/// Seals `value` as the tenant's secret `key`; returns when it was set.
+/// Seals `value` as the tenant's secret `key`, exposed as `expose` (`None`: as it was, or only
+/// to the node for a new one); returns when it was set and where it is exposed.
 pub async fn put(
     state: &Core,
     tenant: &TenantName,
     key: &str,
     value: &Value,
-    expose: Expose,
-) -> Result<i64, SecretSetError> {
+    expose: Option<Expose>,
+) -> Result<(i64, Expose), SecretSetError> {
     check_name(key).map_err(|e| SecretSetError::BadKey(e.to_string()))?;
+    // Not said: as it was (a rotated key stays where it was exposed).
+    let expose = match expose {
+        Some(e) => e,
+        None => state
+            .store
+            .secret_names(tenant)
+            .await?
+            .into_iter()
+            .find(|s| s.key == key)
+            .map(|s| Expose::from_stored(s.expose.as_deref()))
+            .unwrap_or_default(),
+    };
+    if expose == Expose::Env && key == GIT_SECRET {
+        return Err(SecretSetError::BadKey(
+            "secret \"git\" holds the repository's credentials for the node and is never exposed to code".into(),
+        ));
+    }
     if expose == Expose::Env {
         // Checked as the variable it becomes, so a call never meets one it cannot set.
         let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
@@ -80,13 +98,16 @@ pub async fn put(
     if key == GIT_SECRET {
         git_credentials_from(value).map_err(SecretSetError::Invalid)?;
     }
+    if expose == Expose::Env {
+        state.cache.code_secret_set();
+    }
     let sealed = state.secret_key.seal(tenant.as_str(), key, &plain);
     let now = now_ms();
     state
         .store
         .put_secret(tenant, key, &sealed, expose.stored(), now)
         .await?;
-    Ok(now)
+    Ok((now, expose))
 }
 
 /// Why a stored secret could not be used.
@@ -126,8 +147,8 @@ pub async fn open_secret(
 #[derive(Debug, Default)]
 pub struct CodeEnv {
     pub vars: Vec<(String, String)>,
-    /// The exposed secrets' values long enough to mask without masking ordinary text.
-    pub masked: Vec<String>,
+    /// What the call's logs, errors and progress must not show: the exposed secrets' values.
+    pub masker: falra_sandbox::logs::Masker,
 }
 
 /// Values shorter than this are not masked: replacing every "1" or "on" in a call's logs
@@ -145,7 +166,7 @@ pub async fn code_env(
     if exposed.is_empty() {
         return Ok(CodeEnv {
             vars: vars.to_vec(),
-            masked: Vec::new(),
+            masker: Default::default(),
         });
     }
     let mut secrets = Vec::with_capacity(exposed.len());
@@ -165,15 +186,10 @@ pub async fn code_env(
         .filter(|(k, _)| !secrets.iter().any(|(s, _)| s == k))
         .cloned()
         .collect();
-    let mut masked: Vec<String> = secrets
-        .iter()
-        .filter(|(_, v)| v.len() >= MIN_MASKED_BYTES)
-        .map(|(_, v)| v.clone())
-        .collect();
-    // Longest first, so a secret that contains another is masked whole.
-    masked.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let masker =
+        falra_sandbox::logs::Masker::new(secrets.iter().map(|(_, v)| v.as_str()), MIN_MASKED_BYTES);
     out.extend(secrets);
-    Ok(CodeEnv { vars: out, masked })
+    Ok(CodeEnv { vars: out, masker })
 }
 
 /// The name a tenant's webhook secret is sealed under (not a valid secret name, so no

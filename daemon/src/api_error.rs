@@ -429,6 +429,12 @@ impl From<falra_core::calls::CallError> for ApiError {
             CallError::ShuttingDown => {
                 ApiError::new(ErrorCode::ShuttingDown, message).with_retry_after(1)
             }
+            CallError::StoppedAtShutdown { usage, logs } => {
+                let mut e = ApiError::new(ErrorCode::ShuttingDown, message).with_retry_after(1);
+                e.logs = Some(logs);
+                e.usage = Some(usage);
+                e
+            }
             CallError::UnknownTenant => ApiError::new(ErrorCode::Unauthorized, message),
             CallError::Quota(e) => e.into(),
             CallError::Refused {

@@ -26,8 +26,63 @@ use crate::server::AppState;
 
 /// How often a follow looks for new calls.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// Calls one look of a follow sends, at most.
+/// Calls one page of a look reads.
 const FOLLOW_BATCH: i64 = 100;
+/// Pages one look reads, at most (the rest wait for the next look).
+const FOLLOW_PAGES: usize = 20;
+/// How far back before the newest call shown each look reads again: a call is recorded by its
+/// node's meter after it is answered, stamped with that node's clock, so a call of another
+/// node (or one whose meter was slow to write) can land behind calls already shown. Each is
+/// still shown once: the ids shown within the window are kept.
+const FOLLOW_LAG_MS: i64 = 10_000;
+
+/// Where a follow stands: the calls it showed within the lag window, and the newest one's
+/// time.
+struct Followed {
+    started_at: i64,
+    newest_at: i64,
+    shown: std::collections::HashMap<String, i64>,
+}
+
+impl Followed {
+    fn new(now: i64) -> Followed {
+        Followed {
+            started_at: now,
+            newest_at: now,
+            shown: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The calls of one look not shown yet, oldest first; reads from the lag window on.
+    async fn look(&mut self, state: &AppState, tenant: &TenantName) -> Vec<CallView> {
+        let mut cursor = (self.newest_at - FOLLOW_LAG_MS, String::new());
+        let mut fresh = Vec::new();
+        for _ in 0..FOLLOW_PAGES {
+            // A store that does not answer now may answer at the next look.
+            let page = state
+                .store
+                .calls_after(tenant, cursor.0, &cursor.1, FOLLOW_BATCH)
+                .await
+                .unwrap_or_default();
+            let full = page.len() as i64 == FOLLOW_BATCH;
+            for v in page {
+                cursor = (v.at, v.call_id.clone());
+                if v.at < self.started_at || self.shown.contains_key(&v.call_id) {
+                    continue;
+                }
+                self.shown.insert(v.call_id.clone(), v.at);
+                self.newest_at = self.newest_at.max(v.at);
+                fresh.push(v);
+            }
+            if !full {
+                break;
+            }
+        }
+        let horizon = self.newest_at - FOLLOW_LAG_MS;
+        self.shown.retain(|_, at| *at >= horizon);
+        fresh
+    }
+}
 
 /// A call as the API shows it.
 pub fn call_json(v: &CallView) -> Value {
@@ -136,7 +191,8 @@ pub struct FollowQuery {
 
 /// `GET /admin/v1/tenants/{name}/calls/follow`: every call of the tenant recorded from now on,
 /// one server-sent event (`call`, its data the call as `GET /admin/v1/calls/{id}` shows it)
-/// each, in the order recorded, on every node of the store.
+/// each, once, on every node of the store: in the order recorded, but for a call another
+/// node recorded late, which comes when it lands.
 #[utoipa::path(
     get,
     path = "/admin/v1/tenants/{name}/calls/follow",
@@ -163,22 +219,15 @@ pub async fn admin_follow(
     }
     let (tenant, _) = load_tenant(&state, &name).await?;
     let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(seconds));
-    let start = (now_ms(), String::new());
     let events = stream::unfold(
-        (state, tenant, start),
-        move |(state, tenant, (at, id))| async move {
+        (state, tenant, Followed::new(now_ms())),
+        move |(state, tenant, mut followed)| async move {
             if tokio::time::Instant::now() >= until {
                 return None;
             }
             tokio::time::sleep(FOLLOW_POLL).await;
             state.meter.flush().await;
-            // A store that does not answer now may answer at the next look.
-            let found = state
-                .store
-                .calls_after(&tenant, at, &id, FOLLOW_BATCH)
-                .await
-                .unwrap_or_default();
-            let cursor = found.last().map_or((at, id), |v| (v.at, v.call_id.clone()));
+            let found = followed.look(&state, &tenant).await;
             let batch: Vec<Result<Event, std::convert::Infallible>> = found
                 .iter()
                 .map(|v| {
@@ -188,7 +237,7 @@ pub async fn admin_follow(
                         .data(call_json(v).to_string()))
                 })
                 .collect();
-            Some((stream::iter(batch), (state, tenant, cursor)))
+            Some((stream::iter(batch), (state, tenant, followed)))
         },
     )
     .flatten();

@@ -141,9 +141,13 @@ pub enum JobCommand {
         #[command(flatten)]
         client: JobClient,
     },
-    /// Cancel a job: a running one is stopped, whichever node runs it.
+    /// Cancel a job: a running one is stopped, whichever node runs it (asks first, unless
+    /// `--yes`).
     Cancel {
         id: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: JobClient,
     },
@@ -327,11 +331,14 @@ pub enum EnvCommand {
         #[command(flatten)]
         client: AdminClient,
     },
-    /// Remove variables by name.
+    /// Remove variables by name (asks first, unless `--yes`).
     Remove {
         tenant: String,
         #[arg(required = true)]
         names: Vec<String>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         client: AdminClient,
     },
@@ -366,9 +373,13 @@ pub enum SecretCommand {
         /// JSON, or a plain string; `-` reads the value from stdin.
         value: String,
         /// Hand it to the tenant's code too, as the environment variable KEY (the value is
-        /// taken as text; masked as *** in the calls' logs and errors).
-        #[arg(long)]
+        /// taken as text; masked as *** in the calls' logs and errors). Without --env or
+        /// --no-env a secret stays where it was exposed.
+        #[arg(long, conflicts_with = "no_env")]
         env: bool,
+        /// Take it away from the tenant's code: only the node uses it.
+        #[arg(long)]
+        no_env: bool,
         #[command(flatten)]
         client: AdminClient,
     },
@@ -421,7 +432,7 @@ pub struct ServeArgs {
     pub auth_failures_per_minute: u32,
     /// Let built-ins reach loopback, private and link-local addresses (their downloads and S3
     /// endpoints); off by default so a tenant cannot aim them at internal services.
-    #[arg(long, env = "FALRA_EGRESS_ALLOW_PRIVATE")]
+    #[arg(long, env = "FALRA_EGRESS_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
     pub egress_allow_private: bool,
     /// A network (`address/prefix`) tenants' outbound connections may reach although it is not
     /// public: an internal package index, a private S3 endpoint. Repeatable; narrower than
@@ -483,7 +494,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, env = "FALRA_KEEP_VERSIONS")]
     pub keep_versions: usize,
     /// Create a `demo` tenant from the bundled example and print a token and a ready curl line.
-    #[arg(long, env = "FALRA_DEMO")]
+    #[arg(long, env = "FALRA_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
     /// Isolate every call (namespaces, cgroups, seccomp; needs root). `off` runs calls as plain
     /// child processes with the daemon's privileges: for development and measurements only.
@@ -492,17 +503,17 @@ pub struct ServeArgs {
     /// Leave the host's cgroup2 mount options alone. By default the daemon turns on
     /// `favordynmods` there, so that moving each call into its cgroup does not wait for an RCU
     /// grace period (see docs/security.md).
-    #[arg(long, env = "FALRA_NO_CGROUP_TUNING")]
+    #[arg(long, env = "FALRA_NO_CGROUP_TUNING", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cgroup_tuning: bool,
     /// Do not start children ahead of calls. By default, for each tenant version called in the
     /// last minute, one child is kept started and waiting, so the next call skips the
     /// interpreter's start-up.
-    #[arg(long, env = "FALRA_NO_PREWARM")]
+    #[arg(long, env = "FALRA_NO_PREWARM", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_prewarm: bool,
     /// Exec a fresh interpreter for every call's child. By default each call's process is
     /// forked from a warm interpreter that has loaded the runner and no tenant code, then
     /// sandboxed exactly as an exec'd child is (see docs/security.md).
-    #[arg(long, env = "FALRA_NO_ZYGOTE")]
+    #[arg(long, env = "FALRA_NO_ZYGOTE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_zygote: bool,
     /// The most preload zygotes (one per tenant version whose policy preloads modules) this
     /// node keeps; past it, or past --preload-memory-mb, the least recently used is stopped.

@@ -67,11 +67,14 @@ fn finish_as(answer: Answer, output: Output) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let code = answer.body["error"]["code"].as_str().unwrap_or("error");
-    let message = answer.body["error"]["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| answer.body.to_string());
+    // What a tenant's code or repository put in a message reaches no terminal as escapes.
+    let code = printable(answer.body["error"]["code"].as_str().unwrap_or("error"));
+    let message = printable(
+        &answer.body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| answer.body.to_string()),
+    );
     bail!("{code} (HTTP {}): {message}", answer.status)
 }
 
@@ -289,7 +292,11 @@ fn since_time(given: &str, now_ms: i64) -> anyhow::Result<String> {
         Some('d') => 86_400_000,
         _ => 0,
     };
-    let amount = given[..given.len().saturating_sub(1)].parse::<i64>().ok();
+    let digits = given
+        .char_indices()
+        .last()
+        .map_or("", |(at, _)| &given[..at]);
+    let amount = digits.parse::<i64>().ok();
     match amount {
         Some(n) if unit_ms > 0 && (0..=100_000).contains(&n) => Ok(format_ms(now_ms - n * unit_ms)),
         _ => bail!(
@@ -444,6 +451,10 @@ fn sync(client: &AdminClient, tenant: &str, query: &str) -> anyhow::Result<()> {
         .set("Accept", "text/event-stream")
         .call();
     let response = match sent {
+        // A daemon that answers the sync whole (not a stream) is read as it answers.
+        Ok(r) if !r.content_type().starts_with("text/event-stream") => {
+            return finish_as(read_answer(Ok(r), &url)?, Output::Human)
+        }
         Ok(r) => r,
         Err(e) => return finish(read_answer(Err(e), &url)?),
     };
@@ -482,10 +493,12 @@ fn sync(client: &AdminClient, tenant: &str, query: &str) -> anyhow::Result<()> {
                 if let Some(bar) = &spinner {
                     bar.finish_and_clear();
                 }
-                let code = v["error"]["code"].as_str().unwrap_or("error");
-                let message = v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("the deploy failed");
+                let code = printable(v["error"]["code"].as_str().unwrap_or("error"));
+                let message = printable(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("the deploy failed"),
+                );
                 outcome = Some(Err(anyhow::anyhow!("{code}: {message}")));
                 return Ok(false);
             }
@@ -658,8 +671,13 @@ pub fn env(cmd: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::Remove {
             tenant,
             names,
+            yes,
             client,
         } => {
+            confirm(
+                yes,
+                &format!("Remove {} from {tenant}'s environment?", names.join(", ")),
+            )?;
             let mut env = current(&client, &tenant)?;
             for name in &names {
                 if env.shift_remove(name).is_none() {
@@ -725,6 +743,7 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
             key,
             value,
             env,
+            no_env,
             client,
         } => {
             // JSON when it parses (an object of credentials), a string otherwise; always the
@@ -736,12 +755,24 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
             } else {
                 value
             };
-            let body = if env {
+            // A secret already exposed to code stays so, and its value is text.
+            let env = env
+                || (!no_env
+                    && client.get(&format!("/tenants/{}/secrets", encode(&tenant)))?["secrets"]
+                        .as_array()
+                        .is_some_and(|list| {
+                            list.iter()
+                                .any(|s| s["key"] == key.as_str() && s["expose"] == "env")
+                        }));
+            let mut body = if env {
                 json!({ "value": value, "expose": "env" })
             } else {
                 let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
                 json!({ "value": value })
             };
+            if no_env {
+                body["expose"] = json!("none");
+            }
             client.send(
                 "PUT",
                 &format!("/tenants/{tenant}/secrets/{key}"),
@@ -1064,15 +1095,18 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<()> {
             timeout_secs,
             client,
         } => wait_for(&client, &id, timeout_secs),
-        JobCommand::Cancel { id, client } => finish_as(
-            request(
-                "DELETE",
-                &client.url(&format!("/{}", encode(&id))),
-                Some(client.token()?),
-                None,
-            )?,
-            client.output(),
-        ),
+        JobCommand::Cancel { id, yes, client } => {
+            confirm(yes, &format!("Cancel job {id}? A running one is stopped."))?;
+            finish_as(
+                request(
+                    "DELETE",
+                    &client.url(&format!("/{}", encode(&id))),
+                    Some(client.token()?),
+                    None,
+                )?,
+                client.output(),
+            )
+        }
         JobCommand::List {
             status,
             limit,

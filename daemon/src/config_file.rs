@@ -82,6 +82,8 @@ pub fn env_from_toml(text: &str) -> anyhow::Result<Vec<(String, String)>> {
             .and_then(|e| e.to_str())
             .with_context(|| format!("{key} cannot be set from a file"))?;
         let text = match &value {
+            // An empty list is the default: nothing to set.
+            toml::Value::Array(items) if items.is_empty() => continue,
             toml::Value::Array(items) => items
                 .iter()
                 .map(|v| scalar(&key, v))
@@ -112,7 +114,7 @@ mod tests {
     fn keys_become_their_flags_variables_and_unknown_ones_are_refused() {
         let vars = env_from_toml(
             "listen = \"127.0.0.1:9000\"\nmax_children = 8\nno-zygote = true\n\
-             pip-find-links = [\"http://a/\", \"http://b/\"]\n",
+             pip-find-links = [\"http://a/\", \"http://b/\"]\negress-allow-net = []\n",
         )
         .unwrap();
         assert_eq!(

@@ -68,7 +68,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_default()
                 .trim_start_matches("error: ");
             let path = config.as_deref().unwrap_or_default();
-            eprintln!("error: {first} (from the config file {path} or its FALRA_* variable)");
+            eprintln!(
+                "error: {first} (given on the command line, as its FALRA_* variable or in the config file {path})"
+            );
             return std::process::ExitCode::from(2);
         }
         Err(e) => e.exit(),

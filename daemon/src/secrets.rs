@@ -23,11 +23,11 @@ pub struct SecretBody {
     /// Any JSON value; sealed at rest, never shown again. A string when `expose` is `env`.
     value: Value,
     /// `env`: the tenant's calls and jobs read it as the environment variable of its name
-    /// (from their next call; masked as `***` in their logs and errors). Absent or `none`:
-    /// only the node uses it.
+    /// (from their next call; masked as `***` in their logs and errors). `none`: only the node
+    /// uses it. Absent: as it was (`none` for a new secret).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
-    expose: falra_core::secrets::Expose,
+    expose: Option<falra_core::secrets::Expose>,
 }
 
 #[utoipa::path(
@@ -48,18 +48,19 @@ pub async fn put_secret(
     ApiJson(body): ApiJson<SecretBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, _) = load_tenant(&state, &name).await?;
-    let now = falra_core::secrets::put(&state, &name, &key, &body.value, body.expose).await?;
+    let (now, expose) =
+        falra_core::secrets::put(&state, &name, &key, &body.value, body.expose).await?;
     tracing::info!(operator = %op.token_id, tenant = %name, secret = %key, "secret set");
     audit(
         &state,
         &op.token_id,
         "secret.set",
         Some(name.as_str()),
-        json!({"key": key, "expose": body.expose}),
+        json!({"key": key, "expose": expose}),
     )
     .await;
     Ok(Json(json!({
-        "tenant": name.as_str(), "key": key, "updated_at": format_ms(now), "expose": body.expose
+        "tenant": name.as_str(), "key": key, "updated_at": format_ms(now), "expose": expose
     })))
 }
 

@@ -242,6 +242,7 @@ pub async fn serve(
             "shutting down: finishing calls in flight"
         );
     };
+    let deadline_state = state.clone();
     let deadline = async move {
         tokio::select! {
             () = tokio::time::sleep(grace) => {
@@ -251,6 +252,10 @@ pub async fn serve(
                 tracing::warn!("a second signal: stopping the calls still running now");
             }
         }
+        // Their children are killed; each call answers 503 and is metered, if its client
+        // is still there to take the answer within a moment.
+        deadline_state.runtime.stop_calls();
+        tokio::time::sleep(STOPPED_CALLS_ANSWER).await;
     };
     crate::front::serve(
         listener,
@@ -272,6 +277,9 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long calls stopped at the shutdown deadline have to send their answers.
+const STOPPED_CALLS_ANSWER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// SIGINT and SIGTERM counted from the start: the first stops the node taking work, the
 /// second ends the grace period. Listening begins before serving, so no signal is missed
 /// between the two.
@@ -285,16 +293,19 @@ impl Signals {
         let mut int = signal(SignalKind::interrupt())?;
         let (tx, rx) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
-            // Two are all that matter; the loop ends there.
-            for n in 1..=2 {
+            // The first stops the node taking work, the second the grace period; a third,
+            // should the rest of the stop hang, ends the process there and then.
+            for n in 1.. {
                 tokio::select! {
                     _ = term.recv() => {},
                     _ = int.recv() => {},
                 }
                 tracing::info!(signal = n, "shutdown signal");
-                if tx.send(n).is_err() {
-                    return;
+                if n >= 3 {
+                    tracing::warn!("a third signal: exiting now");
+                    std::process::exit(130);
                 }
+                let _ = tx.send(n);
             }
         });
         Ok(Signals(rx))

@@ -79,6 +79,8 @@ pub struct Inner {
     pub zygotes: zygotes::Zygotes,
     pub preloads: preloads::Preloads,
     starter: Box<dyn Starter>,
+    /// Set at the shutdown deadline: every call's child still running is stopped.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -122,7 +124,19 @@ impl Runtime {
             gateways: gateway::Gateways::default(),
             counters: Counters::default(),
             starter,
+            stopping: tokio::sync::watch::channel(false).0,
         }))
+    }
+
+    /// Stops every call's child still running (the node's shutdown deadline has come): each
+    /// call then answers that the node is shutting down, and is metered as it ended.
+    pub fn stop_calls(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether [`Runtime::stop_calls`] was called.
+    pub fn is_stopping_calls(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// A weak handle, for tasks that must not keep the runtime alive.
@@ -182,7 +196,9 @@ impl Runtime {
             stderr_bytes: self.config.max_log_bytes,
             setup: SetupLimits::default(),
             progress: None,
-            cancel: None,
+            // Stopped at the node's shutdown deadline (a job's own cancel replaces it: running
+            // jobs were handed back to the queue before).
+            cancel: Some(self.stopping.subscribe()),
         }
     }
 

@@ -134,6 +134,9 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
         let controllers = fs.read(&dir.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if has("memory") && has("pids") && has("cpu") {
+            if own != "/" {
+                claim_delegated_subtree(&dir, fs)?;
+            }
             return Ok(Hierarchy::V2 {
                 base: dir.join("falra"),
             });
@@ -167,6 +170,46 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
                 .into(),
         )),
     }
+}
+
+/// The error of `action` on `path`, for `map_err`.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Makes the daemon's own v2 cgroup (one delegated to it, as systemd's `Delegate=yes` does)
+/// able to hand controllers to falra's cgroups beneath it. cgroup v2 lets a cgroup enable
+/// controllers for its children only while it holds no processes itself, so the processes in
+/// it (the daemon) move into a leaf `daemon` beside `falra` first, then memory, pids and cpu
+/// are enabled. Nothing changes where they are enabled already (a cgroup set up for falra by
+/// hand, or a test's fake tree without the file).
+fn claim_delegated_subtree(own: &Path, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
+    let control = own.join("cgroup.subtree_control");
+    let Ok(enabled) = fs.read(&control) else {
+        return Ok(());
+    };
+    let on = |c: &str| enabled.split_whitespace().any(|x| x == c);
+    if on("memory") && on("pids") && on("cpu") {
+        return Ok(());
+    }
+    let leaf = own.join("daemon");
+    if !fs.exists(&leaf) {
+        fs.create_dir(&leaf).map_err(io("create", &leaf))?;
+    }
+    let procs = own.join("cgroup.procs");
+    let pids = fs.read(&procs).map_err(io("read", &procs))?;
+    let into = leaf.join("cgroup.procs");
+    for pid in pids.split_whitespace() {
+        fs.write(&into, pid)
+            .map_err(io("move the daemon into", &into))?;
+    }
+    fs.write(&control, "+memory +pids +cpu")
+        .map_err(io("enable controllers in", &control))
 }
 
 /// Turns on `favordynmods` on the host's cgroup2 mount, if there is one and it is off; returns
@@ -341,14 +384,6 @@ impl Hierarchy {
         call: &str,
         limits: CgroupLimits,
     ) -> Result<CallCgroup, CgroupError> {
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CgroupError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         for base in self.bases() {
             for dir in [base.to_path_buf(), base.join(group)] {
                 if !fs.exists(&dir) {
@@ -696,6 +731,38 @@ mod tests {
                 base: f.path("cg/system.slice/falra.service/falra")
             }
         );
+    }
+
+    #[test]
+    fn a_delegated_v2_cgroup_moves_the_daemon_into_a_leaf_before_enabling_controllers() {
+        let f = Fixture::new(V2_MOUNTINFO, "0::/system.slice/falra.service\n");
+        let own = "cg/system.slice/falra.service";
+        f.mkdirs(own);
+        f.write(&format!("{own}/cgroup.controllers"), "cpu io memory pids\n");
+        f.write(&format!("{own}/cgroup.subtree_control"), "\n");
+        f.write(&format!("{own}/cgroup.procs"), "4242\n");
+        let h = detect(&f.path("proc"), &HostFs).unwrap();
+        assert_eq!(
+            h,
+            Hierarchy::V2 {
+                base: f.path(&format!("{own}/falra"))
+            }
+        );
+        assert_eq!(f.read(&format!("{own}/daemon/cgroup.procs")), "4242");
+        assert_eq!(
+            f.read(&format!("{own}/cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        // Enabled already: nothing moves.
+        let f = Fixture::new(V2_MOUNTINFO, "0::/system.slice/falra.service\n");
+        f.mkdirs(own);
+        f.write(&format!("{own}/cgroup.controllers"), "cpu memory pids\n");
+        f.write(
+            &format!("{own}/cgroup.subtree_control"),
+            "cpu memory pids\n",
+        );
+        detect(&f.path("proc"), &HostFs).unwrap();
+        assert!(!f.path(&format!("{own}/daemon")).exists());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! store as anything but text.
 
 use serde::Serialize;
+use serde_json::Value;
 
 /// Begins a line written through `sys.stderr` (the runner's `_STDERR_MARK`).
 pub const STDERR_MARK: char = '\u{2}';
@@ -29,6 +30,106 @@ pub fn mask(text: &str, values: &[String]) -> String {
         }
     }
     out
+}
+
+/// What a call's logs, errors and progress must not show: each secret value as written, as
+/// JSON and Python's `repr` escape it, and, for a value of several lines, each line (a line
+/// written through stderr is stored behind its mark, and a logging handler writes one line at
+/// a time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Masker(Vec<String>);
+
+impl Masker {
+    /// A masker of `values`; forms shorter than `min_bytes` are left alone (masking every
+    /// "1" or "on" would hide more than it protects).
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>, min_bytes: usize) -> Masker {
+        let mut forms: Vec<String> = Vec::new();
+        for v in values {
+            let mut pieces = vec![v];
+            if v.contains('\n') {
+                pieces.extend(v.lines().map(|l| l.trim_end_matches('\r')));
+            }
+            for piece in pieces {
+                let json = serde_json::to_string(piece).expect("a string serialises");
+                let json = json[1..json.len() - 1].to_owned();
+                let python = |quote: bool| -> String {
+                    let mut out = String::with_capacity(piece.len());
+                    for c in piece.chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '\n' => out.push_str("\\n"),
+                            '\r' => out.push_str("\\r"),
+                            '\t' => out.push_str("\\t"),
+                            '\'' if quote => out.push_str("\\'"),
+                            c => out.push(c),
+                        }
+                    }
+                    out
+                };
+                forms.extend([piece.to_owned(), json, python(true), python(false)]);
+            }
+        }
+        forms.retain(|f| f.len() >= min_bytes);
+        // Longest first, so a form that contains another is masked whole.
+        forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        forms.dedup();
+        Masker(forms)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn text(&self, text: &str) -> String {
+        mask(text, &self.0)
+    }
+
+    /// Every string of `value`, keys included.
+    pub fn value(&self, value: Value) -> Value {
+        if self.is_empty() {
+            return value;
+        }
+        match value {
+            Value::String(s) => Value::String(self.text(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.value(v)).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.text(&k), self.value(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// Every text a child's failure carries.
+    pub fn failure(&self, failure: crate::ChildFailure) -> crate::ChildFailure {
+        use crate::ChildFailure;
+        if self.is_empty() {
+            return failure;
+        }
+        match failure {
+            ChildFailure::FunctionError {
+                type_name,
+                message,
+                traceback,
+            } => ChildFailure::FunctionError {
+                type_name: self.text(&type_name),
+                message: self.text(&message),
+                traceback: self.text(&traceback),
+            },
+            ChildFailure::FnNotFound { message, detail } => ChildFailure::FnNotFound {
+                message: self.text(&message),
+                detail: self.value(detail),
+            },
+            ChildFailure::ResultNotSerializable { message, detail } => {
+                ChildFailure::ResultNotSerializable {
+                    message: self.text(&message),
+                    detail: self.value(detail),
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Which stream a line was written to, or `falra` for the daemon's own cut marker.
@@ -70,12 +171,12 @@ impl Logs {
         Logs(out)
     }
 
-    /// These logs with every occurrence of each of `values` replaced by `***`.
-    pub fn masked(self, values: &[String]) -> Logs {
-        if values.is_empty() {
+    /// These logs with what `masker` masks replaced by `***`.
+    pub fn masked(self, masker: &Masker) -> Logs {
+        if masker.is_empty() {
             return self;
         }
-        Logs(mask(&self.0, values))
+        Logs(masker.text(&self.0))
     }
 
     /// Logs read back from the store.
@@ -146,13 +247,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masking_replaces_every_occurrence_longest_first() {
-        let values = ["hunter2-long".to_owned(), "hunter2".to_owned()];
-        let logs = Logs::from_pipe(b"a hunter2-long b\n\x02hunter2 c\n", 0, b"");
-        let masked = logs.masked(&values);
-        assert_eq!(masked.text(), "a *** b\n*** c\n");
+    fn masking_replaces_every_form_of_a_value_longest_first() {
+        let masker = Masker::new(["hunter2-long", "hunter2", "ab"], 4);
+        let logs = Logs::from_pipe(b"a hunter2-long b\n\x02hunter2 c ab\n", 0, b"");
+        let masked = logs.masked(&masker);
+        assert_eq!(
+            masked.text(),
+            "a *** b\n*** c ab\n",
+            "two bytes are left alone"
+        );
         assert_eq!(masked.lines()[1].stream, Stream::Stderr);
-        assert_eq!(mask("nothing here", &values), "nothing here");
+        assert_eq!(masker.text("nothing here"), "nothing here");
+
+        // A key of several lines, written through stderr (each line behind its mark), and
+        // as repr and JSON escape it.
+        let pem = "-----BEGIN KEY-----\nMIIBOgIBAAJBAK\nit's\\here\n-----END KEY-----";
+        let masker = Masker::new([pem], 4);
+        let stderr = format!("\x02{}\n", pem.replace('\n', "\n\x02"));
+        let shown = Logs::from_pipe(stderr.as_bytes(), 0, b"")
+            .masked(&masker)
+            .text();
+        assert!(
+            !shown.contains("MIIBOgIBAAJBAK") && !shown.contains("here"),
+            "{shown}"
+        );
+        let repr = r"ValueError: bad key '-----BEGIN KEY-----\nMIIBOgIBAAJBAK\nit\'s\\here\n-----END KEY-----'";
+        assert!(
+            !masker.text(repr).contains("MIIBOgIBAAJBAK"),
+            "{}",
+            masker.text(repr)
+        );
+        let json = serde_json::to_string(pem).unwrap();
+        assert_eq!(masker.text(&json), "\"***\"");
+        let failure = masker.failure(crate::ChildFailure::ResultNotSerializable {
+            message: "result['MIIBOgIBAAJBAK'] cannot be converted".into(),
+            detail: serde_json::json!({"path": "result['MIIBOgIBAAJBAK']"}),
+        });
+        assert!(
+            !format!("{failure:?}").contains("MIIBOgIBAAJBAK"),
+            "{failure:?}"
+        );
     }
 
     #[test]

@@ -530,6 +530,7 @@ def _main():
             if _VENV:
                 sys.path.append(_VENV)
         if request.get("mode") == "introspect":
+            _add_environment(request.get("env") or ())
             result = _introspect()
         elif request.get("mode") == "compile":
             result = _compile(request["out"])

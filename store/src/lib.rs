@@ -509,6 +509,11 @@ impl Store {
         backend!(self.secret(tenant, key))
     }
 
+    /// Whether any tenant has a secret exposed as `expose`.
+    pub async fn any_exposed_secrets(&self, expose: &str) -> Result<bool, StoreError> {
+        backend!(self.any_exposed_secrets(expose))
+    }
+
     /// The tenant's secrets exposed as `expose`, sealed, by name.
     pub async fn exposed_secrets(
         &self,

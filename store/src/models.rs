@@ -124,8 +124,8 @@ pub struct VersionRow {
     pub activated_at: Option<i64>,
     /// The modules it holds from uploads.
     pub uploads: Vec<String>,
-    /// The steps of the deploy that last made or activated it, as JSON (none before they
-    /// were kept, and for a rollback).
+    /// The steps of the deploy that last made it, as JSON: a sync of the same tree again
+    /// replaces them, a rollback keeps them (none for versions made before they were kept).
     pub deploy_log: Option<String>,
 }
 

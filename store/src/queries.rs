@@ -585,6 +585,14 @@ impl Backend {
         Ok(())
     }
 
+    pub async fn any_exposed_secrets(&self, expose: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM secrets WHERE expose = $1")
+            .bind(expose)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
     pub async fn exposed_secrets(
         &self,
         tenant: &TenantName,

@@ -192,6 +192,13 @@ impl Daemon {
             }
             None => Command::new(falra_bin()),
         };
+        // Every serve option has a FALRA_* variable: none of the developer's reaches a test's
+        // daemon unless the test passes it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FALRA_") {
+                command.env_remove(key);
+            }
+        }
         let child = command
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&data_dir)

@@ -117,8 +117,14 @@ impl DeployLog {
         inner.steps.push(record);
     }
 
-    /// Runs a step that can fail; a failure is recorded with its message.
-    pub async fn step<T, E, F>(&self, step: &'static str, future: F) -> Result<T, E>
+    /// Runs a step that can fail; a failure is recorded with its message, a success with what
+    /// `detail` says of its value (before the step's end is sent, so a stream shows it too).
+    pub async fn step<T, E, F>(
+        &self,
+        step: &'static str,
+        future: F,
+        detail: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
@@ -127,7 +133,7 @@ impl DeployLog {
         let began = Instant::now();
         let out = falra_runtime::task::step(step, future).await;
         match &out {
-            Ok(_) => self.end(step, at_ms, began, true, None),
+            Ok(value) => self.end(step, at_ms, began, true, detail(value)),
             Err(e) => self.end(step, at_ms, began, false, Some(e.to_string())),
         }
         out
@@ -149,14 +155,6 @@ impl DeployLog {
         let (ok, detail) = detail(&out);
         self.end(step, at_ms, began, ok, detail);
         out
-    }
-
-    /// Adds what a step found to its record (the last of that name).
-    pub fn note(&self, step: &'static str, detail: impl Into<String>) {
-        let mut inner = self.lock();
-        if let Some(record) = inner.steps.iter_mut().rev().find(|r| r.step == step) {
-            record.detail = Some(bounded(detail.into()));
-        }
     }
 }
 
@@ -185,13 +183,16 @@ mod tests {
     #[tokio::test]
     async fn steps_are_recorded_in_order_and_streamed_as_they_start_and_end() {
         let (log, mut events) = DeployLog::streaming();
-        let ok: Result<u8, String> = log.step("fetch", async { Ok(1) }).await;
+        let ok: Result<u8, String> = log
+            .step("fetch", async { Ok(1) }, |_| Some("commit abcdef1".into()))
+            .await;
         assert_eq!(ok, Ok(1));
-        log.note("fetch", "commit abcdef1");
         let failed: Result<u8, String> = log
-            .step("venv", async {
-                Err(format!("pip failed\n{}", "x".repeat(2000)))
-            })
+            .step(
+                "venv",
+                async { Err(format!("pip failed\n{}", "x".repeat(2000))) },
+                |_| None,
+            )
             .await;
         assert!(failed.is_err());
         let steps = log.steps();
@@ -208,6 +209,10 @@ mod tests {
         }
         assert_eq!(seen.len(), 4);
         assert_eq!(seen[0], DeployEvent::Started("fetch"));
+        assert!(
+            matches!(&seen[1], DeployEvent::Finished(r) if r.detail.as_deref() == Some("commit abcdef1")),
+            "the stream has the detail: {seen:?}"
+        );
         assert!(matches!(&seen[3], DeployEvent::Finished(r) if r.step == "venv" && !r.ok));
         let long = bounded("y".repeat(MAX_DETAIL_BYTES + 10));
         assert!(long.ends_with('…') && long.len() <= MAX_DETAIL_BYTES + 3);

@@ -360,12 +360,10 @@ async fn deploy_now(
         matches!(change, Change::Sync) || needs_fetch(state, &tenant, known_commit.as_deref());
     let commit = if fetch_needed {
         let commit = log
-            .step("fetch", fetch_branch(state, name, &tenant))
+            .step("fetch", fetch_branch(state, name, &tenant), |c: &String| {
+                Some(format!("commit {}", &c[..c.len().min(12)]))
+            })
             .await?;
-        log.note(
-            "fetch",
-            format!("commit {}", &commit[..commit.len().min(12)]),
-        );
         Some(commit)
     } else {
         known_commit
@@ -397,22 +395,25 @@ async fn deploy_now(
     let tenant_name = name.clone();
     let plan_uploads = uploads.clone();
     let version = log
-        .step("tree", async {
-            falra_runtime::task::spawn_blocking(move || {
-                let plan = VersionPlan {
-                    commit: plan_commit.as_deref(),
-                    subdir: subdir.as_deref(),
-                    uploads: &plan_uploads,
-                    max_bytes,
-                };
-                build_version(&layout, &tenant_name, &plan)
-            })
-            .await
-            .map_err(node("version task failed"))?
-            .map_err(|e| sync_failed(name, &e))
-        })
+        .step(
+            "tree",
+            async {
+                falra_runtime::task::spawn_blocking(move || {
+                    let plan = VersionPlan {
+                        commit: plan_commit.as_deref(),
+                        subdir: subdir.as_deref(),
+                        uploads: &plan_uploads,
+                        max_bytes,
+                    };
+                    build_version(&layout, &tenant_name, &plan)
+                })
+                .await
+                .map_err(node("version task failed"))?
+                .map_err(|e| sync_failed(name, &e))
+            },
+            |v: &VersionId| Some(format!("version {v}")),
+        )
         .await?;
-    log.note("tree", format!("version {version}"));
     let known = state.store.version(name, &version).await?;
     let fresh = known.is_none();
 
@@ -495,16 +496,20 @@ async fn deploy_now(
         deploy_log: Some(&deploy_log),
         now,
     };
-    log.step("activate", async {
-        state
-            .store
-            .activate_version(name, &record, stored_change)
-            .await?;
-        state
-            .layout
-            .activate(name, &version)
-            .map_err(node("could not switch the active version link"))
-    })
+    log.step(
+        "activate",
+        async {
+            state
+                .store
+                .activate_version(name, &record, stored_change)
+                .await?;
+            state
+                .layout
+                .activate(name, &version)
+                .map_err(node("could not switch the active version link"))
+        },
+        |_| None,
+    )
     .await?;
     state
         .runtime
@@ -613,15 +618,16 @@ async fn finish_version(
     }
     let code = state.layout.version_dir(name, version);
     let venv = log
-        .step("venv", ensure_venv(state, tenant, policy, &code))
+        .step("venv", ensure_venv(state, tenant, policy, &code), |venv| {
+            Some(
+                match venv {
+                    Some(_) => "packages from requirements.txt ready",
+                    None => "no requirements.txt",
+                }
+                .to_owned(),
+            )
+        })
         .await?;
-    log.note(
-        "venv",
-        match &venv {
-            Some(_) => "packages from requirements.txt ready",
-            None => "no requirements.txt",
-        },
-    );
     let mounts = CodeMounts { code, venv };
     log.step_with(
         "compile",

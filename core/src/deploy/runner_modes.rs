@@ -135,15 +135,37 @@ pub(super) async fn compile_version(
 /// Lists the version's modules and functions in a sandboxed child (the runner's introspection
 /// mode). A listing that cannot be made is recorded as an error, not a failed deploy: a module
 /// that misbehaves at import time must not keep the rest of the tenant's code from deploying.
+/// The modules are imported with the environment the tenant's calls get (its variables and
+/// secrets for code), so a module that reads one at import lists as it will run; what the
+/// listing says of a module that fails is masked as a call's error is.
 pub(super) async fn introspect(
     state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     mounts: &CodeMounts,
 ) -> Value {
+    let code_env = match crate::secrets::code_env(state, &tenant.name, &tenant.env).await {
+        Ok(env) => env,
+        Err(e) => {
+            return json!({"modules": [], "error": format!("the tenant's secrets for code could not be read: {e}")})
+        }
+    };
     let request = json!({
         "protocol": 1, "call_id": "introspect", "fn": "", "kwargs": {}, "mode": "introspect",
+        "env": code_env.vars,
     });
+    let listing = list_in_child(state, tenant, policy, mounts, &request).await;
+    code_env.masker.value(listing)
+}
+
+async fn list_in_child(
+    state: &Core,
+    tenant: &TenantRow,
+    policy: &Policy,
+    mounts: &CodeMounts,
+    request: &Value,
+) -> Value {
+    let request = request.clone();
     let finished = match run_runner_mode(state, tenant, policy, mounts, None, &request).await {
         Ok(finished) => finished,
         Err(e) => return json!({"modules": [], "error": e.to_string()}),

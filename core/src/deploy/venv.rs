@@ -358,7 +358,7 @@ fn explain_pip(output: &str) -> Option<PipExplained> {
         } else {
             (
                 "no_wheel",
-                format!("no wheel of {requirement} for CPython 3.11 on Linux is on the package index (only wheels are installed: a package published only as source cannot be)"),
+                format!("no wheel of {requirement} for this node's Python and platform is on the package index (only wheels are installed: a package published only as source cannot be)"),
             )
         };
         return Some(PipExplained {

@@ -87,7 +87,11 @@ def daemon():
         proc = subprocess.Popen(
             [binary, "serve", "--data-dir", data, "--listen", "127.0.0.1:%d" % port],
             stderr=log,
-            env=dict(os.environ, FALRA_LOG="warn"),
+            # No FALRA_* variable of the developer's configures the test daemon.
+            env=dict(
+                {k: v for k, v in os.environ.items() if not k.startswith("FALRA_")},
+                FALRA_LOG="warn",
+            ),
         )
         url = "http://127.0.0.1:%d" % port
         try:

@@ -557,3 +557,52 @@ fn the_haproxy_example_spreads_requests_over_the_nodes_and_routes_around_a_dead_
     );
     six_calls_succeed();
 }
+
+#[test]
+fn following_a_tenant_through_one_node_shows_every_node_s_calls_once() {
+    let (a, b, _keys) = two_nodes();
+    let repo = GitRepo::with_files(&[("falra_test_add.py", ADD)]);
+    let token = a.tenant("caro", &repo);
+    let follow_url = format!("{}/admin/v1/tenants/caro/calls/follow?seconds=10", a.url);
+    let auth = format!("Bearer {}", a.admin_token);
+    let reader = std::thread::spawn(move || {
+        let response = ureq::get(&follow_url)
+            .set("Authorization", &auth)
+            .set("Accept", "text/event-stream")
+            .call()
+            .unwrap();
+        let mut ids = Vec::new();
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let call: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+            // (B's first call makes the version there: its deploy children are metered too.)
+            if !call["fn"].as_str().unwrap().starts_with("<deploy:") {
+                ids.push(call["call_id"].as_str().unwrap().to_owned());
+            }
+        }
+        ids
+    });
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let call = json!({"token": token, "fn": "falra_test_add.add", "int_a": 1, "int_b": 2});
+    let mut made = Vec::new();
+    for i in 0..24 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let answer = node.call(call.clone());
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        made.push(answer.body["call_id"].as_str().unwrap().to_owned());
+    }
+    let mut shown = reader.join().unwrap();
+    let count = shown.len();
+    shown.sort();
+    shown.dedup();
+    assert_eq!(shown.len(), count, "each call shown once");
+    made.sort();
+    assert_eq!(
+        shown, made,
+        "every node's calls, and only those made while following"
+    );
+}

@@ -863,7 +863,7 @@ fn environment_variables_reach_their_tenant_s_calls_only_and_change_on_the_next_
     assert!(cli(&["env", "set", "caro", "REGION=us"]).0);
     assert_eq!(get(&token, "REGION"), "us");
     assert_eq!(get(&token, "LEVEL"), "debug", "the others stay");
-    assert!(cli(&["env", "remove", "caro", "LEVEL"]).0);
+    assert!(cli(&["env", "remove", "caro", "LEVEL", "--yes"]).0);
     assert_eq!(get(&token, "LEVEL"), Value::Null);
     let (ok, out) = cli(&["env", "list", "caro"]);
     assert!(ok && out.contains("REGION"), "{out}");
@@ -872,8 +872,9 @@ fn environment_variables_reach_their_tenant_s_calls_only_and_change_on_the_next_
 #[test]
 fn secrets_marked_for_code_reach_its_calls_masked_in_logs_and_errors() {
     let d = Daemon::start();
-    let code = "import os\n\ndef get(name):\n    return os.environ.get(name)\n\ndef leak(name):\n    value = os.environ[name]\n    print('the key is', value)\n    raise RuntimeError('bad key ' + value)\n";
-    let token = d.tenant("caro", &GitRepo::with_files(&[("s.py", code)]));
+    let code = "import os, sys, logging\n\ndef get(name):\n    return os.environ.get(name)\n\ndef leak(name):\n    value = os.environ[name]\n    print('the key is', value)\n    raise RuntimeError('bad key ' + value)\n\ndef leak_all(name):\n    value = os.environ[name]\n    sys.stderr.write(value + '\\n')\n    logging.warning('%s', value)\n    raise ValueError('bad key %r' % value)\n\ndef unserialisable(name):\n    return {os.environ[name].splitlines()[1]: object()}\n";
+    let repo = GitRepo::with_files(&[("s.py", code)]);
+    let token = d.tenant("caro", &repo);
     let other = d.tenant("dan", &GitRepo::with_files(&[("s.py", code)]));
     let get = |token: &str, name: &str| {
         d.call(json!({"token": token, "fn": "s.get", "name": name}))
@@ -911,6 +912,15 @@ fn secrets_marked_for_code_reach_its_calls_masked_in_logs_and_errors() {
         Value::Null,
         "never another tenant's"
     );
+    // A module that reads it at import deploys without force: the listing imports with it.
+    repo.commit(&[(
+        "strict.py",
+        "import os\nKEY = os.environ['API_KEY']\n\ndef key_len():\n    return len(KEY)\n",
+    )]);
+    let synced = d.admin("POST", "/tenants/caro/sync", None);
+    assert_eq!(synced.status, 200, "{:?}", synced.body);
+    let r = d.call(json!({"token": token, "fn": "strict.key_len"}));
+    assert_eq!(r.body["result"], 18, "{:?}", r.body);
 
     let failed = d.call(json!({"token": token, "fn": "s.leak", "name": "API_KEY"}));
     assert_eq!(failed.body["error"]["code"], "function_error");
@@ -973,6 +983,69 @@ fn secrets_marked_for_code_reach_its_calls_masked_in_logs_and_errors() {
         "12345678",
         "taken as text, not a number"
     );
+    // Rotated without saying: it stays exposed (and text).
+    let out = d.cli(&["secret", "set", "caro", "DB_PASS", "87654321"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&token, "DB_PASS"), "87654321");
+    let rotated = d.admin(
+        "PUT",
+        "/tenants/caro/secrets/DB_PASS",
+        Some(json!({"value": "rotated-again"})),
+    );
+    assert_eq!(rotated.body["expose"], "env", "{:?}", rotated.body);
+    let out = d.cli(&[
+        "secret",
+        "set",
+        "caro",
+        "DB_PASS",
+        "node-only-now",
+        "--no-env",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&token, "DB_PASS"), Value::Null);
+    // The repository's credentials are the node's alone.
+    let git = d.admin(
+        "PUT",
+        "/tenants/caro/secrets/git",
+        Some(json!({"value": "ghp_x", "expose": "env"})),
+    );
+    assert_eq!(git.status, 400, "{:?}", git.body);
+    // A secret of several lines, and its escaped forms, are masked too.
+    let pem = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\nit's\\here\n-----END KEY-----";
+    d.admin(
+        "PUT",
+        "/tenants/caro/secrets/PEM",
+        Some(json!({"value": pem, "expose": "env"})),
+    );
+    let failed = d.call(json!({"token": token, "fn": "s.leak_all", "name": "PEM"}));
+    assert_eq!(
+        failed.body["error"]["code"], "function_error",
+        "{:?}",
+        failed.body
+    );
+    let whole = failed.body.to_string();
+    assert!(!whole.contains("MIIBOgIBAAJBAKj34GkxFhD9"), "{whole}");
+    let id = failed.body["call_id"].as_str().unwrap();
+    let stored = d.with_token("GET", &format!("/v1/calls/{id}"), &token, None);
+    assert!(!stored.body.to_string().contains("MIIBOgIBAAJBAKj34GkxFhD9"));
+    let bad_result = d.call(json!({"token": token, "fn": "s.unserialisable", "name": "PEM"}));
+    assert_eq!(
+        bad_result.body["error"]["code"], "result_not_serializable",
+        "{:?}",
+        bad_result.body
+    );
+    assert!(!bad_result
+        .body
+        .to_string()
+        .contains("MIIBOgIBAAJBAKj34GkxFhD9"));
     let out = d.cli(&["secret", "remove", "caro", "API_KEY", "--yes"]);
     assert!(
         out.status.success(),

@@ -583,7 +583,7 @@ fn the_command_line_submits_waits_for_lists_cancels_and_schedules_jobs() {
     assert!(out.status.success(), "{out:?}");
     let queued: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = queued["job_id"].as_str().unwrap();
-    let out = falra(&["job", "cancel", id]);
+    let out = falra(&["job", "cancel", id, "--yes"]);
     assert!(out.status.success(), "{out:?}");
     let status = falra(&["job", "status", id, "--json"]);
     let shown: Value = serde_json::from_slice(&status.stdout).unwrap();

@@ -100,10 +100,19 @@ fn shutdown_lets_calls_finish_within_the_grace_and_stops_the_rest() {
     // One that would outlast it is stopped at the deadline.
     let mut d = Daemon::start_with(&["--shutdown-grace", "2"]);
     let token = d.tenant("caro", &GitRepo::with_files(&[("slow.py", SLOW)]));
-    let _call = d.call_in_background(json!({"token": token, "fn": "slow.wait", "s": 60}));
+    let call = d.call_in_background(json!({"token": token, "fn": "slow.wait", "s": 60}));
     std::thread::sleep(Duration::from_millis(700));
     let sent = Instant::now();
     signal(d.pid(), "TERM");
+    // Answered, not cut off: the node is shutting down, with what the call used.
+    let answer = call.join().unwrap();
+    assert_eq!(answer.status, 503, "{:?}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "shutting_down");
+    assert!(
+        answer.body["usage"]["wall_ms"].as_u64().unwrap() >= 1500,
+        "{:?}",
+        answer.body
+    );
     wait_exit(&mut d, Duration::from_secs(30));
     let took = sent.elapsed();
     assert!(
