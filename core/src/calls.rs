@@ -241,6 +241,16 @@ pub async fn run(
         metered.wall_ms = outcome.wall_ms;
         metered.cpu_ms = outcome.cpu_ms;
         metered.peak_memory_bytes = outcome.peak_memory_bytes;
+        if outcome.result.is_err() && state.runtime.is_stopping_calls() {
+            return Err(CallError::StoppedAtShutdown {
+                usage: Usage {
+                    wall_ms: outcome.wall_ms,
+                    cpu_ms: outcome.cpu_ms,
+                    peak_memory_bytes: outcome.peak_memory_bytes,
+                },
+                logs: String::new(),
+            });
+        }
         let result =
             serde_json::value::to_raw_value(&outcome.result?).map_err(CallError::Encode)?;
         return Ok(Answer {

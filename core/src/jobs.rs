@@ -882,10 +882,19 @@ async fn forward_progress(
     mut records: watch::Receiver<Option<Vec<u8>>>,
     masker: Arc<std::sync::OnceLock<falra_sandbox::logs::Masker>>,
 ) {
-    // A record is shown with the call's secrets masked (none are known before the call is).
+    // A record's message is shown with the call's secrets masked (none are known before the
+    // call is); the record's own fields are left as they are.
     let shown = |p: String| match masker.get() {
-        Some(m) => m.text(&p),
-        None => p,
+        Some(m) if !m.is_empty() => match serde_json::from_str::<serde_json::Value>(&p) {
+            Ok(mut record) => {
+                if let Some(message) = record["message"].as_str() {
+                    record["message"] = serde_json::Value::String(m.text(message));
+                }
+                record.to_string()
+            }
+            Err(_) => p,
+        },
+        _ => p,
     };
     loop {
         if records.changed().await.is_err() {

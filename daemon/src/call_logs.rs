@@ -28,58 +28,78 @@ use crate::server::AppState;
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 /// Calls one page of a look reads.
 const FOLLOW_BATCH: i64 = 100;
-/// Pages one look reads, at most (the rest wait for the next look).
+/// Pages of new calls one look reads, at most (the rest wait for the next look).
 const FOLLOW_PAGES: usize = 20;
-/// How far back before the newest call shown each look reads again: a call is recorded by its
+/// How far behind the newest call read each look checks again: a call is recorded by its
 /// node's meter after it is answered, stamped with that node's clock, so a call of another
-/// node (or one whose meter was slow to write) can land behind calls already shown. Each is
-/// still shown once: the ids shown within the window are kept.
+/// node (or one whose meter was slow to write) can land behind calls already read. Each is
+/// still shown once: the ids seen within the window are kept.
 const FOLLOW_LAG_MS: i64 = 10_000;
+/// Keys one look checks again, at most (ids only, no logs): the window of a tenant busier
+/// than this is checked in part.
+const FOLLOW_RECHECK: i64 = 2_000;
 
-/// Where a follow stands: the calls it showed within the lag window, and the newest one's
-/// time.
+/// Where a follow stands: how far it has read, and the calls it has seen within the lag
+/// window behind that.
 struct Followed {
     started_at: i64,
-    newest_at: i64,
-    shown: std::collections::HashMap<String, i64>,
+    /// The last call read in order (`(at, call_id)`); the next look reads on from there.
+    cursor: (i64, String),
+    seen: std::collections::HashMap<String, i64>,
 }
 
 impl Followed {
     fn new(now: i64) -> Followed {
         Followed {
             started_at: now,
-            newest_at: now,
-            shown: std::collections::HashMap::new(),
+            cursor: (now, String::new()),
+            seen: std::collections::HashMap::new(),
         }
     }
 
-    /// The calls of one look not shown yet, oldest first; reads from the lag window on.
+    /// The calls of one look not shown yet: those recorded late behind the cursor, then the
+    /// new ones after it, oldest first. A store that does not answer now may at the next look.
     async fn look(&mut self, state: &AppState, tenant: &TenantName) -> Vec<CallView> {
-        let mut cursor = (self.newest_at - FOLLOW_LAG_MS, String::new());
         let mut fresh = Vec::new();
+        let from = (self.cursor.0 - FOLLOW_LAG_MS).max(self.started_at);
+        let behind = state
+            .store
+            .call_keys_between(
+                tenant,
+                (from, ""),
+                (self.cursor.0, &self.cursor.1),
+                FOLLOW_RECHECK,
+            )
+            .await
+            .unwrap_or_default();
+        for (at, id) in behind {
+            if self.seen.contains_key(&id) {
+                continue;
+            }
+            if let Ok(Some(v)) = state.store.call_view(Some(tenant), &id).await {
+                self.seen.insert(id, at);
+                fresh.push(v);
+            }
+        }
         for _ in 0..FOLLOW_PAGES {
-            // A store that does not answer now may answer at the next look.
             let page = state
                 .store
-                .calls_after(tenant, cursor.0, &cursor.1, FOLLOW_BATCH)
+                .calls_after(tenant, self.cursor.0, &self.cursor.1, FOLLOW_BATCH)
                 .await
                 .unwrap_or_default();
             let full = page.len() as i64 == FOLLOW_BATCH;
             for v in page {
-                cursor = (v.at, v.call_id.clone());
-                if v.at < self.started_at || self.shown.contains_key(&v.call_id) {
-                    continue;
+                self.cursor = (v.at, v.call_id.clone());
+                if self.seen.insert(v.call_id.clone(), v.at).is_none() {
+                    fresh.push(v);
                 }
-                self.shown.insert(v.call_id.clone(), v.at);
-                self.newest_at = self.newest_at.max(v.at);
-                fresh.push(v);
             }
             if !full {
                 break;
             }
         }
-        let horizon = self.newest_at - FOLLOW_LAG_MS;
-        self.shown.retain(|_, at| *at >= horizon);
+        let horizon = self.cursor.0 - FOLLOW_LAG_MS;
+        self.seen.retain(|_, at| *at >= horizon);
         fresh
     }
 }

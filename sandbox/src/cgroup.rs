@@ -135,7 +135,7 @@ pub fn detect(proc_root: &Path, fs: &dyn CgroupFs) -> Result<Hierarchy, CgroupEr
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if has("memory") && has("pids") && has("cpu") {
             if own != "/" {
-                claim_delegated_subtree(&dir, fs)?;
+                claim_delegated_subtree(&dir, fs, std::process::id())?;
             }
             return Ok(Hierarchy::V2 {
                 base: dir.join("falra"),
@@ -188,7 +188,11 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupErro
 /// it (the daemon) move into a leaf `daemon` beside `falra` first, then memory, pids and cpu
 /// are enabled. Nothing changes where they are enabled already (a cgroup set up for falra by
 /// hand, or a test's fake tree without the file).
-fn claim_delegated_subtree(own: &Path, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
+fn claim_delegated_subtree(
+    own: &Path,
+    fs: &dyn CgroupFs,
+    daemon_pid: u32,
+) -> Result<(), CgroupError> {
     let control = own.join("cgroup.subtree_control");
     let Ok(enabled) = fs.read(&control) else {
         return Ok(());
@@ -197,17 +201,22 @@ fn claim_delegated_subtree(own: &Path, fs: &dyn CgroupFs) -> Result<(), CgroupEr
     if on("memory") && on("pids") && on("cpu") {
         return Ok(());
     }
+    let procs = own.join("cgroup.procs");
+    let pids = fs.read(&procs).map_err(io("read", &procs))?;
+    let me = daemon_pid.to_string();
+    if pids.split_whitespace().any(|p| p != me) {
+        // Not a cgroup delegated to the daemon alone (a login shell's, a runner's): its
+        // other processes are not the daemon's to move, and it is left as it is.
+        tracing::warn!(cgroup = %own.display(), "the daemon's cgroup holds other processes: controllers not enabled for falra beneath it");
+        return Ok(());
+    }
     let leaf = own.join("daemon");
     if !fs.exists(&leaf) {
         fs.create_dir(&leaf).map_err(io("create", &leaf))?;
     }
-    let procs = own.join("cgroup.procs");
-    let pids = fs.read(&procs).map_err(io("read", &procs))?;
     let into = leaf.join("cgroup.procs");
-    for pid in pids.split_whitespace() {
-        fs.write(&into, pid)
-            .map_err(io("move the daemon into", &into))?;
-    }
+    fs.write(&into, &me)
+        .map_err(io("move the daemon into", &into))?;
     fs.write(&control, "+memory +pids +cpu")
         .map_err(io("enable controllers in", &control))
 }
@@ -740,7 +749,8 @@ mod tests {
         f.mkdirs(own);
         f.write(&format!("{own}/cgroup.controllers"), "cpu io memory pids\n");
         f.write(&format!("{own}/cgroup.subtree_control"), "\n");
-        f.write(&format!("{own}/cgroup.procs"), "4242\n");
+        let me = std::process::id();
+        f.write(&format!("{own}/cgroup.procs"), &format!("{me}\n"));
         let h = detect(&f.path("proc"), &HostFs).unwrap();
         assert_eq!(
             h,
@@ -748,11 +758,23 @@ mod tests {
                 base: f.path(&format!("{own}/falra"))
             }
         );
-        assert_eq!(f.read(&format!("{own}/daemon/cgroup.procs")), "4242");
+        assert_eq!(
+            f.read(&format!("{own}/daemon/cgroup.procs")),
+            me.to_string()
+        );
         assert_eq!(
             f.read(&format!("{own}/cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
+        // Other processes in it (a login shell's cgroup): nothing moves.
+        let f = Fixture::new(V2_MOUNTINFO, "0::/system.slice/falra.service\n");
+        f.mkdirs(own);
+        f.write(&format!("{own}/cgroup.controllers"), "cpu memory pids\n");
+        f.write(&format!("{own}/cgroup.subtree_control"), "\n");
+        f.write(&format!("{own}/cgroup.procs"), &format!("1\n{me}\n"));
+        detect(&f.path("proc"), &HostFs).unwrap();
+        assert!(!f.path(&format!("{own}/daemon")).exists());
+        assert_eq!(f.read(&format!("{own}/cgroup.subtree_control")), "\n");
         // Enabled already: nothing moves.
         let f = Fixture::new(V2_MOUNTINFO, "0::/system.slice/falra.service\n");
         f.mkdirs(own);

@@ -52,6 +52,21 @@ impl Masker {
             for piece in pieces {
                 let json = serde_json::to_string(piece).expect("a string serialises");
                 let json = json[1..json.len() - 1].to_owned();
+                // Python's json.dumps writes everything past ASCII as \uXXXX by default.
+                let ascii: String = json
+                    .chars()
+                    .flat_map(|c| {
+                        if c.is_ascii() {
+                            vec![c.to_string()]
+                        } else {
+                            let mut units = [0u16; 2];
+                            c.encode_utf16(&mut units)
+                                .iter()
+                                .map(|u| format!("\\u{u:04x}"))
+                                .collect()
+                        }
+                    })
+                    .collect();
                 let python = |quote: bool| -> String {
                     let mut out = String::with_capacity(piece.len());
                     for c in piece.chars() {
@@ -61,12 +76,15 @@ impl Masker {
                             '\r' => out.push_str("\\r"),
                             '\t' => out.push_str("\\t"),
                             '\'' if quote => out.push_str("\\'"),
+                            c if c.is_ascii_control() => {
+                                out.push_str(&format!("\\x{:02x}", c as u8))
+                            }
                             c => out.push(c),
                         }
                     }
                     out
                 };
-                forms.extend([piece.to_owned(), json, python(true), python(false)]);
+                forms.extend([piece.to_owned(), json, ascii, python(true), python(false)]);
             }
         }
         forms.retain(|f| f.len() >= min_bytes);
@@ -84,7 +102,7 @@ impl Masker {
         mask(text, &self.0)
     }
 
-    /// Every string of `value`, keys included.
+    /// Every string of `value` (not its keys: those are the daemon's own fields).
     pub fn value(&self, value: Value) -> Value {
         if self.is_empty() {
             return value;
@@ -92,11 +110,9 @@ impl Masker {
         match value {
             Value::String(s) => Value::String(self.text(&s)),
             Value::Array(items) => Value::Array(items.into_iter().map(|v| self.value(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| (self.text(&k), self.value(v)))
-                    .collect(),
-            ),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k, self.value(v))).collect())
+            }
             other => other,
         }
     }
@@ -279,6 +295,13 @@ mod tests {
         );
         let json = serde_json::to_string(pem).unwrap();
         assert_eq!(masker.text(&json), "\"***\"");
+        let umlauts = Masker::new(["pässwörd-123"], 4);
+        assert_eq!(
+            umlauts.text(r#"{"pw": "p\u00e4ssw\u00f6rd-123"}"#),
+            r#"{"pw": "***"}"#
+        );
+        let escape = Masker::new(["key\u{1b}[31m-9"], 4);
+        assert_eq!(escape.text(r"'key\x1b[31m-9'"), "'***'");
         let failure = masker.failure(crate::ChildFailure::ResultNotSerializable {
             message: "result['MIIBOgIBAAJBAK'] cannot be converted".into(),
             detail: serde_json::json!({"path": "result['MIIBOgIBAAJBAK']"}),

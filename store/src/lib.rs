@@ -445,6 +445,17 @@ impl Store {
         backend!(self.call_view(tenant, call_id))
     }
 
+    /// The keys of a tenant's calls in `((after), (to)]`, oldest first (no logs).
+    pub async fn call_keys_between(
+        &self,
+        tenant: &TenantName,
+        after: (i64, &str),
+        to: (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        backend!(self.call_keys_between(tenant, after, to, limit))
+    }
+
     /// A tenant's calls recorded after `(after_at, after_id)`, oldest first.
     pub async fn calls_after(
         &self,

@@ -444,6 +444,35 @@ impl Backend {
         row.as_ref().map(call_view_from_row).transpose()
     }
 
+    /// The `(at, call_id)` of a tenant's calls after `(after_at, after_id)` and up to
+    /// `(to_at, to_id)`, oldest first, at most `limit`: what a follow looks over again, without
+    /// the logs.
+    pub async fn call_keys_between(
+        &self,
+        tenant: &TenantName,
+        after: (i64, &str),
+        to: (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, call_id FROM calls WHERE tenant = $1 \
+             AND (at > $2 OR (at = $2 AND call_id > $3)) \
+             AND (at < $4 OR (at = $4 AND call_id <= $5)) \
+             ORDER BY at, call_id LIMIT $6",
+        )
+        .bind(tenant.as_str())
+        .bind(after.0)
+        .bind(after.1)
+        .bind(to.0)
+        .bind(to.1)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// A tenant's calls recorded after `(after_at, after_id)`, oldest first, at most `limit`.
     pub async fn calls_after(
         &self,

@@ -124,6 +124,16 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
     }
 }
 
+/// Every serve option has a FALRA_* variable: none of the developer's reaches a test's daemon
+/// (or its `admin init`) unless the test passes it.
+fn without_developer_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FALRA_") {
+            command.env_remove(key);
+        }
+    }
+}
+
 /// A running daemon with its own data directory, stopped on drop.
 pub struct Daemon {
     pub url: String,
@@ -169,7 +179,9 @@ impl Daemon {
     fn start_full(wrapper: &[&str], extra: &[&str], envs: &[(&str, &str)], listen: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
-        let out = Command::new(falra_bin())
+        let mut init = Command::new(falra_bin());
+        without_developer_env(&mut init);
+        let out = init
             // Each node of a shared store makes its own operator token.
             .args(["admin", "init", "--force", "--data-dir"])
             .arg(&data_dir)
@@ -192,13 +204,7 @@ impl Daemon {
             }
             None => Command::new(falra_bin()),
         };
-        // Every serve option has a FALRA_* variable: none of the developer's reaches a test's
-        // daemon unless the test passes it.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FALRA_") {
-                command.env_remove(key);
-            }
-        }
+        without_developer_env(&mut command);
         let child = command
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&data_dir)

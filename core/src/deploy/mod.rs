@@ -642,6 +642,12 @@ async fn finish_version(
                 .await
         }
     };
+    // A listing cut short by the node's shutdown says nothing of the version's modules.
+    if state.runtime.is_stopping_calls() {
+        return Err(DeployError::failed(
+            "this node shut down during the deploy; nothing was activated",
+        ));
+    }
     if let Some(module) = uploaded {
         let entry = functions["modules"]
             .as_array()

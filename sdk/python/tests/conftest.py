@@ -79,19 +79,21 @@ def daemon():
         subprocess.run(git + ["add", "-A"], check=True)
         subprocess.run(git + ["commit", "-qm", "code"], check=True)
         data = os.path.join(tmp, "data")
+        # No FALRA_* variable of the developer's configures the test daemon.
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("FALRA_")}
         admin = subprocess.run(
-            [binary, "admin", "init", "--data-dir", data], check=True, capture_output=True, text=True
+            [binary, "admin", "init", "--data-dir", data],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=clean,
         ).stdout.strip()
         port = _free_port()
         log = open(os.path.join(tmp, "daemon.log"), "w")
         proc = subprocess.Popen(
             [binary, "serve", "--data-dir", data, "--listen", "127.0.0.1:%d" % port],
             stderr=log,
-            # No FALRA_* variable of the developer's configures the test daemon.
-            env=dict(
-                {k: v for k, v in os.environ.items() if not k.startswith("FALRA_")},
-                FALRA_LOG="warn",
-            ),
+            env=dict(clean, FALRA_LOG="warn"),
         )
         url = "http://127.0.0.1:%d" % port
         try:
