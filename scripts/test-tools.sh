@@ -2,7 +2,8 @@
 # The test servers and tools that are not Python packages, installed into target/tools once and
 # reused: two S3-compatible servers independent of moto for the ETL tests (s3s-fs from
 # crates.io, s3rver from npm, both pinned), Node.js from apt where it is missing, and cargo-fuzz
-# for the archive reader's fuzz target (run on the nightly toolchain).
+# for the archive reader's fuzz target (run on the nightly toolchain); Chromium and the
+# console tests' npm packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=$(pwd)/target/tools
@@ -35,4 +36,18 @@ fi
 if [[ ! -x "$tools/bin/cargo-fuzz" ]]; then
   echo "building cargo-fuzz into $tools" >&2
   cargo install -q --locked --root "$tools" cargo-fuzz@0.13.2
+fi
+
+# The console's browser tests: Debian's Chromium, driven by Playwright (playwright-core, no
+# browser download) with axe-core, both pinned by tests/console/package-lock.json.
+if ! [[ -x /usr/bin/chromium ]]; then
+  echo "installing chromium" >&2
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+if [[ ! -f tests/console/node_modules/playwright-core/package.json ]]; then
+  echo "installing the console tests' packages" >&2
+  (cd tests/console && npm ci -s --no-audit --no-fund >/dev/null)
 fi

@@ -21,6 +21,7 @@ pub mod callbacks;
 pub mod calls;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod deploy;
 pub mod error_code;
 pub mod jobs;

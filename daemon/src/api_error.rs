@@ -325,6 +325,20 @@ impl From<falra_core::auth::AuthError> for ApiError {
     }
 }
 
+impl From<falra_core::console::SessionError> for ApiError {
+    fn from(e: falra_core::console::SessionError) -> ApiError {
+        use falra_core::console::SessionError;
+        let message = e.to_string();
+        match e {
+            SessionError::Unknown
+            | SessionError::SignedOut
+            | SessionError::Expired
+            | SessionError::TokenEnded => ApiError::new(ErrorCode::Unauthorized, message),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<falra_core::plans::PlanError> for ApiError {
     fn from(e: falra_core::plans::PlanError) -> ApiError {
         use falra_core::plans::PlanError;

@@ -73,7 +73,10 @@ pub async fn tenant_caller_any(
     Ok(auth::tenant_caller(row, accepted)?)
 }
 
-/// An operator, authenticated by `Authorization: Bearer <operator token>`.
+/// An operator, authenticated by `Authorization: Bearer <operator token>`, or by a console
+/// session's cookie (`crate::console`). A request in a session that changes anything (any
+/// method but GET and HEAD) must also carry the session's CSRF token in `X-CSRF-Token` and,
+/// when the browser names one, come from the console's own origin.
 #[derive(Debug, Clone)]
 pub struct Operator {
     pub token_id: String,
@@ -83,7 +86,24 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let row = verify(state, bearer(&parts.headers), TokenKind::Operator).await?;
+        let presented = bearer(&parts.headers);
+        if presented.is_none() {
+            if let Some(cookie) = crate::console::session_cookie(&parts.headers) {
+                let session = falra_core::console::check(state, &cookie).await?;
+                if !parts.method.is_safe() {
+                    crate::console::check_change(&parts.headers, &session)?;
+                }
+                return Ok(Operator {
+                    token_id: session.token_id,
+                });
+            }
+        }
+        let row = verify(state, presented, TokenKind::Operator).await?;
         Ok(Operator { token_id: row.id })
     }
+}
+
+/// Checks an operator token presented to open a console session.
+pub async fn operator_token(state: &AppState, presented: &str) -> Result<TokenRow, ApiError> {
+    verify(state, Some(presented), TokenKind::Operator).await
 }

@@ -13,7 +13,7 @@ use axum::Json;
 use falra_core::clock::{format_ms, now_ms};
 use falra_policies::Scope;
 use falra_sandbox::logs::Logs;
-use falra_store::CallView;
+use falra_store::{CallFilter, CallView, OutcomeFilter};
 use falra_tenants::TenantName;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
@@ -198,6 +198,131 @@ pub async fn admin_show(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     lookup(&state, None, &id).await
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Of this tenant only.
+    tenant: Option<String>,
+    /// `succeeded` or `failed`.
+    #[param(pattern = "^(succeeded|failed)$")]
+    status: Option<String>,
+    /// Failed with this error code (`timeout`, `function_error`, …).
+    code: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The most calls one page lists.
+const MAX_PAGE: i64 = 200;
+
+/// `GET /admin/v1/calls?tenant=&status=&code=&limit=&cursor=`: recorded calls, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/calls",
+    operation_id = "admin_list_calls",
+    tag = "calls",
+    summary = "Recorded calls of every tenant or one, newest first, by status or error code",
+    params(ListQuery),
+    responses((status = 200, description = "A page of calls (without their logs)", body = crate::schemas::CallList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_list(
+    _op: Operator,
+    State(state): State<AppState>,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(q) = query?;
+    let bad = |parameter: &str, message: String| {
+        ApiError::bad_request(message).with_detail(json!({ "parameter": parameter }))
+    };
+    let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
+    let outcome = match (q.status.as_deref(), q.code.as_deref()) {
+        (_, Some(code)) => {
+            let known = falra_core::ErrorCode::ALL
+                .iter()
+                .any(|c| c.as_str() == code);
+            if !known {
+                return Err(bad(
+                    "code",
+                    format!(
+                        "{:?} is not an error code (docs/api.md lists them)",
+                        code.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+            if q.status.as_deref() == Some("succeeded") {
+                return Err(bad(
+                    "code",
+                    "a call with an error code did not succeed: drop status or code".into(),
+                ));
+            }
+            OutcomeFilter::Code(code.to_owned())
+        }
+        (Some("succeeded"), None) => OutcomeFilter::Ok,
+        (Some("failed"), None) => OutcomeFilter::Failed,
+        (Some(other), None) => {
+            return Err(bad(
+                "status",
+                format!(
+                    "status {:?} is not succeeded or failed",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ))
+        }
+        (None, None) => OutcomeFilter::Any,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad(
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let before = match q.cursor.as_deref() {
+        Some(c) => Some(
+            parse_cursor(c)
+                .ok_or_else(|| bad("cursor", "cursor is not one this API gave out".into()))?,
+        ),
+        None => None,
+    };
+    state.meter.flush().await;
+    let page = state
+        .store
+        .calls_page(&CallFilter {
+            tenant,
+            outcome,
+            before,
+            limit,
+        })
+        .await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|c| format!("{}.{}", c.at, c.call_id)))
+        .flatten();
+    let calls: Vec<Value> = page
+        .iter()
+        .map(|v| {
+            let mut shown = call_json(v);
+            if let Some(map) = shown.as_object_mut() {
+                map.remove("logs");
+                map.remove("lines");
+            }
+            shown
+        })
+        .collect();
+    Ok(Json(json!({ "calls": calls, "next_cursor": next })))
+}
+
+/// A cursor: `<at ms>.<call id>` of the last call of a page.
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (at, id) = c.split_once('.')?;
+    let at = at.parse().ok()?;
+    check_call_id(id).ok()?;
+    Some((at, id.to_owned()))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

@@ -16,9 +16,11 @@ use falra_store::{JobFilter, JobStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admin::load_tenant;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::auth::tenant_caller;
-use crate::extract::{bearer, ApiQuery};
+use crate::audit::audit;
+use crate::auth::{tenant_caller, Operator};
+use crate::extract::{bearer, ApiPath, ApiQuery};
 use crate::server::AppState;
 
 /// The most jobs one page lists.
@@ -166,6 +168,15 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let ApiQuery(query) = query?;
     let caller = tenant_caller(&state, bearer(&headers), Scope::Jobs).await?;
+    list_page(&state, &caller.tenant, &query).await
+}
+
+/// One page of a tenant's jobs, as both the tenant's and the operator's listing answer it.
+async fn list_page(
+    state: &AppState,
+    tenant: &falra_tenants::TenantName,
+    query: &ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let status = match query.status.as_deref() {
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
             ApiError::bad_request(
@@ -190,8 +201,8 @@ pub async fn list(
         None => None,
     };
     let page = jobs::list(
-        &state,
-        &caller.tenant,
+        state,
+        tenant,
         &JobFilter {
             status,
             limit,
@@ -206,6 +217,78 @@ pub async fn list(
         "jobs": page.iter().map(jobs::view).collect::<Vec<_>>(),
         "next_cursor": next,
     })))
+}
+
+/// `GET /admin/v1/tenants/{name}/jobs`: a tenant's jobs, as `GET /v1/jobs` lists them.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/jobs",
+    operation_id = "admin_list_jobs",
+    tag = "jobs",
+    summary = "List a tenant's jobs, newest first",
+    params(("name" = String, Path, description = "A tenant name"), ListQuery),
+    responses((status = 200, description = "A page of jobs", body = crate::schemas::JobList), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_list(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(query) = query?;
+    let (tenant, _) = load_tenant(&state, &name).await?;
+    list_page(&state, &tenant, &query).await
+}
+
+/// `GET /admin/v1/tenants/{name}/jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{name}/jobs/{id}",
+    operation_id = "admin_show_job",
+    tag = "jobs",
+    summary = "A tenant's job, with the call's answer once it ended",
+    params(("name" = String, Path, description = "A tenant name"), ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = crate::schemas::Job), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_show(
+    _op: Operator,
+    State(state): State<AppState>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (tenant, _) = load_tenant(&state, &name).await?;
+    let job = jobs::get(&state, &tenant, &id).await?;
+    Ok(Json(jobs::view(&job)))
+}
+
+/// `DELETE /admin/v1/tenants/{name}/jobs/{id}`: an operator cancels a tenant's job.
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/tenants/{name}/jobs/{id}",
+    operation_id = "admin_cancel_job",
+    tag = "jobs",
+    summary = "Cancel a tenant's job (its processes stop within a second on whichever node runs it)",
+    params(("name" = String, Path, description = "A tenant name"), ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job as it is after the cancel", body = crate::schemas::Job), (status = 404, description = "not_found", body = crate::schemas::Error), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn admin_cancel(
+    op: Operator,
+    State(state): State<AppState>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (tenant, _) = load_tenant(&state, &name).await?;
+    let job = jobs::cancel(&state, &tenant, &id).await?;
+    audit(
+        &state,
+        &op.token_id,
+        "job.cancel",
+        Some(tenant.as_str()),
+        json!({"job": job.id}),
+    )
+    .await;
+    Ok(Json(jobs::view(&job)))
 }
 
 /// A cursor: `<created_at ms>.<job id>` of the last job of a page.

@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod config;
 mod config_file;
+mod console;
 mod data_lock;
 mod demo;
 mod extract;

@@ -179,3 +179,118 @@ fn usage_csv(rows: &[UsageRow]) -> String {
     }
     out
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    tenant: Option<String>,
+    /// The last this many UTC days, today included (default 14).
+    #[param(minimum = 1, maximum = 90)]
+    days: Option<i64>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// `GET /admin/v1/stats?tenant=&days=`: what the console's charts draw. Calls, errors, CPU
+/// and p50/p99 wall time per UTC day; calls, errors and CPU per tenant, with the CPU used this
+/// month against the plan's quota; the error codes answered. Deploy-time children count
+/// their CPU, not as calls.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/stats",
+    operation_id = "metering_stats",
+    tag = "metering",
+    summary = "Calls per day with p50/p99 wall time, CPU per tenant against its quota, error codes",
+    params(StatsQuery),
+    responses((status = 200, description = "Statistics", body = crate::schemas::Stats), crate::schemas::OperatorErrors),
+    security(("operator" = []))
+)]
+pub async fn stats(
+    _op: Operator,
+    State(state): State<AppState>,
+    query: Result<ApiQuery<StatsQuery>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let ApiQuery(q) = query?;
+    let days = q.days.unwrap_or(14);
+    if !(1..=90).contains(&days) {
+        return Err(
+            ApiError::bad_request(format!("days must be between 1 and 90, got {days}"))
+                .with_detail(json!({"parameter": "days"})),
+        );
+    }
+    let tenant = crate::extract::tenant_parameter(q.tenant.as_deref())?;
+    let mut rows = state.store.tenants().await?;
+    if let Some(t) = &tenant {
+        rows.retain(|r| &r.name == t);
+        if rows.is_empty() {
+            return Err(ApiError::not_found(format!("no tenant named {t:?}"))
+                .with_detail(json!({"parameter": "tenant"})));
+        }
+    }
+    state.meter.flush().await;
+    let now = now_ms();
+    let from = (now.div_euclid(DAY_MS) - (days - 1)) * DAY_MS;
+    let to = now + 1;
+    let per_day = state.store.day_stats(tenant.as_ref(), from, to).await?;
+    let codes = state.store.error_codes(tenant.as_ref(), from, to).await?;
+    let in_range = state.store.usage(tenant.as_ref(), from, to).await?;
+    let this_month = state
+        .store
+        .usage(tenant.as_ref(), month_bounds(now).0, to)
+        .await?;
+    // Per tenant: (calls, errors, cpu_ms) in the range, and CPU this month.
+    let mut used: std::collections::HashMap<&str, (i64, i64, i64, i64)> = Default::default();
+    for r in &in_range {
+        let e = used.entry(r.tenant.as_str()).or_default();
+        if !is_deploy_child(&r.function) {
+            e.0 += r.calls;
+            e.1 += r.calls - r.ok;
+        }
+        e.2 += r.cpu_ms;
+    }
+    for r in &this_month {
+        used.entry(r.tenant.as_str()).or_default().3 += r.cpu_ms;
+    }
+    let tenants: Vec<Value> = rows
+        .iter()
+        .map(|t| {
+            let (calls, errors, cpu_ms, month_cpu_ms) =
+                used.get(t.name.as_str()).copied().unwrap_or_default();
+            let quota = falra_core::plans::effective_policy(&state, t)
+                .cpu_seconds_per_month
+                .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
+            json!({
+                "tenant": t.name.as_str(),
+                "calls": calls,
+                "errors": errors,
+                "cpu_ms": cpu_ms,
+                "month_cpu_ms": month_cpu_ms,
+                "cpu_quota_ms": quota,
+            })
+        })
+        .collect();
+    let day = |ms: i64| format_ms(ms).chars().take(10).collect::<String>();
+    // Every day of the range, those without calls too, so a chart's axis is the range.
+    let days: Vec<Value> = (0..days)
+        .map(|i| {
+            let start = from + i * DAY_MS;
+            let found = per_day.iter().find(|d| d.day == start);
+            json!({
+                "day": day(start),
+                "calls": found.map_or(0, |d| d.calls),
+                "errors": found.map_or(0, |d| d.errors),
+                "cpu_ms": found.map_or(0, |d| d.cpu_ms),
+                "p50_ms": found.map_or(0, |d| d.p50_ms),
+                "p99_ms": found.map_or(0, |d| d.p99_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "from": format_ms(from),
+        "to": format_ms(to),
+        "days": days,
+        "tenants": tenants,
+        "codes": codes.iter().map(|(code, count)| json!({"code": code, "count": count})).collect::<Vec<_>>(),
+    })))
+}

@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 
 /// The document's frame: title, tags, security schemes. The operations are added by
@@ -33,7 +35,8 @@ use utoipa::{Modify, OpenApi};
         (name = "secrets", description = "Operators: tenant secrets"),
         (name = "metering", description = "Operators: usage"),
         (name = "audit", description = "Operators: the audit log"),
-        (name = "node", description = "Health, metrics, this document, the cluster's nodes")
+        (name = "node", description = "Health, metrics, this document, the cluster's nodes"),
+        (name = "console", description = "The operator console at /ui and its sessions")
     )
 )]
 pub struct ApiDoc;
@@ -56,6 +59,40 @@ impl Modify for Security {
             "operator",
             bearer("An operator token from falra admin init"),
         );
+        let mut cookie = ApiKeyValue::new(crate::console::COOKIE);
+        cookie.description = Some(
+            "A console session (POST /ui/session); changes also need its X-CSRF-Token".to_owned(),
+        );
+        components.add_security_scheme(
+            "console_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(cookie)),
+        );
+    }
+}
+
+/// Every operation an operator token may call also takes a console session.
+fn sessions_where_operators(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let Some(security) = op.security.as_mut() else {
+                continue;
+            };
+            let operator = serde_json::to_value(&*security)
+                .is_ok_and(|v| v.to_string().contains("\"operator\""));
+            if operator {
+                security.push(SecurityRequirement::new::<_, _, &str>(
+                    "console_session",
+                    [],
+                ));
+            }
+        }
     }
 }
 
@@ -64,6 +101,7 @@ pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut doc = crate::server::routes().into_openapi();
+        sessions_where_operators(&mut doc);
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
         doc.info.license = None;
         doc.info.contact = None;

@@ -640,3 +640,76 @@ pub enum TenantErrors {
     )]
     Unavailable(Error),
 }
+
+#[derive(ToSchema)]
+pub struct SessionInfo {
+    /// The operator token the session was opened with.
+    operator_token_id: String,
+    /// To be sent as `X-CSRF-Token` with every change made in the session.
+    csrf_token: String,
+    expires_at: String,
+}
+
+/// A recorded call as listed: `GET /admin/v1/calls/{call_id}`'s view without the logs.
+#[derive(ToSchema)]
+pub struct CallSummary {
+    call_id: String,
+    tenant: String,
+    #[schema(rename = "fn")]
+    function: String,
+    version: Option<String>,
+    /// `succeeded` or `failed`.
+    status: String,
+    /// `{code, message}` of a failed call.
+    #[schema(value_type = Option<Object>)]
+    error: Option<String>,
+    #[schema(value_type = Object)]
+    usage: String,
+    at: String,
+}
+
+#[derive(ToSchema)]
+pub struct CallList {
+    calls: Vec<CallSummary>,
+    /// Pass as `cursor` for the next page; null at the end.
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct DayStats {
+    /// The UTC day, `2026-12-01`.
+    day: String,
+    calls: i64,
+    errors: i64,
+    cpu_ms: i64,
+    p50_ms: i64,
+    p99_ms: i64,
+}
+
+#[derive(ToSchema)]
+pub struct TenantStats {
+    tenant: String,
+    calls: i64,
+    errors: i64,
+    /// CPU used in the range asked for, deploy-time children included.
+    cpu_ms: i64,
+    /// CPU used this calendar month (UTC), what the quota counts.
+    month_cpu_ms: i64,
+    /// The plan's `cpu_seconds_per_month` in ms, after overrides; null: no quota.
+    cpu_quota_ms: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub struct CodeCount {
+    code: String,
+    count: i64,
+}
+
+#[derive(ToSchema)]
+pub struct Stats {
+    from: String,
+    to: String,
+    days: Vec<DayStats>,
+    tenants: Vec<TenantStats>,
+    codes: Vec<CodeCount>,
+}

@@ -23,8 +23,8 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{
-    admin, audit, call, call_logs, hooks, jobs, metering, metrics, openapi, plans, schedules,
-    secrets, tenant_api, uploads,
+    admin, audit, call, call_logs, console, hooks, jobs, metering, metrics, openapi, plans,
+    schedules, secrets, tenant_api, uploads,
 };
 use falra_runtime::prestart::{Fresh, PrestartPool};
 use falra_runtime::{Runtime, SandboxSettings, Starter};
@@ -98,9 +98,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(call::call))
         .routes(routes!(call_logs::tenant_show))
         .routes(routes!(call_logs::admin_show))
+        .routes(routes!(call_logs::admin_list))
         .routes(routes!(call_logs::admin_follow))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show, jobs::cancel))
+        .routes(routes!(jobs::admin_list))
+        .routes(routes!(jobs::admin_show, jobs::admin_cancel))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(schedules::show, schedules::remove))
         .routes(routes!(schedules::pause))
@@ -135,8 +138,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::list_plans))
         .routes(routes!(plans::put_plan, plans::delete_plan))
         .routes(routes!(metering::usage))
+        .routes(routes!(metering::stats))
         .routes(routes!(admin::list_nodes))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
+        .routes(routes!(
+            console::sign_in,
+            console::show_session,
+            console::sign_out
+        ))
 }
 
 pub fn router(state: AppState) -> Router {

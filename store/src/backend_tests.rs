@@ -852,3 +852,178 @@ fn falra_store_log(logs: &str, error: Option<&str>) -> crate::CallLog {
         keep_bytes: 0,
     }
 }
+
+#[tokio::test]
+async fn calls_list_newest_first_by_outcome_and_stats_count_per_day_with_percentiles() {
+    const DAY: i64 = 86_400_000;
+    for (backend, place) in places().await {
+        let store = place.open().await;
+        let caro = store.insert_tenant(&tenant("caro")).await.unwrap().name;
+        let jc = store.insert_tenant(&tenant("jc")).await.unwrap().name;
+        let call =
+            |id: &str, t: &TenantName, function: &str, outcome: &str, wall_ms, at| CallRecord {
+                call_id: id.into(),
+                tenant: t.clone(),
+                token_id: "tok".into(),
+                function: function.into(),
+                version: None,
+                outcome: outcome.into(),
+                wall_ms,
+                cpu_ms: 2,
+                peak_memory_bytes: 1,
+                bytes_in: 1,
+                bytes_out: 1,
+                at,
+                log: (outcome != "ok").then(|| falra_store_log("printed", Some("boom"))),
+            };
+        let mut calls = Vec::new();
+        // Day 1: caro's calls take 1..=100 ms, and every tenth one times out.
+        for i in 1..=100i64 {
+            let outcome = if i % 10 == 0 { "timeout" } else { "ok" };
+            calls.push(call(
+                &format!("c_{i:03}"),
+                &caro,
+                "m.f",
+                outcome,
+                i,
+                DAY + i,
+            ));
+        }
+        // Day 2: one user error of jc's and a deploy child of caro's.
+        calls.push(call("j_1", &jc, "m.g", "user_error", 7, 2 * DAY + 5));
+        calls.push(call("d_1", &caro, "<deploy:list>", "ok", 900, 2 * DAY + 6));
+        store.insert_calls(&calls).await.unwrap();
+
+        // Newest first, paged by cursor, filtered by tenant and outcome; no logs in a listing.
+        let page = |tenant: Option<&TenantName>, outcome, before, limit| CallFilter {
+            tenant: tenant.cloned(),
+            outcome,
+            before,
+            limit,
+        };
+        let first = store
+            .calls_page(&page(None, OutcomeFilter::Any, None, 3))
+            .await
+            .unwrap();
+        let ids: Vec<_> = first.iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(ids, ["d_1", "j_1", "c_100"], "{backend}");
+        assert!(first.iter().all(|c| c.logs.is_none()), "{backend}");
+        assert_eq!(first[1].error.as_deref(), Some("boom"), "{backend}");
+        let last = first.last().unwrap();
+        let next = store
+            .calls_page(&page(
+                None,
+                OutcomeFilter::Any,
+                Some((last.at, last.call_id.clone())),
+                2,
+            ))
+            .await
+            .unwrap();
+        let ids: Vec<_> = next.iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(ids, ["c_099", "c_098"], "{backend}");
+        let failed = store
+            .calls_page(&page(Some(&caro), OutcomeFilter::Failed, None, 100))
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 10, "{backend}");
+        assert!(failed.iter().all(|c| c.outcome == "timeout"), "{backend}");
+        let coded = store
+            .calls_page(&page(
+                None,
+                OutcomeFilter::Code("user_error".into()),
+                None,
+                100,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(coded.len(), 1, "{backend}");
+        assert_eq!(coded[0].call_id, "j_1");
+        let ok = store
+            .calls_page(&page(Some(&jc), OutcomeFilter::Ok, None, 100))
+            .await
+            .unwrap();
+        assert!(ok.is_empty(), "{backend}");
+
+        // Per day: calls without deploy children, errors, all CPU, nearest-rank percentiles.
+        let days = store.day_stats(None, 0, 10 * DAY).await.unwrap();
+        assert_eq!(
+            days,
+            [
+                DayStats {
+                    day: DAY,
+                    calls: 100,
+                    errors: 10,
+                    cpu_ms: 200,
+                    p50_ms: 50,
+                    p99_ms: 99
+                },
+                DayStats {
+                    day: 2 * DAY,
+                    calls: 1,
+                    errors: 1,
+                    cpu_ms: 4,
+                    p50_ms: 7,
+                    p99_ms: 7
+                },
+            ],
+            "{backend}"
+        );
+        let of_jc = store.day_stats(Some(&jc), 0, 10 * DAY).await.unwrap();
+        assert_eq!(of_jc.len(), 1, "{backend}");
+        assert_eq!(of_jc[0].calls, 1);
+        assert_eq!(
+            store.error_codes(None, 0, 10 * DAY).await.unwrap(),
+            [("timeout".to_owned(), 10), ("user_error".to_owned(), 1)],
+            "{backend}"
+        );
+        assert!(store
+            .error_codes(Some(&jc), 0, DAY + DAY / 2)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn console_sessions_are_found_by_hash_revoked_once_and_forgotten_when_expired() {
+    for (backend, place) in places().await {
+        let store = place.open().await;
+        let session = SessionRow {
+            id: "ses_1".into(),
+            hash: "h1".into(),
+            token_hash: "th".into(),
+            token_id: "tok_op".into(),
+            csrf: "c".into(),
+            created_at: 10,
+            expires_at: 100,
+            revoked_at: None,
+        };
+        store.insert_session(&session).await.unwrap();
+        assert!(matches!(
+            store.insert_session(&session).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.session_by_hash("h1").await.unwrap().as_ref(),
+            Some(&session),
+            "{backend}"
+        );
+        assert!(store.session_by_hash("h2").await.unwrap().is_none());
+        assert!(store.revoke_session("ses_1", 50).await.unwrap());
+        assert!(store.revoke_session("ses_1", 60).await.unwrap());
+        assert_eq!(
+            store
+                .session_by_hash("h1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(50),
+            "{backend}: the first sign-out's time stays"
+        );
+        assert!(!store.revoke_session("ses_x", 60).await.unwrap());
+        assert_eq!(store.forget_sessions(100).await.unwrap(), 0, "{backend}");
+        assert_eq!(store.forget_sessions(101).await.unwrap(), 1, "{backend}");
+        assert!(store.session_by_hash("h1").await.unwrap().is_none());
+    }
+}

@@ -482,6 +482,49 @@ impl Store {
         backend!(self.cpu_ms_since(tenant, from))
     }
 
+    /// Recorded calls, newest first, as `filter` says (without their logs).
+    pub async fn calls_page(&self, filter: &CallFilter) -> Result<Vec<CallView>, StoreError> {
+        backend!(self.calls_page(filter))
+    }
+
+    /// Calls per UTC day in `[from, to)`, with each day's median and p99 wall time.
+    pub async fn day_stats(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<DayStats>, StoreError> {
+        backend!(self.day_stats(tenant, from, to))
+    }
+
+    /// How many calls in `[from, to)` answered each error code, most frequent first.
+    pub async fn error_codes(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        backend!(self.error_codes(tenant, from, to))
+    }
+
+    pub async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        backend!(self.insert_session(s))
+    }
+
+    pub async fn session_by_hash(&self, hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        backend!(self.session_by_hash(hash))
+    }
+
+    /// Ends a session (signing out); whether it existed.
+    pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        backend!(self.revoke_session(id, now))
+    }
+
+    /// Removes sessions that expired before `expired_before`.
+    pub async fn forget_sessions(&self, expired_before: i64) -> Result<u64, StoreError> {
+        backend!(self.forget_sessions(expired_before))
+    }
+
     pub async fn insert_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
         backend!(self.insert_audit(a))
     }

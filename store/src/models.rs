@@ -225,6 +225,56 @@ pub struct CallView {
     pub logs: Option<String>,
 }
 
+/// Which recorded calls to list, newest first: of one tenant or all, by outcome, after a
+/// cursor.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub tenant: Option<TenantName>,
+    pub outcome: OutcomeFilter,
+    /// The `(at, call_id)` of the last call of the previous page.
+    pub before: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+/// Which outcomes a call listing keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OutcomeFilter {
+    #[default]
+    Any,
+    Ok,
+    /// Any error code.
+    Failed,
+    /// One error code (`timeout`, `user_error`, …).
+    Code(String),
+}
+
+/// Calls of one UTC day (deploy-time children left out; their CPU counts in `cpu_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayStats {
+    /// The day's start, epoch ms.
+    pub day: i64,
+    pub calls: i64,
+    pub errors: i64,
+    pub cpu_ms: i64,
+    /// Wall time of the median and the 99th-percentile call (nearest rank).
+    pub p50_ms: i64,
+    pub p99_ms: i64,
+}
+
+/// A console session as stored: the hashes of its cookie and of the operator token it was
+/// opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub hash: String,
+    pub token_hash: String,
+    pub token_id: String,
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
 /// Calls of one tenant's function over a time range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {

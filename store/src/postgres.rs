@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "secrets deploy log",
         include_str!("../migrations/postgres/0008_secrets_deploy_log.sql"),
     ),
+    (
+        9,
+        "console sessions",
+        include_str!("../migrations/postgres/0009_console_sessions.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

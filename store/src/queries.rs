@@ -13,6 +13,13 @@ const TOKEN_COLUMNS: &str =
 const CALL_VIEW: &str = "SELECT c.call_id, c.tenant, c.fn, c.version, c.outcome, c.wall_ms, \
      c.cpu_ms, c.peak_memory_bytes, c.at, l.error, l.logs FROM calls c \
      LEFT JOIN call_logs l ON l.call_id = c.call_id";
+/// [`CALL_VIEW`] without the logs, for listings.
+const CALL_LISTED: &str = "SELECT c.call_id, c.tenant, c.fn, c.version, c.outcome, c.wall_ms, \
+     c.cpu_ms, c.peak_memory_bytes, c.at, l.error, CAST(NULL AS TEXT) FROM calls c \
+     LEFT JOIN call_logs l ON l.call_id = c.call_id";
+const SESSION_COLUMNS: &str =
+    "id, hash, token_hash, token_id, csrf, created_at, expires_at, revoked_at";
+const DAY_MS: i64 = 86_400_000;
 const VERSION_COLUMNS: &str =
     "id, source, created_at, git_commit, functions, activated_at, uploads, deploy_log";
 
@@ -540,6 +547,181 @@ impl Backend {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(used.unwrap_or(0))
+    }
+
+    /// Recorded calls newest first, as `filter` says; the error kept with each, never the
+    /// logs (a listing stays small whatever the calls printed).
+    pub async fn calls_page(&self, filter: &CallFilter) -> Result<Vec<CallView>, StoreError> {
+        let (outcome, code) = match &filter.outcome {
+            OutcomeFilter::Any => ("", ""),
+            OutcomeFilter::Ok => ("ok", ""),
+            OutcomeFilter::Failed => ("error", ""),
+            OutcomeFilter::Code(code) => ("code", code.as_str()),
+        };
+        let (before_at, before_id) = filter
+            .before
+            .as_ref()
+            .map_or((i64::MAX, ""), |(at, id)| (*at, id.as_str()));
+        let rows = sqlx::query(&format!(
+            "{CALL_LISTED} WHERE ($1 = '' OR c.tenant = $1) \
+             AND ($2 = '' OR ($2 = 'ok' AND c.outcome = 'ok') \
+                  OR ($2 = 'error' AND c.outcome <> 'ok') OR ($2 = 'code' AND c.outcome = $3)) \
+             AND (c.at < $4 OR (c.at = $4 AND c.call_id < $5)) \
+             ORDER BY c.at DESC, c.call_id DESC LIMIT $6"
+        ))
+        .bind(filter.tenant.as_ref().map_or("", TenantName::as_str))
+        .bind(outcome)
+        .bind(code)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_view_from_row).collect()
+    }
+
+    /// Calls per UTC day in `[from, to)` (of one tenant, when given), with the median and
+    /// 99th-percentile wall time of each day. Deploy-time children count their CPU only.
+    pub async fn day_stats(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<DayStats>, StoreError> {
+        let tenant = tenant.map(TenantName::as_str);
+        let rows = sqlx::query(
+            "SELECT at / 86400000, \
+             CAST(SUM(CASE WHEN fn LIKE '<deploy:%' THEN 0 ELSE 1 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN fn LIKE '<deploy:%' OR outcome = 'ok' THEN 0 ELSE 1 END) AS BIGINT), \
+             CAST(SUM(cpu_ms) AS BIGINT) \
+             FROM calls WHERE at >= $1 AND at < $2 AND ($3 IS NULL OR tenant = $3) \
+             GROUP BY at / 86400000 ORDER BY at / 86400000",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut days = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let day: i64 = r.try_get(0)?;
+            let calls: i64 = r.try_get(1)?;
+            // Nearest rank within the day's calls (the day clipped to the range asked for).
+            let (start, end) = ((day * DAY_MS).max(from), ((day + 1) * DAY_MS).min(to));
+            let rank = |q: f64| {
+                let offset = ((calls as f64 * q).ceil() as i64 - 1).clamp(0, (calls - 1).max(0));
+                async move {
+                    if calls == 0 {
+                        return Ok::<i64, StoreError>(0);
+                    }
+                    let wall: Option<i64> = sqlx::query_scalar(
+                        "SELECT wall_ms FROM calls WHERE at >= $1 AND at < $2 \
+                         AND ($3 IS NULL OR tenant = $3) AND fn NOT LIKE '<deploy:%' \
+                         ORDER BY wall_ms LIMIT 1 OFFSET $4",
+                    )
+                    .bind(start)
+                    .bind(end)
+                    .bind(tenant)
+                    .bind(offset)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(wall.unwrap_or(0))
+                }
+            };
+            let p50 = rank(0.5).await?;
+            let p99 = rank(0.99).await?;
+            days.push(DayStats {
+                day: day * DAY_MS,
+                calls,
+                errors: r.try_get(2)?,
+                cpu_ms: r.try_get(3)?,
+                p50_ms: p50,
+                p99_ms: p99,
+            });
+        }
+        Ok(days)
+    }
+
+    /// How many calls in `[from, to)` answered each error code, most frequent first.
+    pub async fn error_codes(
+        &self,
+        tenant: Option<&TenantName>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT outcome, COUNT(*) FROM calls WHERE at >= $1 AND at < $2 \
+             AND ($3 IS NULL OR tenant = $3) AND outcome <> 'ok' AND fn NOT LIKE '<deploy:%' \
+             GROUP BY outcome ORDER BY COUNT(*) DESC, outcome",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(tenant.map(TenantName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO console_sessions ({SESSION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&s.id)
+        .bind(&s.hash)
+        .bind(&s.token_hash)
+        .bind(&s.token_id)
+        .bind(&s.csrf)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, "session".to_owned()))?;
+        Ok(())
+    }
+
+    pub async fn session_by_hash(&self, hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM console_sessions WHERE hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SessionRow {
+                id: r.try_get(0)?,
+                hash: r.try_get(1)?,
+                token_hash: r.try_get(2)?,
+                token_id: r.try_get(3)?,
+                csrf: r.try_get(4)?,
+                created_at: r.try_get(5)?,
+                expires_at: r.try_get(6)?,
+                revoked_at: r.try_get(7)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE console_sessions SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn forget_sessions(&self, expired_before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
+            .bind(expired_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub async fn insert_audit(&self, a: &AuditRow) -> Result<(), StoreError> {

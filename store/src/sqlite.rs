@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "secrets deploy log",
         include_str!("../migrations/sqlite/0010_secrets_deploy_log.sql"),
     ),
+    (
+        11,
+        "console sessions",
+        include_str!("../migrations/sqlite/0011_console_sessions.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -7,6 +7,7 @@ mod business;
 mod calls;
 mod cluster;
 mod cluster_jobs;
+mod console;
 mod deploy;
 mod devex;
 mod errors;

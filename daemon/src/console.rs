@@ -1,0 +1,323 @@
+//! The operator console at `/ui`: its pages, embedded in the binary, and its sessions.
+//!
+//! The console is static files (`daemon/ui/`, compiled in with `include_str!`, so it works
+//! offline and needs nothing beside the binary) that call the operator API of the same origin.
+//! Signing in (`POST /ui/session` with an operator token) opens a session
+//! (`falra_core::console`) and sets it as a cookie that script cannot read (`HttpOnly`), that no
+//! other site's request carries (`SameSite=Strict`), that expires, and that is `Secure` when the
+//! request came over TLS through a proxy (`X-Forwarded-Proto: https`). The operator API takes
+//! that cookie where it would take a bearer token; a change made with it must also carry the
+//! session's CSRF token (`X-CSRF-Token`) and must not come from another site (`Sec-Fetch-Site`).
+//!
+//! Every page is served with a Content-Security-Policy that allows only the console's own
+//! script and styles (no inline script, no `eval`, nothing from another origin) and no framing;
+//! the pages themselves put what tenants control into the document as text, never as markup.
+//!
+//! Architecture Invariant: the console has no API of its own beyond its session; everything it
+//! shows or changes goes through the documented operator API, so it can do nothing the CLI
+//! cannot.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cookie::{Cookie, SameSite};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::audit;
+use crate::extract::{ApiJson, ApiPath};
+use crate::server::AppState;
+use falra_core::clock::{format_ms, now_ms};
+use falra_core::console::{self, Session};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "falra_session";
+
+/// The header a change made in a session carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What the console's pages may load and do: their own script, styles and images, requests to
+/// their own origin, nothing else, and never inside a frame.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; \
+     manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The files of the console, compiled in: `(name, content type, body)`.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../ui/style.css"),
+    ),
+    ("icon.svg", "image/svg+xml", include_str!("../ui/icon.svg")),
+];
+
+const INDEX: &str = include_str!("../ui/index.html");
+
+/// A console file with the headers every page and asset gets.
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response();
+    guard_headers(response.headers_mut());
+    response
+}
+
+/// The headers that keep the console's pages to themselves: the policy above, no framing, no
+/// content-type sniffing, no referrer sent elsewhere.
+pub fn guard_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+/// `GET /ui`: the console's one page (its views are chosen by the URL's fragment).
+#[utoipa::path(
+    get,
+    path = "/ui",
+    operation_id = "console_index",
+    tag = "console",
+    summary = "The operator console (HTML)",
+    responses((status = 200, description = "The console's page", content_type = "text/html"))
+)]
+pub async fn index() -> Response {
+    page("text/html; charset=utf-8", INDEX)
+}
+
+/// `GET /ui/assets/{file}`: the console's script, styles and icon.
+#[utoipa::path(
+    get,
+    path = "/ui/assets/{file}",
+    operation_id = "console_asset",
+    tag = "console",
+    summary = "A file of the operator console",
+    params(("file" = String, Path, description = "app.js, style.css or icon.svg")),
+    responses((status = 200, description = "The file"), (status = 404, description = "No such file", body = crate::schemas::Error))
+)]
+pub async fn asset(ApiPath(file): ApiPath<String>) -> Result<Response, ApiError> {
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .ok_or_else(|| ApiError::not_found(format!("the console has no file {file:?}")))?;
+    Ok(page(content_type, body))
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a change may be made in `session`: the browser does not say it comes from another
+/// site, and it carries the session's CSRF token.
+pub fn check_change(headers: &HeaderMap, session: &Session) -> Result<(), ApiError> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a console session's changes are taken from the console's own pages only",
+        )
+        .with_detail(json!({"header": "Sec-Fetch-Site"})));
+    }
+    let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    match presented {
+        Some(token) if session.csrf_matches(token) => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a change made in a console session must carry the session's CSRF token in X-CSRF-Token",
+        )
+        .with_detail(json!({"header": "X-CSRF-Token"}))),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// An operator token.
+    token: String,
+}
+
+fn info(session: &Session) -> Value {
+    json!({
+        "operator_token_id": session.token_id,
+        "csrf_token": session.csrf(),
+        "expires_at": format_ms(session.expires_at),
+    })
+}
+
+/// Whether the request reached the node over TLS (through a proxy that says so).
+fn over_tls(headers: &HeaderMap) -> bool {
+    let proto = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    proto("x-forwarded-proto").is_some_and(|p| p.split(',').next().map(str::trim) == Some("https"))
+        || proto("forwarded").is_some_and(|f| f.contains("proto=https"))
+}
+
+fn set_cookie(value: String, max_age_secs: i64, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .max_age(time::Duration::seconds(max_age_secs))
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("a token and fixed attributes are a header")
+}
+
+/// `POST /ui/session`: signs in with an operator token; the session comes back as a cookie.
+#[utoipa::path(
+    post,
+    path = "/ui/session",
+    operation_id = "console_sign_in",
+    tag = "console",
+    summary = "Sign in to the console with an operator token",
+    request_body = SignIn,
+    responses((status = 200, description = "Signed in; the session is in the Set-Cookie header", body = crate::schemas::SessionInfo), crate::schemas::OperatorErrors)
+)]
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<SignIn>, ApiError>,
+) -> Result<Response, ApiError> {
+    // A form of another site cannot send JSON without asking first; nor can it sign an
+    // operator into a session of the attacker's choosing.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("application/json"));
+    if !json {
+        return Err(ApiError::bad_request(
+            "sign in with a JSON body {\"token\": \"…\"} sent as application/json",
+        )
+        .with_detail(json!({"header": "Content-Type"})));
+    }
+    let ApiJson(body) = body?;
+    let token = crate::auth::operator_token(&state, body.token.trim()).await?;
+    let opened = console::open(&state, &token).await?;
+    let session = opened.session;
+    tracing::info!(operator = %session.token_id, session = %session.id, "console session opened");
+    audit(
+        &state,
+        &session.token_id,
+        "console.sign_in",
+        None,
+        json!({"session": session.id, "expires_at": format_ms(session.expires_at)}),
+    )
+    .await;
+    let max_age = (session.expires_at - now_ms()) / 1000;
+    let mut response = Json(info(&session)).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(
+            opened.cookie.expose().to_owned(),
+            max_age,
+            over_tls(&headers),
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The session of a request to `/ui/session`: its cookie must be there and live.
+async fn current(state: &AppState, headers: &HeaderMap) -> Result<Session, ApiError> {
+    let cookie = session_cookie(headers)
+        .ok_or_else(|| ApiError::from(falra_core::console::SessionError::Unknown))?;
+    Ok(console::check(state, &cookie).await?)
+}
+
+/// `GET /ui/session`: the session the cookie stands for, with its CSRF token.
+#[utoipa::path(
+    get,
+    path = "/ui/session",
+    operation_id = "console_session",
+    tag = "console",
+    summary = "The console session of this browser",
+    responses((status = 200, description = "Signed in", body = crate::schemas::SessionInfo), (status = 401, description = "Not signed in, signed out or expired", body = crate::schemas::Error))
+)]
+pub async fn show_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = current(&state, &headers).await?;
+    let mut response = Json(info(&session)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `DELETE /ui/session`: signs out; the cookie no longer stands for anyone, on any node.
+#[utoipa::path(
+    delete,
+    path = "/ui/session",
+    operation_id = "console_sign_out",
+    tag = "console",
+    summary = "Sign out of the console",
+    responses((status = 200, description = "Signed out"), (status = 401, description = "Not signed in", body = crate::schemas::Error), (status = 403, description = "No CSRF token", body = crate::schemas::Error))
+)]
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = current(&state, &headers).await?;
+    check_change(&headers, &session)?;
+    console::close(&state, &session).await?;
+    tracing::info!(operator = %session.token_id, session = %session.id, "console session closed");
+    audit(
+        &state,
+        &session.token_id,
+        "console.sign_out",
+        None,
+        json!({"session": session.id}),
+    )
+    .await;
+    let mut response = (StatusCode::OK, Json(json!({"signed_out": true}))).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(String::new(), 0, over_tls(&headers)),
+    );
+    Ok(response)
+}

@@ -1,0 +1,171 @@
+// Drives the operator console in the system Chromium: sign in, the pages, axe-core on each,
+// a tenant's <script> payloads shown as text, the session cookie out of script's reach.
+// FALRA_URL, FALRA_OPERATOR_TOKEN and SCREENSHOTS come from the test that starts the daemon.
+import { chromium } from "playwright-core";
+import { readFileSync, mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const base = process.env.FALRA_URL;
+const token = process.env.FALRA_OPERATOR_TOKEN;
+const shots = process.env.SCREENSHOTS || "screenshots";
+mkdirSync(shots, { recursive: true });
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+try {
+  // Confirmations are accepted; an alert can only come from a tenant's payload running.
+  const alerts = [];
+  page.on("dialog", async (d) => {
+    if (d.type() !== "confirm") alerts.push(d.message());
+    await d.accept();
+  });
+
+  async function axe(name) {
+    // Evaluated over the DevTools protocol: the page's policy refuses inline script, rightly.
+    await page.evaluate(axeSource);
+    const result = await page.evaluate(async () => {
+      // eslint-disable-next-line no-undef
+      const r = await axe.run(document, { resultTypes: ["violations"] });
+      return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
+    });
+    const serious = result.filter((v) => v.impact === "serious" || v.impact === "critical");
+    check(!serious.length, `${name}: axe found ${JSON.stringify(serious)}`);
+  }
+
+  async function visit(hash, name, waitFor) {
+    await page.goto(`${base}/ui${hash}`);
+    await page.waitForSelector(waitFor);
+    await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+    await axe(name);
+  }
+
+  await page.goto(`${base}/ui`);
+  await page.waitForSelector("#token");
+  await page.screenshot({ path: `${shots}/sign-in.png` });
+  await page.fill("#token", token);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("h1:text('Tenants')");
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "falra_session");
+  check(session && session.httpOnly && session.sameSite === "Strict", "session cookie attributes");
+  check(!(await page.evaluate(() => document.cookie)).includes("falra_session"), "script reads the session");
+
+  for (const [hash, name, sel] of [
+    ["#/tenants", "tenants", "h1:text('Tenants')"],
+    [`#/tenant/${process.env.FALRA_TENANT}`, "tenant", "h2:text('Versions')"],
+    ["#/calls", "calls", "h1:text('Calls')"],
+    ["#/jobs", "jobs", "h1:text('Jobs')"],
+    ["#/usage", "usage", "h1:text('Usage')"],
+    ["#/audit", "audit", "h1:text('Audit log')"],
+    ["#/nodes", "nodes", "h1:text('Nodes')"],
+  ]) {
+    await visit(hash, name, sel);
+  }
+  if (process.env.FALRA_CALL) {
+    await visit(`#/call/${process.env.FALRA_CALL}`, "call", "h2:text('Logs')");
+    const logs = await page.textContent("pre.logs");
+    check(logs.includes("<script>"), "the payload is shown as text");
+  }
+
+  // A tenant's whole life, from the console: create it from a git repository, sync and watch
+  // the deploy finish, issue a token, call over the API and find the call with its logs, change
+  // a policy, deploy again and roll back, revoke the token and see the next call refused.
+  const repo = process.env.FALRA_REPO;
+  const operator = { Authorization: `Bearer ${token}` };
+  const adminGet = async (path) => (await fetch(`${base}/admin/v1${path}`, { headers: operator })).json();
+  await page.goto(`${base}/ui#/tenants`);
+  await page.waitForSelector("h2:text('New tenant')");
+  await page.fill("input[name=name]", "web");
+  await page.fill("input[name=repo]", `file://${repo}`);
+  await page.click("button:text('Create tenant')");
+  await page.waitForSelector("h2:text('Sync')");
+  async function syncInBrowser() {
+    await page.click("button:text('Sync now')");
+    await page.waitForSelector(".steps li.done", { timeout: 60000 });
+    await page.waitForSelector("button:text('Sync now'):not([disabled])");
+  }
+  await syncInBrowser();
+  check((await page.locator(".steps li").count()) >= 3, "the deploy's steps are shown");
+  await page.screenshot({ path: `${shots}/sync.png`, fullPage: true });
+  await page.click("button:text('Issue token')");
+  const issued = await (await page.waitForSelector("#issued-token")).inputValue();
+  check(issued.startsWith("flr_"), "a token is shown once");
+  await page.screenshot({ path: `${shots}/token-issued.png` });
+  const call = async () =>
+    (await fetch(`${base}/v1/call`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: issued, fn: "xss.evil" }),
+    }));
+  const answer = await (await call()).json();
+  check(answer.ok, `the call answers: ${JSON.stringify(answer)}`);
+  await page.goto(`${base}/ui#/calls?tenant=web`);
+  await page.click(`a:text('${answer.call_id}')`);
+  await page.waitForSelector("h2:text('Logs')");
+  await page.screenshot({ path: `${shots}/call-found.png`, fullPage: true });
+  check((await page.textContent("main")).includes("<img src=x"), "the call's logs are found");
+
+  await page.goto(`${base}/ui#/tenant/web`);
+  await page.waitForSelector("h2:text('Policy')");
+  await page.fill("input[aria-label='timeout_ms override']", "2000");
+  await page.click("button:text('Save policy')");
+  await page.waitForSelector("#toast:text('Policy saved.')");
+  check((await adminGet("/tenants/web")).overrides.timeout_ms === 2000, "the policy changed");
+
+  execFileSync("git", ["-C", repo, "commit", "-q", "--allow-empty", "-m", "second"]);
+  const first = (await adminGet("/tenants/web")).active_version;
+  await page.reload();
+  await page.waitForSelector("h2:text('Sync')");
+  await syncInBrowser();
+  await page.waitForFunction(() => document.querySelectorAll("button.quiet").length > 0);
+  await page.waitForSelector("button:text('Roll back to this')");
+  await page.screenshot({ path: `${shots}/versions.png`, fullPage: true });
+  await page.click("button:text('Roll back to this')");
+  await page.waitForSelector("#toast:text('Rolled back.')");
+  check((await adminGet("/tenants/web")).active_version === first, "rolled back to the first version");
+
+  await page.waitForSelector("button:text('Revoke')");
+  await page.click("button:text('Revoke')");
+  await page.waitForSelector("#toast:text('Revoked')");
+  const refused = await call();
+  check(refused.status === 401, `a revoked token is refused (${refused.status})`);
+  check((await refused.json()).error.code === "token_revoked", "as token_revoked");
+
+  // Keyboard only: the skip link, then the sections' links, reached and followed by keys.
+  await page.goto(`${base}/ui#/tenants`);
+  await page.reload();
+  await page.waitForSelector("h1:text('Tenants')");
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.classList.contains("skip")), "the skip link comes first");
+  let reached = false;
+  for (let i = 0; i < 8 && !reached; i++) {
+    await page.keyboard.press("Tab");
+    reached = await page.evaluate(() => document.activeElement.textContent === "Calls");
+  }
+  check(reached, "the Calls link is reached by Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("h1:text('Calls')");
+
+  check(!alerts.length, `script ran in the console: ${alerts}`);
+  await page.click("#sign-out");
+  await page.waitForSelector("#token");
+  const after = await page.evaluate(async () => (await fetch("/admin/v1/tenants")).status);
+  check(after === 401, "signed out, the console's API refuses");
+} catch (e) {
+  // What the page looked like when the flow stopped, beside the other screenshots.
+  await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+  throw e;
+} finally {
+  await browser.close();
+}
+console.log("console flow passed");
