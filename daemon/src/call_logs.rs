@@ -217,9 +217,6 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// The most calls one page lists.
-const MAX_PAGE: i64 = 200;
-
 /// `GET /admin/v1/calls?tenant=&status=&code=&limit=&cursor=`: recorded calls, newest first.
 #[utoipa::path(
     get,
@@ -276,20 +273,9 @@ pub async fn admin_list(
         }
         (None, None) => OutcomeFilter::Any,
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad(
-            "limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let before = match q.cursor.as_deref() {
-        Some(c) => Some(
-            parse_cursor(c)
-                .ok_or_else(|| bad("cursor", "cursor is not one this API gave out".into()))?,
-        ),
-        None => None,
-    };
+    let (limit, before) = crate::extract::page_parameters(q.limit, q.cursor.as_deref(), |id| {
+        check_call_id(id).is_ok()
+    })?;
     state.meter.flush().await;
     let page = state
         .store
@@ -300,9 +286,11 @@ pub async fn admin_list(
             limit,
         })
         .await?;
-    let next = (page.len() as i64 == limit)
-        .then(|| page.last().map(|c| format!("{}.{}", c.at, c.call_id)))
-        .flatten();
+    let next = crate::extract::next_cursor(
+        page.len(),
+        limit,
+        page.last().map(|c| (c.at, c.call_id.as_str())),
+    );
     let calls: Vec<Value> = page
         .iter()
         .map(|v| {
@@ -315,14 +303,6 @@ pub async fn admin_list(
         })
         .collect();
     Ok(Json(json!({ "calls": calls, "next_cursor": next })))
-}
-
-/// A cursor: `<at ms>.<call id>` of the last call of a page.
-fn parse_cursor(c: &str) -> Option<(i64, String)> {
-    let (at, id) = c.split_once('.')?;
-    let at = at.parse().ok()?;
-    check_call_id(id).ok()?;
-    Some((at, id.to_owned()))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

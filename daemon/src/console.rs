@@ -62,18 +62,41 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 const INDEX: &str = include_str!("../ui/index.html");
 
-/// A console file with the headers every page and asset gets.
-fn page(content_type: &'static str, body: &'static str) -> Response {
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        body,
-    )
-        .into_response();
-    guard_headers(response.headers_mut());
+/// A console file with the headers every page and asset gets. They are revalidated on every
+/// load (`no-cache`) against an entity tag of their content, so a browser fetches each file once
+/// per build of the daemon and a new build's files are never mixed with an old one's.
+fn page(request: &HeaderMap, content_type: &'static str, body: &'static str) -> Response {
+    let tag = entity_tag(body);
+    let fresh = request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == tag || t.trim() == "*");
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        headers.insert(header::ETAG, value);
+    }
+    guard_headers(headers);
     response
+}
+
+/// A strong entity tag for one of the files compiled in: a digest of its bytes.
+fn entity_tag(body: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
 }
 
 /// The headers that keep the console's pages to themselves: the policy above, no framing, no
@@ -105,10 +128,13 @@ pub fn guard_headers(headers: &mut HeaderMap) {
     operation_id = "console_index",
     tag = "console",
     summary = "The operator console (HTML)",
-    responses((status = 200, description = "The console's page", content_type = "text/html"))
+    responses(
+        (status = 200, description = "The console's page", content_type = "text/html"),
+        (status = 304, description = "Unchanged since the entity tag in If-None-Match")
+    )
 )]
-pub async fn index() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+pub async fn index(headers: HeaderMap) -> Response {
+    page(&headers, "text/html; charset=utf-8", INDEX)
 }
 
 /// `GET /ui/assets/{file}`: the console's script, styles and icon.
@@ -119,14 +145,21 @@ pub async fn index() -> Response {
     tag = "console",
     summary = "A file of the operator console",
     params(("file" = String, Path, description = "app.js, style.css or icon.svg")),
-    responses((status = 200, description = "The file"), (status = 404, description = "No such file", body = crate::schemas::Error))
+    responses(
+        (status = 200, description = "The file"),
+        (status = 304, description = "Unchanged since the entity tag in If-None-Match"),
+        (status = 404, description = "No such file", body = crate::schemas::Error)
+    )
 )]
-pub async fn asset(ApiPath(file): ApiPath<String>) -> Result<Response, ApiError> {
+pub async fn asset(
+    headers: HeaderMap,
+    ApiPath(file): ApiPath<String>,
+) -> Result<Response, ApiError> {
     let (_, content_type, body) = ASSETS
         .iter()
         .find(|(name, _, _)| *name == file)
         .ok_or_else(|| ApiError::not_found(format!("the console has no file {file:?}")))?;
-    Ok(page(content_type, body))
+    Ok(page(&headers, content_type, body))
 }
 
 /// The session cookie's value, if the request carries one.

@@ -233,3 +233,83 @@ pub fn tenant_parameter(
         })
         .transpose()
 }
+
+/// The largest page a listing gives out.
+pub const MAX_PAGE: i64 = 200;
+
+/// `?limit=&cursor=` of a newest-first listing, parsed: how many to list (default 50, 1 to
+/// [`MAX_PAGE`]) and the `(ms, id)` key to list before. A cursor is `<ms>.<id>`, the key of the
+/// last row of the page before; `id_ok` says whether `<id>` is one of the listing's ids. Either
+/// parameter wrong is `400` naming it.
+pub fn page_parameters(
+    limit: Option<i64>,
+    cursor: Option<&str>,
+    id_ok: impl Fn(&str) -> bool,
+) -> Result<(i64, Option<(i64, String)>), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))
+                .with_detail(json!({"parameter": "limit"})),
+        );
+    }
+    let before = cursor
+        .map(|c| {
+            c.split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+                .filter(|(_, id)| id_ok(id))
+                .map(|(at, id)| (at, id.to_owned()))
+                .ok_or_else(|| {
+                    ApiError::bad_request("cursor is not one this API gave out")
+                        .with_detail(json!({"parameter": "cursor"}))
+                })
+        })
+        .transpose()?;
+    Ok((limit, before))
+}
+
+/// The cursor of the page after one of `len` rows asked for `limit` at a time whose last row's
+/// key is `last`: none when the page was not full (there is nothing after it).
+pub fn next_cursor(len: usize, limit: i64, last: Option<(i64, &str)>) -> Option<String> {
+    (len as i64 == limit)
+        .then(|| last.map(|(at, id)| format!("{at}.{id}")))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any_id(id: &str) -> bool {
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+
+    #[test]
+    fn page_parameters_take_what_next_cursor_gives_and_name_what_is_wrong() {
+        assert_eq!(page_parameters(None, None, any_id).unwrap(), (50, None));
+        let cursor = next_cursor(3, 3, Some((12, "j_ab"))).unwrap();
+        assert_eq!(
+            page_parameters(Some(3), Some(&cursor), any_id).unwrap(),
+            (3, Some((12, "j_ab".to_owned())))
+        );
+        assert_eq!(next_cursor(2, 3, Some((12, "j_ab"))), None);
+        assert_eq!(next_cursor(0, 0, None), None);
+        for (limit, cursor, parameter) in [
+            (Some(0), None, "limit"),
+            (Some(MAX_PAGE + 1), None, "limit"),
+            (Some(-1), None, "limit"),
+            (None, Some("12"), "cursor"),
+            (None, Some("x.j_ab"), "cursor"),
+            (None, Some("12.j-ab"), "cursor"),
+            (None, Some("12."), "cursor"),
+            (None, Some(".j_ab"), "cursor"),
+        ] {
+            let e = page_parameters(limit, cursor, any_id).unwrap_err();
+            assert_eq!(
+                e.detail.as_ref().unwrap()["parameter"],
+                parameter,
+                "{limit:?} {cursor:?}"
+            );
+        }
+    }
+}

@@ -23,9 +23,6 @@ use crate::auth::{tenant_caller, Operator};
 use crate::extract::{bearer, ApiPath, ApiQuery};
 use crate::server::AppState;
 
-/// The most jobs one page lists.
-const MAX_PAGE: i64 = 200;
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -186,20 +183,8 @@ async fn list_page(
         })?),
         None => None,
     };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(
-            ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))
-                .with_detail(json!({"parameter": "limit"})),
-        );
-    }
-    let before = match query.cursor.as_deref() {
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
-            ApiError::bad_request("cursor is not one this API gave out")
-                .with_detail(json!({"parameter": "cursor"}))
-        })?),
-        None => None,
-    };
+    let (limit, before) =
+        crate::extract::page_parameters(query.limit, query.cursor.as_deref(), job_id_ok)?;
     let page = jobs::list(
         state,
         tenant,
@@ -210,9 +195,11 @@ async fn list_page(
         },
     )
     .await?;
-    let next = (page.len() as i64 == limit)
-        .then(|| page.last().map(|j| format!("{}.{}", j.created_at, j.id)))
-        .flatten();
+    let next = crate::extract::next_cursor(
+        page.len(),
+        limit,
+        page.last().map(|j| (j.created_at, j.id.as_str())),
+    );
     Ok(Json(json!({
         "jobs": page.iter().map(jobs::view).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -291,12 +278,9 @@ pub async fn admin_cancel(
     Ok(Json(jobs::view(&job)))
 }
 
-/// A cursor: `<created_at ms>.<job id>` of the last job of a page.
-fn parse_cursor(c: &str) -> Option<(i64, String)> {
-    let (at, id) = c.split_once('.')?;
-    let at = at.parse().ok()?;
-    let id_ok = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    id_ok.then(|| (at, id.to_owned()))
+/// Whether `id` may be a job's id, as the id half of a cursor (`<created_at ms>.<job id>`).
+fn job_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl From<jobs::JobError> for ApiError {
@@ -333,9 +317,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {
-        assert_eq!(parse_cursor("12.j_ab"), Some((12, "j_ab".into())));
-        for bad in ["", "x.j_1", "12", "12.j-1;drop"] {
-            assert_eq!(parse_cursor(bad), None, "{bad}");
+        let cursor = crate::extract::next_cursor(1, 1, Some((12, "j_ab"))).unwrap();
+        assert_eq!(
+            crate::extract::page_parameters(None, Some(&cursor), job_id_ok).unwrap(),
+            (50, Some((12, "j_ab".into())))
+        );
+        for bad in ["", "x.j_1", "12", "12.j-1;drop", "12."] {
+            assert!(
+                crate::extract::page_parameters(None, Some(bad), job_id_ok).is_err(),
+                "{bad}"
+            );
         }
     }
 }

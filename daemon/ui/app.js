@@ -103,6 +103,7 @@ function failed(where) {
 // -- sign in and out -----------------------------------------------------------------------
 
 function signedOut(message) {
+  generation += 1;
   csrf = "";
   $top.hidden = true;
   const token = h("input", {
@@ -175,8 +176,9 @@ function table(caption, columns, rows, empty) {
 }
 
 function badge(outcome) {
-  const ok = outcome === "ok" || outcome === "succeeded";
-  return h("span", { class: ok ? "badge ok" : "badge bad" }, outcome);
+  const ok = outcome === "ok" || outcome === "succeeded" || outcome === "live" || outcome === "active";
+  const pending = outcome === "queued" || outcome === "running" || outcome === "cancelled";
+  return h("span", { class: ok ? "badge ok" : pending ? "badge pending" : "badge bad" }, outcome);
 }
 
 function field(label, input) {
@@ -195,9 +197,10 @@ function confirmThen(message, action) {
 
 async function viewTenants() {
   const mine = generation;
-  const [list, usage] = await Promise.all([
+  const [list, usage, plans] = await Promise.all([
     api("GET", "/admin/v1/tenants"),
     api("GET", `/admin/v1/usage?from=${today()}`),
+    api("GET", "/admin/v1/plans"),
   ]);
   const used = new Map(usage.tenants.map((t) => [t.tenant, t]));
   const rows = list.tenants.map((t) => {
@@ -213,7 +216,6 @@ async function viewTenants() {
   const name = h("input", { name: "name", required: true, pattern: "[a-z][a-z0-9_]{0,31}" });
   const repo = h("input", { name: "repo", placeholder: "https://… or file:///…" });
   const branch = h("input", { name: "branch", placeholder: "main" });
-  const plans = await api("GET", "/admin/v1/plans");
   const plan = h(
     "select",
     { name: "plan" },
@@ -492,7 +494,8 @@ async function viewTenant(name) {
   const envName = h("input", { name: "env_name", required: true });
   const envValue = h("input", { name: "env_value", type: "password", autocomplete: "off" });
   const putEnv = async (next) => {
-    await api("PUT", `/admin/v1/tenants/${base}/env`, { env: next });
+    // The body is the variables themselves, names to values.
+    await api("PUT", `/admin/v1/tenants/${base}/env`, next);
     reload();
   };
   const envRows = Object.keys(vars).map((k) => [
@@ -581,8 +584,9 @@ function params() {
   return new URLSearchParams(q);
 }
 
-async function tenantSelect(current, all) {
-  const list = await api("GET", "/admin/v1/tenants");
+// A tenant filter; `list` is the tenants listing when the view has fetched it already.
+async function tenantSelect(current, all, list) {
+  if (!list) list = await api("GET", "/admin/v1/tenants");
   return h(
     "select",
     { name: "tenant" },
@@ -596,8 +600,10 @@ async function viewCalls() {
   const p = params();
   const query = new URLSearchParams();
   for (const k of ["tenant", "status", "code", "cursor"]) if (p.get(k)) query.set(k, p.get(k));
-  const page = await api("GET", `/admin/v1/calls?${query}`);
-  const tenant = await tenantSelect(p.get("tenant"), true);
+  const [page, tenant] = await Promise.all([
+    api("GET", `/admin/v1/calls?${query}`),
+    tenantSelect(p.get("tenant"), true),
+  ]);
   const status = h(
     "select",
     { name: "status" },
@@ -666,7 +672,7 @@ async function viewJobs() {
   const query = new URLSearchParams();
   if (p.get("status")) query.set("status", p.get("status"));
   const page = await api("GET", `/admin/v1/tenants/${enc(name)}/jobs?${query}`);
-  const tenant = await tenantSelect(name, false);
+  const tenant = await tenantSelect(name, false, list);
   const status = h(
     "select",
     { name: "status" },
@@ -675,7 +681,7 @@ async function viewJobs() {
   const rows = page.jobs.map((j) => [
     h("code", {}, j.job_id),
     h("code", {}, j.fn),
-    badge(j.status === "queued" || j.status === "running" ? "ok" : j.status),
+    badge(j.status),
     String(j.attempts),
     j.node || "—",
     j.status === "queued" || j.status === "running"
@@ -755,8 +761,7 @@ async function viewUsage() {
   const days = p.get("days") || "14";
   const q = new URLSearchParams({ days });
   if (tenantName) q.set("tenant", tenantName);
-  const s = await api("GET", `/admin/v1/stats?${q}`);
-  const tenant = await tenantSelect(tenantName, true);
+  const [s, tenant] = await Promise.all([api("GET", `/admin/v1/stats?${q}`), tenantSelect(tenantName, true)]);
   const dayCount = h("select", { name: "days" }, ["7", "14", "30", "90"].map((d) => h("option", { value: d, selected: d === days }, `${d} days`)));
   const csvQuery = new URLSearchParams({ format: "csv", from: s.from.slice(0, 10) });
   if (tenantName) csvQuery.set("tenant", tenantName);
@@ -813,10 +818,9 @@ async function viewAudit() {
   const p = params();
   const q = new URLSearchParams({ limit: "200" });
   if (p.get("tenant")) q.set("tenant", p.get("tenant"));
-  const a = await api("GET", `/admin/v1/audit?${q}`);
+  const [a, tenant] = await Promise.all([api("GET", `/admin/v1/audit?${q}`), tenantSelect(p.get("tenant"), true)]);
   const action = (p.get("action") || "").trim();
   const events = (a.events || a.audit || []).filter((e) => !action || e.action.startsWith(action));
-  const tenant = await tenantSelect(p.get("tenant"), true);
   const actionInput = h("input", { name: "action", value: action, placeholder: "tenant., token., deploy…" });
   showIf(mine,
     h("h1", {}, "Audit log"),
@@ -842,8 +846,10 @@ async function viewAudit() {
 
 async function viewNodes() {
   const mine = generation;
-  const n = await api("GET", "/admin/v1/nodes");
-  const health = await fetch("/healthz").then((r) => r.json()).catch(() => null);
+  const [n, health] = await Promise.all([
+    api("GET", "/admin/v1/nodes"),
+    fetch("/healthz").then((r) => r.json()).catch(() => null),
+  ]);
   showIf(mine,
     h("h1", {}, "Nodes"),
     health ? h("p", {}, "This node: ", h("code", {}, health.node), " ", badge(health.ok ? "ok" : "unreachable"), ` store ${health.store}`) : null,
@@ -909,11 +915,17 @@ window.addEventListener("hashchange", () => {
   if (csrf) route();
 });
 
+// The first view's reads need only the cookie, so they go out beside the session's own check
+// instead of after it: one round trip less before anything is drawn. A missing session answers
+// 401 to both and the sign-in form wins (signedOut() retires the view's generation).
 (async () => {
+  const session = api("GET", "/ui/session");
+  const first = route();
   try {
-    started(await api("GET", "/ui/session"));
-    route();
+    started(await session);
   } catch {
     signedOut();
+    return;
   }
+  await first;
 })();

@@ -211,8 +211,10 @@ mod tests {
             .fetch_all(&store.pool)
             .await
             .unwrap();
-        // Adopted, then migrated on from where it was.
-        assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        // Adopted, then migrated on from where it was: every migration this build knows, once.
+        let known: Vec<i64> = MIGRATIONS.iter().map(|(version, _, _)| *version).collect();
+        assert_eq!(applied, known);
+        assert!(known.len() > 4 && known.starts_with(&[1, 2, 3, 4]));
         // And it opens again as any other store does.
         drop(store);
         SqliteStore::open(&path).await.unwrap();

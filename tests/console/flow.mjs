@@ -97,16 +97,17 @@ try {
   await syncInBrowser();
   check((await page.locator(".steps li").count()) >= 3, "the deploy's steps are shown");
   await page.screenshot({ path: `${shots}/sync.png`, fullPage: true });
+  await page.fill("input[name=scopes]", "call, jobs");
   await page.click("button:text('Issue token')");
   const issued = await (await page.waitForSelector("#issued-token")).inputValue();
   check(issued.startsWith("flr_"), "a token is shown once");
   await page.screenshot({ path: `${shots}/token-issued.png` });
-  const call = async () =>
-    (await fetch(`${base}/v1/call`, {
+  const call = async (fn = "xss.evil") =>
+    await fetch(`${base}/v1/call`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ token: issued, fn: "xss.evil" }),
-    }));
+      body: JSON.stringify({ token: issued, fn }),
+    });
   const answer = await (await call()).json();
   check(answer.ok, `the call answers: ${JSON.stringify(answer)}`);
   await page.goto(`${base}/ui#/calls?tenant=web`);
@@ -122,9 +123,61 @@ try {
   await page.waitForSelector("#toast:text('Policy saved.')");
   check((await adminGet("/tenants/web")).overrides.timeout_ms === 2000, "the policy changed");
 
+  // Secrets and environment: set from the console, given to the code, never shown, removed.
+  const seen = async () => (await (await call("xss.env")).json()).result;
+  const secret = "s3cr3t-console-value";
+  await page.fill("input[name=secret]", "API_KEY");
+  await page.fill("input[name=secret_value]", secret);
+  await page.check("input[name=expose_env]");
+  await page.click("button:text('Set secret')");
+  await page.waitForSelector("td code:text('API_KEY')");
+  await page.fill("input[name=env_name]", "GREETING");
+  await page.fill("input[name=env_value]", "hello");
+  await page.click("button:text('Set variable')");
+  await page.waitForSelector("td code:text('GREETING')");
+  const given = await seen();
+  check(given.GREETING === "hello" && given.API_KEY === secret, `the code gets both: ${JSON.stringify(given)}`);
+  await page.reload();
+  await page.waitForSelector("td code:text('API_KEY')");
+  const html = await page.content();
+  check(!html.includes(secret) && !html.includes(">hello<"), "values are never shown");
+  await page.screenshot({ path: `${shots}/secrets.png`, fullPage: true });
+  for (const name of ["API_KEY", "GREETING"]) {
+    await page.click(`tr:has(code:text('${name}')) button:text('Remove')`);
+    await page.waitForSelector(`td code:text('${name}')`, { state: "detached" });
+  }
+  const gone = await seen();
+  check(gone.GREETING === null && gone.API_KEY === null, `both removed: ${JSON.stringify(gone)}`);
+
+  // A job started over the API, found and cancelled in the console.
+  const submitted = await (
+    await fetch(`${base}/v1/jobs`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: issued, fn: "xss.slow" }),
+    })
+  ).json();
+  check(submitted.job_id, `a job: ${JSON.stringify(submitted)}`);
+  await page.goto(`${base}/ui#/jobs?tenant=web`);
+  await page.waitForSelector(`tr:has(code:text('${submitted.job_id}')) button:text('Cancel')`);
+  await page.screenshot({ path: `${shots}/job-running.png`, fullPage: true });
+  await page.click(`tr:has(code:text('${submitted.job_id}')) button:text('Cancel')`);
+  await page.waitForSelector("#toast:text('Cancelled.')");
+  await page.waitForSelector(`tr:has(code:text('${submitted.job_id}')) .badge:text('cancelled')`);
+  const job = await adminGet(`/tenants/web/jobs/${submitted.job_id}`);
+  check(job.status === "cancelled", `the job is cancelled: ${job.status}`);
+
+  // Usage, exported as CSV by the console's link.
+  await page.goto(`${base}/ui#/usage?tenant=web`);
+  await page.waitForSelector("a:text('Export CSV')");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("a:text('Export CSV')")]);
+  const csv = readFileSync(await download.path(), "utf8").split("\n");
+  check(csv[0].startsWith("tenant,fn,calls,"), `a CSV header: ${csv[0]}`);
+  check(csv.some((l) => l.startsWith("web,xss.env,")), `the tenant's calls are in it: ${csv.join("|")}`);
+
   execFileSync("git", ["-C", repo, "commit", "-q", "--allow-empty", "-m", "second"]);
   const first = (await adminGet("/tenants/web")).active_version;
-  await page.reload();
+  await page.goto(`${base}/ui#/tenant/web`);
   await page.waitForSelector("h2:text('Sync')");
   await syncInBrowser();
   await page.waitForFunction(() => document.querySelectorAll("button.quiet").length > 0);

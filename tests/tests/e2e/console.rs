@@ -10,7 +10,9 @@ use serde_json::json;
 /// A tenant whose function returns and prints markup a console must show as text.
 const HOSTILE: &str = "def evil(s: str = '<script>alert(1)</script>'):\n    \
     print('<img src=x onerror=alert(2)>', s)\n    return {'html': s}\n\n\
-    def add(a: int, b: int):\n    return a + b\n";
+    def add(a: int, b: int):\n    return a + b\n\n\
+    def env():\n    import os\n    return {k: os.environ.get(k) for k in ('GREETING', 'API_KEY')}\n\n\
+    def slow():\n    import time\n    time.sleep(60)\n";
 
 fn sign_in(d: &Daemon) -> (String, String) {
     let agent = ureq::AgentBuilder::new()
@@ -205,4 +207,76 @@ fn console_listings_and_sign_in_refuse_bad_input_by_name() {
         http("GET", &format!("{}/ui/assets/nothing.js", d.url), &[], None).status,
         404
     );
+}
+
+#[test]
+fn console_files_carry_a_strict_policy_and_are_revalidated_by_their_entity_tag() {
+    let d = Daemon::start();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    for path in [
+        "/ui",
+        "/ui/assets/app.js",
+        "/ui/assets/style.css",
+        "/ui/assets/icon.svg",
+    ] {
+        let url = format!("{}{path}", d.url);
+        let first = agent.get(&url).call().expect(path);
+        assert_eq!(first.status(), 200, "{path}");
+        let policy = first.header("content-security-policy").unwrap_or("");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(
+                policy.contains(directive),
+                "{path}: {directive} in {policy}"
+            );
+        }
+        assert!(
+            !policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"),
+            "{path}: {policy}"
+        );
+        assert_eq!(first.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(first.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(first.header("cache-control"), Some("no-cache"), "{path}");
+        let tag = first.header("etag").expect("an entity tag").to_owned();
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && tag.len() > 10,
+            "{tag}"
+        );
+        let body = first.into_string().unwrap();
+        assert!(!body.is_empty());
+        // The same file again: not sent twice, and still under the policy.
+        let again = agent
+            .get(&url)
+            .set("If-None-Match", &tag)
+            .call()
+            .expect(path);
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(again.header("etag"), Some(tag.as_str()));
+        assert!(again.header("content-security-policy").is_some());
+        assert!(again.into_string().unwrap().is_empty());
+        // Another tag (an earlier build's file): the file is sent whole.
+        let stale = agent
+            .get(&url)
+            .set("If-None-Match", "\"0123456789abcdef01234567\"")
+            .call()
+            .expect(path);
+        assert_eq!(stale.status(), 200, "{path}");
+        assert_eq!(stale.into_string().unwrap(), body);
+    }
+    // The page, its script and styles are told apart by their tags.
+    let tags: std::collections::HashSet<String> =
+        ["/ui", "/ui/assets/app.js", "/ui/assets/style.css"]
+            .iter()
+            .map(|p| {
+                let r = agent.get(&format!("{}{p}", d.url)).call().unwrap();
+                r.header("etag").unwrap().to_owned()
+            })
+            .collect();
+    assert_eq!(tags.len(), 3);
 }
