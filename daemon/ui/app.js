@@ -325,29 +325,50 @@ async function viewTenant(name) {
   const overrides = t.overrides || {};
   const editable = ["memory_mb", "timeout_ms", "cpu_percent", "pids", "tmp_mb", "max_concurrency", "calls_per_minute", "network", "builtins", "cpu_seconds_per_month", "job_timeout_ms", "log_retention_hours", "log_mb"];
   const inputs = {};
+  // How a policy value reads in a cell and in its input: a network allow-list as JSON, the CPU
+  // quota's null as "unlimited" (the one field where null is a value).
+  const shown = (key, v) => {
+    if (v === undefined) return "";
+    if (v === null) return key === "cpu_seconds_per_month" ? "unlimited" : "";
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  };
   const policyRows = editable.map((key) => {
     const input = h("input", {
       name: key,
-      value: overrides[key] === undefined || overrides[key] === null ? "" : String(overrides[key]),
+      value: shown(key, overrides[key]),
       placeholder: "plan's",
       "aria-label": `${key} override`,
     });
     inputs[key] = input;
-    const planValue = planPolicy[key];
-    return [h("code", {}, key), planValue === undefined || planValue === null ? "—" : String(planValue), input, String(t.policy[key] ?? "—")];
+    return [h("code", {}, key), shown(key, planPolicy[key]) || "—", input, shown(key, t.policy[key]) || "—"];
   });
   const savePolicy = async (ev) => {
     ev.preventDefault();
+    // Only what changed is sent; a cleared override goes back to the plan through `reset`
+    // (null is no value, and for the CPU quota it would mean no quota at all).
     const patch = {};
+    const reset = [];
     for (const [key, input] of Object.entries(inputs)) {
       const v = input.value.trim();
-      const had = overrides[key] !== undefined && overrides[key] !== null;
-      if (v === "" && had) patch[key] = null;
-      else if (v !== "") {
-        if (v === "true" || v === "false") patch[key] = v === "true";
-        else if (/^\d+$/.test(v)) patch[key] = Number(v);
-        else patch[key] = v;
-      }
+      if (v === shown(key, overrides[key])) continue;
+      if (v === "") reset.push(key);
+      else if (v === "unlimited" && key === "cpu_seconds_per_month") patch[key] = null;
+      else if (v === "true" || v === "false") patch[key] = v === "true";
+      else if (/^\d+$/.test(v)) patch[key] = Number(v);
+      else if (v.startsWith("{") || v.startsWith("[")) {
+        try {
+          patch[key] = JSON.parse(v);
+        } catch {
+          toast(`Policy: ${key} is not valid JSON.`, true);
+          input.focus();
+          return;
+        }
+      } else patch[key] = v;
+    }
+    if (reset.length) patch.reset = reset;
+    if (!Object.keys(patch).length) {
+      toast("Policy: nothing changed.");
+      return;
     }
     try {
       await api("PUT", `/admin/v1/tenants/${base}/policy`, patch);
@@ -458,8 +479,8 @@ async function viewTenant(name) {
   const setSecret = async (ev) => {
     ev.preventDefault();
     try {
-      const body = { value: secretValue.value };
-      if (secretEnv.checked) body.expose = "env";
+      // Said every time: left out, the server would keep a rotated secret's old exposure.
+      const body = { value: secretValue.value, expose: secretEnv.checked ? "env" : "none" };
       await api("PUT", `/admin/v1/tenants/${base}/secrets/${enc(secretName.value)}`, body);
       toast(`Secret ${secretName.value} set.`);
       reload();
@@ -471,7 +492,7 @@ async function viewTenant(name) {
     const key = typeof s === "string" ? s : s.name || s.key;
     return [
       h("code", {}, key),
-      typeof s === "object" && s.expose ? s.expose : "node only",
+      typeof s === "object" && s.expose === "env" ? "env" : "node only",
       h(
         "button",
         {
@@ -888,7 +909,13 @@ function drawNav(current) {
 async function route() {
   generation += 1;
   const path = (location.hash.replace(/^#\//, "").split("?")[0] || "tenants").split("/");
-  const [view, arg] = [path[0], path.slice(1).map(decodeURIComponent).join("/")];
+  const view = path[0];
+  let arg = "";
+  try {
+    arg = path.slice(1).map(decodeURIComponent).join("/");
+  } catch {
+    arg = path.slice(1).join("/"); // a malformed escape is shown as written and not found
+  }
   drawNav(view === "tenant" ? "tenants" : view === "call" ? "calls" : view);
   const views = {
     tenants: viewTenants,
@@ -911,6 +938,8 @@ async function route() {
 }
 
 window.addEventListener("hashchange", () => {
+  // Only #/… is a view; "#main" is the skip link, which the browser follows by itself.
+  if (location.hash && !location.hash.startsWith("#/")) return;
   navigated = true;
   if (csrf) route();
 });

@@ -122,6 +122,21 @@ try {
   await page.click("button:text('Save policy')");
   await page.waitForSelector("#toast:text('Policy saved.')");
   check((await adminGet("/tenants/web")).overrides.timeout_ms === 2000, "the policy changed");
+  // A cleared override goes back to the plan (a CPU quota cleared is the plan's, not none).
+  await page.waitForSelector("input[aria-label='timeout_ms override'][value='2000']");
+  await page.fill("input[aria-label='cpu_seconds_per_month override']", "50");
+  await page.click("button:text('Save policy')");
+  await page.waitForSelector("input[aria-label='cpu_seconds_per_month override'][value='50']");
+  check((await adminGet("/tenants/web")).overrides.cpu_seconds_per_month === 50, "a quota set");
+  await page.fill("input[aria-label='timeout_ms override']", "");
+  await page.fill("input[aria-label='cpu_seconds_per_month override']", "");
+  await page.click("button:text('Save policy')");
+  await page.waitForSelector("input[aria-label='cpu_seconds_per_month override'][value='']");
+  const reset = await adminGet("/tenants/web");
+  check(
+    !("timeout_ms" in reset.overrides) && !("cpu_seconds_per_month" in reset.overrides),
+    `cleared overrides are the plan's again: ${JSON.stringify(reset.overrides)}`,
+  );
 
   // Secrets and environment: set from the console, given to the code, never shown, removed.
   const seen = async () => (await (await call("xss.env")).json()).result;
@@ -137,6 +152,13 @@ try {
   await page.waitForSelector("td code:text('GREETING')");
   const given = await seen();
   check(given.GREETING === "hello" && given.API_KEY === secret, `the code gets both: ${JSON.stringify(given)}`);
+  // Set again with the box unticked, the secret is the node's only.
+  await page.fill("input[name=secret]", "API_KEY");
+  await page.fill("input[name=secret_value]", secret);
+  await page.click("button:text('Set secret')");
+  await page.waitForSelector("tr:has(code:text('API_KEY')) td:text('node only')");
+  const hidden = await seen();
+  check(hidden.API_KEY === null && hidden.GREETING === "hello", `no longer given: ${JSON.stringify(hidden)}`);
   await page.reload();
   await page.waitForSelector("td code:text('API_KEY')");
   const html = await page.content();
