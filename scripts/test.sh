@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+bash scripts/install-uv.sh
 FALRA_TEST_PYTHON=$(bash scripts/test-python.sh)
 export FALRA_TEST_PYTHON
 bash scripts/test-tools.sh

@@ -39,6 +39,10 @@ pub struct ServiceConfig {
     pub pip_index_url: String,
     /// More places builds may find wheels (pip's `--find-links`), set by the operator.
     pub pip_find_links: Vec<String>,
+    /// The `uv` builds run (checked to be there and to run at start); none: pip builds.
+    pub uv: Option<PathBuf>,
+    /// The most the node's wheel cache holds, in bytes (least recently used wheels go first).
+    pub wheel_cache_bytes: u64,
     /// How this node runs background jobs.
     pub jobs: crate::jobs::JobSettings,
     /// Fork calls' processes from a warm interpreter (`--no-zygote`: exec each one).

@@ -109,6 +109,8 @@ pub struct Inner {
     pub cache: cache::Cache,
     /// The background jobs this node runs.
     pub jobs: jobs::Jobs,
+    /// The wheels this node's builds fetched, shared by every tenant's builds.
+    pub wheels: Arc<deploy::wheels::WheelCache>,
     /// Each version's virtualenv (if any), found once per version.
     venvs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
     /// Calls in flight per tenant holding (or taking) a slot in a shared store.
@@ -175,6 +177,10 @@ impl Core {
             cache: cache::Cache::default(),
             jobs: jobs::Jobs::default(),
             venvs: Mutex::new(HashMap::new()),
+            wheels: Arc::new(deploy::wheels::WheelCache::new(
+                config.data_dir.join("wheels"),
+                config.wheel_cache_bytes,
+            )),
             runtime,
             layout: Layout::new(&config.data_dir),
             store,
@@ -236,7 +242,12 @@ impl Core {
         let venv = match known {
             Some(venv) => venv,
             None => {
-                let venv = deploy::venv_for(self, &code).filter(|v| v.is_dir());
+                let wanted = deploy::venv_for(self, &code);
+                let venv = wanted.clone().filter(|v| v.is_dir());
+                if wanted.is_some() && venv.is_none() {
+                    // Not built (yet): not remembered, so the call after its build sees it.
+                    return CodeMounts { code, venv };
+                }
                 let mut table = self.venvs.lock().expect("venv table poisoned");
                 if table.len() > 10_000 {
                     table.clear();

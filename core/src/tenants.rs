@@ -29,6 +29,9 @@ pub enum TenantError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A kept version's virtualenv was gone and could not be built again.
+    #[error(transparent)]
+    Rebuild(#[from] crate::deploy::DeployError),
 }
 
 fn node<E: std::error::Error + Send + Sync + 'static>(
@@ -78,6 +81,10 @@ pub async fn rollback(
 ) -> Result<(), TenantError> {
     let name = &tenant.name;
     let _lock = state.store.deploy_lock(name).await?;
+    if state.store.version(name, version).await?.is_some() {
+        // Its virtualenv, if it went, is built again from the packages recorded with it.
+        crate::deploy::rebuild_venv(state, tenant, version).await?;
+    }
     if !state
         .store
         .set_active_version(name, version, crate::clock::now_ms())

@@ -115,6 +115,7 @@ mod tests {
             activated_at: None,
             uploads: uploads.iter().map(|u| u.to_string()).collect(),
             deploy_log: None,
+            packages: None,
         }
     }
 

@@ -429,6 +429,7 @@ impl From<falra_core::tenants::TenantError> for ApiError {
             }
             TenantError::Node { context, source } => ApiError::internal(context, &*source),
             TenantError::Store(e) => e.into(),
+            TenantError::Rebuild(e) => e.into(),
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
@@ -465,6 +467,14 @@ pub struct ServeArgs {
     /// A page or directory URL of wheels builds may also use (pip's --find-links); repeatable.
     #[arg(long, env = "FALRA_PIP_FIND_LINKS", value_delimiter = ',')]
     pub pip_find_links: Vec<String>,
+    /// The `uv` virtualenv builds run (`bash scripts/install-uv.sh` installs the pinned one
+    /// here); if it is missing or `none`, builds use pip, under the same rules.
+    #[arg(long, env = "FALRA_UV", default_value = crate::config::DEFAULT_UV)]
+    pub uv: String,
+    /// The most the node's wheel cache (`<data-dir>/wheels`) holds, in MiB; the least
+    /// recently used wheels are removed past it.
+    #[arg(long, env = "FALRA_WHEEL_CACHE_MB", default_value_t = 10_240)]
+    pub wheel_cache_mb: u64,
     /// Background jobs this node runs at once, at most (each also takes a call's place in
     /// admission while it runs).
     #[arg(long, env = "FALRA_JOB_WORKERS", default_value_t = 4)]

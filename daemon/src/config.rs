@@ -13,6 +13,39 @@ use crate::front::FrontLimits;
 /// Where builds download wheels from unless the operator says otherwise.
 pub const DEFAULT_PIP_INDEX: &str = "https://pypi.org/simple";
 
+/// Where `scripts/install-uv.sh` puts the pinned `uv`.
+pub const DEFAULT_UV: &str = "/usr/local/lib/falra/uv-0.13.9/uv";
+
+/// The `uv` builds use: the flag's file if it runs (`uv --version`), else none, and builds
+/// fall back to pip (said once, at start). `none` chooses pip.
+fn find_uv(flag: &str) -> Option<PathBuf> {
+    if flag == "none" {
+        return None;
+    }
+    let path = PathBuf::from(flag);
+    let runs = std::process::Command::new(&path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match runs {
+        Some(version) => {
+            tracing::info!(uv = %path.display(), %version, "virtualenvs are built with uv");
+            Some(path)
+        }
+        None => {
+            tracing::warn!(
+                uv = %path.display(),
+                "uv is not there or does not run (bash scripts/install-uv.sh installs it): virtualenvs are built with pip"
+            );
+            None
+        }
+    }
+}
+
 pub use falra_core::config::MAX_VERSION_BYTES;
 use falra_core::ServiceConfig;
 
@@ -118,6 +151,8 @@ impl ServeConfig {
                 etl_output_dir,
                 pip_index_url: args.pip_index_url.clone(),
                 pip_find_links: args.pip_find_links.clone(),
+                uv: find_uv(&args.uv),
+                wheel_cache_bytes: args.wheel_cache_mb.saturating_mul(1024 * 1024),
                 jobs: falra_core::jobs::JobSettings {
                     workers: args.job_workers,
                     lease: Duration::from_millis(args.job_lease_ms),

@@ -285,6 +285,22 @@ pub struct VersionEntry {
     /// The steps of the deploy that made it (`{"step", "at_ms", "ms", "ok", "detail"?}`);
     /// null for versions made before deploys were logged.
     deploy_log: Option<Vec<Value>>,
+    /// The packages its virtualenv was built from, resolved when it was first built and
+    /// rebuilt exactly on a rollback (empty without requirements).
+    packages: Vec<PackageEntry>,
+}
+
+#[derive(ToSchema)]
+pub struct PackageEntry {
+    /// Normalised (PEP 503).
+    name: String,
+    version: String,
+    /// The wheel's file name (empty for a pip build).
+    wheel: String,
+    /// The wheel's SHA-256, in hex (empty for a pip build).
+    sha256: String,
+    /// Where the wheel was fetched from.
+    url: String,
 }
 
 #[derive(ToSchema)]

@@ -75,6 +75,9 @@ pub(crate) async fn versions_json(state: &AppState, tenant: &TenantRow) -> Resul
                 "active": tenant.active_version.as_ref() == Some(&v.id),
                 "deploy_log": v.deploy_log.as_deref()
                     .and_then(|l| serde_json::from_str::<Value>(l).ok()),
+                "packages": v.packages.as_deref()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                    .unwrap_or_else(|| json!([])),
             })
         })
         .collect();

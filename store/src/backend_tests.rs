@@ -97,6 +97,7 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
             functions,
             uploads: None,
             deploy_log: Some(r#"[{"step":"fetch"}]"#),
+            packages: Some(r#"[{"name":"six"}]"#),
             now: 2,
         };
         let c = name("caro");
@@ -114,6 +115,7 @@ async fn tenants_versions_uploads_tokens_and_usage_round_trip() {
         );
         assert_eq!(v.git_commit.as_deref(), Some("abcdef1234567890"));
         assert_eq!(v.functions.as_deref(), Some("{}"));
+        assert_eq!(v.packages.as_deref(), Some(r#"[{"name":"six"}]"#));
 
         // An upload lands with the version made from it, and goes with the next change.
         let put = UploadChange::Put {

@@ -127,6 +127,9 @@ pub struct VersionRow {
     /// The steps of the deploy that last made it, as JSON: a sync of the same tree again
     /// replaces them, a rollback keeps them (none for versions made before they were kept).
     pub deploy_log: Option<String>,
+    /// The packages its virtualenv was built from (`falra_core::deploy::uv::Package`s), as
+    /// JSON: a rollback rebuilds exactly these (none without a requirements file).
+    pub packages: Option<String>,
 }
 
 /// A secret's name and what is known of it without opening it.
@@ -150,6 +153,8 @@ pub struct NewVersion<'a> {
     pub uploads: Option<&'a str>,
     /// The deploy's steps, as JSON (`falra_core::deploy::StepRecord`s).
     pub deploy_log: Option<&'a str>,
+    /// The packages of its virtualenv, as JSON.
+    pub packages: Option<&'a str>,
     pub now: i64,
 }
 

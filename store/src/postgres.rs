@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "console sessions",
         include_str!("../migrations/postgres/0009_console_sessions.sql"),
     ),
+    (
+        10,
+        "version packages",
+        include_str!("../migrations/postgres/0010_version_packages.sql"),
+    ),
 ];
 
 /// Connections each node keeps at most: calls, the metering writer, deploys and their locks

@@ -21,7 +21,7 @@ const SESSION_COLUMNS: &str =
     "id, hash, token_hash, token_id, csrf, created_at, expires_at, revoked_at";
 const DAY_MS: i64 = 86_400_000;
 const VERSION_COLUMNS: &str =
-    "id, source, created_at, git_commit, functions, activated_at, uploads, deploy_log";
+    "id, source, created_at, git_commit, functions, activated_at, uploads, deploy_log, packages";
 
 impl Backend {
     #[cfg(test)]
@@ -172,9 +172,11 @@ impl Backend {
         }
         sqlx::query(
             "INSERT INTO versions (tenant, id, source, created_at, git_commit, functions, \
-             activated_at, uploads, deploy_log) VALUES ($1, $2, $3, $4, $5, $6, $4, $7, $8) \
+             activated_at, uploads, deploy_log, packages) \
+             VALUES ($1, $2, $3, $4, $5, $6, $4, $7, $8, $9) \
              ON CONFLICT (tenant, id) DO UPDATE SET activated_at = $4, \
-             deploy_log = COALESCE(excluded.deploy_log, versions.deploy_log)",
+             deploy_log = COALESCE(excluded.deploy_log, versions.deploy_log), \
+             packages = COALESCE(excluded.packages, versions.packages)",
         )
         .bind(tenant)
         .bind(version.id.as_str())
@@ -184,6 +186,7 @@ impl Backend {
         .bind(version.functions)
         .bind(version.uploads)
         .bind(version.deploy_log)
+        .bind(version.packages)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE tenants SET active_version = $2 WHERE name = $1")
@@ -1112,6 +1115,7 @@ fn version_from_row(tenant: &TenantName, r: &DbRow) -> Result<VersionRow, StoreE
             .and_then(|u| serde_json::from_str(&u).ok())
             .unwrap_or_default(),
         deploy_log: r.try_get(7)?,
+        packages: r.try_get(8)?,
     })
 }
 

@@ -77,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "console sessions",
         include_str!("../migrations/sqlite/0011_console_sessions.sql"),
     ),
+    (
+        12,
+        "version packages",
+        include_str!("../migrations/sqlite/0012_version_packages.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -15,19 +15,57 @@
 
 /// Why a line was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("requirements.txt line {line}: {text:?} is not allowed: {why}")]
+#[error("{file} line {line}: {text:?} is not allowed: {why}")]
 pub struct RequirementError {
-    /// 1-based.
+    /// The file the line is in (`requirements.txt`, `pyproject.toml`).
+    pub file: &'static str,
+    /// 1-based; for a requirement continued over several lines, its first.
     pub line: usize,
     pub text: String,
     pub why: &'static str,
 }
 
+/// One checked requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Where it starts in its file (1-based).
+    pub line: usize,
+    /// The requirement as checked, without comments or hashes: `name[extras] specs ; marker`.
+    pub spec: String,
+    /// Its package's name, normalised (PEP 503: lower case, runs of `-_.` as one `-`).
+    pub name: String,
+    /// The SHA-256 digests (hex, lower case) the file pins it to, if any.
+    pub hashes: Vec<String>,
+}
+
+/// A package name as PEP 503 compares them.
+pub fn normalize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// Checks every line of a requirements file; the first refused one is the error.
 pub fn check(text: &str) -> Result<(), RequirementError> {
+    parse(text).map(|_| ())
+}
+
+/// The requirements of a `requirements.txt`, each checked. A line ending in `\` continues on
+/// the next (as `pip-compile --generate-hashes` writes them); builders are given
+/// [`render`]'s file, one requirement a line, never the tenant's own.
+pub fn parse(text: &str) -> Result<Vec<Requirement>, RequirementError> {
+    const FILE: &str = "requirements.txt";
     // pip splits lines as Python's `splitlines` does (a lone `\r`, form feeds, U+2028…) and
     // honours a `coding:` cookie: only printable ASCII, tabs and `\n` (or `\r\n`) are let
-    // through, so that this check and pip see the same lines.
+    // through, so that this check and the builders see the same lines.
     let bytes = text.as_bytes();
     for (at, &b) in bytes.iter().enumerate() {
         let fine = matches!(b, 0x20..=0x7e | b'\t' | b'\n')
@@ -42,34 +80,149 @@ pub fn check(text: &str) -> Result<(), RequirementError> {
                 .take(200)
                 .collect();
             return Err(RequirementError {
+                file: FILE,
                 line,
                 text,
                 why: "only printable ASCII is allowed (no control characters, other line breaks or non-ASCII text)",
             });
         }
     }
-    for (i, raw) in text.lines().enumerate() {
+    let mut out = Vec::new();
+    // A requirement continued with `\`: where it began, and what it holds so far.
+    let mut pending: Option<(usize, String)> = None;
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, raw) in lines.iter().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let refuse = |why| RequirementError {
-            line: i + 1,
-            text: line.chars().take(200).collect(),
+        let refuse = |at: usize, text: &str, why| RequirementError {
+            file: FILE,
+            line: at,
+            text: text.chars().take(200).collect(),
             why,
         };
-        if line.ends_with('\\') {
-            return Err(refuse("line continuations are not allowed"));
-        }
         if i < 2 && line.trim_start().starts_with('#') && line.contains("coding") {
             return Err(refuse(
+                i + 1,
+                line,
                 "a coding declaration is not allowed: the file is read as ASCII",
             ));
         }
-        let code = strip_comment(line).trim();
+        let (first, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
+        if let Some(head) = line.strip_suffix('\\') {
+            if strip_comment(head).len() != head.len() {
+                return Err(refuse(first, line, "a comment cannot be continued"));
+            }
+            if i + 1 == lines.len() {
+                return Err(refuse(
+                    first,
+                    line,
+                    "the last line is continued, but nothing follows",
+                ));
+            }
+            joined.push_str(head);
+            joined.push(' ');
+            pending = Some((first, joined));
+            continue;
+        }
+        joined.push_str(line);
+        let code = strip_comment(&joined).trim();
         if code.is_empty() {
             continue;
         }
-        check_line(code).map_err(refuse)?;
+        let requirement = check_line(code).map_err(|why| refuse(first, &joined, why))?;
+        out.push(Requirement {
+            line: first,
+            ..requirement
+        });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The requirements as one file a builder reads: one a line, each with its hashes.
+pub fn render(requirements: &[Requirement]) -> String {
+    let mut out = String::new();
+    for r in requirements {
+        out.push_str(&r.spec);
+        for h in &r.hashes {
+            out.push_str(" --hash=sha256:");
+            out.push_str(h);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The requirements of a `pyproject.toml`: its `[project] dependencies`, each checked as a
+/// requirements line is. Dependencies the build backend would compute (`dynamic`) are
+/// refused: computing them runs the tenant's code. No other table is read (`[tool.uv]`,
+/// sources and indexes are the operator's to set, not the project's).
+pub fn from_pyproject(text: &str) -> Result<Vec<Requirement>, RequirementError> {
+    const FILE: &str = "pyproject.toml";
+    let refuse = |line: usize, text: &str, why| RequirementError {
+        file: FILE,
+        line,
+        text: text.chars().take(200).collect(),
+        why,
+    };
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count())
+            .unwrap_or(1);
+        refuse(line, e.message(), "the file is not valid TOML")
+    })?;
+    let Some(project) = doc.get("project").and_then(|p| p.as_table()) else {
+        return Ok(Vec::new());
+    };
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map_or(1, |i| i + 1)
+    };
+    let dynamic = project
+        .get("dynamic")
+        .and_then(|d| d.as_array())
+        .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("dependencies")));
+    if dynamic {
+        return Err(refuse(
+            line_of("dynamic"),
+            "dynamic = [\"dependencies\"]",
+            "dependencies computed by the build backend would run the project's code: list them in [project] dependencies",
+        ));
+    }
+    let Some(deps) = project.get("dependencies") else {
+        return Ok(Vec::new());
+    };
+    let deps = deps.as_array().ok_or_else(|| {
+        refuse(
+            line_of("dependencies"),
+            "dependencies",
+            "[project] dependencies is a list of requirement strings",
+        )
+    })?;
+    let mut out = Vec::new();
+    for dep in deps {
+        let Some(dep) = dep.as_str() else {
+            return Err(refuse(
+                line_of("dependencies"),
+                "dependencies",
+                "[project] dependencies is a list of requirement strings",
+            ));
+        };
+        let line = line_of(dep);
+        if !dep.bytes().all(|b| matches!(b, 0x20..=0x7e)) {
+            return Err(refuse(line, dep, "only printable ASCII is allowed"));
+        }
+        let code = dep.trim();
+        if code.contains("--") {
+            return Err(refuse(line, dep, "a dependency carries no options"));
+        }
+        let requirement = check_line(code).map_err(|why| refuse(line, dep, why))?;
+        out.push(Requirement {
+            line,
+            ..requirement
+        });
+    }
+    Ok(out)
 }
 
 /// The line without its comment: `#` at the start or after white space, as pip reads it.
@@ -83,7 +236,7 @@ fn strip_comment(line: &str) -> &str {
     line
 }
 
-fn check_line(code: &str) -> Result<(), &'static str> {
+fn check_line(code: &str) -> Result<Requirement, &'static str> {
     if code.starts_with('-') {
         return Err("options are not allowed: the package index is set by the operator, and only wheels are installed");
     }
@@ -132,6 +285,7 @@ fn check_line(code: &str) -> Result<(), &'static str> {
     if spec.split_whitespace().any(|word| word.starts_with('-')) {
         return Err("the only option a requirement may carry is --hash=sha256:<hex>");
     }
+    let mut digests = Vec::new();
     for option in hashes.split_whitespace() {
         let hex = option
             .strip_prefix("--hash=sha256:")
@@ -139,6 +293,7 @@ fn check_line(code: &str) -> Result<(), &'static str> {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("a --hash is sha256: and 64 hex digits");
         }
+        digests.push(hex.to_ascii_lowercase());
     }
     let (versions, marker) = match spec.split_once(';') {
         Some((v, m)) => (v.trim(), Some(m.trim())),
@@ -164,7 +319,15 @@ fn check_line(code: &str) -> Result<(), &'static str> {
     if let Some(marker) = marker {
         check_marker(marker)?;
     }
-    Ok(())
+    Ok(Requirement {
+        line: 0,
+        spec: code[..code.len() - hashes.len()]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        name: normalize_name(&name),
+        hashes: digests,
+    })
 }
 
 /// The names an environment marker may compare (PEP 508).
@@ -276,6 +439,9 @@ typing_extensions; platform_machine == 'x86_64' and python_version < '3.12'
             ("git+https://example.com/repo.git\n", 1),
             ("ht\\\ntp://127.0.0.1/\n", 1),
             ("six\\\n", 1),
+            ("six \\\n  --index-url https://evil.example/simple\n", 1),
+            ("six\nnumpy \\\n -e .\n", 2),
+            ("six # pinned \\\n-e .\n", 1),
             ("~/pkg\n", 1),
             ("six; os.system('x')\n", 1),
             ("six --hash=md5:abc\n", 1),
@@ -294,6 +460,64 @@ typing_extensions; platform_machine == 'x86_64' and python_version < '3.12'
         ] {
             let e = check(text).expect_err(text);
             assert_eq!(e.line, line, "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn continued_lines_are_one_requirement_and_hashes_are_kept() {
+        let a = "a".repeat(64);
+        let b = "B".repeat(64);
+        let text = format!(
+            "# generated\nsix==1.17.0 \\\n    --hash=sha256:{a} \\\n    --hash=sha256:{b}\n    # via x\nTyping_Extensions>=4 ; python_version < '3.12'  # c\n"
+        );
+        let parsed = parse(&text).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            (
+                parsed[0].line,
+                parsed[0].spec.as_str(),
+                parsed[0].name.as_str()
+            ),
+            (2, "six==1.17.0", "six")
+        );
+        assert_eq!(parsed[0].hashes, [a.clone(), b.to_ascii_lowercase()]);
+        assert_eq!(parsed[1].line, 6);
+        assert_eq!(parsed[1].name, "typing-extensions");
+        assert_eq!(
+            render(&parsed),
+            format!(
+                "six==1.17.0 --hash=sha256:{a} --hash=sha256:{}\nTyping_Extensions>=4 ; python_version < '3.12'\n",
+                b.to_ascii_lowercase()
+            )
+        );
+        assert_eq!(normalize_name("Zope.Interface__x"), "zope-interface-x");
+    }
+
+    #[test]
+    fn pyproject_dependencies_are_checked_as_requirements_are() {
+        let text = "[build-system]\nrequires = [\"hatchling\"]\n\n[project]\nname = \"app\"\ndependencies = [\n  \"six>=1\",\n  \"tabulate[widechars]==0.9.0\",\n]\n\n[tool.uv]\nindex-url = \"https://evil.example/simple\"\n";
+        let deps = from_pyproject(text).unwrap();
+        assert_eq!(
+            deps.iter()
+                .map(|d| (d.line, d.spec.as_str()))
+                .collect::<Vec<_>>(),
+            [(7, "six>=1"), (8, "tabulate[widechars]==0.9.0")]
+        );
+        assert!(from_pyproject("[tool.black]\nline-length = 99\n")
+            .unwrap()
+            .is_empty());
+        for (text, line) in [
+            ("[project]\ndependencies = [\"pkg @ file:///srv/pkg\"]\n", 2),
+            ("[project]\nname = \"x\"\ndynamic = [\"dependencies\"]\n", 3),
+            (
+                "[project]\ndependencies = [\n\"six\",\n\"git+https://example.com/r.git\"]\n",
+                4,
+            ),
+            ("[project]\ndependencies = \"six\"\n", 2),
+            ("[project\n", 1),
+        ] {
+            let e = from_pyproject(text).expect_err(text);
+            assert_eq!((e.file, e.line), ("pyproject.toml", line), "{text}: {e}");
         }
     }
 

@@ -2,17 +2,20 @@
 //! removal all come through [`deploy`], one at a time per tenant.
 //!
 //! The order is what keeps a failed deploy from changing anything: fetch (a sync) → write the
-//! version tree (commit + uploads) → build its virtualenv if it has a `requirements.txt` (in a
-//! sandboxed child, with network) → compile its modules into the tree (in a sandboxed child,
+//! version tree (commit + uploads) → build its virtualenv if it has a `requirements.txt` or a
+//! `pyproject.toml` with dependencies (resolve, fetch wheels into the node's cache, install:
+//! sandboxed children, only the first two with a way out, through the build gateway) → compile its modules into the tree (in a sandboxed child,
 //! which runs no tenant code) → list its functions (in a sandboxed child, never in the
 //! daemon) → record the version, the upload change and the activation in one store
 //! transaction → swap `github/git_<tenant>`. Until the transaction, nothing a call reads has
 //! changed; a new version tree that fails a later step is removed again.
 //!
 //! This module holds the order; the steps that run children are beside it: the virtualenv
-//! ([`venv`]), the compile and the listing ([`runner_modes`]), and the collection of what no
+//! ([`venv`], with `uv` in [`uv`] and the node's wheel cache in [`wheels`]), the compile and the listing ([`runner_modes`]), and the collection of what no
 //! version uses any more ([`collect`]), and making a version another node deployed present on
 //! this one ([`materialise`]).
+
+use std::path::PathBuf;
 
 use falra_policies::Policy;
 use falra_tenants::{
@@ -30,7 +33,9 @@ mod collect;
 pub mod log;
 mod materialise;
 mod runner_modes;
+pub mod uv;
 mod venv;
+pub mod wheels;
 
 pub use collect::collect_versions;
 pub use log::{DeployEvent, DeployLog, StepRecord};
@@ -487,6 +492,9 @@ async fn deploy_now(
     // The log as it stands before activation: the version is kept with every step that made
     // it; the answer shows the activation too.
     let deploy_log = log.to_json();
+    let packages = venv_for(state, &state.layout.version_dir(name, &version))
+        .and_then(|dir| venv::venv_packages(&dir))
+        .map(|p| serde_json::to_string(&p).expect("packages serialise"));
     let record = NewVersion {
         id: &version,
         source: label,
@@ -494,6 +502,7 @@ async fn deploy_now(
         functions: Some(&functions_text),
         uploads: Some(&upload_names),
         deploy_log: Some(&deploy_log),
+        packages: packages.as_deref(),
         now,
     };
     log.step(
@@ -597,6 +606,23 @@ async fn fetch_branch(
         .map_err(|e| sync_failed(name, &e))
 }
 
+/// Builds a kept version's virtualenv again if this node has the version's tree but not its
+/// virtualenv (collected, or lost), from the packages recorded with the version: what a
+/// rollback activates is what the version had.
+pub async fn rebuild_venv(
+    state: &Core,
+    tenant: &TenantRow,
+    version: &VersionId,
+) -> Result<(), DeployError> {
+    let code = state.layout.version_dir(&tenant.name, version);
+    if !code.is_dir() || venv_for(state, &code).is_none_or(|v| v.is_dir()) {
+        return Ok(());
+    }
+    let policy = crate::plans::effective_policy(state, tenant);
+    ensure_venv(state, tenant, &policy, &code, version, &DeployLog::new()).await?;
+    Ok(())
+}
+
 /// Everything a new version needs before it may become active: its owner, its virtualenv,
 /// its function listing (reused when the version was made before). Returns the listing.
 async fn finish_version(
@@ -618,15 +644,19 @@ async fn finish_version(
     }
     let code = state.layout.version_dir(name, version);
     let venv = log
-        .step("venv", ensure_venv(state, tenant, policy, &code), |venv| {
-            Some(
-                match venv {
-                    Some(_) => "packages from requirements.txt ready",
-                    None => "no requirements.txt",
-                }
-                .to_owned(),
-            )
-        })
+        .step(
+            "venv",
+            ensure_venv(state, tenant, policy, &code, version, log),
+            |venv: &Option<PathBuf>| {
+                Some(match venv {
+                    Some(dir) => match venv::venv_packages(dir) {
+                        Some(p) => format!("{} packages ready", p.len()),
+                        None => "packages ready".to_owned(),
+                    },
+                    None => "no requirements".to_owned(),
+                })
+            },
+        )
         .await?;
     let mounts = CodeMounts { code, venv };
     log.step_with(

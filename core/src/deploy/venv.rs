@@ -1,23 +1,27 @@
-//! A version's virtualenv: found by the hash of what goes into it, built in two sandboxed
-//! children (`pip download` through the build's egress gateway, then `pip install
-//! --no-index` with no network), sealed read-only.
+//! A version's virtualenv: found by the hash of what goes into it (its requirements file,
+//! the interpreter, the index, the builder), built with `uv` from the node's wheel cache
+//! (`uv.rs`) or, where `uv` is not installed, in two sandboxed pip children (`pip download`
+//! through the build's egress gateway, then `pip install --no-index` with no network);
+//! sealed read-only, with the set of packages it holds.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use falra_policies::{Network, Policy};
-use falra_sandbox::setup::SetupLimits;
-use falra_sandbox::{netns, Bind, Termination};
+use falra_policies::Policy;
+use falra_sandbox::{Bind, Termination};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::Core;
-use falra_runtime::isolation::{CodeMounts, VENV_DIR};
-use falra_runtime::ChildStage;
+use falra_runtime::isolation::VENV_DIR;
 use falra_store::TenantRow;
 
+use super::log::DeployLog;
 use super::runner_modes::tenant_owned_dir;
+use super::uv::{run_child, BuildChild, Inputs, Package, PACKAGES_FILE};
 use super::{node, DeployError};
+use falra_tenants::requirements;
+use falra_tenants::VersionId;
 
 /// Where a build's downloaded wheels are, inside its children.
 pub(super) const WHEELS_DIR: &str = "/falra-wheels";
@@ -26,7 +30,7 @@ pub(super) const VENV_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most a virtualenv may take on disk.
 pub(super) const VENV_MAX_BYTES: u64 = 2 << 30;
 
-/// The virtualenv a version's `requirements.txt` asks for, built if it is not there yet.
+/// The virtualenv a version's requirements ask for, built if it is not there yet.
 /// Virtualenvs are shared by every version (of any tenant) with the same requirements and
 /// interpreter: `venvs/<hash>/`.
 pub(super) async fn ensure_venv(
@@ -34,6 +38,8 @@ pub(super) async fn ensure_venv(
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
+    version: &VersionId,
+    log: &DeployLog,
 ) -> Result<Option<PathBuf>, DeployError> {
     let Some(dir) = venv_for(state, code) else {
         return Ok(None);
@@ -50,8 +56,11 @@ pub(super) async fn ensure_venv(
     // The build runs as the tenant: only its output directory is writable to it.
     tenant_owned_dir(&staging, tenant.uid.get())
         .map_err(node("could not prepare the virtualenv directory"))?;
-    let built = build_venv(state, tenant, policy, code, &staging).await;
-    let finished = built.and_then(|()| {
+    let built = build_venv(state, tenant, policy, code, version, &staging, log).await;
+    let finished = built.and_then(|packages| {
+        let record = serde_json::to_vec(&packages).expect("packages serialise");
+        std::fs::write(staging.join(PACKAGES_FILE), record)
+            .map_err(node("could not record the virtualenv's packages"))?;
         seal_venv(&staging)
             .map_err(node("could not seal the virtualenv"))
             .and_then(|size| {
@@ -78,19 +87,92 @@ pub(super) async fn ensure_venv(
     Ok(Some(dir))
 }
 
-/// `venvs/<hash>` for the version at `code`, if it has a `requirements.txt` (a regular file;
-/// a symlink is not followed). The hash covers the interpreter, the operator's package index
-/// and the whole file, which names packages only (`falra_tenants::requirements`): two
-/// tenants with the same file get the same packages, so they share the virtualenv.
-pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
-    let path = code.join("requirements.txt");
-    if !path.symlink_metadata().ok()?.is_file() {
-        return None;
+/// The file a version's requirements are read from: `requirements.txt`; else, where the node
+/// builds with uv, a `uv.lock` beside a `pyproject.toml`; else a `pyproject.toml` whose
+/// `[project]` has dependencies (or that cannot be read, so the build says why). Regular
+/// files only: a symlink is not followed. For a lock, the bytes are the project's and the
+/// lock's together.
+fn requirements_file(code: &Path, uv: bool) -> Option<(&'static str, Vec<u8>)> {
+    let read = |name: &str| {
+        let path = code.join(name);
+        if !path.symlink_metadata().ok()?.is_file() {
+            return None;
+        }
+        std::fs::read(&path).ok()
+    };
+    if let Some(text) = read("requirements.txt") {
+        return Some(("requirements.txt", text));
     }
-    let text = std::fs::read(&path).ok()?;
+    let text = read("pyproject.toml")?;
+    if uv {
+        if let Some(lock) = read("uv.lock") {
+            let mut both = text;
+            both.extend_from_slice(b"\0");
+            both.extend_from_slice(&lock);
+            return Some(("uv.lock", both));
+        }
+    }
+    let declares = std::str::from_utf8(&text)
+        .map(|t| !matches!(requirements::from_pyproject(t), Ok(deps) if deps.is_empty()))
+        .unwrap_or(true);
+    declares.then_some(("pyproject.toml", text))
+}
+
+/// Where a version's requirements come from.
+pub(super) enum Source {
+    /// A requirements file or a project's dependencies, checked.
+    Checked(Inputs),
+    /// A `uv.lock`: exported by uv (`uv::export_lock`), then checked.
+    UvLock,
+}
+
+/// The version's requirements, checked (`falra_tenants::requirements`); none without a file.
+pub(super) fn read_inputs(code: &Path, uv: bool) -> Result<Option<Source>, DeployError> {
+    let Some((file, bytes)) = requirements_file(code, uv) else {
+        return Ok(None);
+    };
+    if file == "uv.lock" {
+        return Ok(Some(Source::UvLock));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| DeployError::failed(format!("{file} could not be read as UTF-8 text: {e}")))?;
+    let parsed = match file {
+        "requirements.txt" => requirements::parse(&text),
+        _ => requirements::from_pyproject(&text),
+    };
+    let requirements = parsed.map_err(|e| DeployError::Failed {
+        message: e.to_string(),
+        detail: Some(
+            json!({"reason": "refused", "file": e.file, "line": e.line, "requirement": e.text}),
+        ),
+    })?;
+    Ok(Some(Source::Checked(Inputs { file, requirements })))
+}
+
+/// The packages a built virtualenv holds, as recorded when it was built.
+pub fn venv_packages(dir: &Path) -> Option<Vec<Package>> {
+    let text = std::fs::read(dir.join(PACKAGES_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// `venvs/<hash>` for the version at `code`, if it has requirements (`requirements_file`).
+/// The hash covers the builder, the interpreter, the operator's package index and the whole
+/// file, which names packages only (`falra_tenants::requirements`): two tenants with the
+/// same file get the same packages, so they share the virtualenv.
+pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
+    let (file, text) = requirements_file(code, state.config.uv.is_some())?;
     let mut h = Sha256::new();
     h.update(state.config.python_version.as_bytes());
     h.update(b"\n");
+    // A pip build and a uv build of one file lay out the same packages, but are not made
+    // the same way: each has its own virtualenv. A requirements.txt alone hashes as before.
+    if state.config.uv.is_some() {
+        h.update(b"builder uv\n");
+    }
+    if file != "requirements.txt" {
+        h.update(file.as_bytes());
+        h.update(b"\n");
+    }
     for source in state.config.pip_index_args() {
         h.update(source.as_bytes());
         h.update(b"\n");
@@ -100,36 +182,109 @@ pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
     Some(state.config.data_dir.join("venvs").join(&hash[..24]))
 }
 
-/// Builds the virtualenv of `requirements.txt` into `out`, in two sandboxed children of the
-/// tenant, neither with the host's network and neither running anything the tenant controls:
+/// Builds the virtualenv of the version's requirements into `out`: with `uv` where the node
+/// has it (`uv::build`, reusing the version's recorded set), else with pip
+/// (`build_with_pip`). Returns what it installed.
+pub(super) async fn build_venv(
+    state: &Core,
+    tenant: &TenantRow,
+    policy: &Policy,
+    code: &Path,
+    version: &VersionId,
+    out: &Path,
+    log: &DeployLog,
+) -> Result<Vec<Package>, DeployError> {
+    let source = read_inputs(code, state.config.uv.is_some())?
+        .ok_or_else(|| DeployError::failed("the version's requirements file went away"))?;
+    let Some(uv) = &state.config.uv else {
+        let Source::Checked(inputs) = source else {
+            return Err(DeployError::failed("a uv.lock is read only with uv"));
+        };
+        let rendered = requirements::render(&inputs.requirements);
+        build_with_pip(state, tenant, policy, code, &rendered, out).await?;
+        return Ok(installed_dists(out));
+    };
+    // A version built before keeps its set: a rollback gets what it had, not what resolves now.
+    let recorded = state
+        .store
+        .version(&tenant.name, version)
+        .await?
+        .and_then(|v| v.packages)
+        .and_then(|p| serde_json::from_str::<Vec<Package>>(&p).ok())
+        .filter(|p| {
+            !p.is_empty()
+                && p.iter()
+                    .all(|p| super::wheels::is_digest(&p.sha256) && !p.url.is_empty())
+        });
+    let inputs = match source {
+        Source::Checked(inputs) => inputs,
+        Source::UvLock => {
+            log.step(
+                "lock",
+                super::uv::export_lock(state, tenant, policy, code, uv, out),
+                |i: &Inputs| {
+                    Some(format!(
+                        "{} packages pinned by uv.lock",
+                        i.requirements.len()
+                    ))
+                },
+            )
+            .await?
+        }
+    };
+    super::uv::build(state, tenant, policy, code, uv, &inputs, recorded, out, log).await
+}
+
+/// The distributions a pip-built `--target` directory holds (their `*.dist-info`), by name
+/// and version: what a pip build records of itself (no digests).
+fn installed_dists(dir: &Path) -> Vec<Package> {
+    let mut out: Vec<Package> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".dist-info")?;
+            let (package, version) = stem.split_once('-')?;
+            Some(Package {
+                name: requirements::normalize_name(package),
+                version: version.to_owned(),
+                wheel: String::new(),
+                sha256: String::new(),
+                url: String::new(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Builds the virtualenv of `requirements` (the checked file, rendered) into `out`, in two
+/// sandboxed children of the tenant, neither with the host's network and neither running
+/// anything the tenant controls:
 ///
 /// 1. `pip download`, wheels only, in a network namespace of its own whose only way out is a
 ///    build gateway (every connection checked by the node's address rule at connect time),
 ///    from the operator's package index, into a scratch directory;
 /// 2. `pip install --no-index` from that directory, with no network at all, into `out`.
 ///
-/// The file is checked line by line first (`falra_tenants::requirements`): package names,
+/// The file was checked line by line first (`falra_tenants::requirements`): package names,
 /// versions, markers and hashes only, so pip cannot be pointed at a path, a VCS, another
-/// index or an sdist. Both children run in an empty working directory.
-pub(super) async fn build_venv(
+/// index or an sdist; pip reads the daemon's rendering of it, one requirement a line. Both
+/// children run in an empty working directory.
+async fn build_with_pip(
     state: &Core,
     tenant: &TenantRow,
     policy: &Policy,
     code: &Path,
+    requirements: &str,
     out: &Path,
 ) -> Result<(), DeployError> {
-    let text = std::fs::read_to_string(code.join("requirements.txt")).map_err(|e| {
-        DeployError::failed(format!(
-            "requirements.txt could not be read as UTF-8 text: {e}"
-        ))
-    })?;
-    falra_tenants::requirements::check(&text).map_err(|e| DeployError::Failed {
-        message: e.to_string(),
-        detail: Some(json!({"line": e.line, "requirement": e.text})),
-    })?;
     let wheels = out.with_extension("wheels");
     tenant_owned_dir(&wheels, tenant.uid.get())
         .map_err(node("could not prepare the build's download directory"))?;
+    std::fs::write(wheels.join("requirements.txt"), requirements)
+        .map_err(node("could not write the build's requirements"))?;
     let built = async {
         pip_stage(
             state,
@@ -173,19 +328,9 @@ pub(super) async fn pip_stage(
             real.to_path_buf()
         }
     };
-    let requirements = if isolated {
-        PathBuf::from(falra_runtime::isolation::CODE_DIR).join("requirements.txt")
-    } else {
-        code.join("requirements.txt")
-    };
     let target = inside(out, VENV_DIR);
     let wheel_dir = inside(wheels, WHEELS_DIR);
-    let mut build_policy = policy.clone();
-    build_policy.network = Network::None;
-    build_policy.memory_mb = build_policy.memory_mb.max(1024);
-    build_policy.pids = build_policy.pids.max(256);
-    build_policy.tmp_mb = build_policy.tmp_mb.max(1024);
-    build_policy.cpu_percent = build_policy.cpu_percent.max(100);
+    let requirements = wheel_dir.join("requirements.txt");
     let mut args: Vec<std::ffi::OsString> = [
         "-I",
         "-m",
@@ -204,18 +349,6 @@ pub(super) async fn pip_stage(
     .into_iter()
     .map(std::ffi::OsString::from)
     .collect();
-    // The build's own network namespace: for the download, with the build gateway inside;
-    // for the install, with nothing at all.
-    let (netns, listener) = if isolated {
-        let gateway = (which == PipStage::Download).then_some(falra_runtime::gateway::GATEWAY_ADDR);
-        let (fd, listener) = netns::new_loopback_namespace_listening(gateway)
-            .map_err(node("could not prepare the build's network namespace"))?;
-        (Some(std::sync::Arc::new(fd)), listener)
-    } else {
-        (None, None)
-    };
-    let _gate =
-        listener.and_then(|l| falra_runtime::gateway::Gateways::serve_build(&state.runtime, l));
     match which {
         PipStage::Download => {
             if isolated {
@@ -248,44 +381,25 @@ pub(super) async fn pip_stage(
             writable: which == PipStage::Download,
         },
     ];
-    let stage = ChildStage {
+    let child = BuildChild {
+        what: match which {
+            PipStage::Download => "pip-download",
+            PipStage::Install => "pip-install",
+        },
         program: state.config.python.clone(),
-        args: Some(args),
-        extra: binds.into_iter().filter(|_| isolated).collect(),
+        args,
+        binds,
+        // The build's own network namespace: for the download, with the build gateway
+        // inside; for the install, with nothing at all.
+        gateway: which == PipStage::Download,
         // No configuration file of pip's is read (a planted pip.conf would choose the index).
         env: vec![
             ("PIP_NO_CACHE_DIR".into(), "1".into()),
             ("PIP_CONFIG_FILE".into(), "/dev/null".into()),
         ],
-        // Wheels and compiled extensions can be large files; many files are open at once.
-        setup: SetupLimits {
-            file_size_bytes: 512 << 20,
-            open_files: 1024,
-            ..SetupLimits::default()
-        },
-        netns,
-        cwd: Some(wheel_dir),
-        fork: false,
-        stdin_fd: None,
-        preload: None,
+        cwd: wheel_dir,
     };
-    let mounts = CodeMounts {
-        code: code.to_path_buf(),
-        venv: None,
-    };
-    let mut limits = state.runtime.limits(0);
-    limits.wall = VENV_TIMEOUT;
-    let child = state
-        .runtime
-        .prepare(tenant.uid.get(), &mounts, &build_policy, stage)
-        .await?;
-    let ran = child.run_to_end(Vec::new(), limits, ()).await?;
-    let what = match which {
-        PipStage::Download => "pip-download",
-        PipStage::Install => "pip-install",
-    };
-    crate::metering::record_deploy_child(state, &tenant.name, what, &ran);
-    let finished = ran.finished;
+    let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
     let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     let why = match finished.termination {
         Termination::Exited(0) => return Ok(()),
@@ -296,7 +410,6 @@ pub(super) async fn pip_stage(
             VENV_TIMEOUT.as_secs()
         ),
     };
-    let refused = _gate.map(|g| g.refusals.list()).unwrap_or_default();
     let output = if refused.is_empty() {
         output
     } else {
