@@ -10,7 +10,12 @@
 //!    node's interpreter, through the build gateway; each checked against its digest again
 //!    by the daemon as it enters the cache (and against the tenant's `--hash` pins);
 //! 3. **install** — `uv pip install --offline --no-index --require-hashes` of exactly that
-//!    set, from a directory of the cached wheels, with no network at all.
+//!    set, from a directory of the cached wheels, with no network at all, as the node's
+//!    builder uid ([`BUILDER_UID`], no tenant's) in the build arena (`<data>/builds`): uv
+//!    unpacks each wheel there once and links its files into every virtualenv that installs
+//!    it, so a warm install writes no file data and twenty virtualenvs of pandas take the
+//!    disk of about one. The arena is bound into install children only; no call, and nothing
+//!    a tenant controls, ever runs as the builder.
 //!
 //! What was installed (name, version, wheel, digest) is kept in the virtualenv and with the
 //! version.
@@ -19,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use falra_policies::{Network, Policy};
-use falra_runtime::isolation::{CodeMounts, VENV_DIR};
+use falra_runtime::isolation::CodeMounts;
 use falra_runtime::ChildStage;
 use falra_sandbox::setup::SetupLimits;
 use falra_sandbox::{netns, Bind, Finished, Termination};
@@ -49,6 +54,32 @@ pub struct Package {
 
 /// The file a virtualenv keeps its resolved set in (a dot file: never importable).
 pub const PACKAGES_FILE: &str = ".falra-packages.json";
+
+/// The uid install children run as: below every tenant's, so no tenant's code ever runs as
+/// it. It owns the build arena's unpacked wheels, whose files virtualenvs link.
+pub const BUILDER_UID: u32 = falra_store::TenantUid::FIRST - 1;
+/// Where the build arena is, inside install children.
+const ARENA_DIR: &str = "/falra-builds";
+/// uv's cache of unpacked wheels, in the arena.
+const UV_CACHE: &str = ".uv-cache";
+
+/// The build arena (`<data>/builds`, root's, with uv's cache the builder's), made if missing.
+pub(super) fn prepare_arena(state: &Core) -> Result<PathBuf, DeployError> {
+    let arena = state.config.data_dir.join("builds");
+    tenant_owned_dir(&arena.join(UV_CACHE), BUILDER_UID)
+        .map_err(node("could not prepare the build arena"))?;
+    Ok(arena)
+}
+
+/// A build's scratch directory (`<data>/venvs/<staging name>.<what>`), away from the arena.
+fn scratch_for(state: &Core, out: &Path, what: &str) -> PathBuf {
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("venv");
+    state
+        .config
+        .data_dir
+        .join("venvs")
+        .join(format!("{name}.{what}"))
+}
 
 /// Where a build's scratch directory is, inside its children.
 const BUILD_DIR: &str = "/falra-build";
@@ -94,7 +125,7 @@ pub(super) async fn build(
     out: &Path,
     log: &DeployLog,
 ) -> Result<Vec<Package>, DeployError> {
-    let scratch = out.with_extension("build");
+    let scratch = scratch_for(state, out, "build");
     tenant_owned_dir(&scratch, tenant.uid.get())
         .map_err(node("could not prepare the build's directory"))?;
     let built = async {
@@ -147,8 +178,45 @@ pub(super) async fn build(
         Err(_) => HashSet::new(),
     };
     let cache = state.wheels.clone();
-    let _ = falra_runtime::task::spawn_blocking(move || cache.evict(&keep)).await;
+    let unpacked = state.config.data_dir.join("builds").join(UV_CACHE);
+    let bound = state.config.wheel_cache_bytes;
+    let _ = falra_runtime::task::spawn_blocking(move || {
+        let _ = cache.evict(&keep);
+        bound_unpacked(&unpacked, bound);
+    })
+    .await;
     built
+}
+
+/// Past the wheel cache's bound, uv's unpacked wheels are cleared whole (virtualenvs keep the
+/// files they link; the next installs unpack again). Measured by blocks, so a file linked
+/// from many virtualenvs counts once.
+fn bound_unpacked(dir: &Path, bound: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut size = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.nlink() == 1 {
+                // Held by the cache alone: what clearing it would give back.
+                size += meta.len();
+            }
+        }
+    }
+    if size > bound {
+        tracing::info!(
+            bytes = size,
+            "the unpacked wheels passed the cache's bound; cleared"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = tenant_owned_dir(dir, BUILDER_UID);
+    }
 }
 
 /// `6 packages: numpy 2.4.6, pandas 3.1.1, …` (the first few).
@@ -234,6 +302,8 @@ pub(super) struct BuildChild {
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// As the child sees it.
     pub cwd: PathBuf,
+    /// Whom it runs as, if not the tenant ([`BUILDER_UID`]).
+    pub uid: Option<u32>,
 }
 
 /// Runs one child of a build to its end, as the tenant, with the build's limits and in a
@@ -297,7 +367,12 @@ pub(super) async fn run_child(
     limits.wall = VENV_TIMEOUT;
     let prepared = state
         .runtime
-        .prepare(tenant.uid.get(), &mounts, &build_policy, stage)
+        .prepare(
+            child.uid.unwrap_or(tenant.uid.get()),
+            &mounts,
+            &build_policy,
+            stage,
+        )
         .await?;
     let ran = prepared.run_to_end(Vec::new(), limits, ()).await?;
     crate::metering::record_deploy_child(state, &tenant.name, child.what, &ran);
@@ -387,7 +462,7 @@ pub(super) async fn export_lock(
     uv: &Path,
     out: &Path,
 ) -> Result<Inputs, DeployError> {
-    let scratch = out.with_extension("lock");
+    let scratch = scratch_for(state, out, "lock");
     tenant_owned_dir(&scratch, tenant.uid.get())
         .map_err(node("could not prepare the build's directory"))?;
     let (program, uv_bind) = uv_program(state, uv);
@@ -424,6 +499,7 @@ pub(super) async fn export_lock(
         gateway: false,
         env: uv_env(),
         cwd: BUILD_DIR.into(),
+        uid: None,
     };
     let ran = run_child(state, tenant, policy, code, child).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -492,6 +568,7 @@ async fn resolve(
         gateway: true,
         env: uv_env(),
         cwd: BUILD_DIR.into(),
+        uid: None,
     };
     let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
     if finished.termination != Termination::Exited(0) {
@@ -753,6 +830,7 @@ async fn wheels(
             gateway: true,
             env: Vec::new(),
             cwd: BUILD_DIR.into(),
+            uid: None,
         };
         let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
         if finished.termination != Termination::Exited(0) {
@@ -844,16 +922,20 @@ async fn install(
         .collect();
     std::fs::write(scratch.join("pinned.txt"), pinned)
         .map_err(node("could not write the build's pinned set"))?;
-    let uv_cache = scratch.join("uv-cache");
-    tenant_owned_dir(&uv_cache, tenant.uid.get())
-        .map_err(node("could not prepare the build's directory"))?;
     let at = inside(state, scratch, BUILD_DIR);
     let (program, uv_bind) = uv_program(state, uv);
+    // The output is in the arena (`ensure_venv` made it there), beside uv's unpacked wheels:
+    // one mount, so uv can link their files into it.
+    let arena = prepare_arena(state)?;
+    let arena_at = inside(state, &arena, ARENA_DIR);
+    let staging = out
+        .file_name()
+        .ok_or_else(|| DeployError::failed("the virtualenv's staging directory has no name"))?;
     let args: Vec<std::ffi::OsString> = vec![
         "pip".into(),
         "install".into(),
         "--target".into(),
-        inside(state, out, VENV_DIR).into(),
+        arena_at.join(staging).into(),
         "--python".into(),
         state.config.python.clone().into(),
         "--offline".into(),
@@ -865,9 +947,9 @@ async fn install(
         "--no-build".into(),
         "--no-config".into(),
         "--cache-dir".into(),
-        at.join("uv-cache").into(),
+        arena_at.join(UV_CACHE).into(),
         "--link-mode".into(),
-        "copy".into(),
+        "hardlink".into(),
         "--quiet".into(),
         "--no-progress".into(),
         "--color".into(),
@@ -878,15 +960,19 @@ async fn install(
     let binds = uv_bind
         .into_iter()
         .chain([
-            scratch_bind(scratch),
+            Bind {
+                source: scratch.to_path_buf(),
+                target: BUILD_DIR.into(),
+                writable: false,
+            },
             Bind {
                 source: links.to_path_buf(),
                 target: WHEELS_DIR.into(),
                 writable: false,
             },
             Bind {
-                source: out.to_path_buf(),
-                target: VENV_DIR.into(),
+                source: arena,
+                target: ARENA_DIR.into(),
                 writable: true,
             },
         ])
@@ -899,6 +985,7 @@ async fn install(
         gateway: false,
         env: uv_env(),
         cwd: BUILD_DIR.into(),
+        uid: Some(BUILDER_UID),
     };
     let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
     if finished.termination == Termination::Exited(0) {

@@ -48,20 +48,33 @@ pub(super) async fn ensure_venv(
         return Ok(Some(dir));
     }
     let venvs = dir.parent().expect("venvs/<hash>").to_path_buf();
-    let staging = venvs.join(format!(
+    let staging_name = format!(
         ".tmp-{}-{}",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("venv"),
         crate::calls::new_call_id()
-    ));
-    // The build runs as the tenant: only its output directory is writable to it.
-    tenant_owned_dir(&staging, tenant.uid.get())
+    );
+    // With uv, the install runs as the node's builder in the build arena, beside the unpacked
+    // wheels it links from; with pip, as the tenant. Either way only the output directory
+    // (and the arena's cache) is writable to it.
+    let with_uv = state.config.uv.is_some();
+    let staging = if with_uv {
+        super::uv::prepare_arena(state)?.join(&staging_name)
+    } else {
+        venvs.join(&staging_name)
+    };
+    let owner = if with_uv {
+        super::uv::BUILDER_UID
+    } else {
+        tenant.uid.get()
+    };
+    tenant_owned_dir(&staging, owner)
         .map_err(node("could not prepare the virtualenv directory"))?;
     let built = build_venv(state, tenant, policy, code, version, &staging, log).await;
     let finished = built.and_then(|packages| {
         let record = serde_json::to_vec(&packages).expect("packages serialise");
         std::fs::write(staging.join(PACKAGES_FILE), record)
             .map_err(node("could not record the virtualenv's packages"))?;
-        seal_venv(&staging)
+        seal_venv(&staging, with_uv)
             .map_err(node("could not seal the virtualenv"))
             .and_then(|size| {
                 if size > VENV_MAX_BYTES {
@@ -398,6 +411,7 @@ pub(super) async fn pip_stage(
             ("PIP_CONFIG_FILE".into(), "/dev/null".into()),
         ],
         cwd: wheel_dir,
+        uid: None,
     };
     let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
     let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
@@ -507,15 +521,21 @@ fn explain_pip(output: &str) -> Option<PipExplained> {
     None
 }
 
-/// Makes a built virtualenv root's and read-only for everyone (it is bound read-only into
-/// calls anyway); returns its size in bytes. Symlinks pip made are left as they are.
-pub(super) fn seal_venv(dir: &Path) -> std::io::Result<u64> {
+/// Makes a built virtualenv read-only for everyone (it is bound read-only into calls anyway)
+/// and its directories root's; returns its size in bytes (a file linked from the unpacked
+/// wheels counted once per virtualenv). Its files are root's too, except with `linked`
+/// (a uv build): those are the arena's unpacked wheels' own inodes, which stay the
+/// builder's so later installs can link them (the kernel's `protected_hardlinks` lets a uid
+/// link only files it owns); no call runs as the builder. Symlinks are left as they are.
+pub(super) fn seal_venv(dir: &Path, linked: bool) -> std::io::Result<u64> {
     use std::os::unix::fs::PermissionsExt;
     let mut size = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
         let meta = path.symlink_metadata()?;
-        std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
+        if !(linked && meta.is_file()) {
+            std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
+        }
         if meta.is_dir() {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
             for entry in std::fs::read_dir(&path)? {

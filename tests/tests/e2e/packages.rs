@@ -347,6 +347,30 @@ fn uv_builds_share_wheels_record_what_they_resolved_and_rebuild_it_on_rollback()
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(names, ["falrapkg", "helperpkg", "withdep"]);
+    // The two virtualenvs hold falrapkg's files once on disk (linked from the unpacked
+    // wheel), read-only, owned by neither tenant.
+    use std::os::unix::fs::MetadataExt;
+    let copies: Vec<std::fs::Metadata> = std::fs::read_dir(d.data_dir.join("venvs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("falrapkg/__init__.py"))
+        .filter(|p| p.is_file())
+        .map(|p| p.metadata().unwrap())
+        .collect();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0].ino(), copies[1].ino());
+    assert_eq!(copies[0].mode() & 0o777, 0o644);
+    let tenant_uids: Vec<u64> = ["caro", "dana"]
+        .iter()
+        .map(|t| {
+            d.admin("GET", &format!("/tenants/{t}"), None).body["uid"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(
+        !tenant_uids.contains(&u64::from(copies[0].uid())),
+        "{tenant_uids:?}"
+    );
 
     // Hashes pin the wheels: a wrong one fails the build and names the line, and the active
     // version stays.
