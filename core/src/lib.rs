@@ -231,6 +231,14 @@ impl Core {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// The virtualenv of the version at `code` is built (or found): its calls see it.
+    pub(crate) fn venv_ready(&self, code: &std::path::Path, venv: &std::path::Path) {
+        self.venvs
+            .lock()
+            .expect("venv table poisoned")
+            .insert(code.to_path_buf(), Some(venv.to_path_buf()));
+    }
+
     /// What a call of the version at `code` sees: the tree and its virtualenv, if any.
     pub fn code_mounts(&self, code: PathBuf) -> CodeMounts {
         let known = self
@@ -242,12 +250,9 @@ impl Core {
         let venv = match known {
             Some(venv) => venv,
             None => {
-                let wanted = deploy::venv_for(self, &code);
-                let venv = wanted.clone().filter(|v| v.is_dir());
-                if wanted.is_some() && venv.is_none() {
-                    // Not built (yet): not remembered, so the call after its build sees it.
-                    return CodeMounts { code, venv };
-                }
+                // Not built (yet) is remembered as none too: the build says when it is
+                // (`venv_ready`).
+                let venv = deploy::venv_for(self, &code).filter(|v| v.is_dir());
                 let mut table = self.venvs.lock().expect("venv table poisoned");
                 if table.len() > 10_000 {
                     table.clear();

@@ -618,6 +618,16 @@ pub async fn rebuild_venv(
     if !code.is_dir() || venv_for(state, &code).is_none_or(|v| v.is_dir()) {
         return Ok(());
     }
+    // Only a version that had a virtualenv (its set recorded) is given one again: an old
+    // version whose files only now read as requirements is left as it was deployed.
+    let recorded = state
+        .store
+        .version(&tenant.name, version)
+        .await?
+        .is_some_and(|v| v.packages.is_some());
+    if !recorded {
+        return Ok(());
+    }
     let policy = crate::plans::effective_policy(state, tenant);
     ensure_venv(state, tenant, &policy, &code, version, &DeployLog::new()).await?;
     Ok(())

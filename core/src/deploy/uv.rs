@@ -14,8 +14,9 @@
 //!    builder uid ([`BUILDER_UID`], no tenant's) in the build arena (`<data>/builds`): uv
 //!    unpacks each wheel there once and links its files into every virtualenv that installs
 //!    it, so a warm install writes no file data and twenty virtualenvs of pandas take the
-//!    disk of about one. The arena is bound into install children only; no call, and nothing
-//!    a tenant controls, ever runs as the builder.
+//!    disk of about one. The arena is bound into install children only, one at a time
+//!    ([`ARENA`]); no call, and nothing a tenant controls, ever runs as the builder. The
+//!    tree leaves the arena before the daemon writes to it or seals it.
 //!
 //! What was installed (name, version, wheel, digest) is kept in the virtualenv and with the
 //! version.
@@ -50,6 +51,29 @@ pub struct Package {
     pub sha256: String,
     /// Where it was fetched from (fetched from there again if the cache lost it).
     pub url: String,
+}
+
+impl Package {
+    /// Whether a recorded package can be built from as it is: what `parse_pylock` accepts
+    /// (a set read back from the store is checked again before it names files or lines).
+    pub fn is_well_formed(&self) -> bool {
+        !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && is_version(&self.version)
+            && is_wheel_file_name(&self.wheel)
+            && is_digest(&self.sha256)
+            && url::Url::parse(&self.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    }
+}
+
+/// A version as a package index writes one: PEP 440's characters only (one line, no spaces).
+fn is_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'!' | b'_' | b'-'))
 }
 
 /// The file a virtualenv keeps its resolved set in (a dot file: never importable).
@@ -109,9 +133,27 @@ impl Inputs {
         let name = requirements::normalize_name(package);
         self.requirements.iter().find(|r| r.name == name)
     }
+
+    /// Every hash the file gives a package, over all its lines (a lock exports a package
+    /// once per marker).
+    fn hashes_of(&self, package: &str) -> HashSet<&str> {
+        let name = requirements::normalize_name(package);
+        self.requirements
+            .iter()
+            .filter(|r| r.name == name)
+            .flat_map(|r| r.hashes.iter().map(String::as_str))
+            .collect()
+    }
 }
 
-/// Builds the virtualenv of `inputs` into `out` (a staging directory the tenant owns).
+/// One uv install on this node at a time, and nothing else in the arena meanwhile: a
+/// virtualenv is moved out of the arena (to be sealed by the daemon) before the next install
+/// child starts, so no install child ever shares the arena with another build's output, and
+/// uv's unpacked wheels are cleared only between installs.
+static ARENA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Builds the virtualenv of `inputs` into `out` (its staging directory in the build arena,
+/// the builder's), then moves it to `sealing` (out of the arena) for the daemon to seal.
 /// `recorded` is the version's resolved set, if it was built before.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn build(
@@ -123,6 +165,7 @@ pub(super) async fn build(
     inputs: &Inputs,
     recorded: Option<Vec<Package>>,
     out: &Path,
+    sealing: &Path,
     log: &DeployLog,
 ) -> Result<Vec<Package>, DeployError> {
     let scratch = scratch_for(state, out, "build");
@@ -160,6 +203,7 @@ pub(super) async fn build(
                 |w: &Wheels| Some(w.summary.clone()),
             )
             .await?;
+        let arena = ARENA.lock().await;
         log.step(
             "install",
             install(
@@ -168,6 +212,9 @@ pub(super) async fn build(
             |()| Some(format!("{} packages installed", packages.len())),
         )
         .await?;
+        std::fs::rename(out, sealing)
+            .map_err(node("could not move the virtualenv to be sealed"))?;
+        drop(arena);
         Ok(packages)
     }
     .await;
@@ -180,11 +227,13 @@ pub(super) async fn build(
     let cache = state.wheels.clone();
     let unpacked = state.config.data_dir.join("builds").join(UV_CACHE);
     let bound = state.config.wheel_cache_bytes;
+    let arena = ARENA.lock().await;
     let _ = falra_runtime::task::spawn_blocking(move || {
         let _ = cache.evict(&keep);
         bound_unpacked(&unpacked, bound);
     })
     .await;
+    drop(arena);
     built
 }
 
@@ -252,7 +301,7 @@ fn check_pins(inputs: &Inputs, packages: &[Package]) -> Result<(), DeployError> 
                 ),
             ));
         };
-        if !line.hashes.contains(&p.sha256) {
+        if !inputs.hashes_of(&p.name).contains(p.sha256.as_str()) {
             return Err(requirement_error(
                 inputs,
                 Some(line),
@@ -663,10 +712,7 @@ pub fn parse_pylock(text: &str) -> Result<Vec<Package>, String> {
         let version = p
             .version
             .ok_or_else(|| format!("{} has no version", p.name))?;
-        if !version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'!' | b'_' | b'-'))
-        {
+        if !is_version(&version) {
             return Err(format!("{}'s version {version:?}", p.name));
         }
         out.push(Package {
@@ -793,10 +839,16 @@ async fn wheels(
         .map_err(node("could not prepare the build's download directory"))?;
     let cache = state.wheels.clone();
     let wanted = packages.to_vec();
+    let hit_links = links.clone();
+    // A hit is linked into the build's directory at once: an eviction by another build while
+    // this one fetches cannot take it away.
     let present = falra_runtime::task::spawn_blocking(move || {
         wanted
             .iter()
-            .map(|p| cache.get(&p.sha256, &p.wheel).ok().flatten())
+            .map(|p| {
+                let hit = cache.get(&p.sha256, &p.wheel).ok().flatten()?;
+                link_wheel(&hit, &hit_links.join(&p.wheel)).ok()
+            })
             .collect::<Vec<_>>()
     })
     .await
@@ -857,12 +909,12 @@ async fn wheels(
         move || -> Result<u64, DeployError> {
             let mut bytes = 0;
             for (p, hit) in all.iter().zip(present) {
-                let path = match hit {
-                    Some(path) => path,
+                match hit {
+                    Some(()) => {}
                     None => {
                         let file = fetched.join(format!("{}.whl", p.sha256));
                         bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
-                        cache.put(&file, &p.sha256, &p.wheel).map_err(|e| match e {
+                        let path = cache.put(&file, &p.sha256, &p.wheel).map_err(|e| match e {
                             super::wheels::PutError::Mismatch { .. } => DeployError::Failed {
                                 message: format!("hash mismatch: the fetched {} is not the file its SHA-256 names", p.wheel),
                                 detail: Some(json!({"reason": "hash_mismatch", "package": p.name})),
@@ -870,13 +922,10 @@ async fn wheels(
                             super::wheels::PutError::Io(e) => {
                                 node("could not keep a fetched wheel")(e)
                             }
-                        })?
+                        })?;
+                        link_wheel(&path, &links.join(&p.wheel))
+                            .map_err(node("could not lay out the build's wheels"))?;
                     }
-                };
-                let link = links.join(&p.wheel);
-                if std::fs::hard_link(&path, &link).is_err() {
-                    std::fs::copy(&path, &link)
-                        .map_err(node("could not lay out the build's wheels"))?;
                 }
             }
             Ok(bytes)
@@ -893,6 +942,24 @@ async fn wheels(
             human_bytes(fetched_bytes)
         ),
     })
+}
+
+/// Links a cached wheel into a build's directory (a copy across file systems, made beside it
+/// and renamed, so nothing is ever written through an existing link into the cache).
+fn link_wheel(cached: &Path, link: &Path) -> std::io::Result<()> {
+    if link.symlink_metadata().is_ok() {
+        // Two packages cannot share a wheel's file name; refuse rather than overwrite.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} is named twice", link.display()),
+        ));
+    }
+    if std::fs::hard_link(cached, link).is_ok() {
+        return Ok(());
+    }
+    let partial = link.with_extension("part");
+    std::fs::copy(cached, &partial)?;
+    std::fs::rename(&partial, link)
 }
 
 /// `812 B`, `92.9 kB`, `29.3 MB`.
@@ -1135,5 +1202,37 @@ wheels = [{ url = "http://127.0.0.1:9/six-1.17.0-py2.py3-none-any.whl", hashes =
         );
         // No hashes at all: nothing to check.
         check_pins(&inputs("six\n"), &packages).unwrap();
+        // A lock exports a package once per marker: its hashes are all of its lines'.
+        let exported = inputs(&format!(
+            "six==1.16.0 ; python_version < '3.9' --hash=sha256:{}\nsix==1.17.0 ; python_version >= '3.9' --hash=sha256:{six}\npython-dateutil==4.0.0 --hash=sha256:{du}\n",
+            "1".repeat(64)
+        ));
+        check_pins(&exported, &packages).unwrap();
+    }
+
+    #[test]
+    fn a_recorded_set_is_checked_again_before_it_is_built_from() {
+        let good = parse_pylock(LOCK).unwrap();
+        assert!(good.iter().all(Package::is_well_formed));
+        for broken in [
+            Package {
+                version: "1.0\n--index-url http://x".into(),
+                ..good[1].clone()
+            },
+            Package {
+                wheel: "../six.whl".into(),
+                ..good[1].clone()
+            },
+            Package {
+                url: "file:///etc/passwd".into(),
+                ..good[1].clone()
+            },
+            Package {
+                name: "Six Two".into(),
+                ..good[1].clone()
+            },
+        ] {
+            assert!(!broken.is_well_formed(), "{broken:?}");
+        }
     }
 }

@@ -45,6 +45,7 @@ pub(super) async fn ensure_venv(
         return Ok(None);
     };
     if dir.is_dir() {
+        state.venv_ready(code, &dir);
         return Ok(Some(dir));
     }
     let venvs = dir.parent().expect("venvs/<hash>").to_path_buf();
@@ -69,12 +70,22 @@ pub(super) async fn ensure_venv(
     };
     tenant_owned_dir(&staging, owner)
         .map_err(node("could not prepare the virtualenv directory"))?;
-    let built = build_venv(state, tenant, policy, code, version, &staging, log).await;
+    // A uv build's tree leaves the arena before the daemon touches it: it is sealed where no
+    // sandboxed process can reach it.
+    let sealing = if with_uv {
+        venvs.join(format!(".seal{staging_name}"))
+    } else {
+        staging.clone()
+    };
+    let built = build_venv(
+        state, tenant, policy, code, version, &staging, &sealing, log,
+    )
+    .await;
     let finished = built.and_then(|packages| {
         let record = serde_json::to_vec(&packages).expect("packages serialise");
-        std::fs::write(staging.join(PACKAGES_FILE), record)
+        std::fs::write(sealing.join(PACKAGES_FILE), record)
             .map_err(node("could not record the virtualenv's packages"))?;
-        seal_venv(&staging, with_uv)
+        seal_venv(&sealing, with_uv)
             .map_err(node("could not seal the virtualenv"))
             .and_then(|size| {
                 if size > VENV_MAX_BYTES {
@@ -88,15 +99,17 @@ pub(super) async fn ensure_venv(
     });
     if let Err(e) = finished {
         let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(&sealing);
         return Err(e);
     }
-    if let Err(e) = std::fs::rename(&staging, &dir) {
-        let _ = std::fs::remove_dir_all(&staging);
+    if let Err(e) = std::fs::rename(&sealing, &dir) {
+        let _ = std::fs::remove_dir_all(&sealing);
         if !dir.is_dir() {
             return Err(node("could not move the virtualenv in place")(e));
         }
     }
     tracing::info!(tenant = %tenant.name, venv = %dir.display(), "virtualenv built");
+    state.venv_ready(code, &dir);
     Ok(Some(dir))
 }
 
@@ -119,8 +132,8 @@ fn requirements_file(code: &Path, uv: bool) -> Option<(&'static str, Vec<u8>)> {
     let text = read("pyproject.toml")?;
     if uv {
         if let Some(lock) = read("uv.lock") {
-            let mut both = text;
-            both.extend_from_slice(b"\0");
+            let mut both = (text.len() as u64).to_be_bytes().to_vec();
+            both.extend_from_slice(&text);
             both.extend_from_slice(&lock);
             return Some(("uv.lock", both));
         }
@@ -177,11 +190,8 @@ pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
     let mut h = Sha256::new();
     h.update(state.config.python_version.as_bytes());
     h.update(b"\n");
-    // A pip build and a uv build of one file lay out the same packages, but are not made
-    // the same way: each has its own virtualenv. A requirements.txt alone hashes as before.
-    if state.config.uv.is_some() {
-        h.update(b"builder uv\n");
-    }
+    // uv and pip lay out the same `--target` tree: a virtualenv either built serves both, so
+    // one built before uv was installed is still found (a requirements.txt hashes as before).
     if file != "requirements.txt" {
         h.update(file.as_bytes());
         h.update(b"\n");
@@ -198,6 +208,7 @@ pub fn venv_for(state: &Core, code: &Path) -> Option<PathBuf> {
 /// Builds the virtualenv of the version's requirements into `out`: with `uv` where the node
 /// has it (`uv::build`, reusing the version's recorded set), else with pip
 /// (`build_with_pip`). Returns what it installed.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn build_venv(
     state: &Core,
     tenant: &TenantRow,
@@ -205,6 +216,7 @@ pub(super) async fn build_venv(
     code: &Path,
     version: &VersionId,
     out: &Path,
+    sealing: &Path,
     log: &DeployLog,
 ) -> Result<Vec<Package>, DeployError> {
     let source = read_inputs(code, state.config.uv.is_some())?
@@ -224,11 +236,7 @@ pub(super) async fn build_venv(
         .await?
         .and_then(|v| v.packages)
         .and_then(|p| serde_json::from_str::<Vec<Package>>(&p).ok())
-        .filter(|p| {
-            !p.is_empty()
-                && p.iter()
-                    .all(|p| super::wheels::is_digest(&p.sha256) && !p.url.is_empty())
-        });
+        .filter(|p| !p.is_empty() && p.iter().all(Package::is_well_formed));
     let inputs = match source {
         Source::Checked(inputs) => inputs,
         Source::UvLock => {
@@ -245,7 +253,10 @@ pub(super) async fn build_venv(
             .await?
         }
     };
-    super::uv::build(state, tenant, policy, code, uv, &inputs, recorded, out, log).await
+    super::uv::build(
+        state, tenant, policy, code, uv, &inputs, recorded, out, sealing, log,
+    )
+    .await
 }
 
 /// The distributions a pip-built `--target` directory holds (their `*.dist-info`), by name
@@ -528,12 +539,13 @@ fn explain_pip(output: &str) -> Option<PipExplained> {
 /// builder's so later installs can link them (the kernel's `protected_hardlinks` lets a uid
 /// link only files it owns); no call runs as the builder. Symlinks are left as they are.
 pub(super) fn seal_venv(dir: &Path, linked: bool) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     let mut size = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
         let meta = path.symlink_metadata()?;
-        if !(linked && meta.is_file()) {
+        if !(linked && meta.is_file() && meta.nlink() > 1) {
             std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
         }
         if meta.is_dir() {
@@ -543,10 +555,14 @@ pub(super) fn seal_venv(dir: &Path, linked: bool) -> std::io::Result<u64> {
             }
         } else if meta.is_file() {
             size += meta.len();
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            // A linked file stays the builder's: read-only to it too, so no write of a later
+            // install lands in it by mistake.
+            let mode = match (executable, linked && meta.nlink() > 1) {
+                (true, true) => 0o555,
+                (false, true) => 0o444,
+                (true, false) => 0o755,
+                (false, false) => 0o644,
             };
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }

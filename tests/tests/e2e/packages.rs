@@ -358,7 +358,7 @@ fn uv_builds_share_wheels_record_what_they_resolved_and_rebuild_it_on_rollback()
         .collect();
     assert_eq!(copies.len(), 2);
     assert_eq!(copies[0].ino(), copies[1].ino());
-    assert_eq!(copies[0].mode() & 0o777, 0o644);
+    assert_eq!(copies[0].mode() & 0o777, 0o444);
     let tenant_uids: Vec<u64> = ["caro", "dana"]
         .iter()
         .map(|t| {
