@@ -430,7 +430,7 @@ pub(super) async fn run_child(
 }
 
 /// What a child said on stderr, trimmed, with the gateway's refusals.
-fn child_output(finished: &Finished, refused: &[String]) -> String {
+pub(super) fn child_output(finished: &Finished, refused: &[String]) -> String {
     let mut output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     if !finished.stderr_tail.is_empty() {
         output.push_str("\n…\n");
@@ -445,7 +445,7 @@ fn child_output(finished: &Finished, refused: &[String]) -> String {
     output
 }
 
-fn termination_text(tool: &str, termination: &Termination) -> String {
+pub(super) fn termination_text(tool: &str, termination: &Termination) -> String {
     match termination {
         Termination::Exited(code) => format!("{tool} exited with status {code}"),
         Termination::Signaled(sig) => format!("{tool} was killed by signal {sig}"),
@@ -457,7 +457,7 @@ fn termination_text(tool: &str, termination: &Termination) -> String {
 }
 
 /// Paths as a child sees them (the real ones when the sandbox is off).
-fn inside(state: &Core, real: &Path, at: &str) -> PathBuf {
+pub(super) fn inside(state: &Core, real: &Path, at: &str) -> PathBuf {
     if state.runtime.sandbox.is_enabled() {
         PathBuf::from(at)
     } else {

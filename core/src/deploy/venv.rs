@@ -18,7 +18,9 @@ use falra_store::TenantRow;
 
 use super::log::DeployLog;
 use super::runner_modes::tenant_owned_dir;
-use super::uv::{run_child, BuildChild, Inputs, Package, PACKAGES_FILE};
+use super::uv::{
+    child_output, inside, run_child, termination_text, BuildChild, Inputs, Package, PACKAGES_FILE,
+};
 use super::{node, DeployError};
 use falra_tenants::requirements;
 use falra_tenants::VersionId;
@@ -58,25 +60,20 @@ pub(super) async fn ensure_venv(
     // wheels it links from; with pip, as the tenant. Either way only the output directory
     // (and the arena's cache) is writable to it.
     let with_uv = state.config.uv.is_some();
-    let staging = if with_uv {
-        super::uv::prepare_arena(state)?.join(&staging_name)
+    // A uv build's tree leaves the arena before the daemon touches it: it is sealed where no
+    // sandboxed process can reach it.
+    let (staging, owner, sealing) = if with_uv {
+        (
+            super::uv::prepare_arena(state)?.join(&staging_name),
+            super::uv::BUILDER_UID,
+            venvs.join(format!(".seal{staging_name}")),
+        )
     } else {
-        venvs.join(&staging_name)
-    };
-    let owner = if with_uv {
-        super::uv::BUILDER_UID
-    } else {
-        tenant.uid.get()
+        let staging = venvs.join(&staging_name);
+        (staging.clone(), tenant.uid.get(), staging)
     };
     tenant_owned_dir(&staging, owner)
         .map_err(node("could not prepare the virtualenv directory"))?;
-    // A uv build's tree leaves the arena before the daemon touches it: it is sealed where no
-    // sandboxed process can reach it.
-    let sealing = if with_uv {
-        venvs.join(format!(".seal{staging_name}"))
-    } else {
-        staging.clone()
-    };
     let built = build_venv(
         state, tenant, policy, code, version, &staging, &sealing, log,
     )
@@ -345,15 +342,8 @@ pub(super) async fn pip_stage(
     which: PipStage,
 ) -> Result<(), DeployError> {
     let isolated = state.runtime.sandbox.is_enabled();
-    let inside = |real: &Path, at: &str| {
-        if isolated {
-            PathBuf::from(at)
-        } else {
-            real.to_path_buf()
-        }
-    };
-    let target = inside(out, VENV_DIR);
-    let wheel_dir = inside(wheels, WHEELS_DIR);
+    let target = inside(state, out, VENV_DIR);
+    let wheel_dir = inside(state, wheels, WHEELS_DIR);
     let requirements = wheel_dir.join("requirements.txt");
     let mut args: Vec<std::ffi::OsString> = [
         "-I",
@@ -425,24 +415,11 @@ pub(super) async fn pip_stage(
         uid: None,
     };
     let (finished, refused) = run_child(state, tenant, policy, code, child).await?;
-    let output = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
-    let why = match finished.termination {
-        Termination::Exited(0) => return Ok(()),
-        Termination::Exited(code) => format!("pip exited with status {code}"),
-        Termination::Signaled(sig) => format!("pip was killed by signal {sig}"),
-        Termination::TimedOut => format!(
-            "pip ran over the build limit of {} s",
-            VENV_TIMEOUT.as_secs()
-        ),
-    };
-    let output = if refused.is_empty() {
-        output
-    } else {
-        format!(
-            "{output}\n(the egress gateway refused: {})",
-            refused.join("; ")
-        )
-    };
+    if finished.termination == Termination::Exited(0) {
+        return Ok(());
+    }
+    let why = termination_text("pip", &finished.termination);
+    let output = child_output(&finished, &refused);
     let step = match which {
         PipStage::Download => "downloading the wheels of requirements.txt failed (only wheels are installed, from the operator's package index)",
         PipStage::Install => "installing requirements.txt failed",
