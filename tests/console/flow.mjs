@@ -118,8 +118,14 @@ try {
 
   await page.goto(`${base}/ui#/tenant/web`);
   await page.waitForSelector("h2:text('Policy')");
-  await page.fill("input[aria-label='timeout_ms override']", "2000");
-  await page.click("button:text('Save policy')");
+  // The view may still be drawing its reads when the form first shows: a value typed into a
+  // form it then replaces is lost ("nothing changed"), so the edit is made again, a few times.
+  for (let attempt = 1; ; attempt++) {
+    await page.fill("input[aria-label='timeout_ms override']", "2000");
+    await page.click("button:text('Save policy')");
+    const said = await page.waitForSelector("#toast:is(:text('Policy saved.'), :text('nothing changed'))");
+    if ((await said.textContent()).includes("Policy saved.") || attempt === 3) break;
+  }
   await page.waitForSelector("#toast:text('Policy saved.')");
   check((await adminGet("/tenants/web")).overrides.timeout_ms === 2000, "the policy changed");
   // A cleared override goes back to the plan (a CPU quota cleared is the plan's, not none).
