@@ -729,7 +729,7 @@ pub struct Rollback {
     summary = "Make an earlier version active again",
     params(("name" = String, Path, description = "A tenant name")),
     request_body = Rollback,
-    responses((status = 200, description = "OK", body = crate::schemas::Deployed), crate::schemas::OperatorErrors),
+    responses((status = 200, description = "OK", body = crate::schemas::RolledBack), crate::schemas::OperatorErrors),
     security(("operator" = []))
 )]
 pub async fn rollback_tenant(

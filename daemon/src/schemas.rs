@@ -384,6 +384,12 @@ pub struct Deployed {
     steps: Vec<Value>,
 }
 
+/// A rollback's outcome: the version now active (nothing was deployed, so no steps).
+#[derive(ToSchema)]
+pub struct RolledBack {
+    version: String,
+}
+
 #[derive(ToSchema)]
 pub struct Deleted {
     deleted: String,
