@@ -1,16 +1,23 @@
-// Times the operator console's pages in the system Chromium against the daemon's own floor.
-// Each sample is a full load of a fresh document (the page, its script and styles, then the
-// view's API calls, until the view's heading is drawn), read on the browser's clock
-// (performance.now(), whose origin is the navigation's start) by a MutationObserver installed
-// before the document's first byte, so the driver's own round trips are not counted. The floor
-// is a load of /healthz from the same daemon in the same browser, interleaved with the pages and
-// read from its navigation timing (domContentLoadedEventEnd): what a navigation costs with
-// nothing to draw. "cold" samples run in a new browser context (nothing
-// cached); "warm" ones in a context that has loaded the console before (its files revalidated
-// by entity tag). Prints one line per page: median and p95 in ms, and the median over the
-// floor's median.
-// Env: FALRA_URL, FALRA_OPERATOR_TOKEN, FALRA_TENANT, FALRA_CALL, RUNS (samples per page),
-//      CONSOLE_MODULES (the directory holding playwright-core).
+// Times the operator console's pages in the system Chromium against the same browser's floor.
+//
+// Each sample is read on the browser's clock (performance.now(), whose origin is the document's
+// navigation) when the view's heading appears, noted by a MutationObserver installed before the
+// document's first byte. The driver waits for it over the DevTools protocol (Runtime.evaluate
+// of a promise), so nothing of the driver's own (its selector engine, its polling) runs in the
+// page while it loads.
+//
+// Four kinds of load, each against a floor of the same kind — /healthz of the same daemon, a
+// JSON document with nothing to run or draw, read from its navigation timing
+// (domContentLoadedEventEnd):
+//   reload  a fresh document of a console tab (a reload, a bookmark opened in it): the page is
+//           fetched, its fingerprinted files come from the cache, the view's reads go out;
+//   tab     a new tab of a browser that has used the console (files cached, a new page);
+//   cold    a new browser context: nothing cached, the files fetched;
+//   switch  a view reached from another by a link in the console (no new document): from the
+//           link's follow to the view drawn. Its floor is the reload floor.
+// Prints one line per page and kind: median and p95 in ms, and the median over its floor's.
+// Env: FALRA_URL, FALRA_OPERATOR_TOKEN, FALRA_TENANT, FALRA_CALL, RUNS (samples per page and
+//      kind), CONSOLE_MODULES (the directory holding playwright-core), CHROMIUM.
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -31,16 +38,27 @@ const pages = [
   ["nodes", "#/nodes", "Nodes"],
 ];
 
-// Runs in every document before its own script: notes when each heading first appears.
+// Runs in every document before its own script: notes when each heading first appears and
+// answers window.__drawnAt(text) with that time, once it has.
 function markHeadings() {
-  window.__drawn = {};
+  let drawn = {};
+  const waiting = [];
   const note = () => {
     for (const h of document.querySelectorAll("h1, h2")) {
       const text = h.textContent.trim();
-      if (!(text in window.__drawn)) window.__drawn[text] = performance.now();
+      if (!(text in drawn)) drawn[text] = performance.now();
+    }
+    for (let i = waiting.length - 1; i >= 0; i--) {
+      const [text, resolve] = waiting[i];
+      if (text in drawn) {
+        resolve(drawn[text]);
+        waiting.splice(i, 1);
+      }
     }
   };
   new MutationObserver(note).observe(document, { childList: true, subtree: true });
+  window.__drawnAt = (text) => new Promise((resolve) => (waiting.push([text, resolve]), note()));
+  window.__forget = () => (drawn = {});
 }
 
 const browser = await chromium.launch({
@@ -48,48 +66,90 @@ const browser = await chromium.launch({
   args: ["--no-sandbox"],
 });
 
-async function signedIn(context) {
+async function value(cdp, expression) {
+  const r = await cdp.send("Runtime.evaluate", { expression, awaitPromise: true, returnByValue: true });
+  if (r.exceptionDetails) throw new Error(`${expression}: ${r.exceptionDetails.text}`);
+  return r.result.value;
+}
+
+const drawnAt = (cdp, heading) => value(cdp, `window.__drawnAt(${JSON.stringify(heading)})`);
+const floorOf = (cdp) =>
+  value(cdp, `performance.getEntriesByType("navigation")[0].domContentLoadedEventEnd`);
+
+async function signedInContext() {
+  const context = await browser.newContext();
   await context.addInitScript(markHeadings);
-  const page = await context.newPage();
-  const res = await page.request.post(`${base}/ui/session`, {
+  const res = await context.request.post(`${base}/ui/session`, {
     data: { token: process.env.FALRA_OPERATOR_TOKEN },
   });
   if (!res.ok()) throw new Error(`sign-in: ${res.status()}`);
-  return page;
+  return context;
 }
 
-// One load: a fresh document, timed from its navigation's start to `heading` drawn.
-async function load(page, url, heading) {
-  await page.goto("about:blank");
-  await page.goto(url);
-  await page.waitForSelector(`:is(h1, h2):text-is("${heading}")`);
-  return page.evaluate((h) => window.__drawn[h], heading);
+async function tab(context) {
+  const page = await context.newPage();
+  return { page, cdp: await context.newCDPSession(page) };
 }
 
-// The floor: a fresh document with nothing to draw, timed by its navigation entry.
-async function bare(page, url) {
-  await page.goto("about:blank");
-  await page.goto(url, { waitUntil: "load" });
-  return page.evaluate(() => performance.getEntriesByType("navigation")[0].domContentLoadedEventEnd);
+// A new page of `context` opening `url`: the heading's time, or the floor's with heading null.
+async function fresh(context, url, heading) {
+  const { page, cdp } = await tab(context);
+  try {
+    if (heading === null) {
+      await page.goto(url, { waitUntil: "load" });
+      return await floorOf(cdp);
+    }
+    await page.goto(url, { waitUntil: "commit" });
+    return await drawnAt(cdp, heading);
+  } finally {
+    await page.close();
+  }
 }
 
-const samples = { floor: [] };
-for (const [name] of pages) {
-  samples[`${name} warm`] = [];
-  samples[`${name} cold`] = [];
-}
+const samples = {};
+const add = (label, x) => (samples[label] ||= []).push(x);
 try {
-  const warm = await signedIn(await browser.newContext());
-  // The warm context's first visit fills its cache; it is not counted.
-  await load(warm, `${base}/ui#/tenants`, "Tenants");
+  const warm = await signedInContext();
+  const main = await tab(warm);
+  // The first visit fills the context's cache; it is not counted.
+  await main.page.goto(`${base}/ui#/tenants`, { waitUntil: "commit" });
+  await drawnAt(main.cdp, "Tenants");
   for (let i = 0; i < runs; i++) {
-    for (const [name, hash, selector] of pages) {
-      samples.floor.push(await bare(warm, `${base}/healthz`));
-      samples[`${name} warm`].push(await load(warm, `${base}/ui${hash}`, selector));
-      const context = await browser.newContext();
-      const cold = await signedIn(context);
-      samples[`${name} cold`].push(await load(cold, `${base}/ui${hash}`, selector));
-      await context.close();
+    for (const [name, hash, heading] of pages) {
+      // reload: the floor's document reloaded, then the view's.
+      await main.page.goto(`${base}/healthz`, { waitUntil: "load" });
+      await main.page.reload({ waitUntil: "load" });
+      add("floor reload", await floorOf(main.cdp));
+      await main.page.goto(`${base}/ui/assets/icon.svg`, { waitUntil: "load" });
+      await main.page.reload({ waitUntil: "load" });
+      add("headers reload", await floorOf(main.cdp));
+      await main.page.goto(`${base}/ui${hash}`, { waitUntil: "commit" });
+      await drawnAt(main.cdp, heading);
+      await main.page.reload({ waitUntil: "commit" });
+      add(`${name} reload`, await drawnAt(main.cdp, heading));
+      // switch: from another view, by the link's route.
+      const [from, fromHeading] = name === "nodes" ? ["#/tenants", "Tenants"] : ["#/nodes", "Nodes"];
+      await value(main.cdp, `(location.hash = ${JSON.stringify(from)}, window.__drawnAt(${JSON.stringify(fromHeading)}))`);
+      add(
+        `${name} switch`,
+        await value(
+          main.cdp,
+          `(() => { window.__forget(); const t = performance.now(); location.hash = ${JSON.stringify(hash)};
+             return window.__drawnAt(${JSON.stringify(heading)}).then((d) => d - t); })()`,
+        ),
+      );
+      // tab: a new page of the same browser.
+      add("floor tab", await fresh(warm, `${base}/healthz`, null));
+      add("headers tab", await fresh(warm, `${base}/ui/assets/icon.svg`, null));
+      add(`${name} tab`, await fresh(warm, `${base}/ui${hash}`, heading));
+      // cold: a new context, nothing cached.
+      const coldFloor = await signedInContext();
+      add("floor cold", await fresh(coldFloor, `${base}/healthz`, null));
+      add("headers cold", await fresh(coldFloor, `${base}/ui/assets/icon.svg`, null));
+      await coldFloor.close();
+      const cold = await signedInContext();
+      add(`${name} cold`, await fresh(cold, `${base}/ui${hash}`, heading));
+      await cold.close();
     }
   }
 } finally {
@@ -100,11 +160,17 @@ const quantile = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
-const floor = quantile(samples.floor, 0.5);
-console.log(`${"load".padEnd(14)} ${"median ms".padStart(10)} ${"p95 ms".padStart(8)} ${"x floor".padStart(8)}`);
-for (const [label, xs] of Object.entries(samples)) {
+const floor = (kind) => quantile(samples[`floor ${kind === "switch" ? "reload" : kind}`], 0.5);
+console.log(`${"load".padEnd(16)} ${"median ms".padStart(10)} ${"p95 ms".padStart(8)} ${"x floor".padStart(8)}`);
+const order = Object.keys(samples).sort((a, b) => {
+  const rank = (l) => ["reload", "switch", "tab", "cold"].indexOf(l.split(" ")[1]);
+  const first = (l) => (l.startsWith("floor") ? 0 : l.startsWith("headers") ? 1 : 2);
+  return rank(a) - rank(b) || first(a) - first(b);
+});
+for (const label of order) {
+  const xs = samples[label];
   const median = quantile(xs, 0.5);
   console.log(
-    `${label.padEnd(14)} ${median.toFixed(1).padStart(10)} ${quantile(xs, 0.95).toFixed(1).padStart(8)} ${(median / floor).toFixed(2).padStart(8)}`,
+    `${label.padEnd(16)} ${median.toFixed(1).padStart(10)} ${quantile(xs, 0.95).toFixed(1).padStart(8)} ${(median / floor(label.split(" ")[1])).toFixed(2).padStart(8)}`,
   );
 }

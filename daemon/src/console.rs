@@ -45,28 +45,71 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; \
      manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// The files of the console, compiled in: `(name, content type, body)`.
-const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../ui/app.js"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_str!("../ui/style.css"),
-    ),
-    ("icon.svg", "image/svg+xml", include_str!("../ui/icon.svg")),
+/// A file of the console, compiled in.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// The files of the console, compiled in.
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../ui/app.js"),
+    },
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../ui/style.css"),
+    },
+    Asset {
+        name: "icon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("../ui/icon.svg"),
+    },
 ];
 
-const INDEX: &str = include_str!("../ui/index.html");
+impl Asset {
+    /// The name the page refers to it by: its content's digest between stem and extension
+    /// (`app.1f2e….js`), so a browser may keep it for good, and a new build's page names new
+    /// files.
+    fn fingerprinted(&self) -> String {
+        let (stem, ext) = self.name.rsplit_once('.').unwrap_or((self.name, ""));
+        format!("{stem}.{}.{ext}", digest(self.body))
+    }
+}
 
-/// A console file with the headers every page and asset gets. They are revalidated on every
-/// load (`no-cache`) against an entity tag of their content, so a browser fetches each file once
-/// per build of the daemon and a new build's files are never mixed with an old one's.
-fn page(request: &HeaderMap, content_type: &'static str, body: &'static str) -> Response {
-    let tag = entity_tag(body);
+/// The page as written in `daemon/ui/index.html`, every `/ui/assets/NAME` in it turned into
+/// the file's fingerprinted name once, at first use.
+static INDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    ASSETS.iter().fold(
+        include_str!("../ui/index.html").to_owned(),
+        |page, asset| {
+            page.replace(
+                &format!("/ui/assets/{}\"", asset.name),
+                &format!("/ui/assets/{}\"", asset.fingerprinted()),
+            )
+        },
+    )
+});
+
+/// How long a browser may keep a file asked for by its fingerprinted name without asking
+/// again: a year, the longest caches honour; the name changes when the content does.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// A console file with the headers every page and asset gets. `cache` says how long it may be
+/// kept: the page and files asked for by their plain names are revalidated on every load
+/// (`no-cache`) against an entity tag of their content, so a new build's page is never mixed
+/// with an old one's files; a file asked for by its fingerprinted name is kept ([`IMMUTABLE`]).
+fn page(
+    request: &HeaderMap,
+    content_type: &'static str,
+    body: &'static str,
+    cache: &'static str,
+) -> Response {
+    let tag = format!("\"{}\"", digest(body));
     let fresh = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -83,7 +126,7 @@ fn page(request: &HeaderMap, content_type: &'static str, body: &'static str) -> 
             .into_response()
     };
     let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     if let Ok(value) = HeaderValue::from_str(&tag) {
         headers.insert(header::ETAG, value);
     }
@@ -91,12 +134,12 @@ fn page(request: &HeaderMap, content_type: &'static str, body: &'static str) -> 
     response
 }
 
-/// A strong entity tag for one of the files compiled in: a digest of its bytes.
-fn entity_tag(body: &str) -> String {
+/// A digest of one of the files compiled in, 24 hex digits: its entity tag and the middle of
+/// its fingerprinted name.
+fn digest(body: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(body.as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The headers that keep the console's pages to themselves: the policy above, no framing, no
@@ -122,6 +165,14 @@ pub fn guard_headers(headers: &mut HeaderMap) {
 }
 
 /// `GET /ui`: the console's one page (its views are chosen by the URL's fragment).
+///
+/// When the request carries a session cookie, the page says what became of it, so the script
+/// needs no round trip before it draws: a live session's operator and CSRF token go into
+/// `<body data-operator data-csrf-token>` and the page is `no-store` (it holds the token); an
+/// ended one puts why into `data-session-ended` and the sign-in form is drawn at once. Without
+/// a cookie (a first visit, or a link followed from another site, which a `SameSite=Strict`
+/// cookie does not come with) or when the store cannot say, the page is the same for everyone
+/// and the script asks `GET /ui/session`.
 #[utoipa::path(
     get,
     path = "/ui",
@@ -133,18 +184,96 @@ pub fn guard_headers(headers: &mut HeaderMap) {
         (status = 304, description = "Unchanged since the entity tag in If-None-Match")
     )
 )]
-pub async fn index(headers: HeaderMap) -> Response {
-    page(&headers, "text/html; charset=utf-8", INDEX)
+pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let known = match session_cookie(&headers) {
+        None => None,
+        Some(cookie) => match console::check(&state, &cookie).await {
+            Ok(session) => Some(Ok(session)),
+            Err(console::SessionError::Store(e)) => {
+                // The page still works (its script asks for the session, and that answer says
+                // what failed); not a warning, which any client could repeat at will.
+                tracing::debug!(error = %e, "the console page could not look up its session");
+                None
+            }
+            Err(ended) => Some(Err(ended.to_string())),
+        },
+    };
+    let Some(known) = known else {
+        let mut response = page(
+            &headers,
+            "text/html; charset=utf-8",
+            INDEX.as_str(),
+            "no-cache",
+        );
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("cookie"));
+        return response;
+    };
+    let body = match &known {
+        Ok(session) => INDEX
+            .replacen(
+                "<body>",
+                &format!(
+                    "<body data-operator=\"{}\" data-csrf-token=\"{}\">",
+                    attribute(&session.token_id),
+                    attribute(session.csrf())
+                ),
+                1,
+            )
+            .replacen(
+                "<header class=\"top\" id=\"top\" hidden>",
+                "<header class=\"top\" id=\"top\">",
+                1,
+            ),
+        Err(why) => INDEX.replacen(
+            "<body>",
+            &format!("<body data-session-ended=\"{}\">", attribute(why)),
+            1,
+        ),
+    };
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response();
+    let out = response.headers_mut();
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out.insert(header::VARY, HeaderValue::from_static("cookie"));
+    guard_headers(out);
+    response
 }
 
-/// `GET /ui/assets/{file}`: the console's script, styles and icon.
+/// `value` as the content of a double-quoted HTML attribute.
+fn attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `GET /ui/assets/{file}`: the console's script, styles and icon, by plain name (revalidated
+/// on every load) or by the fingerprinted name the page uses (kept for good). A fingerprint
+/// of another build (a page from a node not yet upgraded) is answered with this build's file,
+/// revalidated like a plain name, so a page never loses its script.
 #[utoipa::path(
     get,
     path = "/ui/assets/{file}",
     operation_id = "console_asset",
     tag = "console",
     summary = "A file of the operator console",
-    params(("file" = String, Path, description = "app.js, style.css or icon.svg")),
+    params(("file" = String, Path, description = "app.js, style.css or icon.svg, or one of them with its content's digest before the extension (app.<24 hex digits>.js)")),
     responses(
         (status = 200, description = "The file"),
         (status = 304, description = "Unchanged since the entity tag in If-None-Match"),
@@ -155,11 +284,32 @@ pub async fn asset(
     headers: HeaderMap,
     ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let (_, content_type, body) = ASSETS
-        .iter()
-        .find(|(name, _, _)| *name == file)
+    let (asset, cache) = find_asset(&file)
         .ok_or_else(|| ApiError::not_found(format!("the console has no file {file:?}")))?;
-    Ok(page(&headers, content_type, body))
+    Ok(page(&headers, asset.content_type, asset.body, cache))
+}
+
+/// The file a name asks for, and how long it may be kept: `NAME` or `STEM.DIGEST.EXT`.
+fn find_asset(file: &str) -> Option<(&'static Asset, &'static str)> {
+    if let Some(asset) = ASSETS.iter().find(|a| a.name == file) {
+        return Some((asset, "no-cache"));
+    }
+    let (rest, ext) = file.rsplit_once('.')?;
+    let (stem, fingerprint) = rest.rsplit_once('.')?;
+    let well_formed = fingerprint.len() == 24
+        && fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !well_formed {
+        return None;
+    }
+    let asset = ASSETS.iter().find(|a| a.name == format!("{stem}.{ext}"))?;
+    let cache = if fingerprint == digest(asset.body) {
+        IMMUTABLE
+    } else {
+        "no-cache"
+    };
+    Some((asset, cache))
 }
 
 /// The session cookie's value, if the request carries one.
@@ -353,4 +503,45 @@ pub async fn sign_out(
         set_cookie(String::new(), 0, over_tls(&headers)),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_values_cannot_leave_their_quotes() {
+        assert_eq!(
+            attribute(r#"a"><script>x</script>&'"#),
+            "a&quot;&gt;&lt;script&gt;x&lt;/script&gt;&amp;&#39;"
+        );
+        assert_eq!(attribute("tok_0a1b"), "tok_0a1b");
+    }
+
+    #[test]
+    fn files_are_found_by_plain_or_fingerprinted_name_only() {
+        let app = ASSETS.iter().find(|a| a.name == "app.js").unwrap();
+        let named = app.fingerprinted();
+        assert!(named.starts_with("app.") && named.ends_with(".js") && named.len() == 31);
+        let (found, cache) = find_asset(&named).unwrap();
+        assert_eq!((found.name, cache), ("app.js", IMMUTABLE));
+        assert_eq!(find_asset("app.js").unwrap().1, "no-cache");
+        let other = format!("app.{}.js", "f".repeat(24));
+        assert_eq!(find_asset(&other).unwrap().1, "no-cache");
+        for bad in [
+            "app",
+            ".js",
+            "app..js",
+            "app.FFFFFFFFFFFFFFFFFFFFFFFF.js",
+            "../app.js",
+            "app.js.0123456789abcdef01234567",
+        ] {
+            assert!(find_asset(bad).is_none(), "{bad}");
+        }
+        // The page names every file by its fingerprint, never by its plain name.
+        for asset in ASSETS {
+            assert!(INDEX.contains(&format!("/ui/assets/{}\"", asset.fingerprinted())));
+            assert!(!INDEX.contains(&format!("/ui/assets/{}\"", asset.name)));
+        }
+    }
 }

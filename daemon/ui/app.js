@@ -208,7 +208,7 @@ async function viewTenants() {
     return [
       h("a", { href: `#/tenant/${enc(t.name)}` }, t.name),
       t.plan,
-      t.active_version ? h("code", {}, t.active_version) : h("span", { class: "muted" }, "none"),
+      t.active_version ? h("code", { class: "id" }, t.active_version) : h("span", { class: "muted" }, "none"),
       String(u.calls),
       u.errors ? h("span", { class: "badge bad" }, String(u.errors)) : "0",
     ];
@@ -381,8 +381,8 @@ async function viewTenant(name) {
 
   // Versions, with rollback.
   const versionRows = versions.versions.map((v) => [
-    h("code", {}, v.version || v.id),
-    v.commit ? h("code", {}, v.commit.slice(0, 12)) : "—",
+    h("code", { class: "id" }, v.version || v.id),
+    v.commit ? h("code", { class: "id" }, v.commit.slice(0, 12)) : "—",
     (v.uploads || []).join(", ") || "—",
     v.activated_at || "—",
     (v.version || v.id) === t.active_version
@@ -446,7 +446,7 @@ async function viewTenant(name) {
     }
   };
   const tokenRows = tokens.tokens.map((k) => [
-    h("code", {}, k.id),
+    h("code", { class: "id" }, k.id),
     h("code", {}, k.prefix || ""),
     (k.scopes || []).join(", "),
     k.revoked_at ? h("span", { class: "badge bad" }, "revoked") : h("span", { class: "badge ok" }, "live"),
@@ -700,7 +700,7 @@ async function viewJobs() {
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === (p.get("status") || "") }, s || "Any status")),
   );
   const rows = page.jobs.map((j) => [
-    h("code", {}, j.job_id),
+    h("code", { class: "id" }, j.job_id),
     h("code", {}, j.fn),
     badge(j.status),
     String(j.attempts),
@@ -834,15 +834,23 @@ async function viewUsage() {
 
 // -- audit and nodes -----------------------------------------------------------------------
 
+// The newest AUDIT_PAGE events at first; "Show older events" asks for as many more each time
+// (the API's limit, up to its 10 000). The action filter looks within what was fetched.
+const AUDIT_PAGE = 100;
+
 async function viewAudit() {
   const mine = generation;
   const p = params();
-  const q = new URLSearchParams({ limit: "200" });
+  const limit = Math.min(10000, Math.max(AUDIT_PAGE, Number.parseInt(p.get("limit"), 10) || AUDIT_PAGE));
+  const q = new URLSearchParams({ limit: String(limit) });
   if (p.get("tenant")) q.set("tenant", p.get("tenant"));
   const [a, tenant] = await Promise.all([api("GET", `/admin/v1/audit?${q}`), tenantSelect(p.get("tenant"), true)]);
   const action = (p.get("action") || "").trim();
-  const events = (a.events || a.audit || []).filter((e) => !action || e.action.startsWith(action));
+  const fetched = a.events || a.audit || [];
+  const events = fetched.filter((e) => !action || e.action.startsWith(action));
   const actionInput = h("input", { name: "action", value: action, placeholder: "tenant., token., deploy…" });
+  const older = new URLSearchParams(p);
+  older.set("limit", String(Math.min(10000, limit + AUDIT_PAGE)));
   showIf(mine,
     h("h1", {}, "Audit log"),
     h(
@@ -861,7 +869,13 @@ async function viewAudit() {
       field("Action starts with", actionInput),
       h("button", { type: "submit" }, "Filter"),
     ),
-    table("Audit events, newest first", ["At", "Actor", "Action", "Tenant", "Detail"], events.map((e) => [e.at, h("code", {}, e.actor), e.action, e.tenant || "—", h("code", { class: "detail" }, JSON.stringify(e.detail))]), "No events."),
+    table(
+      action ? `Audit events, newest first: those of the newest ${fetched.length} whose action starts with ${action}` : "Audit events, newest first",
+      ["At", "Actor", "Action", "Tenant", "Detail"],
+      events.map((e) => [e.at, h("code", { class: "id" }, e.actor), e.action, e.tenant || "—", h("code", { class: "detail" }, JSON.stringify(e.detail))]),
+      "No events.",
+    ),
+    fetched.length === limit && limit < 10000 ? h("p", {}, h("a", { href: `#/audit?${older}` }, "Show older events")) : null,
   );
 }
 
@@ -944,10 +958,24 @@ window.addEventListener("hashchange", () => {
   if (csrf) route();
 });
 
-// The first view's reads need only the cookie, so they go out beside the session's own check
-// instead of after it: one round trip less before anything is drawn. A missing session answers
-// 401 to both and the sign-in form wins (signedOut() retires the view's generation).
+// How the page starts. The daemon says in the page what became of this browser's session when
+// the request came with its cookie: a live one's operator and CSRF token (the view is drawn at
+// once, no round trip first), or why it ended (the sign-in form, at once). Otherwise the
+// session is asked for, and the first view's reads go out beside that check instead of after
+// it: one round trip less before anything is drawn. A missing session answers 401 to both and
+// the sign-in form wins (signedOut() retires the view's generation).
 (async () => {
+  const known = document.body.dataset;
+  if (known.csrfToken) {
+    started({ csrf_token: known.csrfToken, operator_token_id: known.operator });
+    await route();
+    return;
+  }
+  if (known.sessionEnded !== undefined) {
+    const why = known.sessionEnded;
+    signedOut(why ? `${why.charAt(0).toUpperCase()}${why.slice(1)}.` : "");
+    return;
+  }
   const session = api("GET", "/ui/session");
   const first = route();
   try {

@@ -77,6 +77,12 @@ try {
     check(logs.includes("<script>"), "the payload is shown as text");
   }
 
+  // The audit log's action filter, within the events fetched.
+  await page.goto(`${base}/ui#/audit?action=tenant.`);
+  await page.waitForSelector("caption:text('whose action starts with tenant.')");
+  const actions = await page.$$eval("tbody tr td:nth-child(3)", (tds) => tds.map((t) => t.textContent));
+  check(actions.length > 0 && actions.every((a) => a.startsWith("tenant.")), `audit filtered: ${actions}`);
+
   // A tenant's whole life, from the console: create it from a git repository, sync and watch
   // the deploy finish, issue a token, call over the API and find the call with its logs, change
   // a policy, deploy again and roll back, revoke the token and see the next call refused.
@@ -226,6 +232,11 @@ try {
   await page.goto(`${base}/ui#/tenants`);
   await page.reload();
   await page.waitForSelector("h1:text('Tenants')");
+  // The page came with its session: the view was drawn without asking for it first.
+  const asked = await page.evaluate(() =>
+    performance.getEntriesByType("resource").filter((e) => new URL(e.name).pathname === "/ui/session").length,
+  );
+  check(asked === 0, `a signed-in page asked for its session ${asked} times`);
   await page.keyboard.press("Tab");
   check(await page.evaluate(() => document.activeElement.classList.contains("skip")), "the skip link comes first");
   let reached = false;
@@ -242,6 +253,9 @@ try {
   await page.waitForSelector("#token");
   const after = await page.evaluate(async () => (await fetch("/admin/v1/tenants")).status);
   check(after === 401, "signed out, the console's API refuses");
+  await page.reload();
+  await page.waitForSelector("#token");
+  check(await page.evaluate(() => document.getElementById("top").hidden), "signed out, a reload shows no header");
 } catch (e) {
   // What the page looked like when the flow stopped, beside the other screenshots.
   await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});

@@ -210,6 +210,139 @@ fn console_listings_and_sign_in_refuse_bad_input_by_name() {
 }
 
 #[test]
+fn the_page_says_what_became_of_its_session_and_never_keeps_one() {
+    let d = Daemon::start();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let get = |cookie: Option<&str>| {
+        let mut req = agent.get(&format!("{}/ui", d.url));
+        if let Some(c) = cookie {
+            req = req.set("Cookie", c);
+        }
+        req.call().expect("the page")
+    };
+    // No cookie: the page everyone gets, which asks for the session itself.
+    let anonymous = get(None);
+    assert_eq!(anonymous.header("cache-control"), Some("no-cache"));
+    assert!(anonymous.header("etag").is_some());
+    let plain = anonymous.into_string().unwrap();
+    assert!(plain.contains("<body>"), "{plain}");
+    assert!(!plain.contains("data-csrf-token"), "{plain}");
+    // A live session: its operator and CSRF token in the page, which is never stored, and the
+    // header shown from the start.
+    let (cookie, csrf) = sign_in(&d);
+    let signed_in = get(Some(&cookie));
+    assert_eq!(signed_in.header("cache-control"), Some("no-store"));
+    assert!(signed_in.header("etag").is_none());
+    assert!(signed_in
+        .header("content-security-policy")
+        .is_some_and(|p| p.contains("script-src 'self'")));
+    assert_eq!(signed_in.header("vary"), Some("cookie"));
+    let html = signed_in.into_string().unwrap();
+    let op = d.admin("GET", "/operator-tokens", None);
+    let op_id = op.body["tokens"][0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        html.contains(&format!(
+            "<body data-operator=\"{op_id}\" data-csrf-token=\"{csrf}\">"
+        )),
+        "{html}"
+    );
+    assert!(html.contains("<header class=\"top\" id=\"top\">"), "{html}");
+    // An unknown cookie and a signed-out one: why, for the sign-in form, and no token.
+    for (cookie, why) in [
+        ("falra_session=flr_nothing".to_owned(), "not signed in"),
+        (cookie.clone(), "signed out"),
+    ] {
+        if why == "signed out" {
+            let out = http(
+                "DELETE",
+                &format!("{}/ui/session", d.url),
+                &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+                None,
+            );
+            assert_eq!(out.status, 200, "{:?}", out.body);
+        }
+        let ended = get(Some(&cookie));
+        assert_eq!(ended.header("cache-control"), Some("no-store"));
+        let html = ended.into_string().unwrap();
+        assert!(html.contains("<body data-session-ended=\""), "{html}");
+        assert!(html.contains(why), "{why}: {html}");
+        assert!(!html.contains("data-csrf-token"), "{html}");
+        assert!(html.contains("id=\"top\" hidden"), "{html}");
+    }
+}
+
+#[test]
+fn the_page_names_its_files_by_digest_and_those_are_kept_for_good() {
+    let d = Daemon::start();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let page = agent
+        .get(&format!("{}/ui", d.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let mut named = Vec::new();
+    for (plain, ext) in [("app", "js"), ("style", "css"), ("icon", "svg")] {
+        let prefix = format!("/ui/assets/{plain}.");
+        let at = page
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("{plain} in {page}"));
+        let name: String = page[at..].chars().take_while(|c| *c != '"').collect();
+        let digest = &name[prefix.len()..name.len() - ext.len() - 1];
+        assert!(
+            digest.len() == 24 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
+        );
+        let kept = agent.get(&format!("{}{name}", d.url)).call().expect(&name);
+        assert_eq!(kept.status(), 200, "{name}");
+        assert_eq!(
+            kept.header("cache-control"),
+            Some("public, max-age=31536000, immutable"),
+            "{name}"
+        );
+        assert!(kept.header("content-security-policy").is_some(), "{name}");
+        let body = kept.into_string().unwrap();
+        let plain_body = agent
+            .get(&format!("{}/ui/assets/{plain}.{ext}", d.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(body, plain_body, "{name}");
+        // Another build's digest (a page from a node not yet upgraded): this build's file,
+        // revalidated rather than kept.
+        let other = format!("/ui/assets/{plain}.{}.{ext}", "0".repeat(24));
+        let stale = agent
+            .get(&format!("{}{other}", d.url))
+            .call()
+            .expect(&other);
+        assert_eq!(stale.header("cache-control"), Some("no-cache"), "{other}");
+        assert_eq!(stale.into_string().unwrap(), body);
+        named.push(name);
+    }
+    // The page itself is always revalidated, so a new build's page names its new files.
+    let again = agent.get(&format!("{}/ui", d.url)).call().unwrap();
+    assert_eq!(again.header("cache-control"), Some("no-cache"));
+    assert_eq!(
+        named.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
+    for bad in [
+        "app.0123.js",
+        "app.0123456789abcdef0123456g.js",
+        "nothing.0123456789abcdef01234567.js",
+        "app.0123456789abcdef01234567.css",
+    ] {
+        let status = http("GET", &format!("{}/ui/assets/{bad}", d.url), &[], None).status;
+        assert_eq!(status, 404, "{bad}");
+    }
+}
+
+#[test]
 fn console_files_carry_a_strict_policy_and_are_revalidated_by_their_entity_tag() {
     let d = Daemon::start();
     let agent = ureq::AgentBuilder::new()
