@@ -24,6 +24,7 @@ use axum::Json;
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 use utoipa::ToSchema;
 
 use crate::api_error::{ApiError, ErrorCode};
@@ -45,71 +46,90 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; \
      manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// A file of the console, compiled in.
+/// A file of the console, compiled in, with the digest of its content (computed once).
 struct Asset {
     name: &'static str,
     content_type: &'static str,
     body: &'static str,
+    /// 24 hex digits: its entity tag and the middle of its fingerprinted name.
+    digest: String,
 }
 
-/// The files of the console, compiled in.
-const ASSETS: &[Asset] = &[
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/app.js"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../ui/style.css"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../ui/icon.svg"),
-    },
-];
-
 impl Asset {
+    fn new(name: &'static str, content_type: &'static str, body: &'static str) -> Self {
+        Asset {
+            name,
+            content_type,
+            body,
+            digest: digest(body),
+        }
+    }
+
     /// The name the page refers to it by: its content's digest between stem and extension
     /// (`app.1f2e….js`), so a browser may keep it for good, and a new build's page names new
     /// files.
     fn fingerprinted(&self) -> String {
         let (stem, ext) = self.name.rsplit_once('.').unwrap_or((self.name, ""));
-        format!("{stem}.{}.{ext}", digest(self.body))
+        format!("{stem}.{}.{ext}", self.digest)
     }
 }
 
-/// The page as written in `daemon/ui/index.html`, every `/ui/assets/NAME` in it turned into
-/// the file's fingerprinted name once, at first use.
-static INDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    ASSETS.iter().fold(
-        include_str!("../ui/index.html").to_owned(),
+/// The files of the console.
+static ASSETS: LazyLock<[Asset; 3]> = LazyLock::new(|| {
+    [
+        Asset::new(
+            "app.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../ui/app.js"),
+        ),
+        Asset::new(
+            "style.css",
+            "text/css; charset=utf-8",
+            include_str!("../ui/style.css"),
+        ),
+        Asset::new("icon.svg", "image/svg+xml", include_str!("../ui/icon.svg")),
+    ]
+});
+
+/// Where `daemon/ui/index.html` takes the brand mark: `icon.svg` itself, drawn inline (no
+/// second image document) and hidden from screen readers (the name beside it says it).
+const MARK: &str = "<!-- icon.svg -->";
+
+/// The page's `<body>` and its header as written, which a page that knows its session changes.
+const BODY: &str = "<body>";
+const HIDDEN_HEADER: &str = "<header class=\"top\" id=\"top\" hidden>";
+
+/// The page as written in `daemon/ui/index.html`, put together once, at first use: every
+/// `/ui/assets/NAME` in it turned into the file's fingerprinted name, the brand mark in place.
+static INDEX: LazyLock<Asset> = LazyLock::new(|| {
+    let mark = include_str!("../ui/icon.svg").trim().replacen(
+        "<svg ",
+        "<svg aria-hidden=\"true\" width=\"24\" height=\"24\" ",
+        1,
+    );
+    let page = ASSETS.iter().fold(
+        include_str!("../ui/index.html").replacen(MARK, &mark, 1),
         |page, asset| {
             page.replace(
                 &format!("/ui/assets/{}\"", asset.name),
                 &format!("/ui/assets/{}\"", asset.fingerprinted()),
             )
         },
-    )
+    );
+    // Made once for the life of the process, like the files compiled in beside it.
+    Asset::new("index.html", "text/html; charset=utf-8", page.leak())
 });
 
 /// How long a browser may keep a file asked for by its fingerprinted name without asking
 /// again: a year, the longest caches honour; the name changes when the content does.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// A console file with the headers every page and asset gets. `cache` says how long it may be
-/// kept: the page and files asked for by their plain names are revalidated on every load
-/// (`no-cache`) against an entity tag of their content, so a new build's page is never mixed
-/// with an old one's files; a file asked for by its fingerprinted name is kept ([`IMMUTABLE`]).
-fn page(
-    request: &HeaderMap,
-    content_type: &'static str,
-    body: &'static str,
-    cache: &'static str,
-) -> Response {
-    let tag = format!("\"{}\"", digest(body));
+/// A console file, `304 Not Modified` when the request names its entity tag. `cache` says how
+/// long it may be kept: the page and files asked for by their plain names are revalidated on
+/// every load (`no-cache`), so a new build's page is never mixed with an old one's files; a
+/// file asked for by its fingerprinted name is kept ([`IMMUTABLE`]).
+fn file(request: &HeaderMap, asset: &'static Asset, cache: &'static str) -> Response {
+    let tag = format!("\"{}\"", asset.digest);
     let fresh = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -119,23 +139,31 @@ fn page(
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-            body,
-        )
-            .into_response()
+        content(asset.content_type, asset.body)
     };
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    guarded(response, cache)
+}
+
+fn content(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// `response` with how long it may be kept and the headers every console page and file gets.
+fn guarded(mut response: Response, cache: &'static str) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        headers.insert(header::ETAG, value);
-    }
     guard_headers(headers);
     response
 }
 
-/// A digest of one of the files compiled in, 24 hex digits: its entity tag and the middle of
-/// its fingerprinted name.
+/// A digest of one of the files compiled in, 24 hex digits.
 fn digest(body: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(body.as_bytes());
@@ -198,52 +226,30 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
             Err(ended) => Some(Err(ended.to_string())),
         },
     };
-    let Some(known) = known else {
-        let mut response = page(
-            &headers,
-            "text/html; charset=utf-8",
-            INDEX.as_str(),
-            "no-cache",
-        );
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("cookie"));
-        return response;
-    };
-    let body = match &known {
-        Ok(session) => INDEX
-            .replacen(
-                "<body>",
-                &format!(
-                    "<body data-operator=\"{}\" data-csrf-token=\"{}\">",
-                    attribute(&session.token_id),
-                    attribute(session.csrf())
-                ),
-                1,
-            )
-            .replacen(
-                "<header class=\"top\" id=\"top\" hidden>",
+    let mut response = match known {
+        None => file(&headers, &INDEX, "no-cache"),
+        Some(Ok(session)) => {
+            let opened = format!(
+                "<body data-operator=\"{}\" data-csrf-token=\"{}\">",
+                attribute(&session.token_id),
+                attribute(session.csrf())
+            );
+            let page = INDEX.body.replacen(BODY, &opened, 1).replacen(
+                HIDDEN_HEADER,
                 "<header class=\"top\" id=\"top\">",
                 1,
-            ),
-        Err(why) => INDEX.replacen(
-            "<body>",
-            &format!("<body data-session-ended=\"{}\">", attribute(why)),
-            1,
-        ),
+            );
+            guarded(content(INDEX.content_type, page), "no-store")
+        }
+        Some(Err(why)) => {
+            let ended = format!("<body data-session-ended=\"{}\">", attribute(&why));
+            let page = INDEX.body.replacen(BODY, &ended, 1);
+            guarded(content(INDEX.content_type, page), "no-store")
+        }
     };
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response();
-    let out = response.headers_mut();
-    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    out.insert(header::VARY, HeaderValue::from_static("cookie"));
-    guard_headers(out);
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("cookie"));
     response
 }
 
@@ -282,11 +288,11 @@ fn attribute(value: &str) -> String {
 )]
 pub async fn asset(
     headers: HeaderMap,
-    ApiPath(file): ApiPath<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let (asset, cache) = find_asset(&file)
-        .ok_or_else(|| ApiError::not_found(format!("the console has no file {file:?}")))?;
-    Ok(page(&headers, asset.content_type, asset.body, cache))
+    let (asset, cache) = find_asset(&name)
+        .ok_or_else(|| ApiError::not_found(format!("the console has no file {name:?}")))?;
+    Ok(file(&headers, asset, cache))
 }
 
 /// The file a name asks for, and how long it may be kept: `NAME` or `STEM.DIGEST.EXT`.
@@ -304,7 +310,7 @@ fn find_asset(file: &str) -> Option<(&'static Asset, &'static str)> {
         return None;
     }
     let asset = ASSETS.iter().find(|a| a.name == format!("{stem}.{ext}"))?;
-    let cache = if fingerprint == digest(asset.body) {
+    let cache = if fingerprint == asset.digest {
         IMMUTABLE
     } else {
         "no-cache"
@@ -539,9 +545,21 @@ mod tests {
             assert!(find_asset(bad).is_none(), "{bad}");
         }
         // The page names every file by its fingerprint, never by its plain name.
-        for asset in ASSETS {
-            assert!(INDEX.contains(&format!("/ui/assets/{}\"", asset.fingerprinted())));
-            assert!(!INDEX.contains(&format!("/ui/assets/{}\"", asset.name)));
+        for asset in ASSETS.iter() {
+            assert!(INDEX
+                .body
+                .contains(&format!("/ui/assets/{}\"", asset.fingerprinted())));
+            assert!(!INDEX.body.contains(&format!("/ui/assets/{}\"", asset.name)));
         }
+    }
+
+    #[test]
+    fn the_page_has_the_places_a_session_and_the_mark_go() {
+        assert_eq!(INDEX.body.matches(BODY).count(), 1);
+        assert_eq!(INDEX.body.matches(HIDDEN_HEADER).count(), 1);
+        assert!(!INDEX.body.contains(MARK));
+        assert!(INDEX
+            .body
+            .contains("<a class=\"brand\" href=\"#/tenants\"><svg aria-hidden=\"true\""));
     }
 }

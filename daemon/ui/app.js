@@ -834,14 +834,15 @@ async function viewUsage() {
 
 // -- audit and nodes -----------------------------------------------------------------------
 
-// The newest AUDIT_PAGE events at first; "Show older events" asks for as many more each time
-// (the API's limit, up to its 10 000). The action filter looks within what was fetched.
+// The newest AUDIT_PAGE events at first; "Show older events" asks for as many more each time,
+// up to the API's limit. The action filter looks within what was fetched.
 const AUDIT_PAGE = 100;
+const AUDIT_MAX = 10000;
 
 async function viewAudit() {
   const mine = generation;
   const p = params();
-  const limit = Math.min(10000, Math.max(AUDIT_PAGE, Number.parseInt(p.get("limit"), 10) || AUDIT_PAGE));
+  const limit = Math.min(AUDIT_MAX, Math.max(AUDIT_PAGE, Number.parseInt(p.get("limit"), 10) || AUDIT_PAGE));
   const q = new URLSearchParams({ limit: String(limit) });
   if (p.get("tenant")) q.set("tenant", p.get("tenant"));
   const [a, tenant] = await Promise.all([api("GET", `/admin/v1/audit?${q}`), tenantSelect(p.get("tenant"), true)]);
@@ -850,7 +851,7 @@ async function viewAudit() {
   const events = fetched.filter((e) => !action || e.action.startsWith(action));
   const actionInput = h("input", { name: "action", value: action, placeholder: "tenant., token., deploy…" });
   const older = new URLSearchParams(p);
-  older.set("limit", String(Math.min(10000, limit + AUDIT_PAGE)));
+  older.set("limit", String(Math.min(AUDIT_MAX, limit + AUDIT_PAGE)));
   showIf(mine,
     h("h1", {}, "Audit log"),
     h(
@@ -875,7 +876,7 @@ async function viewAudit() {
       events.map((e) => [e.at, h("code", { class: "id" }, e.actor), e.action, e.tenant || "—", h("code", { class: "detail" }, JSON.stringify(e.detail))]),
       "No events.",
     ),
-    fetched.length === limit && limit < 10000 ? h("p", {}, h("a", { href: `#/audit?${older}` }, "Show older events")) : null,
+    fetched.length === limit && limit < AUDIT_MAX ? h("p", {}, h("a", { href: `#/audit?${older}` }, "Show older events")) : null,
   );
 }
 

@@ -251,7 +251,11 @@ fn the_page_says_what_became_of_its_session_and_never_keeps_one() {
     assert!(html.contains("<header class=\"top\" id=\"top\">"), "{html}");
     // An unknown cookie and a signed-out one: why, for the sign-in form, and no token.
     for (cookie, why) in [
-        ("falra_session=flr_nothing".to_owned(), "not signed in"),
+        // A hostile cookie: looked up, never written into the page.
+        (
+            "falra_session=flr_<script>alert(1)</script>".to_owned(),
+            "not signed in",
+        ),
         (cookie.clone(), "signed out"),
     ] {
         if why == "signed out" {
@@ -269,6 +273,7 @@ fn the_page_says_what_became_of_its_session_and_never_keeps_one() {
         assert!(html.contains("<body data-session-ended=\""), "{html}");
         assert!(html.contains(why), "{why}: {html}");
         assert!(!html.contains("data-csrf-token"), "{html}");
+        assert!(!html.contains("alert(1)"), "{html}");
         assert!(html.contains("id=\"top\" hidden"), "{html}");
     }
 }
